@@ -1,0 +1,30 @@
+// Host layer: argument validation. Every rule of DESIGN.md section 1 is checked here before any
+// output is touched, and a failure names the argument and the rule, e.g.
+//   "k_row_stride: 100 is not a multiple of 8 (16-byte aligned rows required on the GPU)".
+// Value checks on index arrays (cu_seqlens, seqused_k, block_table, cache_seqlens, ...) need the
+// values: they run here when the arrays are host memory (Backend::kCpu); for device memory they
+// are the kernels' job (docs/validation.md lists which checks need device values and their cost).
+#pragma once
+
+#include <cmath>
+
+#include "flashattn/flashattn.h"
+
+namespace flashattn::detail {
+
+// Defaults applied before validation and dispatch: softmax_scale 0 -> 1/sqrt(d); is_causal ->
+// window_size_right = 0. Works on any params struct derived from FwdParams.
+template <typename P>
+P resolve(P p) {
+  if (p.softmax_scale == 0.f && p.d > 0) p.softmax_scale = 1.f / std::sqrt(float(p.d));
+  if (p.is_causal) p.window_size_right = 0;
+  return p;
+}
+
+// `varlen` is true for the varlen entry points (cu_seqlens required), false for dense ones.
+Status validate_fwd(const FwdParams& p, Backend be, bool varlen);
+Status validate_bwd(const BwdParams& p, Backend be, bool varlen);
+Status validate_kvcache(const KVCacheParams& p, Backend be);
+Status validate_combine(const CombineParams& p, Backend be);
+
+}  // namespace flashattn::detail
