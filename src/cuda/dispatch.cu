@@ -1,6 +1,7 @@
 // STUB: replaced by the GPU work.
 #include <cuda_runtime.h>
 #include "cuda/dispatch.h"
+#include "cuda/fwd.h"
 #include "flashattn_build_config.h"
 namespace flashattn::cuda {
 int device_count() { int n = 0; if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; } return n; }
@@ -10,7 +11,7 @@ Status pointer_backend(const void* ptr, Backend* out) {
   *out = (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) ? Backend::kCuda : Backend::kCpu;
   return Status::ok_status();
 }
-Status mha_fwd(const FwdParams&) { return Status::not_supported("gpu fwd: not yet"); }
+Status mha_fwd(const FwdParams& p) { return run_mha_fwd(p); }
 Status mha_bwd(const BwdParams&) { return Status::not_supported("gpu bwd: not yet"); }
 Status mha_fwd_kvcache(const KVCacheParams&) { return Status::not_supported("gpu kvcache: not yet"); }
 Status mha_combine(const CombineParams&) { return Status::not_supported("gpu combine: not yet"); }
