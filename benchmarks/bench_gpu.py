@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""GPU forward benchmark: flashattn side by side with torch SDPA, in one process, same inputs.
+
+Runs the standard grid of DESIGN.md section 4 (batch*seqlen = 16384, hidden 2048, h = 2048/d,
+bf16, causal and not) against SDPA's FLASH_ATTENTION (FlashAttention-2's kernels),
+CUDNN_ATTENTION and EFFICIENT_ATTENTION backends. flashattn is called through the C ABI shim
+(build/libflashattn_capi.so, tools/capi.cpp) on the same torch tensors. Timing: median of
+triton.testing.do_bench after warm-up, with several input sets rotated so L2 does not serve them.
+
+Writes <out>/<date>-<gpu>-fwd.{json,md} (and .png when matplotlib is present) and prints a ratio
+table last.
+
+  python3 benchmarks/bench_gpu.py --lib build/libflashattn_capi.so --out benchmarks/results
+"""
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:
+    from triton.testing import do_bench
+except ImportError:  # pragma: no cover
+    do_bench = None
+
+
+def bench_ms(fn, warmup=25, rep=100):
+    if do_bench is not None:
+        return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(30):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+class FlashAttnCapi:
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        f = self.lib.flashattn_capi_fwd
+        f.restype = ctypes.c_int
+        f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_void_p] + [ctypes.c_int] * 7 + [
+            ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
+            ctypes.c_int]
+        self.err = ctypes.create_string_buffer(512)
+
+    def fwd(self, q, k, v, o, lse, causal):
+        b, sq, h, d = q.shape
+        sk, hk = k.shape[1], k.shape[2]
+        strides = (ctypes.c_int64 * 12)(*(list(q.stride()[:3]) + list(k.stride()[:3]) +
+                                          list(v.stride()[:3]) + list(o.stride()[:3])))
+        dtype = {torch.float16: 1, torch.bfloat16: 2}[q.dtype]
+        rc = self.lib.flashattn_capi_fwd(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), dtype, b, sq,
+            sk, h, hk, d, strides, 0.0, int(causal), -1, -1, 0.0, None,
+            ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), self.err, 512)
+        if rc != 0:
+            raise RuntimeError(self.err.value.decode())
+
+
+def flops_fwd(b, s, h, d, causal):
+    f = 4.0 * b * s * s * h * d
+    return f / 2 if causal else f
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", default="build/libflashattn_capi.so")
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--hdims", default="64,128,256")
+    ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    fa = FlashAttnCapi(args.lib)
+    gpu = torch.cuda.get_device_name(0)
+    rep = 30 if args.quick else 100
+    records = []
+    sdpa = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+            "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for d in [int(x) for x in args.hdims.split(",")]:
+        h = 2048 // d
+        for s in [int(x) for x in args.seqlens.split(",")]:
+            b = max(1, 16384 // s)
+            nbytes = 4 * b * s * h * d * 2
+            nsets = max(1, min(4, math.ceil(200e6 / nbytes)))  # rotate inputs past the 50 MB L2
+            sets = []
+            for _ in range(nsets):
+                q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=dtype) for _ in range(3))
+                o = torch.empty_like(q)
+                lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+                sets.append((q, k, v, o, lse))
+            for causal in (False, True):
+                # Correctness of this very call against SDPA (fp32 math) before timing it.
+                q, k, v, o, lse = sets[0]
+                fa.fwd(q, k, v, o, lse, causal)
+                ref = F.scaled_dot_product_attention(
+                    q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                    v.transpose(1, 2).float(), is_causal=causal).transpose(1, 2) if s <= 4096 else None
+                err = (o.float() - ref).abs().max().item() if ref is not None else float("nan")
+                del ref
+                it = [0]
+
+                def run_fa():
+                    i = it[0] = (it[0] + 1) % nsets
+                    q, k, v, o, lse = sets[i]
+                    fa.fwd(q, k, v, o, lse, causal)
+
+                impls = {"flashattn": run_fa}
+                for name, backend in sdpa.items():
+                    def run_sdpa(backend=backend):
+                        i = it[0] = (it[0] + 1) % nsets
+                        q, k, v, _, _ = sets[i]
+                        with sdpa_kernel(backend):
+                            F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                           v.transpose(1, 2), is_causal=causal)
+                    impls[name] = run_sdpa
+                for name, fn in impls.items():
+                    try:
+                        ms = bench_ms(fn, rep=rep)
+                    except Exception as e:  # a backend that refuses the shape
+                        print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
+                        continue
+                    tf = flops_fwd(b, s, h, d, causal) / (ms * 1e-3) / 1e12
+                    records.append({"impl": name, "mode": "fwd", "dtype": args.dtype, "d": d,
+                                    "seqlen": s, "causal": causal, "page_size": None,
+                                    "ms": ms, "tflops": tf,
+                                    **({"max_err_vs_fp32": err} if name == "flashattn" else {})})
+                    print(f"  {name:15s} d={d:3d} s={s:5d} causal={int(causal)} {ms:8.3f} ms {tf:7.1f} TFLOP/s"
+                          + (f"  err={err:.2e}" if name == "flashattn" else ""), flush=True)
+            del sets
+            torch.cuda.empty_cache()
+
+    date = datetime.date.today().isoformat()
+    tag = gpu.replace("NVIDIA ", "").split()[0].lower()
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:
+        commit = os.environ.get("FA_COMMIT", "unknown")
+    meta = {"gpu": gpu, "driver": torch.cuda.get_device_properties(0).name, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "commit": commit, "date": date}
+    try:
+        drv = subprocess.check_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], text=True)
+        meta["driver"] = drv.strip().splitlines()[0]
+    except Exception:
+        pass
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{date}-{tag}-fwd")
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "records": records}, f, indent=1)
+
+    # Ratio table: flashattn / sdpa_flash and / sdpa_cudnn at each point.
+    def get(impl, d, s, c):
+        for r in records:
+            if r["impl"] == impl and r["d"] == d and r["seqlen"] == s and r["causal"] == c:
+                return r["tflops"]
+        return None
+
+    lines = [f"# Forward TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit})", "",
+             "| d | seqlen | causal | flashattn | sdpa_flash | sdpa_cudnn | sdpa_efficient | vs flash | vs cudnn |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in sorted({r["d"] for r in records}):
+        for c in (False, True):
+            for s in sorted({r["seqlen"] for r in records}):
+                fa_t = get("flashattn", d, s, c)
+                if fa_t is None:
+                    continue
+                fl, cu, ef = get("sdpa_flash", d, s, c), get("sdpa_cudnn", d, s, c), get("sdpa_efficient", d, s, c)
+                fmt = lambda x: f"{x:.1f}" if x else "-"
+                rat = lambda x: f"{fa_t / x:.2f}x" if x else "-"
+                lines.append(f"| {d} | {s} | {int(c)} | {fmt(fa_t)} | {fmt(fl)} | {fmt(cu)} | {fmt(ef)} | {rat(fl)} | {rat(cu)} |")
+    table = "\n".join(lines) + "\n"
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        ds = sorted({r["d"] for r in records})
+        fig, axes = plt.subplots(2, len(ds), figsize=(5 * len(ds), 8), squeeze=False)
+        for col, d in enumerate(ds):
+            for row, c in enumerate((False, True)):
+                ax = axes[row][col]
+                for impl in ["flashattn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]:
+                    pts = sorted((r["seqlen"], r["tflops"]) for r in records
+                                 if r["impl"] == impl and r["d"] == d and r["causal"] == c)
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+                ax.set_xscale("log", base=2)
+                ax.set_title(f"fwd d={d} {'causal' if c else 'non-causal'}")
+                ax.set_xlabel("seqlen")
+                ax.set_ylabel("TFLOP/s")
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem + ".png", dpi=80)
+    except Exception as e:
+        print(f"(no plot: {e})")
+    print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
