@@ -1,0 +1,317 @@
+// The FlashAttention-2 backward on the CPU (Dao, "FlashAttention-2", 2023, Algorithm 2).
+//
+// Work items are (sequence, kv head): an item owns dK_j, dV_j of its kv head and dQ of the h/h_k
+// query heads that share it, so no two items write the same output and no atomics are needed:
+// the CPU backward is deterministic, bitwise, whatever the thread count and scheduling.
+//
+// Per item (query heads of the group stacked as in the forward, columns c = hg * rows + r):
+//   D_i = rowsum(dO_i * O_i); Q_i, dO_i (rows and transposed panels) converted once
+//   for each key block j (outer loop; dK_j, dV_j stay in a local fp32 accumulator):
+//     for each query block i that sees some key of block j:
+//       S^T = K_j Q_i^T, score modifiers + mask, P^T = exp(S^T - LSE_i)   (recomputed, not stored)
+//       dP^T = V_j dO_i^T
+//       dropout: Z = keep mask / (1 - p);  dV_j += (P * Z)^T dO_i;  dP = dP * Z
+//       dS = P * (dP - D_i), times the softcap chain rule (1 - tanh^2) when softcap > 0
+//       dK_j += dS^T Q_i;  dQ_i += dS K_j                               (both times scale)
+//     write dK_j (times scale) and dV_j
+//   write dQ (times scale). Keys no query sees get zero gradients; so do rows beyond seqused_k.
+// Products use the same gemm micro-kernel as the forward; transposed operands are strides.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/mask.h"
+#include "common/numeric.h"
+#include "common/philox.h"
+#include "common/score_mod.h"
+#include "common/seqlen.h"
+#include "cpu/backend_common.h"
+#include "cpu/thread_pool.h"
+
+namespace flashattn::cpu {
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+struct Scratch {
+  // Per query block mb (stride per block below): rows/panels of Q and dO, dQ accumulator, LSE, D.
+  std::vector<float> qr, qt, dor, dot, dq, lse, dsum;
+  // Per key block.
+  std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, dummy;
+};
+
+class Backward {
+ public:
+  explicit Backward(const BwdParams& p)
+      : p_(p),
+        k_(active_kernels()),
+        g_(p.h / p.h_k),
+        d_(p.d),
+        dp_(padded_dim(p.d)),
+        rows_(std::max(1, kBlockM / g_)),
+        ld_max_(round_up(g_ * rows_, 8)) {
+    dropout_ = p.p_dropout > 0.f;
+    rng_.seed = p.philox_seed;
+    rng_.offset = p.philox_offset;
+    rng_.threshold = dropout_threshold(p.p_dropout);
+    rp_dropout_ = dropout_ ? 1.f / (1.f - p.p_dropout) : 1.f;
+  }
+
+  void run() {
+    seqs_ = make_seq_views(p_);
+    int max_mb = 1;
+    for (const SeqView& sv : seqs_) max_mb = std::max(max_mb, ceil_div(sv.seqlen_q, rows_));
+    const int64_t items = int64_t(seqs_.size()) * p_.h_k;
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), items)));
+    std::vector<Scratch> scratch(static_cast<size_t>(threads));
+    for (Scratch& w : scratch) allocate(w, max_mb);
+    ThreadPool::instance().parallel_for(items, threads, [&](int64_t i, int worker) {
+      run_item(int(i / p_.h_k), int(i % p_.h_k), scratch[size_t(worker)]);
+    });
+  }
+
+ private:
+  size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
+
+  void allocate(Scratch& w, int max_mb) const {
+    const size_t panels = size_t(max_mb) * panel_stride();
+    for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot, &w.dq}) v->assign(panels, 0.f);
+    w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
+    w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
+    for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(kBlockN) * dp_, 0.f);
+    for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(kBlockN) * ld_max_, 0.f);
+    w.row.assign(size_t(dp_), 0.f);
+    w.orow.assign(size_t(dp_), 0.f);
+    w.dummy.assign(size_t(ld_max_), 0.f);
+  }
+
+  // Row i, head hh of a q-like tensor whose row 0 (head 0) is at base.
+  const void* row_ptr(const void* base, int i, int64_t rs, int hh, int64_t hs) const {
+    return static_cast<const char*>(base) + (int64_t(i) * rs + int64_t(hh) * hs) * dtype_size(p_.dtype);
+  }
+  void* row_ptr(void* base, int i, int64_t rs, int hh, int64_t hs) const {
+    return static_cast<char*>(base) + (int64_t(i) * rs + int64_t(hh) * hs) * dtype_size(p_.dtype);
+  }
+
+  ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
+    ScoreMod<float> mod;
+    mod.scale = p_.softmax_scale;
+    mod.softcap = p_.softcap;
+    mod.alibi_slope =
+        p_.alibi_slopes ? p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq] : 0.f;
+    mod.offset = sv.seqlen_k - sv.seqlen_q;
+    return mod;
+  }
+
+  void run_item(int seq, int hk, Scratch& w) const {
+    const SeqView& sv = seqs_[size_t(seq)];
+    const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
+    const bool varlen = p_.cu_seqlens_q != nullptr;
+    const VisibilityMask mask = VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal,
+                                                     p_.window_size_left, p_.window_size_right);
+    const int num_mb = ceil_div(sv.seqlen_q, rows_);
+    const float scale = p_.softmax_scale;
+
+    // Per query block: Q and dO as rows and as transposed panels, LSE, D = rowsum(dO * O).
+    for (int mb = 0; mb < num_mb; ++mb) {
+      const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
+      const int cols = g_ * rows, ld = round_up(cols, 8);
+      float* qr = w.qr.data() + mb * panel_stride();
+      float* qt = w.qt.data() + mb * panel_stride();
+      float* dor = w.dor.data() + mb * panel_stride();
+      float* dot = w.dot.data() + mb * panel_stride();
+      std::fill(qt, qt + size_t(d_) * ld, 0.f);
+      std::fill(dot, dot + size_t(d_) * ld, 0.f);
+      std::fill(w.dq.data() + mb * panel_stride(), w.dq.data() + (mb + 1) * panel_stride(), 0.f);
+      for (int hg = 0; hg < g_; ++hg) {
+        const int hq = hk * g_ + hg;
+        for (int r = 0; r < rows; ++r) {
+          const int i = m0 + r, c = hg * rows + r;
+          float* qc = qr + size_t(c) * dp_;
+          float* dc = dor + size_t(c) * dp_;
+          k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
+          k_.load_row(row_ptr(do_base(sv, si, varlen), i, p_.do_row_stride, hq, p_.do_head_stride),
+                      p_.dtype, d_, dc);
+          k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_,
+                      w.orow.data());
+          float dsum = 0.f;
+          for (int x = 0; x < d_; ++x) {
+            qt[size_t(x) * ld + c] = qc[x];
+            dot[size_t(x) * ld + c] = dc[x];
+            dsum += dc[x] * w.orow[size_t(x)];
+          }
+          w.dsum[size_t(mb) * ld_max_ + c] = dsum;
+          w.lse[size_t(mb) * ld_max_ + c] = sv.lse[hq * sv.lse_head_stride + i];
+        }
+      }
+    }
+
+    for (int n0 = 0; n0 < sv.seqlen_k; n0 += kBlockN) {
+      const int n = std::min(kBlockN, sv.seqlen_k - n0);
+      for (int j = 0; j < n; ++j) {
+        k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
+        k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+      }
+      std::fill(w.dk.begin(), w.dk.end(), 0.f);
+      std::fill(w.dv.begin(), w.dv.end(), 0.f);
+
+      for (int mb = 0; mb < num_mb; ++mb) {
+        const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
+        int kb_begin, kb_end;
+        mask.key_range(m0, m0 + rows, &kb_begin, &kb_end);
+        if (std::max(kb_begin, n0) >= std::min(kb_end, n0 + n)) continue;
+        block(sv, mask, hk, mb, m0, rows, n0, n, w);
+      }
+
+      for (int j = 0; j < n; ++j) {
+        float* dkj = w.dk.data() + size_t(j) * dp_;
+        k_.scale_row(dkj, d_, scale);
+        store_row(dkj, p_.dtype, d_, dk_row(sv, si, varlen, n0 + j, hk));
+        store_row(w.dv.data() + size_t(j) * dp_, p_.dtype, d_, dv_row(sv, si, varlen, n0 + j, hk));
+      }
+    }
+    // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too.
+    std::fill(w.row.begin(), w.row.end(), 0.f);
+    for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
+      store_row(w.row.data(), p_.dtype, d_, dk_row(sv, si, varlen, j, hk));
+      store_row(w.row.data(), p_.dtype, d_, dv_row(sv, si, varlen, j, hk));
+    }
+
+    for (int mb = 0; mb < num_mb; ++mb) {
+      const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
+      const float* dq = w.dq.data() + mb * panel_stride();
+      for (int hg = 0; hg < g_; ++hg)
+        for (int r = 0; r < rows; ++r) {
+          const int c = hg * rows + r;
+          for (int x = 0; x < d_; ++x) w.row[size_t(x)] = dq[size_t(c) * dp_ + x] * scale;
+          store_row(w.row.data(), p_.dtype, d_,
+                    row_ptr(dq_base(sv, si, varlen), m0 + r, p_.dq_row_stride, hk * g_ + hg,
+                            p_.dq_head_stride));
+        }
+    }
+  }
+
+  // One (key block, query block) tile of the backward.
+  void block(const SeqView& sv, const VisibilityMask& mask, int hk, int mb, int m0, int rows,
+             int n0, int n, Scratch& w) const {
+    const int cols = g_ * rows, ld = round_up(cols, 8);
+    const float* qr = w.qr.data() + mb * panel_stride();
+    const float* qt = w.qt.data() + mb * panel_stride();
+    const float* dor = w.dor.data() + mb * panel_stride();
+    const float* dot = w.dot.data() + mb * panel_stride();
+    float* dq = w.dq.data() + mb * panel_stride();
+    const float* lse = w.lse.data() + size_t(mb) * ld_max_;
+    const float* dsum = w.dsum.data() + size_t(mb) * ld_max_;
+    float* st = w.st.data();
+    float* dpt = w.dpt.data();
+    const bool softcap = p_.softcap > 0.f;
+
+    // P^T = exp(S^T - LSE), recomputed exactly as the forward scored it.
+    k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, qt, ld, st, ld, false);
+    if (softcap) std::copy(st, st + size_t(n) * ld, w.raw.data());
+    const bool full = mask.tile_fully_visible(m0, m0 + rows, n0, n0 + n);
+    if (!softcap && p_.alibi_slopes == nullptr) {
+      k_.col_scale_max(st, ld, n, cols, p_.softmax_scale, w.dummy.data());  // max unused
+    } else {
+      for (int hg = 0; hg < g_; ++hg) {
+        const ScoreMod<float> mod = score_mod(sv, hk * g_ + hg);
+        for (int j = 0; j < n; ++j) {
+          float* sj = st + size_t(j) * ld + hg * rows;
+          for (int r = 0; r < rows; ++r) sj[r] = mod.apply(sj[r], m0 + r, n0 + j);
+        }
+      }
+    }
+    if (!full) mask_tile(mask, g_, m0, rows, ld, n0, n, st);
+    k_.col_exp_sum(st, ld, n, cols, lse, w.dummy.data());
+
+    // dP^T = V_j dO_i^T.
+    k_.gemm(n, ld, d_, w.vb.data(), dp_, 1, dot, ld, dpt, ld, false);
+
+    // dV_j += (P Z)^T dO_i, and dP *= Z, with Z the dropout keep mask over (1 - p).
+    const float* pv = st;
+    if (dropout_) {
+      float* pdt = w.pdt.data();
+      for (int hg = 0; hg < g_; ++hg) {
+        const uint64_t bh = uint64_t(sv.bidb) * uint64_t(p_.h) + uint64_t(hk * g_ + hg);
+        for (int r = 0; r < rows; ++r) {
+          const int c = hg * rows + r;
+          Philox4 words{};
+          for (int j = 0; j < n; ++j) {
+            const int key = n0 + j;
+            if (j == 0 || (key & 3) == 0) words = rng_.words(bh, m0 + r, key >> 2);
+            const bool keep = words.x[key & 3] < rng_.threshold;
+            const size_t e = size_t(j) * ld + c;
+            pdt[e] = keep ? st[e] * rp_dropout_ : 0.f;
+            dpt[e] = keep ? dpt[e] * rp_dropout_ : 0.f;
+          }
+        }
+      }
+      pv = pdt;
+    }
+    k_.gemm(n, dp_, cols, pv, ld, 1, dor, dp_, w.dv.data(), dp_, true);
+
+    // dS = P * (dP - D), in place of dP^T; softcap: times d softcap(x)/dx = 1 - tanh^2.
+    for (int j = 0; j < n; ++j) {
+      float* dj = dpt + size_t(j) * ld;
+      const float* pj = st + size_t(j) * ld;
+      for (int c = 0; c < cols; ++c) dj[c] = pj[c] * (dj[c] - dsum[c]);
+    }
+    if (softcap) {
+      for (int hg = 0; hg < g_; ++hg) {
+        const ScoreMod<float> mod = score_mod(sv, hk * g_ + hg);
+        for (int j = 0; j < n; ++j)
+          for (int r = 0; r < rows; ++r) {
+            const size_t e = size_t(j) * ld + hg * rows + r;
+            dpt[e] *= mod.dscore(w.raw[e]);
+          }
+      }
+    }
+
+    // dK_j += dS^T Q_i;  dQ_i += dS K_j  (the softmax scale is applied once, at the end).
+    k_.gemm(n, dp_, cols, dpt, ld, 1, qr, dp_, w.dk.data(), dp_, true);
+    k_.gemm(cols, dp_, n, dpt, 1, ld, w.kb.data(), dp_, dq, dp_, true);
+  }
+
+  // Row 0 bases of the gradient/dout tensors of a sequence (head 0).
+  const void* do_base(const SeqView& sv, const SeqlenInfo& si, bool varlen) const {
+    return static_cast<const char*>(p_.do_ptr) +
+           si.q_offset(p_.do_batch_stride, p_.do_row_stride, 0, sv.bidb, 0, 0, varlen) *
+               dtype_size(p_.dtype);
+  }
+  void* dq_base(const SeqView& sv, const SeqlenInfo& si, bool varlen) const {
+    return static_cast<char*>(p_.dq_ptr) +
+           si.q_offset(p_.dq_batch_stride, p_.dq_row_stride, 0, sv.bidb, 0, 0, varlen) *
+               dtype_size(p_.dtype);
+  }
+  void* dk_row(const SeqView& sv, const SeqlenInfo& si, bool varlen, int j, int hk) const {
+    return static_cast<char*>(p_.dk_ptr) +
+           si.k_offset(p_.dk_batch_stride, p_.dk_row_stride, p_.dk_head_stride, sv.bidb, j, hk,
+                       varlen) *
+               dtype_size(p_.dtype);
+  }
+  void* dv_row(const SeqView& sv, const SeqlenInfo& si, bool varlen, int j, int hk) const {
+    return static_cast<char*>(p_.dv_ptr) +
+           si.k_offset(p_.dv_batch_stride, p_.dv_row_stride, p_.dv_head_stride, sv.bidb, j, hk,
+                       varlen) *
+               dtype_size(p_.dtype);
+  }
+
+  const BwdParams& p_;
+  const Kernels& k_;
+  const int g_, d_, dp_, rows_, ld_max_;
+  bool dropout_ = false;
+  DropoutRng rng_;
+  float rp_dropout_ = 1.f;
+  std::vector<SeqView> seqs_;
+};
+
+}  // namespace
+
+void run_backward(const BwdParams& p) {
+  Backward bwd(p);
+  bwd.run();
+}
+
+}  // namespace flashattn::cpu

@@ -1,0 +1,104 @@
+// Internal pieces shared by the CPU backend's forward (backend_fwd.cpp) and backward
+// (backend_bwd.cpp): tile sizes, the "key source" that hides where a sequence's K/V rows live
+// (dense, varlen, paged, KV cache), per-sequence views, and small helpers.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/mask.h"
+#include "common/paged_kv.h"
+#include "cpu/backend.h"
+#include "cpu/kernels.h"
+#include "flashattn/params.h"
+
+namespace flashattn::cpu {
+
+// Query rows per work item: kBlockM (query row, query head) pairs, the h/h_k heads that share a
+// kv head stacked (kBlockM / (h/h_k) rows of each), so K/V blocks are converted once for all of
+// them. 96 x d = 128 fp32 is 48 KiB for each of Q^T, O and the K/V block, and the transposed
+// score tile is 96 x 96 x 4 = 36 KiB: one item's working set (~230 KiB) stays in a Zen 3
+// core's 512 KiB L2. 96 = 16 x 6 also fills the gemm's 6 x 16 register tiles exactly in both
+// block products. Measured (forward, fp32, d = 128, s = 2048, one thread, GFLOP/s per core of
+// the EPYC dev VM, nominal peak 78): kBlockM x kBlockN = 48 x 96: 69, 96 x 96: 78, 96 x 48: 78,
+// 96 x 192: 74, 144 x 144: 72, 192 x 96: 63 (the working set spills out of L2).
+constexpr int kBlockM = 96;
+// Keys per block: the same L2 budget, and a multiple of the 6-row register tile for S^T = K Q^T.
+constexpr int kBlockN = 96;
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline int round_up(int a, int m) { return ceil_div(a, m) * m; }
+// Head dim as stored in the fp32 working buffers: a multiple of 8 (one AVX register), the
+// padding columns kept at zero so they add nothing to any product.
+inline int padded_dim(int d) { return round_up(d, 8); }
+
+// Where the K and V rows of one sequence live. Key j of the sequence (0 <= j < seqlen_k of its
+// view) is at logical position key0 + j: contiguous rows from a base pointer, or a page of a
+// paged cache.
+struct KeySource {
+  const void* k = nullptr;  // contiguous: row of position 0 (batch/varlen offset applied); paged: pool
+  const void* v = nullptr;
+  int64_t k_row_stride = 0, k_head_stride = 0, k_page_stride = 0;
+  int64_t v_row_stride = 0, v_head_stride = 0, v_page_stride = 0;
+  int key0 = 0;            // logical position of key 0 (KV cache left padding)
+  bool paged = false;
+  PagedKV pages;           // block table of the whole batch; row `bidb` is this sequence's
+  int bidb = 0;
+  int elem_size = 4;
+
+  const void* k_row(int j, int hk) const { return row(k, j, hk, k_row_stride, k_head_stride, k_page_stride); }
+  const void* v_row(int j, int hk) const { return row(v, j, hk, v_row_stride, v_head_stride, v_page_stride); }
+
+ private:
+  const void* row(const void* base, int j, int hk, int64_t rs, int64_t hs, int64_t ps) const {
+    const int t = key0 + j;
+    const int64_t off = paged ? pages.offset(bidb, t, hk, ps, rs, hs) : int64_t(t) * rs + int64_t(hk) * hs;
+    return static_cast<const char*>(base) + off * elem_size;
+  }
+};
+
+// One sequence as the attention cores see it: row 0 of its q/o (head 0), its lengths after
+// varlen/seqused/KV-cache resolution, and its keys.
+struct SeqView {
+  int bidb = 0;         // index in the batch: ALiBi row, dropout counter, block-table row
+  int seqlen_q = 0;
+  int seqlen_k = 0;     // visible key range is [0, seqlen_k) of `keys`
+  int key_rows = 0;     // rows of k/v this sequence owns (>= seqlen_k; differs under seqused_k)
+  int64_t row0 = 0;     // global row of query 0 (dense: bidb * seqlen_q; varlen: cu_seqlens_q)
+  const void* q = nullptr;
+  DType q_dtype = DType::kFloat32;  // the call's dtype, or fp32 for the KV cache's rotated q copy
+  int64_t q_row_stride = 0, q_head_stride = 0;
+  void* o = nullptr;
+  int64_t o_row_stride = 0, o_head_stride = 0;
+  float* lse = nullptr;  // lse of head hq, row i: lse[hq * lse_head_stride + i]; may be null
+  int64_t lse_head_stride = 0;
+  KeySource keys;
+};
+
+// -inf on every element of a transposed score tile (keys [n0, n0 + n) x the g stacked heads
+// rows [m0, m0 + rows), column hg * rows + r, leading dimension ld) that the mask hides. Row i
+// sees the contiguous keys [col_begin(i), col_end(i)), so only the masked runs are touched.
+void mask_tile(const VisibilityMask& mask, int g, int m0, int rows, int64_t ld, int n0, int n,
+               float* st);
+
+// dst[0..n) = src[0..n) rounded to dtype t (nearest even, as common/numeric.h).
+void store_row(const float* src, DType t, int n, void* dst);
+
+// Views of every sequence of a dense/varlen/paged forward or backward call.
+std::vector<SeqView> make_seq_views(const FwdParams& p);
+
+// Rows of q/o over the whole batch (dense: b * seqlen_q; varlen: total_q).
+int64_t total_q_rows(const FwdParams& p, const std::vector<SeqView>& seqs);
+
+// Split count for num_splits == 0 (heuristic in backend_fwd.cpp), else the explicit count.
+int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads);
+
+// The FlashAttention-2 forward over any set of sequence views: dense, varlen, paged and the
+// KV cache all come here. Writes o and lse through the views, and p_ptr (dense only) if set.
+void run_forward(const FwdParams& p, const std::vector<SeqView>& seqs);
+
+// The FlashAttention-2 backward (dense and varlen).
+void run_backward(const BwdParams& p);
+
+}  // namespace flashattn::cpu

@@ -1,0 +1,509 @@
+// The FlashAttention-2 forward on the CPU (Dao, "FlashAttention-2", 2023, Algorithm 1).
+//
+// Work items. One item is a tile of query rows [m0, m0 + rows) of one sequence for ALL the
+// h/h_k query heads that share kv head hk (stacked, like FlashAttention's pack-GQA), times one
+// split of the key range. rows = kBlockM / (h/h_k), so every item has about kBlockM
+// (row, head) pairs whatever the GQA ratio. Items run on the thread pool; each is independent
+// and deterministic, so results do not depend on scheduling.
+//
+// Per item, in the paper's notation (i indexes query rows, j key blocks):
+//   Q_i^T panel (d x cols), fp32              loaded once per item
+//   m_i = -inf, l_i = 0, O_i = 0              running max, running sum, unnormalized output
+//   for each key block K_j, V_j in the item's visible key range (VisibilityMask::key_range):
+//     K_j converted to fp32 once for all stacked heads
+//     S_ij^T = K_j Q_i^T                      one gemm, keys x (row, head) columns
+//     scale/softcap/ALiBi (ScoreMod) and the mask on tiles that are not fully visible
+//     m_new = max(m_i, colmax S_ij^T);  P = exp(S - m_new);  l_i = e^(m_i - m_new) l_i + colsum P
+//     O_i = diag(e^(m_i - m_new)) O_i + P^T V_j   (dropout zeroes dropped P entries first)
+//   O_i / l_i (times 1/(1-p) with dropout), LSE_i = m_i + log l_i; empty rows: 0 and +inf.
+//
+// Why scores are transposed (keys x queries): the softmax statistics of a query are then a
+// column, and the micro-kernels update 8 queries' max/sum per AVX register with vertical ops
+// only (no horizontal reductions), while K rows are used as the gemm's A operand directly, with
+// no transposition of each key block. Q is transposed once per item instead.
+//
+// Split-KV: with num_splits > 1 each item covers one chunk of key blocks and writes an fp32
+// partial (O_s normalized, LSE_s; empty chunk: LSE_s = -inf); a merge pass combines them exactly
+// with the LSE rule of common/lse_merge.h (the same math as mha_combine).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/lse_merge.h"
+#include "common/mask.h"
+#include "common/numeric.h"
+#include "common/philox.h"
+#include "common/score_mod.h"
+#include "common/seqlen.h"
+#include "cpu/backend_common.h"
+#include "cpu/thread_pool.h"
+
+namespace flashattn::cpu {
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Split-KV heuristic (num_splits == 0): split only when there are fewer than kItemsPerThread
+// items per thread (decode, small batch), and never below kMinBlocksPerSplit key blocks per
+// split, so the partial outputs and the merge stay a small fraction of the work.
+constexpr int kItemsPerThread = 4;
+constexpr int kMinBlocksPerSplit = 4;
+constexpr int kMaxSplits = 128;
+
+struct WorkItem {
+  int seq = 0;
+  int hk = 0;
+  int m0 = 0;
+  int split = 0;
+};
+
+// One worker's buffers, allocated before dispatch (items never allocate).
+struct Scratch {
+  std::vector<float> qt;     // [d][ld]      Q_i^T, column c = hg * rows + r
+  std::vector<float> kb;     // [kBlockN][dp] K_j in fp32
+  std::vector<float> vb;     // [kBlockN][dp] V_j in fp32, padding columns zero
+  std::vector<float> st;     // [kBlockN][ld] S_ij^T, then P_ij^T in place
+  std::vector<float> o;      // [cols][dp]   O_i (unnormalized)
+  std::vector<float> m, m_prev, l, ref, row;
+};
+
+class Forward {
+ public:
+  Forward(const FwdParams& p, const std::vector<SeqView>& seqs, int threads)
+      : p_(p),
+        seqs_(seqs),
+        k_(active_kernels()),
+        g_(p.h / p.h_k),
+        d_(p.d),
+        dp_(padded_dim(p.d)),
+        rows_(std::max(1, kBlockM / g_)),
+        max_cols_(g_ * rows_),
+        max_ld_(round_up(max_cols_, 8)),
+        threads_(threads) {
+    plain_ = p.softcap <= 0.f && p.alibi_slopes == nullptr;
+    dropout_ = p.p_dropout > 0.f;
+    rng_.seed = p.philox_seed;
+    rng_.offset = p.philox_offset;
+    rng_.threshold = dropout_threshold(p.p_dropout);
+    rp_dropout_ = dropout_ ? 1.f / (1.f - p.p_dropout) : 1.f;
+    splits_ = choose_num_splits(p, seqs, threads);
+    total_rows_ = total_q_rows(p, seqs);
+  }
+
+  void run() {
+    std::vector<WorkItem> items;
+    // Items of one (sequence, kv head) are consecutive, so the threads share that head's K/V
+    // in cache. Within it, last row tiles first: under a causal mask they see the most keys,
+    // and starting long items early balances the pool's tail.
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int hk = 0; hk < p_.h_k; ++hk)
+        for (int m0 = round_up(seqs_[s].seqlen_q, rows_) - rows_; m0 >= 0; m0 -= rows_)
+          for (int sp = 0; sp < splits_; ++sp) items.push_back({s, hk, m0, sp});
+    if (splits_ > 1) {
+      o_part_.assign(size_t(splits_) * total_rows_ * p_.h * dp_, 0.f);
+      lse_part_.assign(size_t(splits_) * total_rows_ * p_.h, -kInf);
+    }
+    // No more workers (and scratch buffers) than items.
+    threads_ = int(std::max<int64_t>(1, std::min<int64_t>(threads_, int64_t(items.size()))));
+    std::vector<Scratch> scratch(static_cast<size_t>(threads_));
+    for (Scratch& w : scratch) allocate(w);
+    ThreadPool::instance().parallel_for(int64_t(items.size()), threads_,
+                                        [&](int64_t i, int worker) {
+                                          run_item(items[size_t(i)], scratch[size_t(worker)]);
+                                        });
+    if (splits_ > 1) merge_splits();
+    if (p_.p_ptr != nullptr) write_probs(scratch);
+  }
+
+ private:
+  void allocate(Scratch& w) const {
+    w.qt.assign(size_t(d_) * max_ld_, 0.f);
+    w.kb.assign(size_t(kBlockN) * dp_, 0.f);
+    w.vb.assign(size_t(kBlockN) * dp_, 0.f);
+    w.st.assign(size_t(kBlockN) * max_ld_, 0.f);
+    w.o.assign(size_t(max_ld_) * dp_, 0.f);
+    for (auto* v : {&w.m, &w.m_prev, &w.l, &w.ref}) v->assign(size_t(max_ld_), 0.f);
+    w.row.assign(size_t(dp_), 0.f);
+  }
+
+  const void* q_row(const SeqView& sv, int i, int hq) const {
+    return static_cast<const char*>(sv.q) +
+           (int64_t(i) * sv.q_row_stride + int64_t(hq) * sv.q_head_stride) * dtype_size(sv.q_dtype);
+  }
+  void* o_row(const SeqView& sv, int i, int hq) const {
+    return static_cast<char*>(sv.o) +
+           (int64_t(i) * sv.o_row_stride + int64_t(hq) * sv.o_head_stride) * dtype_size(p_.dtype);
+  }
+  float alibi_slope(const SeqView& sv, int hq) const {
+    if (p_.alibi_slopes == nullptr) return 0.f;
+    return p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq];
+  }
+  VisibilityMask mask_of(const SeqView& sv) const {
+    return VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal, p_.window_size_left,
+                                p_.window_size_right);
+  }
+  // Keys [*n_begin, *n_end) of split `split` of a sequence with seqlen_k keys.
+  void split_range(int seqlen_k, int split, int* n_begin, int* n_end) const {
+    const int blocks_per_split = ceil_div(ceil_div(seqlen_k, kBlockN), splits_);
+    *n_begin = std::min(seqlen_k, split * blocks_per_split * kBlockN);
+    *n_end = std::min(seqlen_k, (split + 1) * blocks_per_split * kBlockN);
+  }
+
+  // Q_i^T: qt[x * ld + hg * rows + r] = q[m0 + r][hk * g + hg][x]; padding columns zero.
+  void load_q_panel(const SeqView& sv, int hk, int m0, int rows, int ld, Scratch& w) const {
+    std::fill(w.qt.begin(), w.qt.begin() + size_t(d_) * ld, 0.f);
+    for (int hg = 0; hg < g_; ++hg)
+      for (int r = 0; r < rows; ++r) {
+        k_.load_row(q_row(sv, m0 + r, hk * g_ + hg), sv.q_dtype, d_, w.row.data());
+        const int c = hg * rows + r;
+        for (int x = 0; x < d_; ++x) w.qt[size_t(x) * ld + c] = w.row[size_t(x)];
+      }
+  }
+
+  // S^T = K_j Q_i^T for keys [n0, n0 + n) into w.st (row j = key n0 + j, column c = stacked
+  // query row). On tiles that need it, the score modifiers and the mask are applied too, leaving
+  // final scores (or -inf). Returns true on the fast path (no softcap/ALiBi, tile fully
+  // visible): then only the raw product is there and the caller applies the scale, fused into
+  // its column-max pass.
+  bool scores(const SeqView& sv, const VisibilityMask& mask, int hk, int m0, int rows, int ld,
+              int n0, int n, Scratch& w) const {
+    // K_j is copied (converted) into a dense fp32 block even when it is fp32 already: in place,
+    // rows h * d floats apart (8 KiB at h = 16, d = 128) alias in L1/L2 sets, and the copy
+    // measured faster (92% vs 81% of the per-core FMA peak at h = 16, equal at h = 1..4).
+    for (int j = 0; j < n; ++j)
+      k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
+    k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, w.qt.data(), ld, w.st.data(), ld, false);
+    const bool full = mask.tile_fully_visible(m0, m0 + rows, n0, n0 + n);
+    if (plain_ && full) return true;
+    if (plain_) {
+      // Scale only (the running max below is a throw-away; the caller takes the real one).
+      std::fill(w.ref.begin(), w.ref.end(), -kInf);
+      k_.col_scale_max(w.st.data(), ld, n, g_ * rows, p_.softmax_scale, w.ref.data());
+    } else {
+      for (int hg = 0; hg < g_; ++hg) {
+        ScoreMod<float> mod;
+        mod.scale = p_.softmax_scale;
+        mod.softcap = p_.softcap;
+        mod.alibi_slope = alibi_slope(sv, hk * g_ + hg);
+        mod.offset = sv.seqlen_k - sv.seqlen_q;
+        for (int j = 0; j < n; ++j) {
+          float* sj = w.st.data() + size_t(j) * ld + hg * rows;
+          for (int r = 0; r < rows; ++r) sj[r] = mod.apply(sj[r], m0 + r, n0 + j);
+        }
+      }
+    }
+    if (!full) mask_tile(mask, g_, m0, rows, ld, n0, n, w.st.data());
+    return false;
+  }
+
+  // Zero the dropped entries of P^T (keys [n0, n0 + n) x stacked rows), with the Philox counter
+  // layout of common/philox.h: one 4-word draw serves 4 consecutive keys.
+  void apply_dropout(const SeqView& sv, int hk, int m0, int rows, int ld, int n0, int n,
+                     float* pt) const {
+    for (int hg = 0; hg < g_; ++hg) {
+      const uint64_t bh = uint64_t(sv.bidb) * uint64_t(p_.h) + uint64_t(hk * g_ + hg);
+      for (int r = 0; r < rows; ++r) {
+        const int c = hg * rows + r;
+        Philox4 words{};
+        for (int j = 0; j < n; ++j) {
+          const int key = n0 + j;
+          if (j == 0 || (key & 3) == 0) words = rng_.words(bh, m0 + r, key >> 2);
+          if (words.x[key & 3] >= rng_.threshold) pt[size_t(j) * ld + c] = 0.f;
+        }
+      }
+    }
+  }
+
+  void run_item(const WorkItem& it, Scratch& w) {
+    const SeqView& sv = seqs_[size_t(it.seq)];
+    const int m0 = it.m0, rows = std::min(rows_, sv.seqlen_q - m0);
+    const int cols = g_ * rows, ld = round_up(cols, 8);
+    const VisibilityMask mask = mask_of(sv);
+    load_q_panel(sv, it.hk, m0, rows, ld, w);
+
+    int n_begin, n_end;
+    mask.key_range(m0, m0 + rows, &n_begin, &n_end);
+    if (splits_ > 1) {
+      int s_begin, s_end;
+      split_range(sv.seqlen_k, it.split, &s_begin, &s_end);
+      n_begin = std::max(n_begin, s_begin);
+      n_end = std::min(n_end, s_end);
+    }
+
+    float* m = w.m.data();
+    float* l = w.l.data();
+    float* o = w.o.data();
+    std::fill(m, m + cols, -kInf);
+    std::fill(l, l + cols, 0.f);
+    std::fill(o, o + size_t(cols) * dp_, 0.f);
+
+    for (int n0 = n_begin; n0 < n_end; n0 += kBlockN) {
+      const int n = std::min(kBlockN, n_end - n0);
+      const bool fast = scores(sv, mask, it.hk, m0, rows, ld, n0, n, w);
+      float* st = w.st.data();
+      std::copy(m, m + cols, w.m_prev.data());
+      k_.col_scale_max(st, ld, n, cols, fast ? p_.softmax_scale : 1.f, m);
+
+      // Online softmax: rescale l_i and O_i by e^(m_old - m_new) where the max grew. A column
+      // that has seen no visible key yet keeps m = -inf; it uses 0 as its reference so its
+      // (all -inf) scores exponentiate to exact zeros instead of NaN.
+      for (int c = 0; c < cols; ++c) {
+        w.ref[size_t(c)] = m[c] == -kInf ? 0.f : m[c];
+        if (m[c] != w.m_prev[size_t(c)]) {
+          const float alpha = std::exp(w.m_prev[size_t(c)] - m[c]);
+          l[c] *= alpha;
+          k_.scale_row(o + size_t(c) * dp_, d_, alpha);
+        }
+      }
+      k_.col_exp_sum(st, ld, n, cols, w.ref.data(), l);  // l_i includes dropped entries
+      if (dropout_) apply_dropout(sv, it.hk, m0, rows, ld, n0, n, st);
+
+      // V_j into the zero-padded fp32 block (the gemm's B operand needs rows of dp floats).
+      for (int j = 0; j < n; ++j)
+        k_.load_row(sv.keys.v_row(n0 + j, it.hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+      // O_i += P_ij V_j, with P read through the transposed tile (A(c, j) = st[j * ld + c]).
+      k_.gemm(cols, dp_, n, st, 1, ld, w.vb.data(), dp_, o, dp_, true);
+    }
+
+    for (int hg = 0; hg < g_; ++hg) {
+      const int hq = it.hk * g_ + hg;
+      for (int r = 0; r < rows; ++r) {
+        const int c = hg * rows + r, i = m0 + r;
+        const float lse = l[c] > 0.f ? m[c] + std::log(l[c]) : -kInf;
+        const float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
+        float* oc = o + size_t(c) * dp_;
+        k_.scale_row(oc, d_, inv);
+        if (splits_ > 1) {
+          std::copy(oc, oc + d_, part_o(it.split, sv.row0 + i, hq));
+          part_lse(it.split, sv.row0 + i, hq) = lse;
+        } else {
+          store_row(oc, p_.dtype, d_, o_row(sv, i, hq));
+          if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
+        }
+      }
+    }
+  }
+
+  float* part_o(int split, int64_t row, int hq) {
+    return o_part_.data() + ((size_t(split) * total_rows_ + row) * p_.h + hq) * dp_;
+  }
+  float& part_lse(int split, int64_t row, int hq) {
+    return lse_part_[(size_t(split) * total_rows_ + row) * p_.h + hq];
+  }
+
+  // O = sum_s e^(LSE_s - LSE) O_s with LSE = logsumexp_s LSE_s; empty splits weigh 0.
+  void merge_splits() {
+    constexpr int kRowsPerTask = 64;
+    std::vector<std::pair<int, int>> tasks;
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
+    std::vector<std::vector<float>> rows(size_t(std::max(1, threads_)),
+                                         std::vector<float>(size_t(dp_)));
+    ThreadPool::instance().parallel_for(
+        int64_t(tasks.size()), threads_, [&](int64_t t, int worker) {
+          const SeqView& sv = seqs_[size_t(tasks[size_t(t)].first)];
+          const int i0 = tasks[size_t(t)].second;
+          float* acc = rows[size_t(worker)].data();
+          for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i)
+            for (int hq = 0; hq < p_.h; ++hq) {
+              float lse = -kInf;
+              for (int s = 0; s < splits_; ++s) lse = logaddexp(lse, part_lse(s, sv.row0 + i, hq));
+              std::fill(acc, acc + d_, 0.f);
+              for (int s = 0; s < splits_; ++s) {
+                const float wgt = merge_weight(part_lse(s, sv.row0 + i, hq), lse);
+                if (wgt == 0.f) continue;
+                const float* os = part_o(s, sv.row0 + i, hq);
+                for (int x = 0; x < d_; ++x) acc[x] += wgt * os[x];
+              }
+              store_row(acc, p_.dtype, d_, o_row(sv, i, hq));
+              if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
+            }
+        });
+  }
+
+  // p_ptr (testing aid, dense): P = exp(S - LSE) from the final LSE, negated where dropped,
+  // 0 where invisible. A second pass over the same tiles, so the main loop stays lean.
+  void write_probs(std::vector<Scratch>& scratch) {
+    std::vector<WorkItem> items;
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int m0 = 0; m0 < seqs_[size_t(s)].seqlen_q; m0 += rows_)
+        for (int hk = 0; hk < p_.h_k; ++hk) items.push_back({s, hk, m0, 0});
+    ThreadPool::instance().parallel_for(
+        int64_t(items.size()), threads_, [&](int64_t idx, int worker) {
+          const WorkItem& it = items[size_t(idx)];
+          Scratch& w = scratch[size_t(worker)];
+          const SeqView& sv = seqs_[size_t(it.seq)];
+          const int m0 = it.m0, rows = std::min(rows_, sv.seqlen_q - m0);
+          const int cols = g_ * rows, ld = round_up(cols, 8);
+          const VisibilityMask mask = mask_of(sv);
+          const int64_t row_len = p_.seqlen_k;
+          load_q_panel(sv, it.hk, m0, rows, ld, w);
+          // Start with zeros everywhere in these rows, then fill the visible range.
+          for (int hg = 0; hg < g_; ++hg)
+            for (int r = 0; r < rows; ++r) {
+              const int64_t base = ((int64_t(sv.bidb) * p_.h + it.hk * g_ + hg) * p_.seqlen_q + m0 + r) * row_len;
+              for (int64_t x = 0; x < row_len; ++x) store_from_float(p_.p_ptr, p_.dtype, base + x, 0.f);
+            }
+          int n_begin, n_end;
+          mask.key_range(m0, m0 + rows, &n_begin, &n_end);
+          for (int n0 = n_begin; n0 < n_end; n0 += kBlockN) {
+            const int n = std::min(kBlockN, n_end - n0);
+            const bool fast = scores(sv, mask, it.hk, m0, rows, ld, n0, n, w);
+            for (int hg = 0; hg < g_; ++hg) {
+              const int hq = it.hk * g_ + hg;
+              const uint64_t bh = uint64_t(sv.bidb) * uint64_t(p_.h) + uint64_t(hq);
+              for (int r = 0; r < rows; ++r) {
+                const int i = m0 + r, c = hg * rows + r;
+                const float lse = sv.lse[hq * sv.lse_head_stride + i];
+                const int64_t base = ((int64_t(sv.bidb) * p_.h + hq) * p_.seqlen_q + i) * row_len;
+                for (int j = 0; j < n; ++j) {
+                  const int key = n0 + j;
+                  float s = w.st[size_t(j) * ld + c];
+                  if (fast) s *= p_.softmax_scale;
+                  float prob = (s == -kInf || lse == kInf) ? 0.f : std::exp(s - lse);
+                  if (dropout_ && !rng_.keep(bh, i, key)) prob = -prob;
+                  store_from_float(p_.p_ptr, p_.dtype, base + key, prob);
+                }
+              }
+            }
+          }
+        });
+  }
+
+  const FwdParams& p_;
+  const std::vector<SeqView>& seqs_;
+  const Kernels& k_;
+  const int g_, d_, dp_, rows_, max_cols_, max_ld_;
+  int threads_;
+  bool plain_ = true, dropout_ = false;
+  DropoutRng rng_;
+  float rp_dropout_ = 1.f;
+  int splits_ = 1;
+  int64_t total_rows_ = 0;
+  std::vector<float> o_part_;    // [splits][total_rows][h][dp] normalized partial O
+  std::vector<float> lse_part_;  // [splits][total_rows][h] partial LSE (-inf: empty)
+};
+
+}  // namespace
+
+void mask_tile(const VisibilityMask& mask, int g, int m0, int rows, int64_t ld, int n0, int n,
+               float* st) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int r = 0; r < rows; ++r) {
+    const int i = m0 + r;
+    const int lo = std::min(n, std::max(0, mask.col_begin(i) - n0));
+    const int hi = std::max(lo, std::min(n, mask.col_end(i) - n0));
+    for (int hg = 0; hg < g; ++hg) {
+      float* col = st + hg * rows + r;
+      for (int j = 0; j < lo; ++j) col[j * ld] = kNegInf;
+      for (int j = hi; j < n; ++j) col[j * ld] = kNegInf;
+    }
+  }
+}
+
+void store_row(const float* src, DType t, int n, void* dst) {
+  switch (t) {
+    case DType::kFloat32: std::memcpy(dst, src, sizeof(float) * size_t(n)); break;
+    case DType::kFloat16:
+      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_fp16(src[x]);
+      break;
+    default:
+      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_bf16(src[x]);
+      break;
+  }
+}
+
+int64_t total_q_rows(const FwdParams& p, const std::vector<SeqView>& seqs) {
+  if (p.cu_seqlens_q != nullptr) return p.cu_seqlens_q[p.b];
+  (void)seqs;
+  return int64_t(p.b) * p.seqlen_q;
+}
+
+int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads) {
+  if (p.num_splits >= 1) return p.num_splits;
+  const int rows = std::max(1, kBlockM / (p.h / p.h_k));
+  int64_t items = 0;
+  int max_blocks = 0;
+  for (const SeqView& sv : seqs) {
+    items += int64_t(ceil_div(sv.seqlen_q, rows)) * p.h_k;
+    max_blocks = std::max(max_blocks, ceil_div(sv.seqlen_k, kBlockN));
+  }
+  const int64_t want = int64_t(kItemsPerThread) * threads;
+  if (items == 0 || items >= want) return 1;
+  const int by_items = int(ceil_div(int(want), int(items)));
+  const int by_blocks = std::max(1, max_blocks / kMinBlocksPerSplit);
+  return std::max(1, std::min({by_items, by_blocks, kMaxSplits}));
+}
+
+std::vector<SeqView> make_seq_views(const FwdParams& p) {
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const bool paged = p.block_table != nullptr;
+  const int es = dtype_size(p.dtype);
+  std::vector<SeqView> views(size_t(p.b));
+  for (int b = 0; b < p.b; ++b) {
+    const SeqlenInfo si = SeqlenInfo::make(p, b);
+    SeqView& v = views[size_t(b)];
+    v.bidb = b;
+    v.seqlen_q = si.seqlen_q;
+    v.seqlen_k = si.seqlen_k;
+    v.key_rows = varlen ? p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b] : p.seqlen_k;
+    v.row0 = varlen ? si.q_row0 : int64_t(b) * p.seqlen_q;
+    v.q = static_cast<const char*>(p.q_ptr) +
+          si.q_offset(p.q_batch_stride, p.q_row_stride, 0, b, 0, 0, varlen) * es;
+    v.q_dtype = p.dtype;
+    v.q_row_stride = p.q_row_stride;
+    v.q_head_stride = p.q_head_stride;
+    v.o = static_cast<char*>(p.o_ptr) +
+          si.q_offset(p.o_batch_stride, p.o_row_stride, 0, b, 0, 0, varlen) * es;
+    v.o_row_stride = p.o_row_stride;
+    v.o_head_stride = p.o_head_stride;
+    if (p.softmax_lse_ptr != nullptr) {
+      v.lse = varlen ? p.softmax_lse_ptr + si.q_row0
+                     : p.softmax_lse_ptr + int64_t(b) * p.h * p.seqlen_q;
+      v.lse_head_stride = varlen ? p.total_q : p.seqlen_q;
+    }
+    KeySource& ks = v.keys;
+    ks.elem_size = es;
+    ks.k_row_stride = p.k_row_stride;
+    ks.k_head_stride = p.k_head_stride;
+    ks.v_row_stride = p.v_row_stride;
+    ks.v_head_stride = p.v_head_stride;
+    if (paged) {
+      ks.paged = true;
+      ks.k = p.k_ptr;
+      ks.v = p.v_ptr;
+      ks.k_page_stride = p.k_batch_stride;
+      ks.v_page_stride = p.v_batch_stride;
+      ks.pages.block_table = p.block_table;
+      ks.pages.block_table_batch_stride = p.block_table_batch_stride;
+      ks.pages.page_block_size = p.page_block_size;
+      ks.bidb = b;
+    } else {
+      ks.k = static_cast<const char*>(p.k_ptr) +
+             si.k_offset(p.k_batch_stride, p.k_row_stride, 0, b, 0, 0, varlen) * es;
+      ks.v = static_cast<const char*>(p.v_ptr) +
+             si.k_offset(p.v_batch_stride, p.v_row_stride, 0, b, 0, 0, varlen) * es;
+    }
+  }
+  return views;
+}
+
+void run_forward(const FwdParams& p, const std::vector<SeqView>& seqs_in) {
+  std::vector<SeqView> seqs = seqs_in;
+  // p_ptr needs the final LSE even when the caller did not ask for it.
+  std::vector<float> lse_tmp;
+  if (p.p_ptr != nullptr && p.softmax_lse_ptr == nullptr) {
+    lse_tmp.assign(size_t(p.b) * p.h * p.seqlen_q, 0.f);
+    for (SeqView& v : seqs) {
+      v.lse = lse_tmp.data() + int64_t(v.bidb) * p.h * p.seqlen_q;
+      v.lse_head_stride = p.seqlen_q;
+    }
+  }
+  Forward fwd(p, seqs, num_threads());
+  fwd.run();
+}
+
+}  // namespace flashattn::cpu
