@@ -1,21 +1,76 @@
-// STUB: replaced by the GPU work.
+// The CUDA side of the public API: device discovery, which memory a pointer lives in, and the
+// entry points api.cpp calls for device memory (params already resolved and validated there).
+// Forward goes to the SM80 kernels behind run_mha_fwd, combine to the merge kernel; backward and
+// KV-cache inference have no GPU kernel yet and say so (never a silent fallback).
 #include <cuda_runtime.h>
+
+#include "cuda/combine.h"
+#include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
 #include "cuda/fwd.h"
 #include "flashattn_build_config.h"
+
 namespace flashattn::cuda {
-int device_count() { int n = 0; if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); return 0; } return n; }
+
+int device_count() {
+  // With no device the runtime reports an error here; that is a normal answer ("no GPU"), so
+  // clear it rather than leave it for the caller's next runtime call. (Without any driver the
+  // runtime keeps reporting its failed initialization from every call; nothing can clear that,
+  // which is why nothing else here calls the runtime once the count is 0.) The count cannot
+  // change during the process, so it is asked once.
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
 Status pointer_backend(const void* ptr, Backend* out) {
-  cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, ptr) != cudaSuccess) { cudaGetLastError(); *out = Backend::kCpu; return Status::ok_status(); }
-  *out = (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) ? Backend::kCuda : Backend::kCpu;
+  *out = Backend::kCpu;
+  // No device: nothing can be device memory, and asking the runtime would only raise errors.
+  if (device_count() == 0) return Status::ok_status();
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it so it does not surface in an unrelated call
+    return Status::invalid(std::string("cannot tell which memory the pointer is in (") +
+                           cudaGetErrorString(err) + ")");
+  }
+  // Unregistered and pinned host memory both run on the CPU backend.
+  if (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged)
+    *out = Backend::kCuda;
   return Status::ok_status();
 }
+
 Status mha_fwd(const FwdParams& p) { return run_mha_fwd(p); }
-Status mha_bwd(const BwdParams&) { return Status::not_supported("gpu bwd: not yet"); }
-Status mha_fwd_kvcache(const KVCacheParams&) { return Status::not_supported("gpu kvcache: not yet"); }
-Status mha_combine(const CombineParams&) { return Status::not_supported("gpu combine: not yet"); }
+
+Status mha_bwd(const BwdParams&) {
+  return Status::not_supported(
+      "mha_bwd on the GPU is not implemented yet (issue: SM80 backward kernel); "
+      "host pointers run on the CPU backend");
+}
+
+Status mha_fwd_kvcache(const KVCacheParams&) {
+  return Status::not_supported(
+      "mha_fwd_kvcache on the GPU is not implemented yet (issue: split-KV / KV-cache forward); "
+      "host pointers run on the CPU backend");
+}
+
+Status mha_combine(const CombineParams& p) { return run_mha_combine(p); }
+
 std::vector<int> compiled_head_dims() { return FA_BUILD_HDIMS; }
+
 std::vector<int> compiled_archs() { return FA_BUILD_CUDA_ARCHS; }
-std::vector<std::string> compiled_dtypes() { std::vector<std::string> v; if (FA_BUILD_HAS_FP16) v.push_back("fp16"); if (FA_BUILD_HAS_BF16) v.push_back("bf16"); return v; }
+
+std::vector<std::string> compiled_dtypes() {
+  std::vector<std::string> v;
+  if (FA_BUILD_HAS_FP16) v.push_back("fp16");
+  if (FA_BUILD_HAS_BF16) v.push_back("bf16");
+  return v;
+}
+
 }  // namespace flashattn::cuda
