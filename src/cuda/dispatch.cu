@@ -4,6 +4,7 @@
 // KV-cache inference have no GPU kernel yet and say so (never a silent fallback).
 #include <cuda_runtime.h>
 
+#include "cuda/bwd.h"
 #include "cuda/combine.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
@@ -48,11 +49,7 @@ Status pointer_backend(const void* ptr, Backend* out) {
 
 Status mha_fwd(const FwdParams& p) { return run_mha_fwd(p); }
 
-Status mha_bwd(const BwdParams&) {
-  return Status::not_supported(
-      "mha_bwd on the GPU is not implemented yet (issue: SM80 backward kernel); "
-      "host pointers run on the CPU backend");
-}
+Status mha_bwd(const BwdParams& p) { return run_mha_bwd(p); }
 
 Status mha_fwd_kvcache(const KVCacheParams&) {
   return Status::not_supported(
