@@ -1,5 +1,87 @@
-// STUB: replaced by the SM80 forward kernel work.
+// Runtime -> template dispatch of the GPU forward: checks that the request is inside what the
+// SM80-path kernels cover (returning kNotSupported, never different math, for the rest), rounds
+// the head dim up to a compiled kernel and calls that (dtype, head dim) instantiation. The
+// remaining compile-time features (softcap, ALiBi) are picked inside the instantiation.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cuda/cuda_check.h"
 #include "cuda/fwd.h"
+#include "flashattn_build_config.h"
+#include "flashattn_fwd_sm80_instances.h"
+#include "sm80/fwd_sm80.h"
+#include "sm80/tile_size_sm80.h"
+
 namespace flashattn::cuda {
-Status run_mha_fwd(const FwdParams&) { return Status::not_supported("GPU forward kernel not built yet"); }
+namespace {
+
+Status not_implemented(const std::string& what) {
+  return Status::not_supported(what + " in the GPU forward kernel is not implemented yet");
+}
+
+std::string compiled_hdims_string() {
+  std::string s;
+  for (int hd : std::initializer_list<int> FA_BUILD_HDIMS) s += (s.empty() ? "" : ",") + std::to_string(hd);
+  return s;
+}
+
+// cp.async moves 16-byte vectors: every row start must be 16-byte aligned. The validator checks
+// this too; the kernel would fault on a violation, so it is re-checked here (a few integer ops).
+Status check_alignment(const char* name, const void* ptr, int64_t batch_stride,
+                       int64_t row_stride, int64_t head_stride) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
+    return Status::invalid(std::string(name) + ": must be 16-byte aligned for the GPU kernels");
+  if (batch_stride % 8 != 0 || row_stride % 8 != 0 || head_stride % 8 != 0)
+    return Status::invalid(std::string(name) +
+                           ": batch/row/head strides must be multiples of 8 elements (16 bytes) "
+                           "for the GPU kernels");
+  return Status::ok_status();
+}
+
+}  // namespace
+
+Status run_mha_fwd(const FwdParams& p) {
+  if (p.p_dropout > 0.f) return not_implemented("dropout (p_dropout > 0)");
+  if (p.p_ptr != nullptr) return not_implemented("p_ptr (returning attention probabilities)");
+  if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
+  if (p.num_splits > 1) return not_implemented("split-KV (num_splits > 1)");
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +
+                                 " has no GPU forward kernel (fp16 and bf16 only)");
+  if (p.d % 8 != 0 || p.d > 256 || p.d <= 0)
+    return Status::not_supported("head dim " + std::to_string(p.d) +
+                                 ": the GPU forward kernels need d % 8 == 0 and d <= 256");
+  if (p.softcap <= 0.f && p.softmax_scale < 0.f)
+    return not_implemented("a negative softmax_scale without softcap");
+  if (p.b == 0 || p.h == 0 || p.seqlen_q == 0) return Status::ok_status();  // nothing to compute
+  if (p.cu_seqlens_q != nullptr && p.total_q == 0) return Status::ok_status();
+  if (p.h > 65535 || p.b > 65535)
+    return not_implemented("more than 65535 heads or sequences (grid y/z limit)");
+
+  Status s = check_alignment("q_ptr", p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  if (s.ok()) s = check_alignment("k_ptr", p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  if (s.ok()) s = check_alignment("v_ptr", p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  if (s.ok()) s = check_alignment("o_ptr", p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  if (!s.ok()) return s;
+
+  int device = 0, major = 0;
+  FA_CUDA_CHECK(cudaGetDevice(&device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8)
+    return Status::not_supported("the GPU forward kernels need compute capability >= 8.0 (this "
+                                 "device is " + std::to_string(major) + ".x)");
+
+  const int hd = sm80::round_head_dim_sm80(p.d);
+#define FA_SM80_FWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return sm80::run_fwd_sm80<kDtype, kHeadDim>(p);
+  FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_CASE)
+#undef FA_SM80_FWD_CASE
+  return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
+                               dtype_name(p.dtype) + " kernels not compiled in this build (FA_HDIMS=" +
+                               compiled_hdims_string() + ", FA_DTYPES=" +
+                               (FA_BUILD_HAS_FP16 ? (FA_BUILD_HAS_BF16 ? "fp16,bf16" : "fp16") : "bf16") +
+                               ")");
+}
+
 }  // namespace flashattn::cuda

@@ -1,0 +1,101 @@
+// The SM80-path FlashAttention-2 forward kernel: Kernel<Mainloop, Epilogue, TileScheduler>.
+//
+// Schedule: one CTA of kNWarps warps per (query block of kBlockM rows, query head, sequence),
+// no persistence. The CTA
+//   1. reads its sequence's geometry (SeqlenInfo: dense, varlen, seqused_k) and leaves if its
+//      query block starts past the sequence end (varlen grids are sized by the longest sequence);
+//   2. asks the shared VisibilityMask which keys any of its rows can see, [n_lo, n_hi), and
+//      turns that into key blocks [n_block_min, n_block_max); an empty range (seqlen_k = 0, or a
+//      window that misses every key) writes O = 0, LSE = +inf and ends;
+//   3. runs the main loop (mainloop_fwd_sm80.cuh) over those blocks, last block first;
+//   4. normalizes O by the softmax sum and stores O and the LSE (epilogue_fwd_sm80.cuh).
+// Query blocks are handed out from the last one down: with a causal mask the last blocks have
+// the most keys, and starting them first shortens the tail of the grid.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "common/mask.h"
+#include "common/seqlen.h"
+#include "sm80/epilogue_fwd_sm80.cuh"
+#include "sm80/fwd_args_sm80.h"
+#include "sm80/mainloop_fwd_sm80.cuh"
+#include "sm80/softmax_sm80.cuh"
+
+namespace flashattn::sm80 {
+
+using namespace cute;
+
+// grid = (query blocks, heads, batch); heaviest (last) query blocks first.
+struct TileSchedulerSm80 {
+  static dim3 grid_shape(FwdArgsSm80 const& args) {
+    return dim3(unsigned(args.num_m_blocks), unsigned(args.p.h), unsigned(args.p.b));
+  }
+  __forceinline__ __device__ static BlockCoordSm80 block_coord(FwdArgsSm80 const& args) {
+    BlockCoordSm80 c;
+    c.m_block = args.num_m_blocks - 1 - int(blockIdx.x);
+    c.bidh = int(blockIdx.y);
+    c.bidb = int(blockIdx.z);
+    return c;
+  }
+};
+
+template <class Traits, class Mainloop, class Epilogue, class TileScheduler>
+struct FlashAttnFwdSm80 {
+  static constexpr int kNThreads = Traits::kNThreads;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  // 2 CTAs of 4 warps per SM bounds registers to 255 per thread; with 8 warps one CTA fills the
+  // same register file.
+  static constexpr int kMinBlocksPerSm = Traits::kNWarps == 4 ? 2 : 1;
+
+  struct SharedStorage {
+    typename Mainloop::SharedStorage mainloop;
+  };
+  static constexpr int kSmemSize = int(sizeof(SharedStorage));
+
+  __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {
+    SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
+    const BlockCoordSm80 blk = TileScheduler::block_coord(args);
+    const FwdParams& p = args.p;
+    const SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
+    const int m0 = blk.m_block * kBlockM;
+    if (m0 >= seq.seqlen_q) return;
+
+    const VisibilityMask mask = VisibilityMask::make(seq.seqlen_q, seq.seqlen_k, p.is_causal,
+                                                     p.window_size_left, p.window_size_right);
+    int n_lo = 0, n_hi = 0;
+    mask.key_range(m0, min(m0 + kBlockM, seq.seqlen_q), &n_lo, &n_hi);
+    Epilogue epilogue;
+    if (n_hi <= n_lo) {
+      epilogue.store_empty(args, seq, blk, storage.mainloop.smem_q.data());
+      return;
+    }
+    const int n_block_min = n_lo / kBlockN;
+    const int n_block_max = (n_hi + kBlockN - 1) / kBlockN;
+
+    typename Traits::TiledMma tiled_mma;
+    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+    clear(acc_o);
+    constexpr int kNRows = 2 * decltype(size<1>(acc_o))::value;
+    OnlineSoftmaxSm80<kNRows> softmax(args.unit_log2);
+
+    Mainloop{}.run(args, storage.mainloop, seq, blk, mask, n_block_min, n_block_max, acc_o, softmax);
+
+    float lse[kNRows];
+    softmax.finalize(acc_o, args.unit, lse);
+    epilogue.store(args, seq, blk, acc_o, lse, storage.mainloop.smem_q.data());
+  }
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
+    flash_fwd_sm80_kernel(CUTE_GRID_CONSTANT FwdArgsSm80 const args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) char smem[];
+  Kernel{}(args, smem);
+#endif
+}
+
+}  // namespace flashattn::sm80

@@ -1,0 +1,136 @@
+// Register-level helpers of the SM80-path kernels: views of the m16n8k16 accumulator as
+// (row, col), reuse of an accumulator as the A operand of the next MMA, pipelined
+// smem -> register gemms, quad reductions, predicated (zero-filling) tile copies, and the
+// fp32 -> 16-bit conversion of a fragment.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_conversion.h>
+
+namespace flashattn::sm80 {
+
+using namespace cute;
+
+// The m16n8k16 accumulator of one thread is ((2, 2), MMA_M, MMA_N): values (c0, c1) sit in row
+// lane / 4, columns 2 * (lane % 4) + {0, 1}; (c2, c3) in row lane / 4 + 8. Regroup it as
+// ((2, MMA_M), (2, MMA_N)) = (rows owned by this thread, columns owned by this thread).
+template <class Layout>
+__forceinline__ __device__ auto acc_layout_rowcol(Layout const& acc) {
+  static_assert(decltype(rank(acc))::value == 3);
+  static_assert(decltype(size<0>(acc))::value == 4);
+  auto vals = get<0>(acc);  // (2, 2): (column pair, row half)
+  return make_layout(make_layout(get<1>(vals), get<1>(acc)),
+                     make_layout(get<0>(vals), get<2>(acc)));
+}
+
+// The A operand of m16n8k16 holds, per thread, (a0..a3) = the C values of one n8 column block and
+// (a4..a7) = those of the next one. So the S accumulator ((2, 2), MMA_M, MMA_N) read as
+// ((2, 2, 2), MMA_M, MMA_N / 2) is P in A-operand order: no data movement.
+template <class Layout>
+__forceinline__ __device__ auto acc_layout_as_a_operand(Layout const& acc) {
+  static_assert(decltype(size<0>(acc))::value == 4);
+  static_assert(decltype(size<2>(acc))::value % 2 == 0);
+  auto split = logical_divide(acc, Shape<Underscore, Underscore, _2>{});  // (4, M, (2, N / 2))
+  return make_layout(make_layout(get<0>(split), get<2, 0>(split)), get<1>(split),
+                     get<2, 1>(split));
+}
+
+// acc += A * B^T with both operands in shared memory, loading k-slice i+1 (ldmatrix) while the
+// MMAs of slice i run.
+template <class TensorAcc, class TensorRA, class TensorRB, class TensorSA, class TensorSB,
+          class TiledMma, class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
+__forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
+                                        TensorSA const& tCsA, TensorSB const& tCsB,
+                                        TiledMma const& tiled_mma, CopyA const& copy_a,
+                                        CopyB const& copy_b, ThrCopyA const& thr_copy_a,
+                                        ThrCopyB const& thr_copy_b) {
+  Tensor tCrA_view = thr_copy_a.retile_D(tCrA);
+  Tensor tCrB_view = thr_copy_b.retile_D(tCrB);
+  copy(copy_a, tCsA(_, _, _0{}), tCrA_view(_, _, _0{}));
+  copy(copy_b, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size<2>(tCrA); ++i) {
+    if (i + 1 < size<2>(tCrA)) {
+      copy(copy_a, tCsA(_, _, i + 1), tCrA_view(_, _, i + 1));
+      copy(copy_b, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+    }
+    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
+  }
+}
+
+// acc += A * B^T with A already in registers (P) and B in shared memory (V^T), walking B's N
+// (head dim) in the outer loop: each ldmatrix.x4.trans chunk feeds two n8 columns of every MMA_M
+// row tile for all k, so only one chunk of B is live at a time (B covers the whole head dim,
+// 2 x 32 registers per 16 keys at d = 128 if loaded a k-slice at a time).
+template <class TensorAcc, class TensorRA, class TensorRB, class TensorSB, class TiledMma,
+          class CopyB, class ThrCopyB>
+__forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, TensorRB& tCrB,
+                                        TensorSB const& tCsB, TiledMma const& tiled_mma,
+                                        CopyB const& copy_b, ThrCopyB const& thr_copy_b) {
+  Tensor tCrB_view = thr_copy_b.retile_D(tCrB);  // (CPY, CPY_N, CPY_K), CPY_N = MMA_N / 2
+  static_assert(decltype(size<1>(tCrB))::value == 2 * decltype(size<1>(tCrB_view))::value);
+  CUTE_UNROLL
+  for (int nc = 0; nc < size<1>(tCrB_view); ++nc) {
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tCrA); ++k) copy(copy_b, tCsB(_, nc, k), tCrB_view(_, nc, k));
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tCrA); ++k) {
+      CUTE_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        CUTE_UNROLL
+        for (int m = 0; m < size<1>(tCrA); ++m) {
+          cute::gemm(tiled_mma, tCrA(_, m, k), tCrB(_, 2 * nc + j, k), acc(_, m, 2 * nc + j));
+        }
+      }
+    }
+  }
+}
+
+// The four lanes of a quad (lane / 4 equal) hold the same accumulator rows.
+__forceinline__ __device__ float quad_allreduce_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__forceinline__ __device__ float quad_allreduce_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// fp32 fragment -> 16-bit fragment of the same layout (paired cvt.rn.{bf16x2,f16x2}.f32).
+template <typename To, class Tensor>
+__forceinline__ __device__ auto convert_fragment(Tensor const& src) {
+  constexpr int kN = decltype(size(src))::value;
+  static_assert(kN % 2 == 0);
+  auto dst = make_tensor<To>(src.layout());
+  cutlass::NumericArrayConverter<To, float, 2> conv;
+  CUTE_UNROLL
+  for (int i = 0; i < kN; i += 2) {
+    cutlass::Array<float, 2> in;
+    in[0] = src(i);
+    in[1] = src(i + 1);
+    cutlass::Array<To, 2> out = conv(in);
+    dst(i) = out[0];
+    dst(i + 1) = out[1];
+  }
+  return dst;
+}
+
+// Tile copy gmem -> smem with cp.async, zero-filling every 16-byte vector whose row is
+// >= max_rows (kCheckRows) or whose column vector is off in pred_k (head dim < kHeadDim). The
+// zero fill matters: rows past a sequence end must contribute exact zeros, never stale smem.
+template <bool kCheckRows, class TiledCopy, class TensorS, class TensorD, class TensorC,
+          class TensorP>
+__forceinline__ __device__ void copy_zfill(TiledCopy const& tiled_copy, TensorS const& src,
+                                           TensorD&& dst, TensorC const& coord,
+                                           TensorP const& pred_k, int max_rows) {
+  CUTE_UNROLL
+  for (int m = 0; m < size<1>(src); ++m) {
+    const bool row_ok = !kCheckRows || get<0>(coord(0, m, 0)) < max_rows;
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(src); ++k) {
+      copy(tiled_copy.with(row_ok && pred_k(k)), src(_, m, k), dst(_, m, k));
+    }
+  }
+}
+
+}  // namespace flashattn::sm80
