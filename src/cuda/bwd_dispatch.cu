@@ -1,7 +1,92 @@
-// STUB: replaced by the SM80 backward kernel work.
+// Runtime -> template dispatch of the GPU backward: checks that the request is inside what the
+// SM80-path backward covers (returning kNotSupported, never different math, for the rest), rounds
+// the head dim up to a compiled kernel and calls that (dtype, head dim) instantiation. The
+// remaining compile-time features (softcap, ALiBi) are picked inside the instantiation.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
 #include "cuda/bwd.h"
+#include "cuda/cuda_check.h"
+#include "flashattn_build_config.h"
+#include "flashattn_bwd_sm80_instances.h"
+#include "sm80/bwd_sm80.h"
+#include "sm80/tile_size_sm80.h"
+
 namespace flashattn::cuda {
-Status run_mha_bwd(const BwdParams&) {
-  return Status::not_supported("the backward pass on the GPU is not implemented yet (issue 4)");
+namespace {
+
+Status not_implemented(const std::string& what) {
+  return Status::not_supported(what + " in the GPU backward kernel is not implemented yet");
 }
+
+std::string compiled_hdims_string() {
+  std::string s;
+  for (int hd : std::initializer_list<int> FA_BUILD_HDIMS) s += (s.empty() ? "" : ",") + std::to_string(hd);
+  return s;
+}
+
+// cp.async moves 16-byte vectors (q, k, v, dout) and the pre/postprocess read and write 16-byte
+// vectors (o, dout, dq, and dk / dv with GQA): every row start must be 16-byte aligned. The
+// validator checks this too; a violation would fault, so it is re-checked here (a few integer ops).
+Status check_alignment(const char* name, const void* ptr, int64_t batch_stride,
+                       int64_t row_stride, int64_t head_stride) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
+    return Status::invalid(std::string(name) + ": must be 16-byte aligned for the GPU kernels");
+  if (batch_stride % 8 != 0 || row_stride % 8 != 0 || head_stride % 8 != 0)
+    return Status::invalid(std::string(name) +
+                           ": batch/row/head strides must be multiples of 8 elements (16 bytes) "
+                           "for the GPU kernels");
+  return Status::ok_status();
+}
+
+}  // namespace
+
+Status run_mha_bwd(const BwdParams& p) {
+  if (p.p_dropout > 0.f) return not_implemented("dropout (p_dropout > 0)");
+  if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
+    return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +
+                                 " has no GPU backward kernel (fp16 and bf16 only)");
+  if (p.d % 8 != 0 || p.d > 256 || p.d <= 0)
+    return Status::not_supported("head dim " + std::to_string(p.d) +
+                                 ": the GPU backward kernels need d % 8 == 0 and d <= 256");
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const int64_t rows_q = varlen ? int64_t(p.total_q) : int64_t(p.b) * p.seqlen_q;
+  const int64_t rows_k = varlen ? int64_t(p.total_k) : int64_t(p.b) * p.seqlen_k;
+  if (p.b == 0 || p.h == 0 || (rows_q == 0 && rows_k == 0)) return Status::ok_status();
+  if (p.h > 65535 || p.b > 65535)
+    return not_implemented("more than 65535 heads or sequences (grid y/z limit)");
+
+  Status s = check_alignment("q_ptr", p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride);
+  if (s.ok()) s = check_alignment("k_ptr", p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
+  if (s.ok()) s = check_alignment("v_ptr", p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
+  if (s.ok()) s = check_alignment("o_ptr", p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
+  if (s.ok()) s = check_alignment("do_ptr", p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+  if (s.ok()) s = check_alignment("dq_ptr", p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+  if (s.ok()) s = check_alignment("dk_ptr", p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+  if (s.ok()) s = check_alignment("dv_ptr", p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  if (!s.ok()) return s;
+
+  int device = 0, major = 0;
+  FA_CUDA_CHECK(cudaGetDevice(&device));
+  FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8)
+    return Status::not_supported("the GPU backward kernels need compute capability >= 8.0 (this "
+                                 "device is " + std::to_string(major) + ".x)");
+
+  const int hd = sm80::round_head_dim_sm80(p.d);
+#define FA_SM80_BWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return sm80::run_bwd_sm80<kDtype, kHeadDim>(p);
+  FA_SM80_BWD_FOR_EACH_INSTANCE(FA_SM80_BWD_CASE)
+#undef FA_SM80_BWD_CASE
+  return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
+                               dtype_name(p.dtype) + " backward kernels not compiled in this build "
+                               "(FA_HDIMS=" + compiled_hdims_string() + ", FA_DTYPES=" +
+                               (FA_BUILD_HAS_FP16 ? (FA_BUILD_HAS_BF16 ? "fp16,bf16" : "fp16") : "bf16") +
+                               ")");
+}
+
 }  // namespace flashattn::cuda

@@ -1,0 +1,161 @@
+// The SM80-path FlashAttention-2 backward kernel: Kernel<Mainloop, Epilogue, TileScheduler>.
+//
+// Schedule: one CTA of 8 warps per (key block of kBlockN keys, query head, sequence). The CTA
+//   1. reads its sequence's geometry (SeqlenInfo) and leaves if its key block starts past the
+//      sequence's keys (varlen grids are sized by the longest sequence);
+//   2. inverts the shared VisibilityMask to find the query rows that see any of its keys and
+//      turns them into query blocks [m_block_min, m_block_max); if there are none (seqlen_q = 0,
+//      a window that misses the block, keys past seqused_k) the gradients of its keys are zero;
+//   3. runs the main loop (mainloop_bwd_sm80.cuh): dK, dV accumulate in registers, dQ partials go
+//      to the fp32 dq_accum with atomics;
+//   4. scales dK by softmax_scale and stores dK, dV (epilogue below): straight into dk/dv when
+//      every kv head has one query head, else as fp32 per query head for the GQA reduction.
+// Key blocks are handed out from the first one: with a causal mask (bottom-right aligned) the
+// first key blocks are seen by the most query rows, so the longest CTAs start first.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "common/mask.h"
+#include "common/seqlen.h"
+#include "sm80/bwd_args_sm80.h"
+#include "sm80/mainloop_bwd_sm80.cuh"
+
+namespace flashattn::sm80 {
+
+using namespace cute;
+
+struct TileSchedulerBwdSm80 {
+  static dim3 grid_shape(BwdArgsSm80 const& args) {
+    return dim3(unsigned(args.num_n_blocks), unsigned(args.p.h), unsigned(args.p.b));
+  }
+  __forceinline__ __device__ static BwdBlockCoordSm80 block_coord(BwdArgsSm80 const&) {
+    BwdBlockCoordSm80 c;
+    c.n_block = int(blockIdx.x);
+    c.bidh = int(blockIdx.y);
+    c.bidb = int(blockIdx.z);
+    return c;
+  }
+};
+
+// dK, dV from registers to global memory. Each thread owns pairs of adjacent columns of the
+// accumulator, stored as one 32-bit (16-bit dtype) or 64-bit (fp32) write; rows past the
+// sequence's keys and columns past d are never written.
+template <class Traits>
+struct EpilogueBwdSm80 {
+  using Element = typename Traits::Element;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+
+  // rows_left: keys of this block inside the sequence's k/v rows (seqused_k included: keys past
+  // it are stored as the zeros their accumulators hold).
+  template <class TensordK, class TensordV>
+  __forceinline__ __device__ void store(BwdArgsSm80 const& args, SeqlenInfo const& seq,
+                                        BwdBlockCoordSm80 const& blk, int rows_left,
+                                        TensordK& acc_dk, TensordV const& acc_dv) const {
+    const BwdParams& p = args.p;
+    const bool varlen = p.cu_seqlens_q != nullptr;
+    const int n0 = blk.n_block * kBlockN;
+    typename Traits::TiledMmadKV tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
+    Tensor c = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    static_assert(decltype(size<0>(acc_dk))::value % 2 == 0);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= p.softmax_scale;
+
+    if (args.dk_accum == nullptr) {
+      const int bidh_kv = blk.bidh / args.h_h_k_ratio;
+      Element* dk = static_cast<Element*>(p.dk_ptr) +
+          seq.k_offset(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, blk.bidb, n0, bidh_kv, varlen);
+      Element* dv = static_cast<Element*>(p.dv_ptr) +
+          seq.k_offset(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, blk.bidb, n0, bidh_kv, varlen);
+      Tensor rdK = convert_fragment<Element>(acc_dk);
+      Tensor rdV = convert_fragment<Element>(acc_dv);
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dk); i += 2) {
+        const int r = get<0>(c(i)), col = get<1>(c(i));
+        if (r < rows_left && col < p.d) {
+          store_pair(dk + int64_t(r) * p.dk_row_stride + col, rdK(i), rdK(i + 1));
+          store_pair(dv + int64_t(r) * p.dv_row_stride + col, rdV(i), rdV(i + 1));
+        }
+      }
+    } else {
+      const int64_t row_stride = int64_t(p.h) * args.d_accum;
+      const int64_t base = (accum_row0_k(p, seq, blk.bidb) + n0) * row_stride +
+                           int64_t(blk.bidh) * args.d_accum;
+      float* dk = args.dk_accum + base;
+      float* dv = args.dv_accum + base;
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dk); i += 2) {
+        const int r = get<0>(c(i)), col = get<1>(c(i));
+        if (r < rows_left && col < p.d) {
+          *reinterpret_cast<float2*>(dk + r * row_stride + col) = make_float2(acc_dk(i), acc_dk(i + 1));
+          *reinterpret_cast<float2*>(dv + r * row_stride + col) = make_float2(acc_dv(i), acc_dv(i + 1));
+        }
+      }
+    }
+  }
+
+  __forceinline__ __device__ static void store_pair(Element* dst, Element a, Element b) {
+    cutlass::Array<Element, 2> v;
+    v[0] = a;
+    v[1] = b;
+    *reinterpret_cast<cutlass::Array<Element, 2>*>(dst) = v;
+  }
+};
+
+template <class Traits, class Mainloop, class Epilogue, class TileScheduler>
+struct FlashAttnBwdSm80 {
+  static constexpr int kNThreads = Traits::kNThreads;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  // dK + dV alone take 128 fp32 registers per thread at d = 128: one CTA of 8 warps per SM.
+  static constexpr int kMinBlocksPerSm = 1;
+
+  struct SharedStorage {
+    typename Mainloop::SharedStorage mainloop;
+  };
+  static constexpr int kSmemSize = int(sizeof(SharedStorage));
+
+  __forceinline__ __device__ void operator()(BwdArgsSm80 const& args, char* smem) const {
+    SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
+    const BwdBlockCoordSm80 blk = TileScheduler::block_coord(args);
+    const BwdParams& p = args.p;
+    const SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
+    // Every k/v row of the sequence gets a gradient, also those past seqused_k (zeros).
+    const int seqlen_k_rows = p.cu_seqlens_k != nullptr
+        ? p.cu_seqlens_k[blk.bidb + 1] - p.cu_seqlens_k[blk.bidb] : p.seqlen_k;
+    const int n0 = blk.n_block * kBlockN;
+    if (n0 >= seqlen_k_rows) return;
+
+    typename Traits::TiledMmadKV tiled_mma;
+    Tensor acc_dk = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});  // (MMA, MMA_N, MMA_D)
+    Tensor acc_dv = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});  // (MMA, MMA_N, MMA_D)
+    clear(acc_dk);
+    clear(acc_dv);
+
+    if (n0 < seq.seqlen_k && seq.seqlen_q > 0) {
+      const VisibilityMask mask = VisibilityMask::make(seq.seqlen_q, seq.seqlen_k, p.is_causal,
+                                                       p.window_size_left, p.window_size_right);
+      int m_lo = 0, m_hi = 0;
+      query_range(mask, n0, min(n0 + kBlockN, seq.seqlen_k), &m_lo, &m_hi);
+      if (m_lo < m_hi) {
+        Mainloop{}.run(args, storage.mainloop, seq, blk, mask, m_lo / kBlockM,
+                       (m_hi + kBlockM - 1) / kBlockM, acc_dk, acc_dv);
+      }
+    }
+    Epilogue{}.store(args, seq, blk, seqlen_k_rows - n0, acc_dk, acc_dv);
+  }
+};
+
+template <class Kernel>
+__global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
+    flash_bwd_sm80_kernel(CUTE_GRID_CONSTANT BwdArgsSm80 const args) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) char smem[];
+  Kernel{}(args, smem);
+#endif
+}
+
+}  // namespace flashattn::sm80

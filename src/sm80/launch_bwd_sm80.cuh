@@ -1,0 +1,128 @@
+// Launch of the SM80-path backward: picks the tile policy for the head dim and the compile-time
+// features (softcap, ALiBi), allocates the fp32 workspace stream-ordered on p.stream, and runs
+//   1. cudaMemsetAsync(dq_accum, 0) and the preprocess (D = rowsum(dO * O)),
+//   2. the main kernel (one CTA per key block, head, sequence),
+//   3. the postprocess (dQ = scale * dq_accum in the dtype; GQA: the dK / dV group sums),
+// then frees the workspace, all on p.stream with no host synchronization.
+// Included once per (dtype, head dim) instantiation TU (cmake/kernels_bwd.cmake).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <cmath>
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "sm80/bwd_args_sm80.h"
+#include "sm80/bwd_postprocess_sm80.cuh"
+#include "sm80/bwd_preprocess_sm80.cuh"
+#include "sm80/bwd_sm80.h"
+#include "sm80/kernel_bwd_sm80.cuh"
+#include "sm80/kernel_traits_bwd_sm80.cuh"
+#include "sm80/mainloop_bwd_sm80.cuh"
+#include "sm80/tile_size_bwd_sm80.h"
+
+namespace flashattn::sm80 {
+
+template <DType kDtype>
+using BwdElementOf =
+    std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
+
+template <class Traits, bool kHasSoftcap, bool kHasAlibi>
+Status launch_bwd_main_sm80(const BwdArgsSm80& args) {
+  using Mainloop = MainloopBwdSm80<Traits, kHasSoftcap, kHasAlibi>;
+  using Kernel = FlashAttnBwdSm80<Traits, Mainloop, EpilogueBwdSm80<Traits>, TileSchedulerBwdSm80>;
+  auto* kernel = &flash_bwd_sm80_kernel<Kernel>;
+  constexpr int kSmem = Kernel::kSmemSize;
+  if constexpr (kSmem > 48 * 1024) {
+    FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  }
+  const dim3 grid = TileSchedulerBwdSm80::grid_shape(args);
+  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(args.p.stream)>>>(args);
+  FA_CUDA_CHECK_LAUNCH("flash_bwd_sm80_kernel");
+  return Status::ok_status();
+}
+
+template <class Traits>
+Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
+  using Element = typename Traits::Element;
+  const BwdParams& p = args.p;
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  constexpr int kThreads = 256;  // 8 warps, one (row, head) each
+  auto blocks_for = [](int64_t pairs) { return unsigned((pairs + 7) / 8); };
+
+  if (args.rows_q > 0) {
+    FA_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0,
+                                  sizeof(float) * size_t(args.rows_q) * p.h * args.d_accum, stream));
+    if (args.dq_semaphore != nullptr) {
+      FA_CUDA_CHECK(cudaMemsetAsync(args.dq_semaphore, 0,
+                                    sizeof(int) * size_t(p.b) * p.h * args.num_m_blocks, stream));
+    }
+    flash_bwd_dot_do_o_sm80_kernel<Element>
+        <<<blocks_for(int64_t(args.rows_q) * p.h), kThreads, 0, stream>>>(args);
+    FA_CUDA_CHECK_LAUNCH("flash_bwd_dot_do_o_sm80_kernel");
+  }
+  if (args.num_n_blocks > 0) {
+    const bool has_softcap = p.softcap > 0.f;
+    const bool has_alibi = p.alibi_slopes != nullptr;
+    Status s = has_softcap
+        ? (has_alibi ? launch_bwd_main_sm80<Traits, true, true>(args)
+                     : launch_bwd_main_sm80<Traits, true, false>(args))
+        : (has_alibi ? launch_bwd_main_sm80<Traits, false, true>(args)
+                     : launch_bwd_main_sm80<Traits, false, false>(args));
+    if (!s.ok()) return s;
+  }
+  if (args.rows_q > 0) {
+    flash_bwd_convert_dq_sm80_kernel<Element>
+        <<<blocks_for(int64_t(args.rows_q) * p.h), kThreads, 0, stream>>>(args);
+    FA_CUDA_CHECK_LAUNCH("flash_bwd_convert_dq_sm80_kernel");
+  }
+  if (args.dk_accum != nullptr && args.rows_k > 0) {
+    flash_bwd_reduce_dkv_sm80_kernel<Element>
+        <<<blocks_for(int64_t(args.rows_k) * p.h_k), kThreads, 0, stream>>>(args);
+    FA_CUDA_CHECK_LAUNCH("flash_bwd_reduce_dkv_sm80_kernel");
+  }
+  return Status::ok_status();
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_bwd_sm80(const BwdParams& p) {
+  constexpr TileSizeBwdSm80 kTile = tile_size_bwd_sm80(kHeadDim);
+  using Traits = BwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
+                                     kTile.atom_m_sdp, kTile.atom_n_dkv, kTile.atom_m_dq,
+                                     BwdElementOf<kDtype>>;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  BwdArgsSm80 args;
+  args.p = p;
+  args.scale_log2 = p.softmax_scale * float(M_LOG2E);
+  args.softcap_prescale = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
+  args.cap_log2 = p.softcap * float(M_LOG2E);
+  args.h_h_k_ratio = p.h / p.h_k;
+  args.num_n_blocks = (p.seqlen_k + kTile.block_n - 1) / kTile.block_n;
+  args.rows_q = varlen ? p.total_q : p.b * p.seqlen_q;
+  args.rows_k = varlen ? p.total_k : p.b * p.seqlen_k;
+  args.d_accum = kHeadDim;
+  if (p.b == 0 || p.h == 0 || (args.rows_q == 0 && args.rows_k == 0)) return Status::ok_status();
+
+  args.num_m_blocks = (p.seqlen_q + kTile.block_m - 1) / kTile.block_m;
+  const BwdWorkspaceSm80 ws = BwdWorkspaceSm80::make(p, kHeadDim, kTile.block_m);
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  float* base = nullptr;
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&base), sizeof(float) * size_t(ws.total), stream));
+  args.dq_accum = base + ws.dq_accum;
+  args.dsum = base + ws.dsum;
+  if (p.h != p.h_k) {
+    args.dk_accum = base + ws.dk_accum;
+    args.dv_accum = base + ws.dv_accum;
+  }
+  if (p.deterministic) args.dq_semaphore = reinterpret_cast<int*>(base + ws.dq_semaphore);
+  const Status s = launch_bwd_kernels_sm80<Traits>(args);
+  // Freed even after a failed launch (stream-ordered: after whatever was queued before).
+  const cudaError_t free_err = cudaFreeAsync(base, stream);
+  if (!s.ok()) return s;
+  FA_CUDA_CHECK(free_err);
+  return Status::ok_status();
+}
+
+}  // namespace flashattn::sm80
