@@ -3,10 +3,22 @@
 #   make test   build everything and run every test (GPU tests skip without a GPU)
 # Options pass through, e.g.  make test CMAKE_ARGS="-DFA_CUDA=OFF"
 #                             make test CMAKE_ARGS="-DFA_HDIMS=128 -DFA_DTYPES=bf16 -DFA_CUDA_ARCHS=80"
+#                             make demo DEMO_ARGS="--causal --seqlen 4096"
 BUILD ?= build
 CMAKE_ARGS ?=
 DEMO_ARGS ?=
 JOBS ?= $(shell nproc)
+
+# Without a GPU the demo runs on the CPU backend, so it builds the CPU-only library (seconds)
+# instead of every CUDA kernel it could not run. `make test` always compiles the kernels.
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(HAVE_GPU),1)
+DEMO_BUILD ?= $(BUILD)
+DEMO_CMAKE_ARGS ?= $(CMAKE_ARGS)
+else
+DEMO_BUILD ?= $(BUILD)-cpuonly
+DEMO_CMAKE_ARGS ?= -DFA_CUDA=OFF $(CMAKE_ARGS)
+endif
 
 .PHONY: all setup configure build demo test clean
 
@@ -21,11 +33,13 @@ configure: setup
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
-	$(BUILD)/flashattn-bench $(DEMO_ARGS)
+demo: setup
+	@cmake -S . -B $(DEMO_BUILD) -G Ninja $(DEMO_CMAKE_ARGS) >/dev/null
+	@cmake --build $(DEMO_BUILD) -j $(JOBS) --target flashattn-bench
+	$(DEMO_BUILD)/flashattn-bench $(DEMO_ARGS)
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-cpuonly
