@@ -5,11 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 
 #include "cuda/bwd.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch_checks.h"
 #include "flashattn_build_config.h"
 #include "flashattn_bwd_sm80_instances.h"
 #include "sm80/bwd_sm80.h"
@@ -20,26 +20,6 @@ namespace {
 
 Status not_implemented(const std::string& what) {
   return Status::not_supported(what + " in the GPU backward kernel is not implemented yet");
-}
-
-std::string compiled_hdims_string() {
-  std::string s;
-  for (int hd : std::initializer_list<int> FA_BUILD_HDIMS) s += (s.empty() ? "" : ",") + std::to_string(hd);
-  return s;
-}
-
-// cp.async moves 16-byte vectors (q, k, v, dout) and the pre/postprocess read and write 16-byte
-// vectors (o, dout, dq, and dk / dv with GQA): every row start must be 16-byte aligned. The
-// validator checks this too; a violation would fault, so it is re-checked here (a few integer ops).
-Status check_alignment(const char* name, const void* ptr, int64_t batch_stride,
-                       int64_t row_stride, int64_t head_stride) {
-  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
-    return Status::invalid(std::string(name) + ": must be 16-byte aligned for the GPU kernels");
-  if (batch_stride % 8 != 0 || row_stride % 8 != 0 || head_stride % 8 != 0)
-    return Status::invalid(std::string(name) +
-                           ": batch/row/head strides must be multiples of 8 elements (16 bytes) "
-                           "for the GPU kernels");
-  return Status::ok_status();
 }
 
 }  // namespace
@@ -70,12 +50,8 @@ Status run_mha_bwd(const BwdParams& p) {
   if (s.ok()) s = check_alignment("dv_ptr", p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
   if (!s.ok()) return s;
 
-  int device = 0, major = 0;
-  FA_CUDA_CHECK(cudaGetDevice(&device));
-  FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 8)
-    return Status::not_supported("the GPU backward kernels need compute capability >= 8.0 (this "
-                                 "device is " + std::to_string(major) + ".x)");
+  s = check_compute_capability("backward");
+  if (!s.ok()) return s;
 
   const int hd = sm80::round_head_dim_sm80(p.d);
 #define FA_SM80_BWD_CASE(kDtype, kHeadDim) \
@@ -83,10 +59,8 @@ Status run_mha_bwd(const BwdParams& p) {
   FA_SM80_BWD_FOR_EACH_INSTANCE(FA_SM80_BWD_CASE)
 #undef FA_SM80_BWD_CASE
   return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) + " backward kernels not compiled in this build "
-                               "(FA_HDIMS=" + compiled_hdims_string() + ", FA_DTYPES=" +
-                               (FA_BUILD_HAS_FP16 ? (FA_BUILD_HAS_BF16 ? "fp16,bf16" : "fp16") : "bf16") +
-                               ")");
+                               dtype_name(p.dtype) + " backward kernels not compiled in this build " +
+                               compiled_config_string());
 }
 
 }  // namespace flashattn::cuda

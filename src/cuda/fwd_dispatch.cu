@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch_checks.h"
 #include "cuda/fwd.h"
 #include "flashattn_build_config.h"
 #include "flashattn_fwd_sm80_instances.h"
@@ -18,25 +19,6 @@ namespace {
 
 Status not_implemented(const std::string& what) {
   return Status::not_supported(what + " in the GPU forward kernel is not implemented yet");
-}
-
-std::string compiled_hdims_string() {
-  std::string s;
-  for (int hd : std::initializer_list<int> FA_BUILD_HDIMS) s += (s.empty() ? "" : ",") + std::to_string(hd);
-  return s;
-}
-
-// cp.async moves 16-byte vectors: every row start must be 16-byte aligned. The validator checks
-// this too; the kernel would fault on a violation, so it is re-checked here (a few integer ops).
-Status check_alignment(const char* name, const void* ptr, int64_t batch_stride,
-                       int64_t row_stride, int64_t head_stride) {
-  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
-    return Status::invalid(std::string(name) + ": must be 16-byte aligned for the GPU kernels");
-  if (batch_stride % 8 != 0 || row_stride % 8 != 0 || head_stride % 8 != 0)
-    return Status::invalid(std::string(name) +
-                           ": batch/row/head strides must be multiples of 8 elements (16 bytes) "
-                           "for the GPU kernels");
-  return Status::ok_status();
 }
 
 }  // namespace
@@ -65,12 +47,8 @@ Status run_mha_fwd(const FwdParams& p) {
   if (s.ok()) s = check_alignment("o_ptr", p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride);
   if (!s.ok()) return s;
 
-  int device = 0, major = 0;
-  FA_CUDA_CHECK(cudaGetDevice(&device));
-  FA_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (major < 8)
-    return Status::not_supported("the GPU forward kernels need compute capability >= 8.0 (this "
-                                 "device is " + std::to_string(major) + ".x)");
+  s = check_compute_capability("forward");
+  if (!s.ok()) return s;
 
   const int hd = sm80::round_head_dim_sm80(p.d);
 #define FA_SM80_FWD_CASE(kDtype, kHeadDim) \
@@ -78,10 +56,8 @@ Status run_mha_fwd(const FwdParams& p) {
   FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_CASE)
 #undef FA_SM80_FWD_CASE
   return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) + " kernels not compiled in this build (FA_HDIMS=" +
-                               compiled_hdims_string() + ", FA_DTYPES=" +
-                               (FA_BUILD_HAS_FP16 ? (FA_BUILD_HAS_BF16 ? "fp16,bf16" : "fp16") : "bf16") +
-                               ")");
+                               dtype_name(p.dtype) + " kernels not compiled in this build " +
+                               compiled_config_string());
 }
 
 }  // namespace flashattn::cuda
