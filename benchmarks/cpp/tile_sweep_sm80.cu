@@ -6,6 +6,7 @@
 // Build by hand (docs/sm80_forward.md):
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -gencode arch=compute_90a,code=sm_90a \
 //        -Isrc -Iinclude -I.deps/cutlass/include benchmarks/cpp/tile_sweep_sm80.cu -o tile_sweep_sm80
+// Put another directory holding an sm80/ tree before -Isrc to time a variant of the kernel code.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -68,9 +69,11 @@ struct Problem {
   }
 };
 
-template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps>
+template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
+          int kStages = 1, bool kSkipRescale = false>
 fa::Status launch(const fa::FwdParams& p) {
-  using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t>;
+  using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
+                                           kPadded, kStages, kSkipRescale>;
   sm80::FwdArgsSm80 args;
   args.p = p;
   args.unit = p.softmax_scale;
@@ -80,6 +83,13 @@ fa::Status launch(const fa::FwdParams& p) {
   return sm80::launch_fwd_sm80<Traits, false, false>(args);
 }
 
+// The library's policy for head dim D (tile_size_sm80.h), for the "(lib)" rows.
+template <int D>
+fa::Status launch_lib(const fa::FwdParams& p) {
+  constexpr sm80::TileSizeSm80 t = sm80::tile_size_fwd_sm80(D);
+  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_smem, t.kv_stages, t.skip_rescale>(p);
+}
+
 using LaunchFn = fa::Status (*)(const fa::FwdParams&);
 struct Variant {
   int d;
@@ -87,51 +97,98 @@ struct Variant {
   LaunchFn fn;
 };
 
+// Median of `iters` launches, each bracketed by events but queued back to back (one host sync at
+// the end, as triton's do_bench does): no host launch latency inside the timed intervals.
 double time_ms(LaunchFn fn, const fa::FwdParams& p, int iters) {
   for (int i = 0; i < 3; ++i) fn(p);
-  cudaEvent_t a, b;
-  SWEEP_CHECK(cudaEventCreate(&a));
-  SWEEP_CHECK(cudaEventCreate(&b));
-  std::vector<float> ms;
+  std::vector<cudaEvent_t> ev(iters + 1);
+  for (cudaEvent_t& e : ev) SWEEP_CHECK(cudaEventCreate(&e));
+  SWEEP_CHECK(cudaEventRecord(ev[0]));
   for (int i = 0; i < iters; ++i) {
-    SWEEP_CHECK(cudaEventRecord(a));
-    fa::Status s = fn(p);
-    SWEEP_CHECK(cudaEventRecord(b));
-    SWEEP_CHECK(cudaEventSynchronize(b));
+    const fa::Status s = fn(p);
     if (!s.ok()) {
       std::fprintf(stderr, "launch failed: %s\n", s.message().c_str());
       std::exit(1);
     }
-    float t;
-    SWEEP_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
+    SWEEP_CHECK(cudaEventRecord(ev[i + 1]));
   }
+  SWEEP_CHECK(cudaEventSynchronize(ev[iters]));
+  std::vector<float> ms(iters);
+  for (int i = 0; i < iters; ++i) SWEEP_CHECK(cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]));
+  for (cudaEvent_t& e : ev) SWEEP_CHECK(cudaEventDestroy(e));
   std::sort(ms.begin(), ms.end());
-  SWEEP_CHECK(cudaEventDestroy(a));
-  SWEEP_CHECK(cudaEventDestroy(b));
   return ms[ms.size() / 2];
+}
+
+// Usage: tile_sweep_sm80 [iters] [d list, e.g. 64,128] [seqlen list] [causal list, e.g. 0,1]
+//                       [rounds: every variant timed this many times, interleaved]
+std::vector<int> parse_list(const char* s) {
+  std::vector<int> v;
+  for (const char* p = s; *p;) {
+    v.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return v;
 }
 
 int main(int argc, char** argv) {
   const int iters = argc > 1 ? std::atoi(argv[1]) : 20;
+  const std::vector<int> dims = argc > 2 ? parse_list(argv[2]) : std::vector<int>{64, 128, 256};
+  const std::vector<int> seqlens =
+      argc > 3 ? parse_list(argv[3]) : std::vector<int>{512, 1024, 2048, 4096, 8192, 16384};
+  const std::vector<int> causals = argc > 4 ? parse_list(argv[4]) : std::vector<int>{0, 1};
+  const int rounds = argc > 5 ? std::atoi(argv[5]) : 1;
+  // Knobs: s/p = swizzled/padded smem, 1/2 = K/V stages, a/k = always rescale / skip it.
+  // SWEEP_ALL_KNOBS times all 8 knob sets of the library tile; by default the library policy
+  // and the runners-up recorded in tile_size_sm80.h.
+#define SWEEP_KNOBS(D, M, N, W)                                                   \
+  {D, #M "x" #N "x" #W " s1a", &launch<D, M, N, W, false, 1, false>},             \
+  {D, #M "x" #N "x" #W " s1k", &launch<D, M, N, W, false, 1, true>},              \
+  {D, #M "x" #N "x" #W " s2a", &launch<D, M, N, W, false, 2, false>},             \
+  {D, #M "x" #N "x" #W " s2k", &launch<D, M, N, W, false, 2, true>},              \
+  {D, #M "x" #N "x" #W " p1a", &launch<D, M, N, W, true, 1, false>},              \
+  {D, #M "x" #N "x" #W " p1k", &launch<D, M, N, W, true, 1, true>},               \
+  {D, #M "x" #N "x" #W " p2a", &launch<D, M, N, W, true, 2, false>},              \
+  {D, #M "x" #N "x" #W " p2k", &launch<D, M, N, W, true, 2, true>}
   const std::vector<Variant> variants = {
-      {64, "128x64x4 (lib)", &launch<64, 128, 64, 4>},
-      {64, "128x128x4", &launch<64, 128, 128, 4>},
-      {128, "128x64x4 (lib)", &launch<128, 128, 64, 4>},
-      {128, "128x32x4", &launch<128, 128, 32, 4>},
-      {128, "128x64x8", &launch<128, 128, 64, 8>},
-      {256, "128x64x8 (lib)", &launch<256, 128, 64, 8>},
-      {256, "64x64x4", &launch<256, 64, 64, 4>},
+#if !defined(SWEEP_D) || SWEEP_D == 64
+      {64, "lib", &launch_lib<64>},
+#ifdef SWEEP_ALL_KNOBS
+      SWEEP_KNOBS(64, 128, 64, 4),
+#else
+      {64, "128x64x4 s2a", &launch<64, 128, 64, 4, false, 2, false>},
+      {64, "128x64x4 s1k", &launch<64, 128, 64, 4, false, 1, true>},
+#endif
+#endif
+#if !defined(SWEEP_D) || SWEEP_D == 128
+      {128, "lib", &launch_lib<128>},
+#ifdef SWEEP_ALL_KNOBS
+      SWEEP_KNOBS(128, 128, 64, 4),
+#else
+      {128, "128x64x4 s2k", &launch<128, 128, 64, 4, false, 2, true>},
+      {128, "128x64x4 s1k", &launch<128, 128, 64, 4, false, 1, true>},
+#endif
+#endif
+#if !defined(SWEEP_D) || SWEEP_D == 256
+      {256, "lib", &launch_lib<256>},
+#ifdef SWEEP_ALL_KNOBS
+      SWEEP_KNOBS(256, 64, 64, 4),
+#else
+      {256, "64x64x4 s1a", &launch<256, 64, 64, 4, false, 1, false>},
+      {256, "128x64x8 s1a", &launch<256, 128, 64, 8, false, 1, false>},
+#endif
+#endif
   };
+#undef SWEEP_KNOBS
   const int64_t tokens = 16384, hidden = 2048;
-  cutlass::bfloat16_t *q, *k, *v, *o, *o_ref;
+  cutlass::bfloat16_t *q, *k, *v, *o;
   float* lse;
   const int64_t n = tokens * hidden;
   SWEEP_CHECK(cudaMalloc(&q, n * 2));
   SWEEP_CHECK(cudaMalloc(&k, n * 2));
   SWEEP_CHECK(cudaMalloc(&v, n * 2));
   SWEEP_CHECK(cudaMalloc(&o, n * 2));
-  SWEEP_CHECK(cudaMalloc(&o_ref, n * 2));
   SWEEP_CHECK(cudaMalloc(&lse, tokens * 256 * sizeof(float)));
   fill_random<<<1024, 256>>>(q, n, 1);
   fill_random<<<1024, 256>>>(k, n, 2);
@@ -139,31 +196,39 @@ int main(int argc, char** argv) {
   SWEEP_CHECK(cudaDeviceSynchronize());
   std::vector<uint16_t> a(n), b(n);
 
-  std::printf("%-4s %-7s %-6s %-16s %9s %9s %10s\n", "d", "causal", "seqlen", "tile", "ms", "TFLOP/s",
-              "max|o-lib|");
-  for (int d : {64, 128, 256}) {
-    for (bool causal : {false, true}) {
-      for (int s : {512, 1024, 2048, 4096, 8192, 16384}) {
-        Problem pr{int(tokens / s), s, int(hidden / d), d, causal, q, k, v, o, lse};
+  // checksum = sum |o| over the whole output: equal (to rounding) across variants and across
+  // builds of different code versions, a cheap cross-check that each computes the same thing.
+  std::printf("%-4s %-7s %-6s %-16s %9s %9s %10s %12s\n", "d", "causal", "seqlen", "tile", "ms",
+              "TFLOP/s", "max|o-first|", "sum|o|");
+  for (int d : dims) {
+    for (int causal : causals) {
+      for (int s : seqlens) {
+        Problem pr{int(tokens / s), s, int(hidden / d), d, causal != 0, q, k, v, o, lse};
         const fa::FwdParams p = pr.params();
         const double flops = 4.0 * pr.b * double(s) * s * pr.h * d * (causal ? 0.5 : 1.0);
         bool first = true;
-        for (const Variant& var : variants) {
-          if (var.d != d) continue;
-          const double ms = time_ms(var.fn, p, iters);
-          SWEEP_CHECK(cudaMemcpy(first ? a.data() : b.data(), o, n * 2, cudaMemcpyDeviceToHost));
-          double diff = 0;
-          if (!first) {
-            for (int64_t i = 0; i < n; ++i) {
-              const float x = float(reinterpret_cast<cutlass::bfloat16_t&>(a[i]));
-              const float y = float(reinterpret_cast<cutlass::bfloat16_t&>(b[i]));
-              diff = std::max(diff, double(std::fabs(x - y)));
+        for (int round = 0; round < rounds; ++round) {
+          for (const Variant& var : variants) {
+            if (var.d != d) continue;
+            SWEEP_CHECK(cudaMemset(o, 0xff, n * 2));  // NaN: an unwritten element shows in sum|o|
+            const double ms = time_ms(var.fn, p, iters);
+            double diff = 0, sum = 0;
+            if (round == 0) {  // the outputs of later rounds are the same; skip the host work
+              SWEEP_CHECK(cudaMemcpy(first ? a.data() : b.data(), o, n * 2, cudaMemcpyDeviceToHost));
+              for (int64_t i = 0; i < n; ++i) {
+                const float y = float(reinterpret_cast<cutlass::bfloat16_t&>(first ? a[i] : b[i]));
+                sum += std::fabs(y);
+                if (!first) {
+                  const float x = float(reinterpret_cast<cutlass::bfloat16_t&>(a[i]));
+                  diff = std::max(diff, double(std::fabs(x - y)));
+                }
+              }
             }
+            std::printf("%-4d %-7d %-6d %-16s %9.3f %9.1f %10.3g %12.6g\n", d, causal, s,
+                        var.name, ms, flops / ms * 1e-9, diff, sum);
+            std::fflush(stdout);
+            first = false;
           }
-          std::printf("%-4d %-7d %-6d %-16s %9.3f %9.1f %10.3g\n", d, int(causal), s, var.name, ms,
-                      flops / ms * 1e-9, diff);
-          std::fflush(stdout);
-          first = false;
         }
       }
     }

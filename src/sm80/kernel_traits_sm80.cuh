@@ -1,6 +1,8 @@
-// Compile-time configuration of the SM80-path forward kernel for one (head dim, tile, dtype):
-// the tensor-core MMA, the swizzled shared-memory layouts and the copy atoms that move tiles
-// gmem -> smem (cp.async, 16 bytes per thread), smem -> registers (ldmatrix) and back for O.
+// Compile-time configuration of the SM80-path forward kernel for one (head dim, tile, dtype,
+// schedule knobs): the tensor-core MMA, the shared-memory layouts (padded or XOR-swizzled, one or
+// two K/V stages) and the copy atoms that move tiles gmem -> smem (cp.async, 16 bytes per
+// thread), smem -> registers (ldmatrix) and back for O. The knobs come from the tile policy
+// (tile_size_sm80.h), which records why each head dim uses which.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -12,7 +14,8 @@ namespace flashattn::sm80 {
 
 using namespace cute;
 
-template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_>
+template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
+          bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -22,6 +25,10 @@ struct FwdKernelTraitsSm80 {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
+  static constexpr bool kPaddedSmem = kPaddedSmem_;  // else XOR-swizzled rows
+  static constexpr int kStages = kStages_;           // K/V buffers: 1 or 2 (double-buffered)
+  static constexpr bool kSkipRescale = kSkipRescale_;  // skip the O rescale when no max moved
+  static_assert(kStages == 1 || kStages == 2);
   static_assert(kHeadDim % 32 == 0, "head dims are multiples of 32 (smaller d is predicated)");
   static_assert(kBlockM % (16 * kNWarps) == 0, "each warp owns whole 16-row MMA tiles");
   static_assert(kBlockN % 16 == 0, "the P V gemm consumes keys 16 at a time");
@@ -34,20 +41,38 @@ struct FwdKernelTraitsSm80 {
   using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<Int<kNWarps>, _1, _1>>,
                             Tile<Int<16 * kNWarps>, _16, _16>>;
 
-  // Shared memory: rows of kBlockKSmem 16-bit elements (64 = 128 bytes, or 32 = 64 bytes when the
-  // head dim is not a multiple of 64), XOR-swizzled in 16-byte chunks so that both the row-wise
-  // cp.async writes and the 8x8 ldmatrix reads (8 rows, same column chunk) hit 8 distinct
-  // 16-byte bank groups: no bank conflicts.
+  // Shared memory. Both layouts make the 8 row addresses of an 8x8 ldmatrix (same column chunk,
+  // consecutive rows) and the row-wise 16-byte cp.async writes land in 8 distinct 16-byte bank
+  // groups, i.e. no bank conflicts:
+  //  - swizzled: rows of kBlockKSmem elements (128 or 64 bytes), 16-byte chunk index XORed with
+  //    the row index (mod 8). Dense, and every row segment starts 128-byte aligned; but each
+  //    k-slice of a thread's ldmatrix sees a different XOR pattern, so the thread keeps one
+  //    address register per pattern and operand live across the main loop (12 at d = 128);
+  //  - padded: plain row-major with a 16-byte pad per row (pitch kHeadDim + 8), so consecutive
+  //    rows are 16 bytes apart modulo 128. Every (row tile, k-slice) address is one base
+  //    register plus an immediate; costs 1/16 (d = 128) to 1/4 (d = 32) more shared memory.
   static constexpr int kBlockKSmem = kHeadDim % 64 == 0 ? 64 : 32;
   static constexpr int kSwizzleBits = kBlockKSmem == 64 ? 3 : 2;
+  static constexpr int kSmemPitch = kHeadDim + 8;  // padded layout, elements
   using SmemLayoutAtom = decltype(composition(
       Swizzle<kSwizzleBits, 3, 3>{},
       Layout<Shape<_8, Int<kBlockKSmem>>, Stride<Int<kBlockKSmem>, _1>>{}));
-  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  using SmemLayoutKV = decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  // V viewed as V^T (head dim x keys) for the P V gemm: same bytes, read with ldmatrix.trans.
+  using SmemLayoutQ = std::conditional_t<
+      kPaddedSmem, Layout<Shape<Int<kBlockM>, Int<kHeadDim>>, Stride<Int<kSmemPitch>, _1>>,
+      decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}))>;
+  // K and V: (kBlockN, kHeadDim, kStages); key block n lives in stage n % kStages.
+  using SmemLayoutKV = std::conditional_t<
+      kPaddedSmem,
+      Layout<Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>,
+             Stride<Int<kSmemPitch>, _1, Int<kBlockN * kSmemPitch>>>,
+      decltype(tile_to_shape(SmemLayoutAtom{},
+                             Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}))>;
+  // V viewed as V^T (head dim x keys x stages) for the P V gemm: same bytes, read with
+  // ldmatrix.trans.
   using SmemLayoutVt = decltype(composition(
-      SmemLayoutKV{}, make_layout(Shape<Int<kHeadDim>, Int<kBlockN>>{}, GenRowMajor{})));
+      SmemLayoutKV{},
+      make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
+                  Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
   // O is staged through the Q buffer (Q is dead once the last S = Q K^T is done).
   using SmemLayoutO = SmemLayoutQ;
 

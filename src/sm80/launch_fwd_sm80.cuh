@@ -46,7 +46,8 @@ template <DType kDtype, int kHeadDim>
 Status run_fwd_sm80(const FwdParams& p) {
   constexpr TileSizeSm80 kTile = tile_size_fwd_sm80(kHeadDim);
   using Traits = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
-                                     ElementOf<kDtype>>;
+                                     ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
+                                     kTile.skip_rescale>;
   FwdArgsSm80 args;
   args.p = p;
   const bool has_softcap = p.softcap > 0.f;

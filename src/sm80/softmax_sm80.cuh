@@ -12,6 +12,11 @@
 // must agree across the row) but l only once, in finalize().
 // Masked scores are -inf. A row whose max is still -inf (nothing visible yet) uses 0 as the
 // subtraction baseline, so p = exp2(-inf) = 0 and no NaN (-inf - -inf) appears.
+// O is rescaled by exp(m_old - m_new) after each tile, either always (rescale_o: straight-line
+// FMULs that ptxas interleaves with the following P V MMAs) or only when some row of the warp got
+// a new max (rescale_o_if: past the first few key blocks a block of n keys beats the running max
+// of N earlier ones with probability ~ n / (N + n) per row, so most tiles skip d / 4 * kNRows
+// FMULs). Which is faster depends on the CTA shape (tile_size_sm80.h).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -28,6 +33,7 @@ template <int kNRows>
 struct OnlineSoftmaxSm80 {
   float row_max[kNRows];
   float row_sum[kNRows];
+  float correction[kNRows];  // of the last update()
   float unit_log2;
 
   __forceinline__ __device__ explicit OnlineSoftmaxSm80(float unit_log2_) : unit_log2(unit_log2_) {
@@ -38,22 +44,27 @@ struct OnlineSoftmaxSm80 {
     }
   }
 
-  // Fold one S tile into the running state: rescale O by exp(m_old - m_new), turn acc_s into
-  // P = exp(s - m_new) in place, and add P's row sums to l.
-  template <class TensorS, class TensorO>
-  __forceinline__ __device__ void update(TensorS& acc_s, TensorO& acc_o) {
+  // Fold one S tile into the running state: turn acc_s into P = exp(s - m_new) in place, add
+  // P's row sums to l, and leave in `correction` the factor exp(m_old - m_new) by which O must be
+  // scaled (rescale_o*). Returns whether any row of the warp got a new max (warp-uniform): if
+  // not, every correction is exactly 1 and the rescale may be skipped.
+  // kCheckInf = false when every row of the tile has a visible key (its max is finite).
+  template <bool kCheckInf, class TensorS>
+  __forceinline__ __device__ bool update(TensorS& acc_s) {
     Tensor s = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (rows, keys)
-    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
     static_assert(decltype(size<0>(s))::value == kNRows);
+    bool any_changed = false;
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
       float m = row_max[mi];
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(s); ++ni) m = fmaxf(m, s(mi, ni));
       m = quad_allreduce_max(m);
-      const float m_scaled = m == -INFINITY ? 0.f : m * unit_log2;
+      const bool changed = m != row_max[mi];
+      any_changed |= changed;
+      const float m_scaled = (kCheckInf && m == -INFINITY) ? 0.f : m * unit_log2;
       // m_old = -inf gives exp2(-inf) = 0: O and l are still 0, so nothing is lost.
-      const float correction = exp2f(row_max[mi] * unit_log2 - m_scaled);
+      correction[mi] = changed ? exp2f(row_max[mi] * unit_log2 - m_scaled) : 1.f;
       row_max[mi] = m;
       float sum = 0.f;
       CUTE_UNROLL
@@ -62,9 +73,38 @@ struct OnlineSoftmaxSm80 {
         s(mi, ni) = p;
         sum += p;
       }
-      row_sum[mi] = row_sum[mi] * correction + sum;
+      row_sum[mi] = row_sum[mi] * correction[mi] + sum;
+    }
+    return __any_sync(0xffffffffu, any_changed);
+  }
+
+  // O *= correction, unconditionally: straight-line code that ptxas interleaves with the HMMAs
+  // of the P V gemm that follows (each acc_o chunk is scaled just before its first MMA).
+  template <class TensorO>
+  __forceinline__ __device__ void rescale_o(TensorO& acc_o) const {
+    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
       CUTE_UNROLL
-      for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= correction;
+      for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= correction[mi];
+    }
+  }
+
+  // O *= correction, skipped when `rescale` (warp-uniform) is false. Written as a loop whose trip
+  // count (0 or 1) ptxas cannot see: a plain `if` gets if-converted into d / 4 * kNRows
+  // predicated FMULs that take issue slots on every tile whether or not they run.
+  template <class TensorO>
+  __forceinline__ __device__ void rescale_o_if(bool rescale, TensorO& acc_o) const {
+    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+    int trips = rescale ? 1 : 0;
+    asm volatile("" : "+r"(trips));  // opaque to both compilers
+#pragma unroll 1
+    for (; trips > 0; --trips) {
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi) {
+        CUTE_UNROLL
+        for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= correction[mi];
+      }
     }
   }
 

@@ -2,14 +2,18 @@
 //
 // The numbers trade three budgets against each other (per CTA, SM80/SM90 limits):
 //  - registers: each thread holds its share of O (kBlockM * kHeadDim / threads fp32) and of
-//    S = Q K^T (kBlockM * kBlockN / threads fp32); past ~255 registers the compiler spills;
-//  - shared memory: Q (kBlockM x kHeadDim) + K and V (kBlockN x kHeadDim each), 16-bit, single
-//    buffered (the schedule overlaps the V load with Q K^T and the next K load with softmax + P V);
-//  - occupancy: 2 CTAs of 4 warps per SM (or 1 of 8) keep the tensor cores fed while one CTA
-//    waits on its cp.async or does its softmax.
-// kBlockM = 128 everywhere: each warp owns 16 or 32 query rows, so the softmax row reductions stay
-// inside a warp (quad shuffles, no shared memory), and the O tile is large enough to amortize the
-// K/V traffic (K/V bytes read per CTA ~ s_k * d * 4, shared by 128 rows).
+//    S = Q K^T (kBlockM * kBlockN / threads fp32); past 255 registers the compiler spills;
+//  - shared memory: Q (kBlockM x kHeadDim) + K and V (kBlockN x kHeadDim each, times kv_stages);
+//  - occupancy: 2 CTAs per SM keep the tensor cores fed while one CTA waits on its cp.async,
+//    does its softmax, or runs its prologue / epilogue; with 1 CTA of 8 warps per SM the warps
+//    of a CTA move in lockstep between barriers and only the instruction stream can overlap
+//    softmax with MMAs.
+// Each warp owns 16 or 32 whole query rows, so the softmax row reductions stay inside a warp.
+// The knobs (padded_smem, kv_stages, skip_rescale) are explained in kernel_traits_sm80.cuh and
+// mainloop_fwd_sm80.cuh; which wins differs per head dim, as measured below.
+// Measurements: H100 SXM, bf16, the standard grid (batch * seqlen = 16384, hidden 2048),
+// benchmarks/cpp/tile_sweep_sm80.cu, TFLOP/s non-causal / causal at seqlen 16k unless noted;
+// knob code: s/p = swizzled/padded smem, 1/2 = K/V stages, a/k = always rescale / skip it.
 #pragma once
 
 namespace flashattn::sm80 {
@@ -18,24 +22,33 @@ struct TileSizeSm80 {
   int block_m;  // query rows per CTA
   int block_n;  // keys per main-loop iteration
   int n_warps;  // warps per CTA, stacked along M (each warp owns 16 * block_m / (16 * n_warps) rows)
+  bool padded_smem = false;   // padded rows instead of XOR-swizzled ones (kernel_traits_sm80.cuh)
+  int kv_stages = 1;          // 2: K and V double-buffered, one barrier per key block
+  bool skip_rescale = false;  // skip the O rescale when no row max of the warp moved
 };
 
 constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
-  // d = 32, 64: 128 x 64. O is small (32 / 64 fp32 per thread); a 128-key S tile adds 128 fp32
-  // per thread plus its 16-bit copy for P V and spills (ptxas sm_90a: 24 bytes at d = 32, 128 at
-  // d = 64), and measured slower: d = 64, s = 16k, H100 bf16: 267 TFLOP/s at 128 x 64 vs 246 at
-  // 128 x 128 (non-causal), 256 vs 241 (causal). smem 16 / 32 KB.
-  if (head_dim <= 64) return {128, 64, 4};
-  // d = 96, 128: 128 x 64, 4 warps (FlashAttention-2's A100/H100 choice). O takes 96 / 128 fp32
-  // per thread and S 64 more: ptxas spills 56-92 bytes (loop-invariant addresses reloaded once
-  // per iteration). Measured d = 128, s = 16k: 312 TFLOP/s vs 297 at 128 x 32 (less S, but twice
-  // the per-tile softmax / barrier overhead) and 260 at 128 x 64 with 8 warps (16 rows per warp
-  // read the same K/V smem tile for half the MMA work). smem 48 / 64 KB -> 2 CTAs per SM.
-  if (head_dim <= 128) return {128, 64, 4};
-  // d = 192, 256: with 4 warps O alone would take 192 / 256 fp32 per thread; 8 warps (16 rows
-  // each) halve that. smem 96 KB (2 CTAs/SM) / 128 KB (1 CTA/SM, still 8 warps per SM).
-  // Measured d = 256, s = 16k: 310 TFLOP/s vs 280 at 64 x 64 with 4 warps.
-  return {128, 64, 8};
+  // d = 32, 64: 128 x 64 x 4, swizzled, double-buffered, skipped rescale (s2k): 332 / 320,
+  // vs s1k 326 / 313, p2k 304 / 293 (padding costs 5-10% wherever registers are not the
+  // limit), s2a 322 / 312. 128 x 128 measured 314 / 302 and spills. 225 registers, no spill;
+  // smem 48 KB (d = 64), 2 CTAs per SM.
+  if (head_dim <= 64) return {128, 64, 4, false, 2, true};
+  // d = 96, 128: 128 x 64 x 4, padded, single-buffered, skipped rescale (p1k): 372 / 352, and
+  // the only knob set without spills at d = 128 (O takes 128 registers, S 64): swizzled
+  // layouts spill 96-152 bytes (one address register per XOR pattern), p2k 24 bytes, p1a 92.
+  // s2k is 381 / 349 with a 96-byte spill. 128 x 32 x 4 measured 365 / 335; 8 warps lose
+  // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
+  if (head_dim <= 128) return {128, 64, 4, true, 1, true};
+  // d = 192, 256: 64 x 64 x 4, swizzled, single-buffered, skipped rescale (s1k): 336 / 339 at
+  // 16k and 308 / 249 at 1k, vs 64 x 64 x 4 s1a 320 / 321 (296 / 247 at 1k) and 128 x 64 x 8
+  // s1a 331 / 333 (299 / 232 at 1k: 1 CTA of 8 warps per SM cannot hide its own prologue and
+  // epilogue, and fell below FlashAttention-2 there). O is 16 rows x d per warp either way (128
+  // fp32 per thread at d = 256); 2 CTAs per SM (FlashAttention-2's H100 choice too) overlap
+  // each other's softmax, prologue and epilogue. With the 8-warp CTA the warps move in lockstep
+  // and "a" won instead (s1a 330 vs s1k 314): the unskipped rescale interleaves with the P V
+  // MMAs. 255 registers, no spill (ALiBi: 20 bytes); smem 96 KB (d = 256). d = 192 follows
+  // d = 256 (not timed separately).
+  return {64, 64, 4, false, 1, true};
 }
 
 // The head-dim kernels that exist: a request with head dim d runs the smallest kernel >= d with
