@@ -9,6 +9,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
 #include "cuda/fwd.h"
+#include "cuda/kvcache.h"
 #include "flashattn_build_config.h"
 
 namespace flashattn::cuda {
@@ -51,11 +52,7 @@ Status mha_fwd(const FwdParams& p) { return run_mha_fwd(p); }
 
 Status mha_bwd(const BwdParams& p) { return run_mha_bwd(p); }
 
-Status mha_fwd_kvcache(const KVCacheParams&) {
-  return Status::not_supported(
-      "mha_fwd_kvcache on the GPU is not implemented yet (issue: split-KV / KV-cache forward); "
-      "host pointers run on the CPU backend");
-}
+Status mha_fwd_kvcache(const KVCacheParams& p) { return run_mha_fwd_kvcache(p); }
 
 Status mha_combine(const CombineParams& p) { return run_mha_combine(p); }
 

@@ -6,6 +6,19 @@
 
 namespace flashattn::cuda {
 
-Status run_mha_fwd(const FwdParams& p);
+// What the KV-cache path (mha_fwd_kvcache) needs from the forward kernel beyond FwdParams.
+// Device pointers, [b] int32 each, may be null. Dense (non-varlen) only.
+//   kv_batch_idx  K/V batch row read by query batch i (flash_attn's cache_batch_idx); null = i.
+//                 Contiguous K/V only.
+//   k_leftpad     first visible key row of batch i (cache_leftpad); keys [k_leftpad[i],
+//                 seqused_k[i]) are visible, key index j counts from k_leftpad[i], so the
+//                 sequence's s_k (mask alignment, ALiBi) is seqused_k[i] - k_leftpad[i].
+//                 Requires seqused_k. Contiguous K/V only.
+struct FwdCacheArgs {
+  const int* kv_batch_idx = nullptr;
+  const int* k_leftpad = nullptr;
+};
+
+Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache = {});
 
 }  // namespace flashattn::cuda

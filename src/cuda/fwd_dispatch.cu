@@ -23,7 +23,9 @@ Status not_implemented(const std::string& what) {
 
 }  // namespace
 
-Status run_mha_fwd(const FwdParams& p) {
+Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
+  if (cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr)
+    return not_implemented("cache_batch_idx / cache_leftpad");
   if (p.p_dropout > 0.f) return not_implemented("dropout (p_dropout > 0)");
   if (p.p_ptr != nullptr) return not_implemented("p_ptr (returning attention probabilities)");
   if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
