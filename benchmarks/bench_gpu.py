@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GPU forward benchmark: flashattn side by side with torch SDPA, in one process, same inputs.
+"""GPU forward/backward benchmark: flashattn side by side with torch SDPA, one process, same inputs.
 
 Runs the standard grid of DESIGN.md section 4 (batch*seqlen = 16384, hidden 2048, h = 2048/d,
 bf16, causal and not) against SDPA's FLASH_ATTENTION (FlashAttention-2's kernels),
@@ -7,8 +7,11 @@ CUDNN_ATTENTION and EFFICIENT_ATTENTION backends. flashattn is called through th
 (build/libflashattn_capi.so, tools/capi.cpp) on the same torch tensors. Timing: median of
 triton.testing.do_bench after warm-up, with several input sets rotated so L2 does not serve them.
 
-Writes <out>/<date>-<gpu>-fwd.{json,md} (and .png when matplotlib is present) and prints a ratio
-table last.
+Backward: flashattn's mha_bwd on the forward's saved out/LSE against SDPA's backward through
+autograd (out.backward(dout, retain_graph=True)); FLOPs counted as 2.5x the forward's.
+
+Writes <out>/<date>-<gpu>-<mode>.{json,md} (and .png when matplotlib is present) for each mode
+and prints a ratio table last.
 
   python3 benchmarks/bench_gpu.py --lib build/libflashattn_capi.so --out benchmarks/results
 """
@@ -57,6 +60,11 @@ class FlashAttnCapi:
             ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_int, ctypes.c_int,
             ctypes.c_int, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
             ctypes.c_int]
+        g = self.lib.flashattn_capi_bwd
+        g.restype = ctypes.c_int
+        g.argtypes = [ctypes.c_void_p] * 9 + [ctypes.c_int] * 7 + [
+            ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_int, ctypes.c_int,
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         self.err = ctypes.create_string_buffer(512)
 
     def fwd(self, q, k, v, o, lse, causal):
@@ -73,9 +81,115 @@ class FlashAttnCapi:
             raise RuntimeError(self.err.value.decode())
 
 
+    def bwd(self, q, k, v, o, lse, do, dq, dk, dv, causal, deterministic=False):
+        b, sq, h, d = q.shape
+        sk, hk = k.shape[1], k.shape[2]
+        strides = (ctypes.c_int64 * 24)(*[x for t in (q, k, v, o, do, dq, dk, dv)
+                                          for x in t.stride()[:3]])
+        dtype = {torch.float16: 1, torch.bfloat16: 2}[q.dtype]
+        rc = self.lib.flashattn_capi_bwd(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), do.data_ptr(),
+            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dtype, b, sq, sk, h, hk, d, strides, 0.0,
+            int(causal), int(deterministic),
+            ctypes.c_void_p(torch.cuda.current_stream().cuda_stream), self.err, 512)
+        if rc != 0:
+            raise RuntimeError(self.err.value.decode())
+
+
 def flops_fwd(b, s, h, d, causal):
     f = 4.0 * b * s * s * h * d
     return f / 2 if causal else f
+
+
+def sdpa(q, k, v, causal):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          is_causal=causal).transpose(1, 2)
+
+
+SDPA_BACKENDS = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def measure(mode, fa, d, s, dtype, dtype_name, rep):
+    """Records for one (d, seqlen) point of the grid, causal and not, every implementation."""
+    h = 2048 // d
+    b = max(1, 16384 // s)
+    nbytes = (4 if mode == "fwd" else 9) * b * s * h * d * 2
+    nsets = max(1, min(4, math.ceil(200e6 / nbytes)))  # rotate inputs past the 50 MB L2
+    sets = []
+    for _ in range(nsets):
+        q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=dtype) for _ in range(3))
+        o = torch.empty_like(q)
+        lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+        sets.append([q, k, v, o, lse])
+        if mode == "bwd":
+            sets[-1] += [torch.randn_like(q), torch.empty_like(q), torch.empty_like(k),
+                         torch.empty_like(v)]
+    records = []
+    for causal in (False, True):
+        for st in sets:
+            fa.fwd(*st[:5], causal)
+        # Correctness of this very call against SDPA in fp32 before timing it.
+        q, k, v, o, lse = sets[0][:5]
+        err = float("nan")
+        if s <= 4096:
+            if mode == "fwd":
+                err = (o.float() - sdpa(q.float(), k.float(), v.float(), causal)).abs().max().item()
+            else:
+                do, dq, dk, dv = sets[0][5:]
+                fa.bwd(q, k, v, o, lse, do, dq, dk, dv, causal)
+                qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+                sdpa(qf, kf, vf, causal).backward(do.float())
+                err = max((a.float() - r.grad).abs().max().item()
+                          for a, r in ((dq, qf), (dk, kf), (dv, vf)))
+                del qf, kf, vf
+        it = [0]
+
+        def next_set():
+            it[0] = (it[0] + 1) % nsets
+            return sets[it[0]]
+
+        if mode == "fwd":
+            impls = {"flashattn": lambda: fa.fwd(*next_set()[:5], causal)}
+            for name, backend in SDPA_BACKENDS.items():
+                def run_sdpa(backend=backend):
+                    q, k, v = next_set()[:3]
+                    with sdpa_kernel(backend):
+                        sdpa(q, k, v, causal)
+                impls[name] = run_sdpa
+        else:
+            impls = {"flashattn": lambda: fa.bwd(*next_set(), causal)}
+            for name, backend in SDPA_BACKENDS.items():
+                graphs = []
+                try:
+                    for st in sets:
+                        q, k, v = (t.detach().requires_grad_() for t in st[:3])
+                        with sdpa_kernel(backend):
+                            out = sdpa(q, k, v, causal)
+                        graphs.append((out, st[5], (q, k, v)))
+                except Exception as e:  # a backend that refuses the shape
+                    print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
+                    continue
+
+                def run_sdpa_bwd(graphs=graphs):
+                    it[0] = (it[0] + 1) % len(graphs)
+                    out, do, inputs = graphs[it[0]]
+                    torch.autograd.grad(out, inputs, do, retain_graph=True)
+                impls[name] = run_sdpa_bwd
+        for name, fn in impls.items():
+            try:
+                ms = bench_ms(fn, rep=rep)
+            except Exception as e:  # a backend that refuses the shape
+                print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
+                continue
+            flops = flops_fwd(b, s, h, d, causal) * (2.5 if mode == "bwd" else 1.0)
+            tf = flops / (ms * 1e-3) / 1e12
+            records.append({"impl": name, "mode": mode, "dtype": dtype_name, "d": d, "seqlen": s,
+                            "causal": causal, "page_size": None, "ms": ms, "tflops": tf,
+                            **({"max_err_vs_fp32": err} if name == "flashattn" else {})})
+            print(f"  {mode} {name:15s} d={d:3d} s={s:5d} causal={int(causal)} {ms:8.3f} ms {tf:7.1f} TFLOP/s"
+                  + (f"  err={err:.2e}" if name == "flashattn" else ""), flush=True)
+    return records
 
 
 def main():
@@ -85,6 +199,7 @@ def main():
     ap.add_argument("--hdims", default="64,128,256")
     ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--modes", default="fwd,bwd")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = ap.parse_args()
 
@@ -93,62 +208,16 @@ def main():
     fa = FlashAttnCapi(args.lib)
     gpu = torch.cuda.get_device_name(0)
     rep = 30 if args.quick else 100
-    records = []
-    sdpa = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
-            "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
-    for d in [int(x) for x in args.hdims.split(",")]:
-        h = 2048 // d
-        for s in [int(x) for x in args.seqlens.split(",")]:
-            b = max(1, 16384 // s)
-            nbytes = 4 * b * s * h * d * 2
-            nsets = max(1, min(4, math.ceil(200e6 / nbytes)))  # rotate inputs past the 50 MB L2
-            sets = []
-            for _ in range(nsets):
-                q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=dtype) for _ in range(3))
-                o = torch.empty_like(q)
-                lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-                sets.append((q, k, v, o, lse))
-            for causal in (False, True):
-                # Correctness of this very call against SDPA (fp32 math) before timing it.
-                q, k, v, o, lse = sets[0]
-                fa.fwd(q, k, v, o, lse, causal)
-                ref = F.scaled_dot_product_attention(
-                    q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                    v.transpose(1, 2).float(), is_causal=causal).transpose(1, 2) if s <= 4096 else None
-                err = (o.float() - ref).abs().max().item() if ref is not None else float("nan")
-                del ref
-                it = [0]
+    for mode in args.modes.split(","):
+        records = []
+        for d in [int(x) for x in args.hdims.split(",")]:
+            for s in [int(x) for x in args.seqlens.split(",")]:
+                records += measure(mode, fa, d, s, dtype, args.dtype, rep)
+                torch.cuda.empty_cache()
+        write_results(mode, records, args, gpu)
 
-                def run_fa():
-                    i = it[0] = (it[0] + 1) % nsets
-                    q, k, v, o, lse = sets[i]
-                    fa.fwd(q, k, v, o, lse, causal)
 
-                impls = {"flashattn": run_fa}
-                for name, backend in sdpa.items():
-                    def run_sdpa(backend=backend):
-                        i = it[0] = (it[0] + 1) % nsets
-                        q, k, v, _, _ = sets[i]
-                        with sdpa_kernel(backend):
-                            F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                           v.transpose(1, 2), is_causal=causal)
-                    impls[name] = run_sdpa
-                for name, fn in impls.items():
-                    try:
-                        ms = bench_ms(fn, rep=rep)
-                    except Exception as e:  # a backend that refuses the shape
-                        print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
-                        continue
-                    tf = flops_fwd(b, s, h, d, causal) / (ms * 1e-3) / 1e12
-                    records.append({"impl": name, "mode": "fwd", "dtype": args.dtype, "d": d,
-                                    "seqlen": s, "causal": causal, "page_size": None,
-                                    "ms": ms, "tflops": tf,
-                                    **({"max_err_vs_fp32": err} if name == "flashattn" else {})})
-                    print(f"  {name:15s} d={d:3d} s={s:5d} causal={int(causal)} {ms:8.3f} ms {tf:7.1f} TFLOP/s"
-                          + (f"  err={err:.2e}" if name == "flashattn" else ""), flush=True)
-            del sets
-            torch.cuda.empty_cache()
-
+def write_results(mode, records, args, gpu):
     date = datetime.date.today().isoformat()
     tag = gpu.replace("NVIDIA ", "").split()[0].lower()
     try:
@@ -163,7 +232,7 @@ def main():
     except Exception:
         pass
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{date}-{tag}-fwd")
+    stem = os.path.join(args.out, f"{date}-{tag}-{mode}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=1)
 
@@ -174,7 +243,7 @@ def main():
                 return r["tflops"]
         return None
 
-    lines = [f"# Forward TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit})", "",
+    lines = [f"# {'Forward' if mode == 'fwd' else 'Backward'} TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit})", "",
              "| d | seqlen | causal | flashattn | sdpa_flash | sdpa_cudnn | sdpa_efficient | vs flash | vs cudnn |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d in sorted({r["d"] for r in records}):
@@ -205,7 +274,7 @@ def main():
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
                 ax.set_xscale("log", base=2)
-                ax.set_title(f"fwd d={d} {'causal' if c else 'non-causal'}")
+                ax.set_title(f"{mode} d={d} {'causal' if c else 'non-causal'}")
                 ax.set_xlabel("seqlen")
                 ax.set_ylabel("TFLOP/s")
                 ax.legend(fontsize=7)
