@@ -1,7 +1,12 @@
 // Runtime -> template dispatch of the GPU forward: checks that the request is inside what the
 // SM80-path kernels cover (returning kNotSupported, never different math, for the rest), rounds
-// the head dim up to a compiled kernel and calls that (dtype, head dim) instantiation. The
-// remaining compile-time features (softcap, ALiBi) are picked inside the instantiation.
+// the head dim up to a compiled kernel, chooses the split count and the kernel family:
+//   dropout                                   -> run_fwd_dropout_sm80
+//   paged KV, KV-cache hooks or num_splits > 1 -> run_fwd_split_sm80 (split-capable)
+//   otherwise                                 -> run_fwd_sm80 (plain)
+// and, for p_ptr, runs the probabilities kernel after the forward (with the forward's LSE, into
+// stream-ordered scratch when the caller passed no LSE buffer). The remaining compile-time
+// features (softcap, ALiBi) are picked inside each family.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -21,15 +26,67 @@ Status not_implemented(const std::string& what) {
   return Status::not_supported(what + " in the GPU forward kernel is not implemented yet");
 }
 
+// The split count for p at head-dim kernel hd (1 = no split); 0 asks the heuristic, which needs
+// the SM count.
+Status choose_splits(const FwdParams& p, int hd, int* splits) {
+  *splits = 1;
+  if (p.num_splits == 1) return Status::ok_status();
+  const sm80::TileSizeSm80 tile = sm80::tile_size_fwd_sm80(hd);
+  const int m_blocks = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
+  const int n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
+  int num_sms = 0;
+  if (p.num_splits == 0) {
+    int device = 0;
+    FA_CUDA_CHECK(cudaGetDevice(&device));
+    FA_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  }
+  *splits = sm80::choose_num_splits_sm80(p.num_splits, int64_t(p.b) * p.h * m_blocks, n_blocks,
+                                         num_sms * sm80::fwd_ctas_per_sm_sm80(hd));
+  return Status::ok_status();
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_family(const FwdParams& p, const FwdCacheArgs& cache, int splits) {
+  if (p.p_dropout > 0.f) return sm80::run_fwd_dropout_sm80<kDtype, kHeadDim>(p);
+  const bool hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
+  if (p.block_table != nullptr || hooks || splits > 1)
+    return sm80::run_fwd_split_sm80<kDtype, kHeadDim>(p, cache.kv_batch_idx, cache.k_leftpad,
+                                                      splits);
+  return sm80::run_fwd_sm80<kDtype, kHeadDim>(p);
+}
+
+Status run_compiled(const FwdParams& p, const FwdCacheArgs& cache, int hd, int splits) {
+#define FA_SM80_FWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return run_family<kDtype, kHeadDim>(p, cache, splits);
+  FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_CASE)
+#undef FA_SM80_FWD_CASE
+  return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
+                               dtype_name(p.dtype) + " kernels not compiled in this build " +
+                               compiled_config_string());
+}
+
+bool compiled(DType t, int hd) {
+#define FA_SM80_FWD_IS(kDtype, kHeadDim) \
+  if (t == kDtype && hd == kHeadDim) return true;
+  FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_IS)
+#undef FA_SM80_FWD_IS
+  return false;
+}
+
 }  // namespace
 
 Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
-  if (cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr)
-    return not_implemented("cache_batch_idx / cache_leftpad");
-  if (p.p_dropout > 0.f) return not_implemented("dropout (p_dropout > 0)");
-  if (p.p_ptr != nullptr) return not_implemented("p_ptr (returning attention probabilities)");
-  if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
-  if (p.num_splits > 1) return not_implemented("split-KV (num_splits > 1)");
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  const bool hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
+  if (hooks && (varlen || p.block_table != nullptr))
+    return Status::not_supported(
+        "cache_batch_idx / cache_leftpad in the GPU forward: dense, contiguous K/V only");
+  if (cache.k_leftpad != nullptr && p.seqused_k == nullptr)
+    return Status::invalid("k_leftpad (cache_leftpad) needs seqused_k (the keys end)");
+  if (p.p_dropout > 0.f && (p.block_table != nullptr || hooks))
+    return not_implemented("dropout with paged KV");
+  if (p.p_ptr != nullptr && varlen)
+    return Status::not_supported("p_ptr with varlen inputs (probabilities are dense only)");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +
                                  " has no GPU forward kernel (fp16 and bf16 only)");
@@ -39,7 +96,7 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
   if (p.softcap <= 0.f && p.softmax_scale < 0.f)
     return not_implemented("a negative softmax_scale without softcap");
   if (p.b == 0 || p.h == 0 || p.seqlen_q == 0) return Status::ok_status();  // nothing to compute
-  if (p.cu_seqlens_q != nullptr && p.total_q == 0) return Status::ok_status();
+  if (varlen && p.total_q == 0) return Status::ok_status();
   if (p.h > 65535 || p.b > 65535)
     return not_implemented("more than 65535 heads or sequences (grid y/z limit)");
 
@@ -53,13 +110,32 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
   if (!s.ok()) return s;
 
   const int hd = sm80::round_head_dim_sm80(p.d);
-#define FA_SM80_FWD_CASE(kDtype, kHeadDim) \
-  if (p.dtype == kDtype && hd == kHeadDim) return sm80::run_fwd_sm80<kDtype, kHeadDim>(p);
-  FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_CASE)
-#undef FA_SM80_FWD_CASE
-  return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) + " kernels not compiled in this build " +
-                               compiled_config_string());
+  if (!compiled(p.dtype, hd))
+    return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
+                                 dtype_name(p.dtype) + " kernels not compiled in this build " +
+                                 compiled_config_string());
+  int splits = 1;
+  s = choose_splits(p, hd, &splits);
+  if (!s.ok()) return s;
+  if (p.p_ptr == nullptr) return run_compiled(p, cache, hd, splits);
+
+  // p_ptr: the forward's LSE is needed; without a caller buffer it goes to scratch.
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  FwdParams fp = p;
+  float* lse_scratch = nullptr;
+  if (fp.softmax_lse_ptr == nullptr) {
+    FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&lse_scratch),
+                                  sizeof(float) * size_t(p.b) * p.h * p.seqlen_q, stream));
+    fp.softmax_lse_ptr = lse_scratch;
+  }
+  s = run_compiled(fp, cache, hd, splits);
+  if (s.ok()) s = sm80::run_fwd_probs_sm80(fp, fp.softmax_lse_ptr);
+  if (lse_scratch != nullptr) {
+    const cudaError_t free_err = cudaFreeAsync(lse_scratch, stream);
+    if (!s.ok()) return s;
+    FA_CUDA_CHECK(free_err);
+  }
+  return s;
 }
 
 }  // namespace flashattn::cuda

@@ -3,6 +3,8 @@
 // whole row segments (the MMA accumulator layout would give scattered 4-byte stores), and the
 // LSE written by the one lane of each quad that owns column 0 of a row. Rows past seqlen_q and
 // columns past d are never written; neither is anything outside this CTA's (rows, head) tile.
+// Split-KV CTAs instead write their fp32 partial O_s and LSE_s (store_partial) into the scratch
+// that the combine kernel reads.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -87,7 +89,80 @@ struct EpilogueFwdSm80 {
     store_rows_from_smem(args, seq, blk, sO);
   }
 
+  // Split-KV partial of this CTA's rows: O_s (normalized by the split's own l_s) in fp32 and
+  // LSE_s, with -inf for a row that saw no key in this split (the combine's "empty" marker; the
+  // row's O_s is then never read). Stored straight from the accumulator: each thread's column
+  // pairs are 8-byte stores (a quad covers 32 contiguous bytes); the partials are a small part
+  // of a split CTA's traffic, so no smem staging.
+  template <class TensorO, int kNRows>
+  __forceinline__ __device__ void store_partial(FwdArgsSm80 const& args, SeqlenInfo const& seq,
+                                                BlockCoordSm80 const& blk, TensorO const& acc_o,
+                                                float const (&lse)[kNRows]) const {
+    const FwdParams& p = args.p;
+    const int m0 = blk.m_block * kBlockM;
+    const int rows_left = seq.seqlen_q - m0;
+    TiledMma tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
+    Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));    // (rows, d)
+    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+    static_assert(decltype(size<0>(c))::value == kNRows);
+    const int64_t row0 = partial_row0(args, seq, blk) + m0;
+    float* o_base = args.o_partial +
+        ((int64_t(blk.split) * args.partial_rows + row0) * p.h + blk.bidh) * int64_t(p.d);
+    const int64_t o_row_pitch = int64_t(p.h) * p.d;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      const int r = get<0>(c(mi, 0));
+      if (r >= rows_left) continue;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(o); ni += 2) {
+        const int col = get<1>(c(mi, ni));  // even; col + 1 is its pair (d % 8 == 0)
+        if (col < p.d) {
+          *reinterpret_cast<float2*>(o_base + r * o_row_pitch + col) =
+              make_float2(o(mi, ni), o(mi, ni + 1));
+        }
+      }
+    }
+    float* lse_base = partial_lse_base(args, seq, blk) + m0;
+    if (get<1>(c(0, 0)) == 0) {  // the quad lane holding column 0
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi) {
+        const int r = get<0>(c(mi, 0));
+        if (r < rows_left) lse_base[r] = lse[mi] == INFINITY ? -INFINITY : lse[mi];
+      }
+    }
+  }
+
+  // A split whose chunk of keys is empty for this CTA: LSE_s = -inf for its rows (O_s unread).
+  __forceinline__ __device__ void store_empty_partial(FwdArgsSm80 const& args,
+                                                      SeqlenInfo const& seq,
+                                                      BlockCoordSm80 const& blk) const {
+    const int m0 = blk.m_block * kBlockM;
+    const int rows_left = seq.seqlen_q - m0;
+    float* lse_base = partial_lse_base(args, seq, blk) + m0;
+    for (int r = threadIdx.x; r < kBlockM && r < rows_left; r += blockDim.x) lse_base[r] = -INFINITY;
+  }
+
  private:
+  // Row of this sequence's first query in the partial O: [splits, b * seqlen_q | total_q, h, d].
+  __forceinline__ __device__ static int64_t partial_row0(FwdArgsSm80 const& args,
+                                                         SeqlenInfo const& seq,
+                                                         BlockCoordSm80 const& blk) {
+    return args.p.cu_seqlens_q != nullptr ? seq.q_row0 : int64_t(blk.bidb) * args.p.seqlen_q;
+  }
+  // LSE_s of this (sequence, head)'s first query: the LSE layout (dense [b, h, s_q], varlen
+  // [h, total_q]) per split, splits h * partial_rows apart.
+  __forceinline__ __device__ static float* partial_lse_base(FwdArgsSm80 const& args,
+                                                            SeqlenInfo const& seq,
+                                                            BlockCoordSm80 const& blk) {
+    const FwdParams& p = args.p;
+    const int64_t idx = p.cu_seqlens_q != nullptr
+        ? int64_t(blk.bidh) * args.partial_rows + seq.q_row0
+        : (int64_t(blk.bidb) * p.h + blk.bidh) * p.seqlen_q;
+    return args.lse_partial + int64_t(blk.split) * p.h * args.partial_rows + idx;
+  }
+
   template <class TensorSO>
   __forceinline__ __device__ void store_rows_from_smem(FwdArgsSm80 const& args,
                                                        SeqlenInfo const& seq,

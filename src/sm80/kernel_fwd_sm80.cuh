@@ -11,7 +11,13 @@
 //   4. normalizes O by the softmax sum and stores O and the LSE (epilogue_fwd_sm80.cuh).
 // Query blocks are handed out from the last one down: with a causal mask the last blocks have
 // the most keys, and starting them first shortens the tail of the grid.
-#pragma once
+//
+// The split-capable kernels (Features::kSplit) add, before step 2:
+//  - the KV-cache hooks: K/V batch row kv_batch_idx[bidb]; keys from k_leftpad[bidb], so the
+//    sequence's s_k is seqused_k[bidb] - k_leftpad[bidb] and key index j counts from the pad;
+//  - split s of num_splits takes the s-th of num_splits equal chunks of the CTA's visible key
+//    blocks [n_block_min, n_block_max) and writes an fp32 partial (O_s normalized by its own l_s,
+//    LSE_s; -inf when the chunk is empty) that the combine kernel merges by LSE.
 
 #include <cute/tensor.hpp>
 
@@ -36,11 +42,30 @@ struct TileSchedulerSm80 {
     c.m_block = args.num_m_blocks - 1 - int(blockIdx.x);
     c.bidh = int(blockIdx.y);
     c.bidb = int(blockIdx.z);
+    c.bidb_kv = c.bidb;
     return c;
   }
 };
 
-template <class Traits, class Mainloop, class Epilogue, class TileScheduler>
+// Split-KV: grid = (query blocks * splits, heads, batch); the splits of one query block are
+// adjacent in x, heaviest query blocks first as above.
+struct TileSchedulerSplitSm80 {
+  static dim3 grid_shape(FwdArgsSm80 const& args) {
+    return dim3(unsigned(args.num_m_blocks * args.num_splits), unsigned(args.p.h),
+                unsigned(args.p.b));
+  }
+  __forceinline__ __device__ static BlockCoordSm80 block_coord(FwdArgsSm80 const& args) {
+    BlockCoordSm80 c;
+    c.m_block = args.num_m_blocks - 1 - int(blockIdx.x) / args.num_splits;
+    c.split = int(blockIdx.x) % args.num_splits;
+    c.bidh = int(blockIdx.y);
+    c.bidb = int(blockIdx.z);
+    c.bidb_kv = c.bidb;
+    return c;
+  }
+};
+
+template <class Traits, class Features, class Mainloop, class Epilogue, class TileScheduler>
 struct FlashAttnFwdSm80 {
   static constexpr int kNThreads = Traits::kNThreads;
   static constexpr int kBlockM = Traits::kBlockM;
@@ -57,11 +82,21 @@ struct FlashAttnFwdSm80 {
 
   __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {
     SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
-    const BlockCoordSm80 blk = TileScheduler::block_coord(args);
+    BlockCoordSm80 blk = TileScheduler::block_coord(args);
     const FwdParams& p = args.p;
-    const SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
+    SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
     const int m0 = blk.m_block * kBlockM;
     if (m0 >= seq.seqlen_q) return;
+    bool split_partial = false;  // this CTA writes an fp32 partial for the combine
+    if constexpr (Features::kSplit) {
+      if (args.kv_batch_idx != nullptr) blk.bidb_kv = args.kv_batch_idx[blk.bidb];
+      if (args.k_leftpad != nullptr) {
+        const int leftpad = args.k_leftpad[blk.bidb];
+        seq.k_row0 += leftpad;
+        seq.seqlen_k -= leftpad;
+      }
+      split_partial = args.num_splits > 1;
+    }
 
     const VisibilityMask mask = VisibilityMask::make(seq.seqlen_q, seq.seqlen_k, p.is_causal,
                                                      p.window_size_left, p.window_size_right);
@@ -69,11 +104,25 @@ struct FlashAttnFwdSm80 {
     mask.key_range(m0, min(m0 + kBlockM, seq.seqlen_q), &n_lo, &n_hi);
     Epilogue epilogue;
     if (n_hi <= n_lo) {
-      epilogue.store_empty(args, seq, blk, storage.mainloop.smem_q.data());
+      if (split_partial) {
+        epilogue.store_empty_partial(args, seq, blk);
+      } else {
+        epilogue.store_empty(args, seq, blk, storage.mainloop.smem_q.data());
+      }
       return;
     }
-    const int n_block_min = n_lo / kBlockN;
-    const int n_block_max = (n_hi + kBlockN - 1) / kBlockN;
+    int n_block_min = n_lo / kBlockN;
+    int n_block_max = (n_hi + kBlockN - 1) / kBlockN;
+    if (split_partial) {
+      // Equal chunks of the visible blocks; trailing splits may be empty (LSE_s = -inf).
+      const int per_split = (n_block_max - n_block_min + args.num_splits - 1) / args.num_splits;
+      n_block_min += blk.split * per_split;
+      n_block_max = min(n_block_max, n_block_min + per_split);
+      if (n_block_max <= n_block_min) {
+        epilogue.store_empty_partial(args, seq, blk);
+        return;
+      }
+    }
 
     typename Traits::TiledMma tiled_mma;
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
@@ -84,8 +133,16 @@ struct FlashAttnFwdSm80 {
     Mainloop{}.run(args, storage.mainloop, seq, blk, mask, n_block_min, n_block_max, acc_o, softmax);
 
     float lse[kNRows];
-    softmax.finalize(acc_o, args.unit, lse);
-    epilogue.store(args, seq, blk, acc_o, lse, storage.mainloop.smem_q.data());
+    if constexpr (Features::kDropout) {
+      softmax.template finalize_scaled</*kScaled=*/true>(acc_o, args.unit, lse, args.rp_dropout);
+    } else {
+      softmax.finalize(acc_o, args.unit, lse);
+    }
+    if (split_partial) {
+      epilogue.store_partial(args, seq, blk, acc_o, lse);
+    } else {
+      epilogue.store(args, seq, blk, acc_o, lse, storage.mainloop.smem_q.data());
+    }
   }
 };
 

@@ -1,15 +1,23 @@
 // Launch of the SM80-path forward: picks the tile policy for the head dim, the compile-time
-// features (softcap, ALiBi) from the params, derives the kernel arguments, raises the dynamic
-// shared-memory limit when the tile needs more than 48 KB, and launches on p.stream.
-// Included once per (dtype, head dim) instantiation TU (cmake/kernels.cmake).
+// features from the params, derives the kernel arguments, raises the dynamic shared-memory limit
+// when the tile needs more than 48 KB, and launches on p.stream.
+// Three kernel families, each explicitly instantiated in its own generated TU per (dtype, head
+// dim) (cmake/kernels.cmake), so the plain kernels stay exactly what they were:
+//  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels);
+//  - run_fwd_split_sm80:   split-capable, contiguous or paged K/V, KV-cache hooks (8 kernels),
+//                          plus the scratch for the partials and the combine launch;
+//  - run_fwd_dropout_sm80: dropout (x ALiBi: 2 kernels; flash_attn has no softcap + dropout).
 #pragma once
 
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "common/philox.h"
+#include "cuda/combine.h"
 #include "cuda/cuda_check.h"
 #include "sm80/epilogue_fwd_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
@@ -24,11 +32,24 @@ namespace flashattn::sm80 {
 template <DType kDtype>
 using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
-template <class Traits, bool kHasSoftcap, bool kHasAlibi>
-Status launch_fwd_sm80(const FwdArgsSm80& args) {
-  using Mainloop = MainloopFwdSm80<Traits, kHasSoftcap, kHasAlibi>;
+// Kernel traits of a tile policy entry (tile_size_sm80.h): the plain / split one, or the
+// dropout one (kDropoutPolicy).
+template <DType kDtype, int kHeadDim, bool kDropoutPolicy = false>
+struct FwdTraitsFor {
+  static constexpr TileSizeSm80 kTile =
+      kDropoutPolicy ? tile_size_fwd_dropout_sm80(kHeadDim) : tile_size_fwd_sm80(kHeadDim);
+  using type = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
+                                   ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
+                                   kTile.skip_rescale>;
+};
+template <DType kDtype, int kHeadDim>
+using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim>::type;
+
+template <class Traits, class Features, class TileScheduler>
+Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
+  using Mainloop = MainloopFwdSm80<Traits, Features>;
   using Epilogue = EpilogueFwdSm80<Traits>;
-  using Kernel = FlashAttnFwdSm80<Traits, Mainloop, Epilogue, TileSchedulerSm80>;
+  using Kernel = FlashAttnFwdSm80<Traits, Features, Mainloop, Epilogue, TileScheduler>;
   auto* kernel = &flash_fwd_sm80_kernel<Kernel>;
   constexpr int kSmem = Kernel::kSmemSize;
   // The attribute is per function and per device: set it on every launch (cheap) rather than
@@ -36,18 +57,22 @@ Status launch_fwd_sm80(const FwdArgsSm80& args) {
   if constexpr (kSmem > 48 * 1024) {
     FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   }
-  const dim3 grid = TileSchedulerSm80::grid_shape(args);
+  const dim3 grid = TileScheduler::grid_shape(args);
   kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(args.p.stream)>>>(args);
   FA_CUDA_CHECK_LAUNCH("flash_fwd_sm80_kernel");
   return Status::ok_status();
 }
 
-template <DType kDtype, int kHeadDim>
-Status run_fwd_sm80(const FwdParams& p) {
-  constexpr TileSizeSm80 kTile = tile_size_fwd_sm80(kHeadDim);
-  using Traits = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
-                                     ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
-                                     kTile.skip_rescale>;
+// The plain kernel with the given score mods (also the entry of benchmarks/cpp/tile_sweep_sm80).
+template <class Traits, bool kHasSoftcap, bool kHasAlibi>
+Status launch_fwd_sm80(const FwdArgsSm80& args) {
+  return launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<kHasSoftcap, kHasAlibi>, TileSchedulerSm80>(
+      args);
+}
+
+// Arguments every family shares.
+template <int kBlockM>
+FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
   FwdArgsSm80 args;
   args.p = p;
   const bool has_softcap = p.softcap > 0.f;
@@ -55,9 +80,17 @@ Status run_fwd_sm80(const FwdParams& p) {
   args.unit_log2 = args.unit * float(M_LOG2E);
   args.softcap_prescale = has_softcap ? p.softmax_scale / p.softcap : 0.f;
   args.h_h_k_ratio = p.h / p.h_k;
-  args.num_m_blocks = (p.seqlen_q + kTile.block_m - 1) / kTile.block_m;
+  args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  return args;
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_fwd_sm80(const FwdParams& p) {
+  using Traits = FwdTraitsOf<kDtype, kHeadDim>;
+  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
 
+  const bool has_softcap = p.softcap > 0.f;
   const bool has_alibi = p.alibi_slopes != nullptr;
   if (has_softcap) {
     return has_alibi ? launch_fwd_sm80<Traits, true, true>(args)
@@ -65,6 +98,102 @@ Status run_fwd_sm80(const FwdParams& p) {
   }
   return has_alibi ? launch_fwd_sm80<Traits, false, true>(args)
                    : launch_fwd_sm80<Traits, false, false>(args);
+}
+
+template <class Traits, bool kPaged>
+Status launch_fwd_split_sm80(const FwdArgsSm80& args) {
+  const FwdParams& p = args.p;
+  const bool has_softcap = p.softcap > 0.f;
+  const bool has_alibi = p.alibi_slopes != nullptr;
+  using Sched = TileSchedulerSplitSm80;
+  if (has_softcap) {
+    return has_alibi
+        ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<true, true, kPaged, true>, Sched>(args)
+        : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<true, false, kPaged, true>, Sched>(args);
+  }
+  return has_alibi
+      ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, kPaged, true>, Sched>(args)
+      : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, false, kPaged, true>, Sched>(args);
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
+                          int num_splits) {
+  using Traits = FwdTraitsOf<kDtype, kHeadDim>;
+  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
+  args.kv_batch_idx = kv_batch_idx;
+  args.k_leftpad = k_leftpad;
+  const bool paged = p.block_table != nullptr;
+  if (paged) {
+    const int page = p.page_block_size;
+    int ceil_log2 = 0;
+    while ((int64_t(1) << ceil_log2) < page) ++ceil_log2;
+    args.page_div = page;
+    if (page > 1) {
+      args.page_mul = uint32_t(((uint64_t(1) << (31 + ceil_log2)) + uint64_t(page) - 1) / uint64_t(page));
+      args.page_shift = uint32_t(ceil_log2 - 1);
+    }
+    args.page_holds_tiles = page % Traits::kBlockN == 0;
+  }
+  args.num_splits = std::max(1, num_splits);
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  args.partial_rows = varlen ? int64_t(p.total_q) : int64_t(p.b) * p.seqlen_q;
+  if (args.num_splits == 1) {
+    return paged ? launch_fwd_split_sm80<Traits, true>(args)
+                 : launch_fwd_split_sm80<Traits, false>(args);
+  }
+
+  // Split-KV: fp32 partials in stream-ordered scratch, merged by the combine kernel (varlen as
+  // one "batch" of total_q rows: its LSE layout [h, total_q] is then the dense [1, h, total_q]).
+  if (int64_t(args.num_m_blocks) * args.num_splits > 0x7fffffff)
+    return Status::not_supported("split-KV grid too large (query blocks * num_splits >= 2^31)");
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  const size_t o_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h * p.d;
+  const size_t lse_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h;
+  float* scratch = nullptr;
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch),
+                                sizeof(float) * (o_elems + lse_elems), stream));
+  args.o_partial = scratch;
+  args.lse_partial = scratch + o_elems;
+  Status s = paged ? launch_fwd_split_sm80<Traits, true>(args)
+                   : launch_fwd_split_sm80<Traits, false>(args);
+  if (s.ok()) {
+    CombineParams c;
+    c.num_splits = args.num_splits;
+    c.b = varlen ? 1 : p.b;
+    c.seqlen_q = varlen ? p.total_q : p.seqlen_q;
+    c.h = p.h;
+    c.d = p.d;
+    c.out_partial = args.o_partial;
+    c.lse_partial = args.lse_partial;
+    c.dtype = p.dtype;
+    c.out = p.o_ptr;
+    c.out_batch_stride = varlen ? 0 : p.o_batch_stride;
+    c.out_row_stride = p.o_row_stride;
+    c.out_head_stride = p.o_head_stride;
+    c.lse = p.softmax_lse_ptr;
+    c.stream = p.stream;
+    s = cuda::run_mha_combine(c);
+  }
+  // Freed even after a failed launch (stream-ordered: after whatever was queued before).
+  const cudaError_t free_err = cudaFreeAsync(scratch, stream);
+  if (!s.ok()) return s;
+  FA_CUDA_CHECK(free_err);
+  return Status::ok_status();
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_fwd_dropout_sm80(const FwdParams& p) {
+  using Traits = typename FwdTraitsFor<kDtype, kHeadDim, /*kDropoutPolicy=*/true>::type;
+  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
+  args.dropout_threshold = dropout_threshold(p.p_dropout);
+  args.rp_dropout = 1.f / (1.f - p.p_dropout);
+  using Sched = TileSchedulerSm80;
+  return p.alibi_slopes != nullptr
+      ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, false, false, true>, Sched>(args)
+      : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, false, false, false, true>, Sched>(args);
 }
 
 }  // namespace flashattn::sm80

@@ -20,12 +20,22 @@
 //
 // Tiles that hold invisible (row, key) pairs (causal diagonal, window edges, the residue) run
 // the per-element mask; the fully visible ones run in their own loop without any mask code.
+//
+// Compile-time features (FwdFeaturesSm80), each off in the plain kernels so their code is not
+// there at all:
+//  - kPaged: every K/V row address comes from the block table (copy_kv_paged below);
+//  - kDropout: after the online softmax of a tile, P is zeroed where the shared Philox stream
+//    drops (dropout_sm80.cuh), right before the P V gemm; the row sums stay un-dropped, so the
+//    LSE is the un-dropped one and 1 / (1 - p) is folded into the final 1 / l.
+// Split-KV only narrows [n_block_min, n_block_max) (kernel_fwd_sm80.cuh).
 #pragma once
 
 #include <cute/tensor.hpp>
 
 #include "common/mask.h"
+#include "common/philox.h"
 #include "common/seqlen.h"
+#include "sm80/dropout_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/mask_sm80.cuh"
 #include "sm80/softmax_sm80.cuh"
@@ -35,15 +45,48 @@ namespace flashattn::sm80 {
 
 using namespace cute;
 
-// Where a CTA sits: query block, query head, sequence.
+// Where a CTA sits: query block, query head, sequence; which K/V batch row it reads (the
+// KV-cache hook kv_batch_idx, else bidb) and which split of the key blocks it runs.
 struct BlockCoordSm80 {
   int m_block = 0;
   int bidh = 0;
   int bidb = 0;
+  int bidb_kv = 0;
+  int split = 0;
 };
 
-template <class Traits, bool kHasSoftcap, bool kHasAlibi>
+// The compile-time feature set of one forward kernel. kSplit marks the split-capable kernels:
+// they take a runtime num_splits (1 = write o directly) and the runtime KV-cache hooks
+// (kv_batch_idx, k_leftpad); the plain kernels (all flags but softcap/ALiBi off) have neither.
+template <bool kSoftcap_, bool kAlibi_, bool kPaged_ = false, bool kSplit_ = false,
+          bool kDropout_ = false>
+struct FwdFeaturesSm80 {
+  static constexpr bool kSoftcap = kSoftcap_;
+  static constexpr bool kAlibi = kAlibi_;
+  static constexpr bool kPaged = kPaged_;
+  static constexpr bool kSplit = kSplit_;
+  static constexpr bool kDropout = kDropout_;
+  static_assert(!(kDropout && kSoftcap), "dropout is not combined with softcap (flash_attn's rule)");
+};
+
+// t / page and t % page for 0 <= t < 2^31 by a multiply-high and a shift instead of an integer
+// division per key row (Granlund-Montgomery): with L = ceil(log2(page)), page_mul =
+// ceil(2^(31 + L) / page) < 2^32 and t / page = (t * page_mul) >> (32 + page_shift), page_shift =
+// L - 1. Exact for every such t: page_mul * page exceeds 2^(31 + L) by less than page, so
+// t * page_mul / 2^(31 + L) exceeds t / page by less than t / 2^(31 + L) < 1 / page, too little
+// to reach the next integer. Page 1 has page_mul = 0 (t / 1 = t).
+__forceinline__ __device__ void page_divmod(FwdArgsSm80 const& args, int t, int* page, int* row) {
+  const int q = args.page_mul == 0 ? t : int(__umulhi(uint32_t(t), args.page_mul) >> args.page_shift);
+  *page = q;
+  *row = t - q * args.page_div;
+}
+
+template <class Traits, class Features>
 struct MainloopFwdSm80 {
+  static constexpr bool kHasSoftcap = Features::kSoftcap;
+  static constexpr bool kHasAlibi = Features::kAlibi;
+  static constexpr bool kPaged = Features::kPaged;
+  static constexpr bool kDropout = Features::kDropout;
   using Element = typename Traits::Element;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
@@ -57,6 +100,48 @@ struct MainloopFwdSm80 {
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_k;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_v;
   };
+
+  // Paged K or V block (keys n0 .. n0 + kBlockN - 1 of the sequence) gmem -> smem with cp.async.
+  // Each thread copies whole 16-byte vectors of a few rows; a row's address is
+  //   base + block_table[t / page] * page_stride + (t % page) * row_stride,   t = n0 + row,
+  // looked up per row when a page is smaller than (or not aligned to) the key block, and once
+  // per tile when every key block lies inside one page (args.page_holds_tiles: page % kBlockN
+  // == 0), since then the rows of the tile are consecutive rows of one page. Rows >= max_rows
+  // (kCheckRows) and columns off in pred_k are zero-filled without reading the block table or
+  // memory: entries past a sequence's last page need not be valid.
+  template <bool kCheckRows, class TiledCopy, class VecLayout, class TensorD, class TensorC,
+            class TensorP>
+  __forceinline__ __device__ void copy_kv_paged(FwdArgsSm80 const& args, TiledCopy const& tiled_copy,
+                                                VecLayout const& vec_layout, const Element* base,
+                                                int64_t page_stride, int64_t row_stride,
+                                                const int* block_table, int n0, TensorD&& dst,
+                                                TensorC const& coord, TensorP const& pred_k,
+                                                int max_rows) const {
+    int64_t tile_offset = 0;
+    if (args.page_holds_tiles) {
+      int page, row_in_page;
+      page_divmod(args, n0, &page, &row_in_page);
+      tile_offset = int64_t(block_table[page]) * page_stride + int64_t(row_in_page) * row_stride;
+    }
+    CUTE_UNROLL
+    for (int m = 0; m < size<1>(dst); ++m) {
+      const int row = get<0>(coord(0, m, 0));
+      const bool row_ok = !kCheckRows || row < max_rows;
+      const Element* row_ptr = base;
+      if (args.page_holds_tiles) {
+        row_ptr = base + tile_offset + int64_t(row) * row_stride;
+      } else if (row_ok) {
+        int page, row_in_page;
+        page_divmod(args, n0 + row, &page, &row_in_page);
+        row_ptr = base + int64_t(block_table[page]) * page_stride + int64_t(row_in_page) * row_stride;
+      }
+      CUTE_UNROLL
+      for (int k = 0; k < size<2>(dst); ++k) {
+        Tensor src = make_tensor(make_gmem_ptr(row_ptr + get<1>(coord(0, m, k))), vec_layout);
+        copy(tiled_copy.with(row_ok && pred_k(k)), src, dst(_, m, k));
+      }
+    }
+  }
 
   // Runs the key blocks [n_block_min, n_block_max) into acc_o and the softmax state.
   template <class TensorO, class Softmax>
@@ -75,10 +160,10 @@ struct MainloopFwdSm80 {
         seq.q_offset(p.q_batch_stride, p.q_row_stride, p.q_head_stride, blk.bidb, m0, blk.bidh,
                      varlen);
     const Element* k_base = static_cast<const Element*>(p.k_ptr) +
-        seq.k_offset(p.k_batch_stride, p.k_row_stride, p.k_head_stride, blk.bidb, 0, bidh_kv,
+        seq.k_offset(p.k_batch_stride, p.k_row_stride, p.k_head_stride, blk.bidb_kv, 0, bidh_kv,
                      varlen);
     const Element* v_base = static_cast<const Element*>(p.v_ptr) +
-        seq.k_offset(p.v_batch_stride, p.v_row_stride, p.v_head_stride, blk.bidb, 0, bidh_kv,
+        seq.k_offset(p.v_batch_stride, p.v_row_stride, p.v_head_stride, blk.bidb_kv, 0, bidh_kv,
                      varlen);
     Tensor gQ = make_tensor(make_gmem_ptr(q_base), Shape<Int<kBlockM>, Int<kHeadDim>>{},
                             make_stride(p.q_row_stride, _1{}));            // (kBlockM, kHeadDim)
@@ -141,6 +226,50 @@ struct MainloopFwdSm80 {
     // the "fully visible" test so that the last row block still takes the unmasked path.
     const int m_end = min(m0 + kBlockM, seq.seqlen_q);
 
+    // K and V block copies into a smem stage. Contiguous: the tiled partitions above. Paged:
+    // every row's address from the block table (copy_kv_paged). kCheckRows zero-fills the rows
+    // >= max_rows (only the seqlen_k residue block needs it).
+    const Element* k_page_base = nullptr;
+    const Element* v_page_base = nullptr;
+    const int* block_table = nullptr;
+    if constexpr (kPaged) {
+      k_page_base = static_cast<const Element*>(p.k_ptr) + int64_t(bidh_kv) * p.k_head_stride;
+      v_page_base = static_cast<const Element*>(p.v_ptr) + int64_t(bidh_kv) * p.v_head_stride;
+      block_table = p.block_table + int64_t(blk.bidb) * p.block_table_batch_stride;
+    }
+    auto load_k = [&](int n_block, int stage, auto check_rows, int max_rows) {
+      constexpr bool kCheck = decltype(check_rows)::value;
+      if constexpr (kPaged) {
+        copy_kv_paged<kCheck>(args, gmem_tiled_copy, tKgK(_, 0, 0, 0).layout(), k_page_base, p.k_batch_stride,
+                              p.k_row_stride, block_table, n_block * kBlockN,
+                              tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
+      } else {
+        copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
+                           tpD, max_rows);
+      }
+    };
+    auto load_v = [&](int n_block, int stage, auto check_rows, int max_rows) {
+      constexpr bool kCheck = decltype(check_rows)::value;
+      if constexpr (kPaged) {
+        copy_kv_paged<kCheck>(args, gmem_tiled_copy, tVgV(_, 0, 0, 0).layout(), v_page_base, p.v_batch_stride,
+                              p.v_row_stride, block_table, n_block * kBlockN,
+                              tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
+      } else {
+        copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
+                           tpD, max_rows);
+      }
+    };
+
+    // Dropout: the Philox stream of (sequence, query head) bh = bidb * h + bidh.
+    DropoutRng rng;
+    uint64_t dropout_bh = 0;
+    if constexpr (kDropout) {
+      rng.seed = p.philox_seed;
+      rng.offset = p.philox_offset;
+      rng.threshold = args.dropout_threshold;
+      dropout_bh = uint64_t(blk.bidb) * uint64_t(p.h) + uint64_t(blk.bidh);
+    }
+
     // Prologue: Q and the last key block (V too when double-buffered), the only block that can
     // be partial: rows past seqlen_k are zero-filled, never left stale (0 * NaN from poisoned
     // memory must not reach P V).
@@ -148,18 +277,16 @@ struct MainloopFwdSm80 {
     const int rows_last = seq.seqlen_k - n_block * kBlockN;
     constexpr int kLastStage = 0;  // stage of block n_max - 1 (stages are relative to it)
     copy_zfill<true>(gmem_tiled_copy, tQgQ, tQsQ, tQcQ, tpD, seq.seqlen_q - m0);
-    copy_zfill<true>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, kLastStage), tKVcKV,
-                     tpD, rows_last);
-    if constexpr (kStages == 2) {
-      copy_zfill<true>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, kLastStage), tKVcKV,
-                       tpD, rows_last);
-    }
+    load_k(n_block, kLastStage, cute::true_type{}, rows_last);
+    if constexpr (kStages == 2) load_v(n_block, kLastStage, cute::true_type{}, rows_last);
     cp_async_fence();
 
-    // S -> P -> O += P V for one key block whose K and V sit in `stage`.
-    auto softmax_pv = [&](auto& acc_s, int stage, auto masked) {
+    // S -> P -> O += P V for one key block (keys from n0) whose K and V sit in `stage`.
+    auto softmax_pv = [&](auto& acc_s, int stage, auto masked, int n0) {
       // Every row of an unmasked tile sees kBlockN finite scores, so its max is finite.
       const bool rescale = softmax.template update</*kCheckInf=*/decltype(masked)::value>(acc_s);
+      // Dropout after the row sums took the un-dropped P (the LSE is the un-dropped one).
+      if constexpr (kDropout) apply_dropout(acc_s, tScS, m0, n0, rng, dropout_bh);
       // P (fp32 accumulator) -> 16-bit A operand of O += P V, without leaving registers.
       Tensor rP = convert_fragment<Element>(acc_s);
       Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
@@ -178,7 +305,7 @@ struct MainloopFwdSm80 {
       constexpr bool kMasked = decltype(masked)::value;
       const int n0 = n_block * kBlockN;
       // Block n_max - 1 is in stage 0, n_max - 2 in stage 1, ...
-      const int stage = kStages == 2 ? (n_block_max - 1 - n_block) & 1 : 0;
+      [[maybe_unused]] const int stage = kStages == 2 ? (n_block_max - 1 - n_block) & 1 : 0;
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
       clear(acc_s);
 
@@ -188,21 +315,18 @@ struct MainloopFwdSm80 {
         // P V), so that stage may take block n - 1, which then has a whole block to land.
         __syncthreads();
         if (n_block > n_block_min) {
-          copy_zfill<false>(gmem_tiled_copy, tKgK(_, _, _, n_block - 1), tKsK(_, _, _, stage ^ 1),
-                            tKVcKV, tpD, kBlockN);
-          copy_zfill<false>(gmem_tiled_copy, tVgV(_, _, _, n_block - 1), tVsV(_, _, _, stage ^ 1),
-                            tKVcKV, tpD, kBlockN);
+          load_k(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
+          load_v(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
         gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
                 smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
         score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
-        softmax_pv(acc_s, stage, masked);
+        softmax_pv(acc_s, stage, masked, n0);
       } else {
         __syncthreads();  // K[n] visible to every warp; every warp done with the last P V (sV free)
         // A partial block (the seqlen_k residue) is always a masked one: col_end <= seqlen_k.
-        copy_zfill<kMasked>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, 0), tKVcKV, tpD,
-                            kMasked ? seq.seqlen_k - n0 : kBlockN);
+        load_v(n_block, 0, masked, kMasked ? seq.seqlen_k - n0 : kBlockN);
         cp_async_fence();
         gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, 0), tiled_mma, smem_tiled_copy_q,
                 smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
@@ -210,11 +334,10 @@ struct MainloopFwdSm80 {
         cp_async_wait<0>();
         __syncthreads();  // V[n] visible; every warp done reading sK, so K[n - 1] may overwrite it
         if (n_block > n_block_min) {
-          copy_zfill<false>(gmem_tiled_copy, tKgK(_, _, _, n_block - 1), tKsK(_, _, _, 0), tKVcKV,
-                            tpD, kBlockN);
+          load_k(n_block - 1, 0, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        softmax_pv(acc_s, 0, masked);
+        softmax_pv(acc_s, 0, masked, n0);
       }
     };
 

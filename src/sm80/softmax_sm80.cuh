@@ -109,15 +109,21 @@ struct OnlineSoftmaxSm80 {
   }
 
   // O /= l and the natural-log LSE per row (s units): lse = m_t * unit + ln(l). Rows that saw no
-  // visible key (l == 0) get O = 0 and lse = +inf (DESIGN.md section 1).
+  // visible key (l == 0) get O = 0 and lse = +inf (DESIGN.md section 1). o_scale multiplies O
+  // on top (dropout's 1 / (1 - p), folded into the one division by l).
   template <class TensorO>
   __forceinline__ __device__ void finalize(TensorO& acc_o, float unit, float (&lse)[kNRows]) {
+    finalize_scaled</*kScaled=*/false>(acc_o, unit, lse, 1.f);
+  }
+  template <bool kScaled, class TensorO>
+  __forceinline__ __device__ void finalize_scaled(TensorO& acc_o, float unit, float (&lse)[kNRows],
+                                                  float o_scale) {
     Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
       const float l = quad_allreduce_sum(row_sum[mi]);
       const bool empty = !(l > 0.f);
-      const float inv = empty ? 0.f : 1.f / l;
+      const float inv = empty ? 0.f : (kScaled ? o_scale / l : 1.f / l);
       lse[mi] = empty ? INFINITY : row_max[mi] * unit + logf(l);
       CUTE_UNROLL
       for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= inv;

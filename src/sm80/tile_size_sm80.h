@@ -16,6 +16,8 @@
 // knob code: s/p = swizzled/padded smem, 1/2 = K/V stages, a/k = always rescale / skip it.
 #pragma once
 
+#include <cstdint>
+
 namespace flashattn::sm80 {
 
 struct TileSizeSm80 {
@@ -51,6 +53,16 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   return {64, 64, 4, false, 1, true};
 }
 
+// Dropout kernels (run_fwd_dropout_sm80). The keep mask is drawn per tile right before P V, and
+// the Philox rounds need registers on top of O and S, where the plain d = 128 kernel already sits
+// at 255 with none to spare: at 128 x 64 the dropout kernel spilled 288 bytes even with one
+// Philox call in flight (dropout_sm80.cuh); at 128 x 32 (S takes 32 registers instead of 64,
+// FlashAttention-2's choice for dropout too) it uses 253 registers and spills nothing.
+constexpr TileSizeSm80 tile_size_fwd_dropout_sm80(int head_dim) {
+  if (head_dim > 64 && head_dim <= 128) return {128, 32, 4, true, 1, true};
+  return tile_size_fwd_sm80(head_dim);
+}
+
 // The head-dim kernels that exist: a request with head dim d runs the smallest kernel >= d with
 // the columns d..kHeadDim-1 predicated off.
 constexpr int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
@@ -59,6 +71,45 @@ constexpr int round_head_dim_sm80(int d) {
   for (int hd : kSm80HeadDims)
     if (d <= hd) return hd;
   return 0;
+}
+
+// CTAs of the forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
+constexpr int fwd_ctas_per_sm_sm80(int head_dim) { return tile_size_fwd_sm80(head_dim).n_warps == 4 ? 2 : 1; }
+
+// Split-KV count for one forward call. `requested`: params.num_splits (1 = no split, 0 =
+// heuristic, 2..128 explicit). ctas = b * h * query blocks, n_blocks = key blocks of the longest
+// sequence, cta_slots = SMs * resident CTAs per SM.
+//  - Never more splits than key blocks, and no trailing all-empty splits: s splits of
+//    ceil(n_blocks / s) blocks each cover n_blocks in ceil(n_blocks / ceil(n_blocks / s)).
+//  - Heuristic: no split once the grid already fills 80% of the slots (splitting only adds the
+//    partial writes and the combine). Otherwise the split count whose last wave is fullest:
+//    efficiency(s) = waves / ceil(waves) with waves = ctas * s / cta_slots, taking the smallest s
+//    within 85% of the best efficiency (fewer splits = less partial traffic), counting only
+//    split counts that change the chunk length (others run the same blocks per CTA). The
+//    FlashAttention-2 heuristic, which is what serving decode shapes (b * h_k small, s_k long)
+//    need: e.g. b = 8, h = 32, 1 query block: 256 CTAs on 264 slots -> no split; b = 1,
+//    h = 8: 8 CTAs -> splits that fill the GPU.
+constexpr int choose_num_splits_sm80(int requested, int64_t ctas, int n_blocks, int cta_slots) {
+  constexpr int kMaxSplits = 128;
+  if (requested == 1 || n_blocks <= 1) return 1;
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  auto covering = [&](int s) { return int(ceil_div(n_blocks, ceil_div(n_blocks, s))); };
+  if (requested > 1) return covering(requested < n_blocks ? requested : n_blocks);
+  if (cta_slots <= 0 || ctas <= 0 || double(ctas) >= 0.8 * cta_slots) return 1;
+  int max_splits = kMaxSplits < n_blocks ? kMaxSplits : n_blocks;
+  max_splits = max_splits < cta_slots ? max_splits : cta_slots;
+  auto efficiency = [&](int s) {
+    const double waves = double(ctas) * s / cta_slots;
+    const double full = double(int64_t(waves) + (double(int64_t(waves)) < waves ? 1 : 0));
+    return waves / full;
+  };
+  auto eligible = [&](int s) { return s == 1 || ceil_div(n_blocks, s) != ceil_div(n_blocks, s - 1); };
+  double best = 0;
+  for (int s = 1; s <= max_splits; ++s)
+    if (eligible(s) && efficiency(s) > best) best = efficiency(s);
+  for (int s = 1; s <= max_splits; ++s)
+    if (eligible(s) && efficiency(s) >= 0.85 * best) return covering(s);
+  return 1;
 }
 
 }  // namespace flashattn::sm80

@@ -1,317 +1,22 @@
 // Tests of the SM80-path GPU forward kernel (src/sm80/, through the public mha_fwd /
-// mha_varlen_fwd), skipped without a GPU.
-//
-// Oracles:
-//  - small shapes: the CPU reference (flashattn::ref::mha_fwd, double accumulation) on fp32
-//    copies of the very inputs the GPU saw;
-//  - large shapes: the naive fp32 GPU reference (flashattn::cuda::ref::mha_fwd) on fp32 copies.
-// Tolerance (flash_attn's rule): max|out - ref| <= 2 * max|out_lowp - ref| + 1e-5, where out_lowp
-// is the same attention computed "in the input dtype" the way PyTorch's fp16/bf16 path does it
-// (flash_attn's attention_ref with upcast=False): q * scale rounded to the dtype, scores rounded,
-// softcap steps rounded, ALiBi bias added in fp32, softmax in fp32 then probabilities rounded,
-// output rounded. That low-precision attention is computed here on the host (lowp_row below). The
-// LSE gets the same rule with a 1e-3 floor (the lowp LSE comes from rounded scores).
-// Every output is poisoned with NaN before the call; every logical element must come back finite
-// (written) and every padding element still NaN (nothing written outside the tensor's view).
+// mha_varlen_fwd), skipped without a GPU: head dims, sequence lengths, masks, score mods, GQA,
+// varlen, strides, LSE, large shapes, and what stays unsupported. The inference and training
+// features (paged KV, split-KV, KV-cache hooks, dropout, p_ptr) are in test_fwd_features_sm80.cu.
+// Oracles, the 2x tolerance rule and the poisoning checks: fwd_checks_sm80.h.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <array>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
-#include <limits>
-#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "api/validate.h"
-#include "common/mask.h"
-#include "common/numeric.h"
-#include "common/seqlen.h"
-#include "cpu/reference.h"
-#include "cuda/reference.h"
 #include "flashattn/flashattn.h"
+#include "gpu/fwd_checks_sm80.h"
 #include "gpu/gpu_testing.h"
 #include "testing/problem.h"
 
 namespace flashattn::testing {
 namespace {
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-bool hdim_compiled(int d) {
-  const int rounded = d <= 32 ? 32 : d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256;
-  for (int hd : build_info().head_dims)
-    if (hd == rounded) return true;
-  return false;
-}
-
-bool dtype_compiled(DType t) {
-  for (const std::string& s : build_info().dtypes)
-    if (s == dtype_name(t)) return true;
-  return false;
-}
-
-std::vector<DType> compiled_dtypes() {
-  std::vector<DType> v;
-  for (DType t : {DType::kBFloat16, DType::kFloat16})
-    if (dtype_compiled(t)) v.push_back(t);
-  return v;
-}
-
-// ------------------------------------------------------------------ low-precision reference --
-
-// Attention of one (sequence bb, query row i, query head hh) computed like PyTorch's fp16/bf16
-// path (see the file comment). Writes d outputs (rounded to the dtype) and the row's LSE.
-void lowp_row(const FwdProblem& pr, int bb, int i, int hh, float* out, double* lse_out) {
-  const FwdParams p = detail::resolve(pr.params);
-  const DType t = p.dtype;
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const SeqlenInfo seq = SeqlenInfo::make(p, bb);
-  const VisibilityMask mask = VisibilityMask::make(seq.seqlen_q, seq.seqlen_k, p.is_causal,
-                                                   p.window_size_left, p.window_size_right);
-  const int kvh = hh / (p.h / p.h_k);
-  const int64_t qo = seq.q_offset(p.q_batch_stride, p.q_row_stride, p.q_head_stride, bb, i, hh, varlen);
-  std::vector<double> qs(p.d);
-  for (int x = 0; x < p.d; ++x) qs[x] = round_to_dtype(pr.q.get(qo + x) * p.softmax_scale, t);
-  const double slope = p.alibi_slopes ? p.alibi_slopes[bb * p.alibi_slopes_batch_stride + hh] : 0.0;
-  const int cb = mask.col_begin(i), ce = mask.col_end(i);
-  std::vector<double> s;
-  double m = -kInf;
-  for (int j = cb; j < ce; ++j) {
-    const int64_t ko = seq.k_offset(p.k_batch_stride, p.k_row_stride, p.k_head_stride, bb, j, kvh, varlen);
-    double dot = 0;
-    for (int x = 0; x < p.d; ++x) dot += qs[x] * pr.k.get(ko + x);
-    double v = round_to_dtype(float(dot), t);
-    if (p.softcap > 0) {
-      v = round_to_dtype(float(v / p.softcap), t);
-      v = round_to_dtype(float(std::tanh(v)), t);
-      v = round_to_dtype(float(v * p.softcap), t);
-    }
-    if (slope != 0) v = float(v - slope * std::abs(i + seq.seqlen_k - seq.seqlen_q - j));
-    s.push_back(v);
-    m = std::max(m, v);
-  }
-  std::vector<double> acc(p.d, 0.0);
-  if (s.empty()) {
-    for (int x = 0; x < p.d; ++x) out[x] = 0.f;
-    *lse_out = kInf;
-    return;
-  }
-  double l = 0;
-  for (double v : s) l += std::exp(v - m);
-  for (int j = cb; j < ce; ++j) {
-    const double pj = round_to_dtype(float(std::exp(s[j - cb] - m) / l), t);
-    const int64_t vo = seq.k_offset(p.v_batch_stride, p.v_row_stride, p.v_head_stride, bb, j, kvh, varlen);
-    for (int x = 0; x < p.d; ++x) acc[x] += pj * pr.v.get(vo + x);
-  }
-  for (int x = 0; x < p.d; ++x) out[x] = round_to_dtype(float(acc[x]), t);
-  *lse_out = m + std::log(l);
-}
-
-// Row r of the logical [rows, h, d] output / the LSE index, for (bb, i, hh).
-struct RowIndex {
-  int64_t o_row;   // row in gather_o's [rows, h, d]
-  int64_t lse;     // index into FwdProblem::lse
-};
-RowIndex row_index(const FwdProblem& pr, int bb, int i, int hh) {
-  const FwdParams& p = pr.params;
-  if (p.cu_seqlens_q != nullptr) {
-    const int64_t r = pr.cu_q[bb] + i;
-    return {r, int64_t(hh) * pr.cu_q.back() + r};
-  }
-  return {int64_t(bb) * p.seqlen_q + i, (int64_t(bb) * p.h + hh) * p.seqlen_q + i};
-}
-
-int seqlen_q_of(const FwdProblem& pr, int bb) {
-  return pr.params.cu_seqlens_q ? pr.cu_q[bb + 1] - pr.cu_q[bb] : pr.params.seqlen_q;
-}
-
-// ------------------------------------------------------------------------------ the checks --
-
-struct RunResult {
-  Status status;
-  std::vector<float> o;    // gathered [rows, h, d]
-  std::vector<float> lse;
-  Buffer o_raw;            // the whole o buffer (padding included)
-};
-
-RunResult run_gpu(const FwdProblem& pr) {
-  DeviceFwdProblem dev(pr);
-  RunResult r;
-  r.status = pr.cfg.varlen() ? mha_varlen_fwd(dev.params) : mha_fwd(dev.params);
-  FwdProblem out = pr;
-  dev.copy_back(out);
-  r.o = gather_o(out);
-  r.lse = out.lse;
-  r.o_raw = out.o;
-  return r;
-}
-
-// Elements of the o buffer that belong to the logical tensor.
-int64_t logical_o_elements(const FwdProblem& pr) { return int64_t(pr.rows_q()) * pr.cfg.h * pr.cfg.d; }
-
-struct Errors {
-  double out = 0, out_lowp = 0, lse = 0, lse_lowp = 0;
-};
-
-// Max errors of `got` and of the low-precision attention against the fp32 oracle, over the given
-// (sequence, row, head) rows; lse infinities must match exactly.
-Errors measure(const FwdProblem& pr, const RunResult& got, const std::vector<float>& ref_o,
-               const std::vector<float>& ref_lse, const std::vector<std::array<int, 3>>& rows,
-               bool all_rows_for_out) {
-  Errors e;
-  const int h = pr.cfg.h, d = pr.cfg.d;
-  std::vector<float> lo(d);
-  for (const auto& t : rows) {
-    const RowIndex ri = row_index(pr, t[0], t[1], t[2]);
-    double lse_lowp;
-    lowp_row(pr, t[0], t[1], t[2], lo.data(), &lse_lowp);
-    const int64_t base = (ri.o_row * h + t[2]) * d;
-    for (int x = 0; x < d; ++x) {
-      e.out_lowp = std::max(e.out_lowp, double(std::fabs(lo[x] - ref_o[base + x])));
-      if (!all_rows_for_out) e.out = std::max(e.out, double(std::fabs(got.o[base + x] - ref_o[base + x])));
-    }
-    const double rl = ref_lse[ri.lse];
-    if (std::isinf(rl)) {
-      EXPECT_TRUE(std::isinf(lse_lowp)) << "lowp reference disagrees on an empty row";
-    } else {
-      e.lse_lowp = std::max(e.lse_lowp, std::fabs(lse_lowp - rl));
-    }
-  }
-  if (all_rows_for_out) {
-    for (size_t x = 0; x < got.o.size(); ++x)
-      e.out = std::max(e.out, double(std::fabs(got.o[x] - ref_o[x])));
-  }
-  for (size_t x = 0; x < got.lse.size(); ++x) {
-    const double g = got.lse[x], w = ref_lse[x];
-    if (std::isinf(w) || std::isinf(g)) {
-      EXPECT_EQ(g, w) << "LSE infinity mismatch at " << x;
-      continue;
-    }
-    e.lse = std::max(e.lse, std::fabs(g - w));
-  }
-  return e;
-}
-
-std::vector<std::array<int, 3>> all_rows(const FwdProblem& pr) {
-  std::vector<std::array<int, 3>> v;
-  for (int bb = 0; bb < pr.cfg.b; ++bb)
-    for (int i = 0; i < seqlen_q_of(pr, bb); ++i)
-      for (int hh = 0; hh < pr.cfg.h; ++hh) v.push_back({bb, i, hh});
-  return v;
-}
-
-// Rows of every sequence's first and last query block plus random ones (large shapes), every head.
-// The first 32 rows are all included: with causal/window masks and s_q > s_k they are the rows
-// with the fewest visible keys, where outputs are largest and rounding errors peak (a bound drawn
-// only from rows averaging thousands of keys would understate what correct bf16 math gives there).
-std::vector<std::array<int, 3>> sample_rows(const FwdProblem& pr, uint64_t seed, int n_random) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::array<int, 3>> v;
-  for (int bb = 0; bb < pr.cfg.b; ++bb) {
-    const int sq = seqlen_q_of(pr, bb);
-    if (sq == 0) continue;
-    std::vector<int> rows;
-    for (int i = 0; i < std::min(sq, 32); ++i) rows.push_back(i);
-    for (int i : {127, 128, sq / 2, sq - 129, sq - 2, sq - 1})
-      if (i >= 32 && i < sq) rows.push_back(i);
-    for (int k = 0; k < n_random; ++k) rows.push_back(int(rng() % sq));
-    for (int i : rows)
-      for (int hh = 0; hh < pr.cfg.h; ++hh) v.push_back({bb, i, hh});
-  }
-  return v;
-}
-
-void check_written(const FwdProblem& pr, const RunResult& r) {
-  int64_t nonfinite = 0;
-  for (float x : r.o) nonfinite += std::isfinite(x) ? 0 : 1;
-  EXPECT_EQ(nonfinite, 0) << "output elements not written (still NaN) or non-finite";
-  int64_t nan_total = 0;
-  for (int64_t x = 0; x < r.o_raw.numel; ++x) nan_total += std::isnan(r.o_raw.get(x)) ? 1 : 0;
-  EXPECT_EQ(nan_total, r.o_raw.numel - logical_o_elements(pr))
-      << "elements outside the output view were written";
-  int64_t lse_nan = 0;
-  for (float x : r.lse) lse_nan += std::isnan(x) ? 1 : 0;
-  EXPECT_EQ(lse_nan, 0) << "LSE entries not written";
-}
-
-void check_bounds(const char* group, const AttnConfig& cfg, const Errors& e) {
-  const double bound = 2 * e.out_lowp + 1e-5;
-  const double lse_bound = 2 * e.lse_lowp + 1e-3;
-  std::printf("[fwd-sm80] %s max_err=%.3g bound=%.3g lse_err=%.3g lse_bound=%.3g cfg=%s\n", group,
-              e.out, bound, e.lse, lse_bound, cfg.str().c_str());
-  std::fflush(stdout);
-  EXPECT_LE(e.out, bound) << cfg.str();
-  EXPECT_LE(e.lse, lse_bound) << cfg.str();
-  // Sanity of the oracle pair: the low-precision attention must itself be close to the fp32 one
-  // (if the two references disagreed on the semantics, the bound above would be meaningless).
-  const double lowp_sane = cfg.dtype == DType::kBFloat16 ? 0.05 : 0.01;
-  EXPECT_LE(e.out_lowp, lowp_sane) << "low-precision reference far from the fp32 oracle: " << cfg.str();
-}
-
-// Small problem: CPU reference over every row; also checks repeatability (bitwise).
-void check_small(const char* group, const AttnConfig& cfg) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(cfg.str() + " seed=" + std::to_string(seed));
-  const FwdProblem pr = make_fwd_problem(cfg, seed);
-  const RunResult got = run_gpu(pr);
-  ASSERT_TRUE(got.status.ok()) << got.status.to_string();
-  check_written(pr, got);
-
-  FwdProblem ref = as_fp32(pr);
-  const Status rs = ref::mha_fwd(ref.params);
-  ASSERT_TRUE(rs.ok()) << "CPU reference: " << rs.to_string();
-  const Errors e = measure(pr, got, gather_o(ref), ref.lse, all_rows(pr), true);
-  check_bounds(group, cfg, e);
-
-  const RunResult again = run_gpu(pr);
-  ASSERT_TRUE(again.status.ok());
-  EXPECT_EQ(0, std::memcmp(got.o_raw.data(), again.o_raw.data(), got.o_raw.bytes.size()))
-      << "two runs differ (output)";
-  EXPECT_EQ(0, std::memcmp(got.lse.data(), again.lse.data(), got.lse.size() * sizeof(float)))
-      << "two runs differ (LSE)";
-}
-
-// Large problem: the 2x rule on sampled rows (kernel and low-precision attention measured on the
-// same rows against the GPU fp32 reference), and every element of the output against the fp32
-// reference within 2x the low-precision error of the sampled rows that include the worst-case
-// (fewest-keys) rows.
-void check_large(const char* group, const AttnConfig& cfg) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE(cfg.str() + " seed=" + std::to_string(seed));
-  const FwdProblem pr = make_fwd_problem(cfg, seed);
-  const RunResult got = run_gpu(pr);
-  ASSERT_TRUE(got.status.ok()) << got.status.to_string();
-  check_written(pr, got);
-
-  FwdProblem ref = as_fp32(pr);
-  DeviceFwdProblem dref(ref);
-  const Status rs = cuda::ref::mha_fwd(detail::resolve(dref.params));
-  ASSERT_TRUE(rs.ok()) << "GPU reference: " << rs.to_string();
-  dref.copy_back(ref);
-  const std::vector<float> ref_o = gather_o(ref);
-  const std::vector<std::array<int, 3>> rows = sample_rows(pr, seed, 48);
-  const Errors sampled = measure(pr, got, ref_o, ref.lse, rows, false);
-  check_bounds(group, cfg, sampled);
-  double every_row = 0;
-  for (size_t x = 0; x < got.o.size(); ++x)
-    every_row = std::max(every_row, double(std::fabs(got.o[x] - ref_o[x])));
-  EXPECT_LE(every_row, 2 * sampled.out_lowp + 1e-5) << "all rows: " << cfg.str();
-}
-
-AttnConfig base(DType t, int b, int sq, int sk, int h, int hk, int d) {
-  AttnConfig c;
-  c.dtype = t;
-  c.b = b;
-  c.seqlen_q = sq;
-  c.seqlen_k = sk;
-  c.h = h;
-  c.h_k = hk;
-  c.d = d;
-  return c;
-}
 
 class FwdSm80 : public GpuTest {};
 
@@ -460,6 +165,8 @@ TEST_F(FwdSm80, LargeAgainstGpuReference) {
 }
 
 TEST_F(FwdSm80, UnsupportedReturnsNotSupported) {
+  // The head dims and dtypes this build did not compile, and the one feature combination with no
+  // kernel.
   const DType t = compiled_dtypes().empty() ? DType::kBFloat16 : compiled_dtypes().front();
   const int d = hdim_compiled(64) ? 64 : build_info().head_dims.empty() ? 64 : build_info().head_dims.front();
   auto expect_ns = [&](AttnConfig c, const char* what, auto tweak) {
@@ -473,19 +180,17 @@ TEST_F(FwdSm80, UnsupportedReturnsNotSupported) {
     for (float x : gather_o(out)) ASSERT_TRUE(std::isnan(x)) << what << ": output touched";
   };
   AttnConfig c = base(t, 1, 33, 33, 2, 2, d);
-  AttnConfig drop = c;
-  drop.p_dropout = 0.1f;
-  expect_ns(drop, "dropout", [](FwdParams&) {});
-  AttnConfig probs = c;
-  probs.return_probs = true;
-  expect_ns(probs, "p_ptr", [](FwdParams&) {});
-  AttnConfig split = c;
-  split.num_splits = 2;
-  expect_ns(split, "num_splits", [](FwdParams&) {});
+  // Dropout with paged K/V has no kernel (training does not page; the paged kernels have no
+  // Philox code).
   {
-    FwdProblem paged = to_paged(make_fwd_problem(c, fresh_seed()), 16, fresh_seed());
+    AttnConfig drop = c;
+    drop.p_dropout = 0.1f;
+    FwdProblem paged = to_paged(make_fwd_problem(drop, fresh_seed()), 16, fresh_seed());
     DeviceFwdProblem dev(paged);
-    EXPECT_EQ(mha_fwd(dev.params).code(), StatusCode::kNotSupported) << "paged KV";
+    EXPECT_EQ(mha_fwd(dev.params).code(), StatusCode::kNotSupported) << "dropout + paged KV";
+    FwdProblem out = paged;
+    dev.copy_back(out);
+    for (float x : gather_o(out)) ASSERT_TRUE(std::isnan(x)) << "dropout + paged: output touched";
   }
   for (int hd : {32, 64, 96, 128, 192, 256}) {
     if (hdim_compiled(hd)) continue;
