@@ -1,0 +1,693 @@
+// The torch adapter: tensors in, flashattn params out, and the `torch.ops.flashattn.*` custom ops.
+//
+// Deliberately thin. Each op checks what only the tensors know (rank, shape agreement between
+// arguments, dtype, device, a contiguous last dimension), allocates its outputs with torch (so
+// they come from torch's caching allocator and CUDA graph capture records them), fills one
+// params struct of include/flashattn/params.h and calls the library, which validates everything
+// else and runs on the GPU or on the CPU backend depending on where the pointers live. A library
+// error becomes a Python exception carrying the library's message:
+//   kInvalidArgument -> ValueError, kNotSupported -> NotImplementedError, others -> RuntimeError.
+//
+// Ops (schemas in TORCH_LIBRARY below; fake implementations live in python/flashattn/_ops.py):
+//   fwd, varlen_fwd         forward; return (out, softmax_lse, S_dmask, rng_state)
+//   bwd, varlen_bwd         backward; return (dq, dk, dv)
+//   fwd_kvcache             inference against a KV cache, appending in place; (out, softmax_lse)
+// rng_state is a host int64 [2] tensor (Philox seed, offset) so the backward can pass it to the
+// library without reading device memory (no host synchronization).
+#include <torch/extension.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <tuple>
+
+#include "flashattn/flashattn.h"
+
+#if defined(FLASHATTN_TORCH_CUDA)
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace flashattn_torch {
+
+using at::Tensor;
+using c10::optional;
+
+// ------------------------------------------------------------------------------- helpers --
+
+// Raises the Python exception matching a library status, with the library's message.
+void raise_if_error(const flashattn::Status& s, const char* op) {
+  switch (s.code()) {
+    case flashattn::StatusCode::kSuccess:
+      return;
+    case flashattn::StatusCode::kInvalidArgument:
+      TORCH_CHECK_VALUE(false, "flashattn.", op, ": ", s.message());
+    case flashattn::StatusCode::kNotSupported:
+      TORCH_CHECK_NOT_IMPLEMENTED(false, "flashattn.", op, ": ", s.message());
+    default:
+      TORCH_CHECK(false, "flashattn.", op, ": ", s.to_string());
+  }
+}
+
+flashattn::DType to_dtype(const Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return flashattn::DType::kFloat16;
+    case at::kBFloat16: return flashattn::DType::kBFloat16;
+    case at::kFloat:
+      TORCH_CHECK_VALUE(t.device().is_cpu(), "flashattn.", op,
+                        ": float32 inputs run on the CPU backend only; on the GPU use float16 or "
+                        "bfloat16");
+      return flashattn::DType::kFloat32;
+    default:
+      TORCH_CHECK_VALUE(false, "flashattn.", op, ": dtype ", t.scalar_type(),
+                        " is not supported (float16, bfloat16; float32 on CPU)");
+  }
+  return flashattn::DType::kBFloat16;
+}
+
+std::string shape_str(const Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+// Every tensor argument of one call lives on the device of q (the library also checks host vs
+// device, but not which GPU, and ops need one device to pick the stream and the guard).
+void check_device(const Tensor& q, const Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK_VALUE(t.device() == q.device(), "flashattn.", op, ": ", name, " is on ",
+                    t.device(), " but q is on ", q.device(),
+                    "; all tensors of a call must be on one device");
+}
+
+void check_opt_device(const Tensor& q, const optional<Tensor>& t, const char* name,
+                      const char* op) {
+  if (t.has_value()) check_device(q, *t, name, op);
+}
+
+void check_rank(const Tensor& t, int64_t rank, const char* name, const char* layout,
+                const char* op) {
+  TORCH_CHECK_VALUE(t.dim() == rank, "flashattn.", op, ": ", name, " must have shape ", layout,
+                    ", got ", shape_str(t));
+}
+
+void check_last_contiguous(const Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK_VALUE(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, "flashattn.", op, ": ",
+                    name, " must have a contiguous last dimension (stride(-1) == 1), got strides ",
+                    t.strides());
+}
+
+void check_same_dtype(const Tensor& q, const Tensor& t, const char* name, const char* op) {
+  TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type(), "flashattn.", op, ": ", name,
+                    " has dtype ", t.scalar_type(), " but q has ", q.scalar_type(),
+                    "; q, k, v (and dout) must share one dtype");
+}
+
+// int32 index arrays (cu_seqlens, seqused_k, block_table, cache_seqlens, ...).
+void check_index(const Tensor& q, const Tensor& t, const char* name, int64_t rank,
+                 const char* op) {
+  check_device(q, t, name, op);
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kInt, "flashattn.", op, ": ", name,
+                    " must be int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == rank, "flashattn.", op, ": ", name, " must have ", rank,
+                    " dimension(s), got ", shape_str(t));
+  check_last_contiguous(t, name, op);
+}
+
+// ALiBi slopes: fp32, [h] or [b, h] (flash_attn's rule).
+void set_alibi(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>& slopes,
+               const char* op) {
+  if (!slopes.has_value()) return;
+  const Tensor& s = *slopes;
+  check_device(q, s, "alibi_slopes", op);
+  TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat, "flashattn.", op,
+                    ": alibi_slopes must be float32, got ", s.scalar_type());
+  TORCH_CHECK_VALUE((s.dim() == 1 && s.size(0) == p.h) ||
+                        (s.dim() == 2 && s.size(0) == p.b && s.size(1) == p.h),
+                    "flashattn.", op, ": alibi_slopes must have shape (nheads,) = (", p.h,
+                    ",) or (batch, nheads) = (", p.b, ", ", p.h, "), got ", shape_str(s));
+  check_last_contiguous(s, "alibi_slopes", op);
+  p.alibi_slopes = s.data_ptr<float>();
+  p.alibi_slopes_batch_stride = s.dim() == 2 ? s.stride(0) : 0;
+}
+
+// Score/mask options shared by every op.
+void set_options(flashattn::FwdParams& p, double softmax_scale, bool causal, int64_t window_left,
+                 int64_t window_right, double softcap) {
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.is_causal = causal;
+  p.window_size_left = static_cast<int>(window_left);
+  p.window_size_right = static_cast<int>(window_right);
+  p.softcap = static_cast<float>(softcap);
+}
+
+// q/k/v/o style tensors: dense [b, s, h, d] (batch, row, head strides) or varlen [total, h, d]
+// (no batch stride).
+struct Strides {
+  int64_t batch, row, head;
+};
+Strides strides_of(const Tensor& t) {
+  if (t.dim() == 4) return {t.stride(0), t.stride(1), t.stride(2)};
+  return {0, t.stride(0), t.stride(1)};
+}
+
+#define FA_SET_STRIDES(p, prefix, t)                 \
+  do {                                               \
+    const Strides st_ = strides_of(t);               \
+    (p).prefix##_batch_stride = st_.batch;           \
+    (p).prefix##_row_stride = st_.row;               \
+    (p).prefix##_head_stride = st_.head;             \
+  } while (0)
+
+// Makes q's device current and hands the library torch's current stream, so kernels are ordered
+// with the surrounding torch work and are recorded by CUDA graph capture.
+class DeviceScope {
+ public:
+  DeviceScope(const Tensor& q, flashattn::FwdParams& p) {
+#if defined(FLASHATTN_TORCH_CUDA)
+    if (q.is_cuda()) {
+      guard_.emplace(q.device());
+      p.stream = at::cuda::getCurrentCUDAStream(q.device().index()).stream();
+    }
+#else
+    TORCH_CHECK_NOT_IMPLEMENTED(!q.is_cuda(),
+                                "flashattn: this build of the torch extension has no CUDA "
+                                "support (built against a CPU-only torch or without nvcc)");
+    (void)p;
+#endif
+  }
+
+ private:
+#if defined(FLASHATTN_TORCH_CUDA)
+  optional<c10::cuda::CUDAGuard> guard_;
+#endif
+};
+
+// Philox seed and offset for dropout, from torch's generator of q's device, advancing it past
+// the counters this call uses (b * h of them, see src/common/philox.h), so consecutive calls draw
+// independent masks and torch.manual_seed reproduces them.
+Tensor draw_rng_state(const Tensor& q, int64_t b, int64_t h, double dropout_p, const char* op) {
+  Tensor rng = at::zeros({2}, at::TensorOptions().dtype(at::kLong).device(at::kCPU));
+  if (dropout_p <= 0.0) return rng;
+  uint64_t seed = 0, offset = 0;
+  if (q.is_cuda()) {
+#if defined(FLASHATTN_TORCH_CUDA)
+    // Under capture torch hands out device-side seed/offset that change at each replay; the
+    // library takes host values, so a captured graph would replay one fixed mask forever.
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+        "flashattn.",
+        op, ": dropout_p > 0 is not supported under CUDA graph capture (the library takes a host "
+        "Philox seed/offset, so every replay would reuse one dropout mask)");
+    auto* impl = at::check_generator<at::CUDAGeneratorImpl>(
+        at::cuda::detail::getDefaultCUDAGenerator(q.device().index()));
+    std::lock_guard<std::mutex> lock(impl->mutex_);
+    // torch advances offsets in multiples of 4.
+    const uint64_t increment = ((uint64_t(b) * uint64_t(h) + 3) / 4) * 4;
+    std::tie(seed, offset) = impl->philox_engine_inputs(increment);
+#endif
+  } else {
+    auto* impl = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+    std::lock_guard<std::mutex> lock(impl->mutex_);
+    seed = impl->random64();
+    offset = 0;
+  }
+  auto* r = rng.data_ptr<int64_t>();
+  r[0] = static_cast<int64_t>(seed);
+  r[1] = static_cast<int64_t>(offset);
+  return rng;
+}
+
+void set_rng(flashattn::FwdParams& p, double dropout_p, const Tensor& rng_state, const char* op) {
+  p.p_dropout = static_cast<float>(dropout_p);
+  if (dropout_p <= 0.0) return;
+  TORCH_CHECK_VALUE(rng_state.device().is_cpu() && rng_state.scalar_type() == at::kLong &&
+                        rng_state.numel() == 2,
+                    "flashattn.", op,
+                    ": rng_state must be the forward's host int64 tensor of 2 values");
+  const Tensor r = rng_state.contiguous();
+  p.philox_seed = static_cast<uint64_t>(r.data_ptr<int64_t>()[0]);
+  p.philox_offset = static_cast<uint64_t>(r.data_ptr<int64_t>()[1]);
+}
+
+int64_t round_up_128(int64_t x) { return (x + 127) / 128 * 128; }
+
+// ---------------------------------------------------------------------------------- fwd --
+
+// q, k, v, o and sizes of a forward call (dense or varlen, paged or not).
+void set_qkvo(flashattn::FwdParams& p, const Tensor& q, const Tensor& k, const Tensor& v,
+              const Tensor& out, const char* op) {
+  p.dtype = to_dtype(q, op);
+  p.q_ptr = q.data_ptr();
+  p.k_ptr = k.data_ptr();
+  p.v_ptr = v.data_ptr();
+  p.o_ptr = out.data_ptr();
+  FA_SET_STRIDES(p, q, q);
+  FA_SET_STRIDES(p, k, k);
+  FA_SET_STRIDES(p, v, v);
+  FA_SET_STRIDES(p, o, out);
+  if (k.dim() == 4 && q.dim() == 3) {  // varlen with a paged cache: batch stride = page stride
+    p.k_batch_stride = k.stride(0);
+    p.v_batch_stride = v.stride(0);
+    p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
+    p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
+  }
+}
+
+void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  check_device(q, k, "k", op);
+  check_device(q, v, "v", op);
+  check_same_dtype(q, k, "k", op);
+  check_same_dtype(q, v, "v", op);
+  to_dtype(q, op);
+  check_last_contiguous(q, "q", op);
+  check_last_contiguous(k, "k", op);
+  check_last_contiguous(v, "v", op);
+  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "flashattn.", op, ": k and v must have one shape, got ",
+                    shape_str(k), " and ", shape_str(v));
+  TORCH_CHECK_VALUE(k.size(-1) == q.size(-1), "flashattn.", op,
+                    ": k and v must have q's head dim ", q.size(-1), ", got ", shape_str(k),
+                    " (flashattn needs head dim of v == head dim of q)");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v,
+                                               const optional<Tensor>& alibi_slopes,
+                                               double dropout_p, double softmax_scale,
+                                               bool causal, int64_t window_size_left,
+                                               int64_t window_size_right, double softcap,
+                                               bool return_softmax) {
+  const char* op = "fwd";
+  check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
+  check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_qkv(q, k, v, op);
+  TORCH_CHECK_VALUE(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
+                    " but q has ", q.size(0));
+  check_opt_device(q, alibi_slopes, "alibi_slopes", op);
+
+  flashattn::FwdParams p;
+  p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+  p.seqlen_k = k.size(1), p.h_k = k.size(2);
+  DeviceScope scope(q, p);
+
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
+  Tensor probs;
+  if (return_softmax) {
+    TORCH_CHECK_VALUE(dropout_p > 0.0, "flashattn.", op,
+                                ": return_softmax is only supported with dropout_p > 0 "
+                                "(flash_attn's rule)");
+    probs = at::empty({p.b, p.h, p.seqlen_q, p.seqlen_k}, q.options());
+    p.p_ptr = probs.data_ptr();
+  }
+  set_qkvo(p, q, k, v, out, op);
+  p.softmax_lse_ptr = lse.data_ptr<float>();
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  Tensor rng_state = draw_rng_state(q, p.b, p.h, dropout_p, op);
+  set_rng(p, dropout_p, rng_state, op);
+  raise_if_error(flashattn::mha_fwd(p), op);
+
+  Tensor s_dmask;
+  if (return_softmax) {
+    // flash_attn's S_dmask is (b, h, round128(s_q), round128(s_k)); the padding is zero here.
+    s_dmask = at::constant_pad_nd(
+        probs, {0, round_up_128(p.seqlen_k) - p.seqlen_k, 0, round_up_128(p.seqlen_q) - p.seqlen_q},
+        0);
+  } else {
+    s_dmask = at::empty({0}, q.options());
+  }
+  return {out, lse, s_dmask, rng_state};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_seqlens_q,
+    const Tensor& cu_seqlens_k, const optional<Tensor>& seqused_k,
+    const optional<Tensor>& block_table, const optional<Tensor>& alibi_slopes,
+    int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p, double softmax_scale,
+    bool causal, int64_t window_size_left, int64_t window_size_right, double softcap,
+    bool return_softmax) {
+  const char* op = "varlen_fwd";
+  const bool paged = block_table.has_value();
+  check_rank(q, 3, "q", "(total_q, nheads, headdim)", op);
+  if (paged) {
+    check_rank(k, 4, "k", "(num_blocks, page_block_size, nheads_k, headdim) with block_table", op);
+    check_rank(v, 4, "v", "(num_blocks, page_block_size, nheads_k, headdim) with block_table", op);
+  } else {
+    check_rank(k, 3, "k", "(total_k, nheads_k, headdim)", op);
+    check_rank(v, 3, "v", "(total_k, nheads_k, headdim)", op);
+  }
+  check_qkv(q, k, v, op);
+  check_index(q, cu_seqlens_q, "cu_seqlens_q", 1, op);
+  check_index(q, cu_seqlens_k, "cu_seqlens_k", 1, op);
+  TORCH_CHECK_VALUE(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
+                    "flashattn.", op,
+                    ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries, got ",
+                    cu_seqlens_q.numel(), " and ", cu_seqlens_k.numel());
+  check_opt_device(q, alibi_slopes, "alibi_slopes", op);
+  TORCH_CHECK_NOT_IMPLEMENTED(!(return_softmax && dropout_p > 0.0), "flashattn.", op,
+                              ": return_attn_probs is not supported by the varlen functions "
+                              "(the library returns attention probabilities for dense calls only)");
+
+  flashattn::FwdParams p;
+  p.b = cu_seqlens_q.numel() - 1;
+  p.seqlen_q = max_seqlen_q, p.seqlen_k = max_seqlen_k;
+  p.h = q.size(1), p.d = q.size(2);
+  p.h_k = k.size(-2);
+  p.total_q = q.size(0);
+  p.total_k = paged ? 0 : k.size(0);
+  DeviceScope scope(q, p);
+
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = at::empty({p.h, p.total_q}, q.options().dtype(at::kFloat));
+  set_qkvo(p, q, k, v, out, op);
+  p.softmax_lse_ptr = lse.data_ptr<float>();
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
+  p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
+  if (seqused_k.has_value()) {
+    check_index(q, *seqused_k, "seqused_k", 1, op);
+    p.seqused_k = seqused_k->data_ptr<int>();
+  }
+  if (paged) {
+    check_index(q, *block_table, "block_table", 2, op);
+    p.block_table = block_table->data_ptr<int>();
+    p.block_table_batch_stride = block_table->stride(0);
+    p.max_blocks_per_seq = block_table->size(1);
+    p.num_blocks = k.size(0);
+    p.page_block_size = k.size(1);
+  }
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  Tensor rng_state = draw_rng_state(q, p.b, p.h, dropout_p, op);
+  set_rng(p, dropout_p, rng_state, op);
+  raise_if_error(flashattn::mha_varlen_fwd(p), op);
+  return {out, lse, at::empty({0}, q.options()), rng_state};
+}
+
+// ---------------------------------------------------------------------------------- bwd --
+
+void set_bwd_tensors(flashattn::BwdParams& p, const Tensor& dout, const Tensor& q,
+                     const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                     const Tensor& dq, const Tensor& dk, const Tensor& dv, const char* op) {
+  set_qkvo(p, q, k, v, out, op);
+  p.softmax_lse_ptr = const_cast<float*>(lse.data_ptr<float>());
+  p.do_ptr = dout.data_ptr();
+  FA_SET_STRIDES(p, do, dout);
+  p.dq_ptr = dq.data_ptr();
+  FA_SET_STRIDES(p, dq, dq);
+  p.dk_ptr = dk.data_ptr();
+  FA_SET_STRIDES(p, dk, dk);
+  p.dv_ptr = dv.data_ptr();
+  FA_SET_STRIDES(p, dv, dv);
+}
+
+void check_bwd_extra(const Tensor& dout, const Tensor& q, const Tensor& out, const Tensor& lse,
+                     const char* op) {
+  check_device(q, dout, "dout", op);
+  check_device(q, out, "out", op);
+  check_device(q, lse, "softmax_lse", op);
+  check_same_dtype(q, dout, "dout", op);
+  check_same_dtype(q, out, "out", op);
+  TORCH_CHECK_VALUE(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flashattn.", op,
+                    ": dout and out must have q's shape ", shape_str(q), ", got ",
+                    shape_str(dout), " and ", shape_str(out));
+  check_last_contiguous(dout, "dout", op);
+  check_last_contiguous(out, "out", op);
+  TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "flashattn.", op,
+                    ": softmax_lse must be the forward's contiguous float32 LSE");
+}
+
+std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& out,
+                                       const Tensor& softmax_lse,
+                                       const optional<Tensor>& alibi_slopes, double dropout_p,
+                                       double softmax_scale, bool causal,
+                                       int64_t window_size_left, int64_t window_size_right,
+                                       double softcap, bool deterministic,
+                                       const Tensor& rng_state) {
+  const char* op = "bwd";
+  check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
+  check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_qkv(q, k, v, op);
+  check_bwd_extra(dout, q, out, softmax_lse, op);
+  TORCH_CHECK_VALUE(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
+                    " but q has ", q.size(0));
+  TORCH_CHECK_VALUE(softmax_lse.sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(1)}),
+                    "flashattn.", op, ": softmax_lse must have shape (batch, nheads, seqlen_q), got ",
+                    shape_str(softmax_lse));
+
+  flashattn::BwdParams p;
+  p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+  p.seqlen_k = k.size(1), p.h_k = k.size(2);
+  DeviceScope scope(q, p);
+  Tensor dq = at::empty(q.sizes(), q.options());
+  Tensor dk = at::empty(k.sizes(), k.options());
+  Tensor dv = at::empty(v.sizes(), v.options());
+  set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  set_rng(p, dropout_p, rng_state, op);
+  p.deterministic = deterministic;
+  raise_if_error(flashattn::mha_bwd(p), op);
+  return {dq, dk, dv};
+}
+
+std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
+    const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+    const Tensor& softmax_lse, const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
+    const optional<Tensor>& seqused_k, const optional<Tensor>& alibi_slopes, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double dropout_p, double softmax_scale, bool causal,
+    int64_t window_size_left, int64_t window_size_right, double softcap, bool deterministic,
+    const Tensor& rng_state) {
+  const char* op = "varlen_bwd";
+  check_rank(q, 3, "q", "(total_q, nheads, headdim)", op);
+  check_rank(k, 3, "k", "(total_k, nheads_k, headdim)", op);
+  check_rank(v, 3, "v", "(total_k, nheads_k, headdim)", op);
+  check_qkv(q, k, v, op);
+  check_bwd_extra(dout, q, out, softmax_lse, op);
+  check_index(q, cu_seqlens_q, "cu_seqlens_q", 1, op);
+  check_index(q, cu_seqlens_k, "cu_seqlens_k", 1, op);
+  TORCH_CHECK_VALUE(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
+                    "flashattn.", op,
+                    ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries");
+  TORCH_CHECK_VALUE(softmax_lse.sizes() == at::IntArrayRef({q.size(1), q.size(0)}), "flashattn.",
+                    op, ": softmax_lse must have shape (nheads, total_q), got ",
+                    shape_str(softmax_lse));
+
+  flashattn::BwdParams p;
+  p.b = cu_seqlens_q.numel() - 1;
+  p.seqlen_q = max_seqlen_q, p.seqlen_k = max_seqlen_k;
+  p.h = q.size(1), p.d = q.size(2), p.h_k = k.size(1);
+  p.total_q = q.size(0), p.total_k = k.size(0);
+  DeviceScope scope(q, p);
+  Tensor dq = at::empty(q.sizes(), q.options());
+  Tensor dk = at::empty(k.sizes(), k.options());
+  Tensor dv = at::empty(v.sizes(), v.options());
+  set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
+  p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
+  if (seqused_k.has_value()) {
+    check_index(q, *seqused_k, "seqused_k", 1, op);
+    p.seqused_k = seqused_k->data_ptr<int>();
+  }
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  set_rng(p, dropout_p, rng_state, op);
+  p.deterministic = deterministic;
+  raise_if_error(flashattn::mha_varlen_bwd(p), op);
+  return {dq, dk, dv};
+}
+
+// -------------------------------------------------------------------------- fwd_kvcache --
+
+std::tuple<Tensor, Tensor> fwd_kvcache(
+    const Tensor& q, Tensor& k_cache, Tensor& v_cache, const optional<Tensor>& k,
+    const optional<Tensor>& v, const optional<Tensor>& rotary_cos,
+    const optional<Tensor>& rotary_sin, const optional<Tensor>& cache_seqlens,
+    int64_t cache_seqlen, const optional<Tensor>& cache_batch_idx,
+    const optional<Tensor>& cache_leftpad, const optional<Tensor>& block_table,
+    const optional<Tensor>& alibi_slopes, double softmax_scale, bool causal,
+    int64_t window_size_left, int64_t window_size_right, double softcap, bool rotary_interleaved,
+    int64_t num_splits) {
+  const char* op = "fwd_kvcache";
+  const bool paged = block_table.has_value();
+  check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
+  check_rank(k_cache, 4, "k_cache",
+             paged ? "(num_blocks, page_block_size, nheads_k, headdim) with block_table"
+                   : "(batch_cache, seqlen_cache, nheads_k, headdim)",
+             op);
+  check_rank(v_cache, 4, "v_cache", "like k_cache", op);
+  check_qkv(q, k_cache, v_cache, op);
+  TORCH_CHECK_VALUE(k.has_value() == v.has_value(), "flashattn.", op,
+                    ": k and v must be given together (both or neither)");
+  TORCH_CHECK_VALUE(rotary_cos.has_value() == rotary_sin.has_value(), "flashattn.", op,
+                    ": rotary_cos and rotary_sin must be given together (both or neither)");
+  check_opt_device(q, alibi_slopes, "alibi_slopes", op);
+
+  flashattn::KVCacheParams p;
+  p.dtype = to_dtype(q, op);
+  p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+  p.h_k = k_cache.size(2);
+  if (paged) {
+    check_index(q, *block_table, "block_table", 2, op);
+    TORCH_CHECK_VALUE(block_table->size(0) == p.b, "flashattn.", op,
+                      ": block_table must have one row per batch entry (", p.b, "), got ",
+                      shape_str(*block_table));
+    p.block_table = block_table->data_ptr<int>();
+    p.block_table_batch_stride = block_table->stride(0);
+    p.max_blocks_per_seq = block_table->size(1);
+    p.num_blocks = k_cache.size(0);
+    p.page_block_size = k_cache.size(1);
+    p.seqlen_k = p.max_blocks_per_seq * p.page_block_size;
+    p.b_cache = p.b;
+  } else {
+    p.seqlen_k = k_cache.size(1);
+    p.b_cache = k_cache.size(0);
+  }
+  DeviceScope scope(q, p);
+
+  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor lse = at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
+  p.q_ptr = q.data_ptr();
+  FA_SET_STRIDES(p, q, q);
+  p.k_ptr = k_cache.data_ptr();
+  FA_SET_STRIDES(p, k, k_cache);
+  p.v_ptr = v_cache.data_ptr();
+  FA_SET_STRIDES(p, v, v_cache);
+  p.o_ptr = out.data_ptr();
+  FA_SET_STRIDES(p, o, out);
+  p.softmax_lse_ptr = lse.data_ptr<float>();
+
+  if (cache_seqlens.has_value()) {
+    check_index(q, *cache_seqlens, "cache_seqlens", 1, op);
+    p.cache_seqlens = cache_seqlens->data_ptr<int>();
+  }
+  p.cache_seqlen = static_cast<int>(cache_seqlen);
+  if (cache_batch_idx.has_value()) {
+    check_index(q, *cache_batch_idx, "cache_batch_idx", 1, op);
+    p.cache_batch_idx = cache_batch_idx->data_ptr<int>();
+  }
+  if (cache_leftpad.has_value()) {
+    check_index(q, *cache_leftpad, "cache_leftpad", 1, op);
+    p.cache_leftpad = cache_leftpad->data_ptr<int>();
+  }
+  if (k.has_value()) {
+    check_rank(*k, 4, "k", "(batch, seqlen_new, nheads_k, headdim)", op);
+    check_device(q, *k, "k", op);
+    check_device(q, *v, "v", op);
+    check_same_dtype(q, *k, "k", op);
+    check_same_dtype(q, *v, "v", op);
+    check_last_contiguous(*k, "k", op);
+    check_last_contiguous(*v, "v", op);
+    TORCH_CHECK_VALUE(k->sizes() == v->sizes() && k->size(0) == p.b && k->size(2) == p.h_k &&
+                          k->size(3) == p.d,
+                      "flashattn.", op, ": k and v must have shape (batch, seqlen_new, nheads_k, "
+                      "headdim) = (", p.b, ", *, ", p.h_k, ", ", p.d, "), got ", shape_str(*k),
+                      " and ", shape_str(*v));
+    p.knew_ptr = k->data_ptr();
+    FA_SET_STRIDES(p, knew, *k);
+    p.vnew_ptr = v->data_ptr();
+    FA_SET_STRIDES(p, vnew, *v);
+    p.seqlen_knew = k->size(1);
+  }
+  if (rotary_cos.has_value()) {
+    for (const Tensor* t : {&*rotary_cos, &*rotary_sin}) {
+      const char* name = t == &*rotary_cos ? "rotary_cos" : "rotary_sin";
+      check_device(q, *t, name, op);
+      check_same_dtype(q, *t, name, op);
+      check_rank(*t, 2, name, "(seqlen_ro, rotary_dim / 2)", op);
+      TORCH_CHECK_VALUE(t->is_contiguous(), "flashattn.", op, ": ", name, " must be contiguous");
+    }
+    TORCH_CHECK_VALUE(rotary_cos->sizes() == rotary_sin->sizes(), "flashattn.", op,
+                      ": rotary_cos and rotary_sin must have one shape");
+    p.rotary_cos = rotary_cos->data_ptr();
+    p.rotary_sin = rotary_sin->data_ptr();
+    p.seqlen_ro = rotary_cos->size(0);
+    p.rotary_dim = rotary_cos->size(1) * 2;
+    p.rotary_interleaved = rotary_interleaved;
+  }
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  p.num_splits = static_cast<int>(num_splits);
+  raise_if_error(flashattn::mha_fwd_kvcache(p), op);
+  return {out, lse};
+}
+
+// ------------------------------------------------------------------------- build info --
+
+pybind11::dict build_info() {
+  const flashattn::BuildInfo info = flashattn::build_info();
+  pybind11::dict d;
+  d["version"] = info.version;
+  d["cuda"] = info.cuda;
+  d["cuda_archs"] = info.cuda_archs;
+  d["head_dims"] = info.head_dims;
+  d["dtypes"] = info.dtypes;
+  d["cuda_device_count"] = info.cuda_device_count;
+  d["cpu_isa"] = info.cpu_isa;
+#if defined(FLASHATTN_TORCH_CUDA)
+  d["torch_cuda"] = true;
+#else
+  d["torch_cuda"] = false;
+#endif
+  return d;
+}
+
+}  // namespace flashattn_torch
+
+TORCH_LIBRARY(flashattn, m) {
+  m.def(
+      "fwd(Tensor q, Tensor k, Tensor v, Tensor? alibi_slopes, float dropout_p, "
+      "float softmax_scale, bool causal, int window_size_left, int window_size_right, "
+      "float softcap, bool return_softmax) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+      "Tensor? seqused_k, Tensor? block_table, Tensor? alibi_slopes, int max_seqlen_q, "
+      "int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
+      "int window_size_left, int window_size_right, float softcap, bool return_softmax) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
+      "Tensor? alibi_slopes, float dropout_p, float softmax_scale, bool causal, "
+      "int window_size_left, int window_size_right, float softcap, bool deterministic, "
+      "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
+      "Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? seqused_k, Tensor? alibi_slopes, "
+      "int max_seqlen_q, int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
+      "int window_size_left, int window_size_right, float softcap, bool deterministic, "
+      "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "fwd_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k, Tensor? v, "
+      "Tensor? rotary_cos, Tensor? rotary_sin, Tensor? cache_seqlens, int cache_seqlen, "
+      "Tensor? cache_batch_idx, Tensor? cache_leftpad, Tensor? block_table, "
+      "Tensor? alibi_slopes, float softmax_scale, bool causal, int window_size_left, "
+      "int window_size_right, float softcap, bool rotary_interleaved, int num_splits) "
+      "-> (Tensor, Tensor)");
+}
+
+// One implementation serves both dispatch keys: the library picks GPU kernels or the CPU
+// backend from where the pointers live.
+TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
+  m.impl("fwd", &flashattn_torch::fwd);
+  m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
+  m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
+  m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
+}
+
+TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
+  m.impl("fwd", &flashattn_torch::fwd);
+  m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
+  m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
+  m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "flashattn torch extension: registers torch.ops.flashattn.*";
+  m.def("build_info", &flashattn_torch::build_info, "What the linked flashattn library contains");
+}

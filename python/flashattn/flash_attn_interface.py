@@ -1,0 +1,413 @@
+"""flash_attn 2.x's public functions over flashattn's custom ops.
+
+Every function here has flash_attn 2.x's name, parameter names, order, defaults and return values
+(shared/reference/flash_attn_interface.md), so `import flashattn as flash_attn` is the whole port.
+The work happens in `torch.ops.flashattn.*` (csrc/torch/flashattn_ops.cpp), on the GPU for CUDA
+tensors and on the CPU backend for CPU tensors; this module adds what flash_attn's Python layer
+adds: the default softmax scale, head dims padded to a multiple of 8 on the GPU, packed-input
+unpacking, and autograd through torch.autograd.Function.
+
+Nothing here reads device memory (no .item(), no data-dependent Python branches), so the
+functions run under torch.compile(fullgraph=True) and inside CUDA graph capture.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from flashattn import _ops  # noqa: F401  (loads the extension and the fake implementations)
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
+]
+
+# The GPU kernels move 16-byte vectors, so head dims are padded to a multiple of 8 elements.
+_HEAD_DIM_MULTIPLE = 8
+
+
+def _maybe_contiguous(x: Optional[Tensor]) -> Optional[Tensor]:
+    # flash_attn's rule: only the last dimension must be contiguous; other strides are free.
+    return x.contiguous() if x is not None and x.stride(-1) != 1 else x
+
+
+def _window(window_size: Sequence[int]) -> Tuple[int, int]:
+    if len(window_size) != 2:
+        raise ValueError(f"window_size must be (left, right), got {tuple(window_size)}")
+    return int(window_size[0]), int(window_size[1])
+
+
+def _needs_padding(x: Tensor) -> bool:
+    # The CPU backend takes any head dim; only the GPU kernels need the multiple of 8.
+    return x.is_cuda and x.shape[-1] % _HEAD_DIM_MULTIPLE != 0
+
+
+def _pad_head_dim(x: Tensor) -> Tensor:
+    pad = -x.shape[-1] % _HEAD_DIM_MULTIPLE
+    return F.pad(x, [0, pad])
+
+
+def _check_softmax_scale(softmax_scale: Optional[float], head_dim: int) -> float:
+    # Computed on the head dim the caller passed, before any padding.
+    return head_dim ** (-0.5) if softmax_scale is None else float(softmax_scale)
+
+
+class _FlashAttnFunc(torch.autograd.Function):
+    """Dense attention: torch.ops.flashattn.fwd forward, torch.ops.flashattn.bwd backward."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, softmax_scale: float,
+                causal: bool, window_size: Tuple[int, int], softcap: float,
+                alibi_slopes: Optional[Tensor], deterministic: bool, return_softmax: bool):
+        out, lse, s_dmask, rng_state = torch.ops.flashattn.fwd(
+            q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size[0],
+            window_size[1], softcap, return_softmax)
+        ctx.save_for_backward(q, k, v, out, lse, rng_state, alibi_slopes)
+        ctx.dropout_p = dropout_p
+        ctx.softmax_scale = softmax_scale
+        ctx.causal = causal
+        ctx.window_size = window_size
+        ctx.softcap = softcap
+        ctx.deterministic = deterministic
+        ctx.mark_non_differentiable(lse, s_dmask)
+        return out, lse, s_dmask
+
+    @staticmethod
+    def backward(ctx, dout: Tensor, *unused):
+        q, k, v, out, lse, rng_state, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv = torch.ops.flashattn.bwd(
+            dout.contiguous(), q, k, v, out, lse, alibi_slopes, ctx.dropout_p, ctx.softmax_scale,
+            ctx.causal, ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.deterministic,
+            rng_state)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+class _FlashAttnVarlenFunc(torch.autograd.Function):
+    """Varlen attention: torch.ops.flashattn.varlen_fwd / varlen_bwd."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                max_seqlen_q: int, max_seqlen_k: int, dropout_p: float, softmax_scale: float,
+                causal: bool, window_size: Tuple[int, int], softcap: float,
+                alibi_slopes: Optional[Tensor], deterministic: bool, return_softmax: bool,
+                block_table: Optional[Tensor]):
+        out, lse, s_dmask, rng_state = torch.ops.flashattn.varlen_fwd(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, None, block_table, alibi_slopes, max_seqlen_q,
+            max_seqlen_k, dropout_p, softmax_scale, causal, window_size[0], window_size[1],
+            softcap, return_softmax)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state,
+                              alibi_slopes)
+        ctx.paged = block_table is not None
+        ctx.max_seqlen_q = max_seqlen_q
+        ctx.max_seqlen_k = max_seqlen_k
+        ctx.dropout_p = dropout_p
+        ctx.softmax_scale = softmax_scale
+        ctx.causal = causal
+        ctx.window_size = window_size
+        ctx.softcap = softcap
+        ctx.deterministic = deterministic
+        ctx.mark_non_differentiable(lse, s_dmask)
+        return out, lse, s_dmask
+
+    @staticmethod
+    def backward(ctx, dout: Tensor, *unused):
+        if ctx.paged:
+            raise NotImplementedError("flashattn: paged KV (block_table) has no backward")
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv = torch.ops.flashattn.varlen_bwd(
+            dout.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, None, alibi_slopes,
+            ctx.max_seqlen_q, ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal,
+            ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.deterministic, rng_state)
+        return (dq, dk, dv) + (None,) * 13
+
+
+def _attn_dense(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
+                softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
+                softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
+                return_attn_probs: bool):
+    head_dim = q.shape[-1]
+    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+    q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
+    padded = _needs_padding(q)
+    if padded:
+        q, k, v = (_pad_head_dim(x) for x in (q, k, v))
+    out, lse, s_dmask = _FlashAttnFunc.apply(
+        q, k, v, float(dropout_p), softmax_scale, bool(causal), _window(window_size),
+        float(softcap), alibi_slopes, bool(deterministic),
+        bool(return_attn_probs and dropout_p > 0))
+    if padded:
+        out = out[..., :head_dim]
+    return (out, lse, s_dmask) if return_attn_probs else out
+
+
+def _attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                 max_seqlen_q: int, max_seqlen_k: int, dropout_p: float,
+                 softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
+                 softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
+                 return_attn_probs: bool, block_table: Optional[Tensor]):
+    head_dim = q.shape[-1]
+    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+    q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
+    padded = _needs_padding(q)
+    if padded:
+        q, k, v = (_pad_head_dim(x) for x in (q, k, v))
+    out, lse, s_dmask = _FlashAttnVarlenFunc.apply(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+        float(dropout_p), softmax_scale, bool(causal), _window(window_size), float(softcap),
+        alibi_slopes, bool(deterministic), bool(return_attn_probs and dropout_p > 0),
+        block_table)
+    if padded:
+        out = out[..., :head_dim]
+    return (out, lse, s_dmask) if return_attn_probs else out
+
+
+def flash_attn_qkvpacked_func(
+    qkv: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Attention over packed qkv (batch, seqlen, 3, nheads, headdim) (self-attention, MHA).
+
+    Returns out (batch, seqlen, nheads, headdim), or (out, softmax_lse, S_dmask) with
+    return_attn_probs. Gradients flow back into qkv.
+    """
+    q, k, v = qkv.unbind(dim=2)
+    return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_kvpacked_func(
+    q: Tensor,
+    kv: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Attention with q (batch, seqlen_q, nheads, headdim) and packed kv
+    (batch, seqlen_k, 2, nheads_k, headdim); nheads % nheads_k == 0 (GQA/MQA)."""
+    k, v = kv.unbind(dim=2)
+    return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Exact attention softmax(q k^T * softmax_scale) v.
+
+    Arguments:
+        q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim), with
+            nheads % nheads_k == 0 (GQA/MQA). fp16 or bf16 on the GPU; CPU tensors (fp32 too)
+            run on the CPU backend.
+        dropout_p: dropout probability on the attention weights (0.0 for evaluation).
+        softmax_scale: defaults to 1 / sqrt(headdim).
+        causal: causal mask aligned to the bottom-right corner of the score matrix.
+        window_size: (left, right) sliding window, -1 = unbounded; query i sees keys
+            [i + seqlen_k - seqlen_q - left, i + seqlen_k - seqlen_q + right].
+        softcap: > 0 applies softcap * tanh(scores / softcap).
+        alibi_slopes: fp32 (nheads,) or (batch, nheads); adds -slope * |i + seqlen_k - seqlen_q - j|.
+        deterministic: bitwise reproducible backward.
+        return_attn_probs: also return softmax_lse (batch, nheads, seqlen_q) fp32 and S_dmask
+            (the attention probabilities, negated where dropped, when dropout_p > 0; else an
+            empty tensor). For testing only.
+    Returns:
+        out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse, S_dmask).
+    """
+    return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, deterministic, return_attn_probs)
+
+
+def flash_attn_varlen_qkvpacked_func(
+    qkv: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Variable-length attention over packed qkv (total, 3, nheads, headdim).
+
+    cu_seqlens: (batch + 1,) int32 cumulative sequence lengths; max_seqlen: the longest sequence
+    (a Python int, so no device read is needed). softmax_lse is (nheads, total).
+    """
+    q, k, v = qkv.unbind(dim=1)
+    return _attn_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
+                        softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
+                        return_attn_probs, None)
+
+
+def flash_attn_varlen_kvpacked_func(
+    q: Tensor,
+    kv: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+):
+    """Variable-length attention with q (total_q, nheads, headdim) and packed kv
+    (total_k, 2, nheads_k, headdim)."""
+    k, v = kv.unbind(dim=1)
+    return _attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                        deterministic, return_attn_probs, None)
+
+
+def flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+    block_table: Optional[Tensor] = None,
+):
+    """Variable-length attention: q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim).
+
+    Sequence i owns rows cu_seqlens_q[i]:cu_seqlens_q[i+1] of q (and likewise of k, v);
+    causal and window masks are aligned per sequence. With block_table (batch, max_blocks) int32,
+    k and v are a paged cache (num_blocks, page_block_size, nheads_k, headdim) (forward only).
+    softmax_lse is (nheads, total_q).
+    """
+    return _attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                        deterministic, return_attn_probs, block_table)
+
+
+def flash_attn_with_kvcache(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    k: Optional[Tensor] = None,
+    v: Optional[Tensor] = None,
+    rotary_cos: Optional[Tensor] = None,
+    rotary_sin: Optional[Tensor] = None,
+    cache_seqlens: Optional[Union[int, Tensor]] = None,
+    cache_batch_idx: Optional[Tensor] = None,
+    cache_leftpad: Optional[Tensor] = None,
+    block_table: Optional[Tensor] = None,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    window_size: Tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    rotary_interleaved: bool = True,
+    alibi_slopes: Optional[Tensor] = None,
+    num_splits: int = 0,
+    return_softmax_lse: bool = False,
+):
+    """Attention of q against a KV cache, for incremental decoding (no backward).
+
+    If k, v (batch, seqlen_new, nheads_k, headdim) are given they are written into k_cache/v_cache
+    IN PLACE at positions cache_seqlens (rotated first when rotary_cos/sin are given), and
+    attention then covers the cache including them.
+
+    Arguments:
+        q: (batch, seqlen_q, nheads, headdim).
+        k_cache, v_cache: (batch_cache, seqlen_cache, nheads_k, headdim), or with block_table
+            (num_blocks, page_block_size, nheads_k, headdim).
+        rotary_cos, rotary_sin: (seqlen_ro, rotary_dim / 2); interleaved pairs or GPT-NeoX halves
+            (rotary_interleaved=False).
+        cache_seqlens: int or (batch,) int32: tokens already in each cache row.
+        cache_batch_idx: (batch,) int32 rows of the cache to use (default arange(batch)).
+        cache_leftpad: (batch,) int32 first valid cache index per row.
+        block_table: (batch, max_blocks_per_seq) int32 for a paged cache.
+        num_splits: split-KV chunks (0 = heuristic, 1 = no split).
+        return_softmax_lse: also return softmax_lse (batch, nheads, seqlen_q).
+    Returns:
+        out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse).
+    """
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"flashattn: {name} must have a contiguous last dimension "
+                             f"(stride(-1) == 1); it is updated in place so it cannot be copied")
+    if (k is None) != (v is None):
+        raise ValueError("flashattn: k and v must be given together (both or neither)")
+    head_dim = q.shape[-1]
+    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+    q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
+    cache_batch_idx = _maybe_contiguous(cache_batch_idx)
+    block_table = _maybe_contiguous(block_table)
+
+    if isinstance(cache_seqlens, int):
+        cache_seqlen, cache_seqlens = cache_seqlens, None
+    elif cache_seqlens is None:
+        if k is not None:
+            raise ValueError("flashattn: cache_seqlens is required when k, v are appended")
+        # Without lengths the whole cache is attended to (flash_attn's behaviour).
+        if block_table is not None:
+            cache_seqlen = block_table.shape[1] * k_cache.shape[1]
+        else:
+            cache_seqlen = k_cache.shape[1]
+    else:
+        cache_seqlen = 0
+
+    padded = _needs_padding(q)
+    kc, vc = k_cache, v_cache
+    if padded:
+        # Rare (head dims not a multiple of 8 on the GPU): run on padded copies of the cache and
+        # write the appended tokens back, as flash_attn does.
+        q, kc, vc = _pad_head_dim(q), _pad_head_dim(k_cache), _pad_head_dim(v_cache)
+        if k is not None:
+            k, v = _pad_head_dim(k), _pad_head_dim(v)
+    window = _window(window_size)
+    out, lse = torch.ops.flashattn.fwd_kvcache(
+        q, kc, vc, k, v, rotary_cos, rotary_sin, cache_seqlens, int(cache_seqlen),
+        cache_batch_idx, cache_leftpad, block_table, alibi_slopes, softmax_scale, bool(causal),
+        window[0], window[1], float(softcap), bool(rotary_interleaved), int(num_splits))
+    if padded:
+        out = out[..., :head_dim]
+        if k is not None:
+            k_cache.copy_(kc[..., :head_dim])
+            v_cache.copy_(vc[..., :head_dim])
+    return (out, lse) if return_softmax_lse else out

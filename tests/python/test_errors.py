@@ -1,0 +1,169 @@
+"""Bad arguments raise ValueError (or NotImplementedError for valid requests with no kernel)
+carrying a message that names the problem, and never crash; the library's own validation
+messages come through unchanged."""
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import flashattn  # noqa: E402
+from fa_testing import HAS_CUDA, requires_cuda, skip_unless_gpu_kernel  # noqa: E402
+
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=requires_cuda)]
+
+
+def _dtype(device):
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def _qkv(device, b=2, s=16, h=4, h_k=4, d=64, dtype=None):
+    dtype = dtype or _dtype(device)
+    return (torch.randn(b, s, h, d, device=device, dtype=dtype),
+            torch.randn(b, s, h_k, d, device=device, dtype=dtype),
+            torch.randn(b, s, h_k, d, device=device, dtype=dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wrong_dtype(device):
+    q, k, v = _qkv(device)
+    with pytest.raises(ValueError, match="dtype"):
+        flashattn.flash_attn_func(q.to(torch.int32), k.to(torch.int32), v.to(torch.int32))
+    with pytest.raises(ValueError, match="must share one dtype"):
+        flashattn.flash_attn_func(q, k.double(), v)
+
+
+@requires_cuda
+def test_fp32_on_gpu_is_rejected():
+    q, k, v = _qkv("cuda", dtype=torch.float32)
+    with pytest.raises(ValueError, match="float32"):
+        flashattn.flash_attn_func(q, k, v)
+
+
+@requires_cuda
+def test_device_mismatch():
+    q, k, v = _qkv("cuda")
+    with pytest.raises(ValueError, match="one device"):
+        flashattn.flash_attn_func(q, k.cpu(), v)
+    slopes = torch.ones(4)
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        flashattn.flash_attn_func(q, k, v, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shapes(device):
+    q, k, v = _qkv(device)
+    with pytest.raises(ValueError, match="shape"):
+        flashattn.flash_attn_func(q[0], k[0], v[0])  # rank 3
+    with pytest.raises(ValueError, match="batch"):
+        flashattn.flash_attn_func(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match="one shape"):
+        flashattn.flash_attn_func(q, k, v[:, :8])
+    with pytest.raises(ValueError, match="head dim"):
+        flashattn.flash_attn_func(q, k[..., :32], v[..., :32])
+    q3, k3, v3 = _qkv(device, h=6, h_k=4)
+    with pytest.raises(ValueError, match="h: 6 is not a multiple of h_k = 4"):
+        flashattn.flash_attn_func(q3, k3, v3)
+    qb, kb, vb = _qkv(device, d=264)
+    with pytest.raises(ValueError, match="d: 264 is out of range"):
+        flashattn.flash_attn_func(qb, kb, vb)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_options(device):
+    q, k, v = _qkv(device)
+    with pytest.raises(ValueError, match="window_size_left"):
+        flashattn.flash_attn_func(q, k, v, window_size=(-3, 0))
+    with pytest.raises(ValueError, match="p_dropout"):
+        flashattn.flash_attn_func(q, k, v, dropout_p=1.0)
+    with pytest.raises(ValueError, match="softcap"):
+        flashattn.flash_attn_func(q, k, v, dropout_p=0.1, softcap=2.0)
+    with pytest.raises(ValueError, match="window_size"):
+        flashattn.flash_attn_func(q, k, v, window_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="alibi_slopes must be float32"):
+        flashattn.flash_attn_func(q, k, v, alibi_slopes=torch.ones(4, device=device).half())
+    with pytest.raises(ValueError, match="alibi_slopes must have shape"):
+        flashattn.flash_attn_func(q, k, v, alibi_slopes=torch.ones(3, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strides(device):
+    q, k, v = _qkv(device)
+    ops = torch.ops.flashattn
+    # The op itself needs a contiguous last dimension ...
+    qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert qt.stride(-1) != 1
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        ops.fwd(qt, k, v, None, 0.0, 0.125, False, -1, -1, 0.0, False)
+    # ... while the public function copies such inputs, as flash_attn does.
+    torch.testing.assert_close(flashattn.flash_attn_func(qt, k, v),
+                               flashattn.flash_attn_func(q, k, v), atol=0, rtol=0)
+    # Transposed storage (b, h, s, d) with a contiguous last dim runs as is.
+    q_bhsd = q.transpose(1, 2).contiguous().transpose(1, 2)
+    torch.testing.assert_close(flashattn.flash_attn_func(q_bhsd, k, v),
+                               flashattn.flash_attn_func(q, k, v), atol=0, rtol=0)
+
+
+@requires_cuda
+def test_misaligned_stride_on_gpu():
+    skip_unless_gpu_kernel(64, torch.bfloat16)
+    # Rows of 68 elements: the head stride of a (.., 64) slice is not a multiple of 8.
+    big = torch.randn(2, 16, 4, 68, device="cuda", dtype=torch.bfloat16)
+    q = big[..., :64]
+    with pytest.raises(ValueError, match="multiple of 8"):
+        flashattn.flash_attn_func(q, q, q)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_varlen_errors(device):
+    dtype = _dtype(device)
+    q = torch.randn(30, 4, 64, device=device, dtype=dtype)
+    cu = torch.tensor([0, 10, 30], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match="cu_seqlens_q must be int32"):
+        flashattn.flash_attn_varlen_func(q, q, q, cu.long(), cu, 20, 20)
+    with pytest.raises(ValueError, match="batch \\+ 1"):
+        flashattn.flash_attn_varlen_func(q, q, q, cu, cu[:2], 20, 20)
+    with pytest.raises(ValueError, match="shape"):
+        flashattn.flash_attn_varlen_func(q[None], q[None], q[None], cu, cu, 20, 20)
+    if device == "cpu":  # values of host index arrays are checked by the library
+        with pytest.raises(ValueError, match="seqlen_q must be the maximum"):
+            flashattn.flash_attn_varlen_func(q, q, q, cu, cu, 5, 20)
+        bad = torch.tensor([0, 12, 31], dtype=torch.int32)
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            flashattn.flash_attn_varlen_func(q, q, q, bad, bad, 20, 20)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kvcache_errors(device):
+    dtype = _dtype(device)
+    q = torch.randn(2, 1, 4, 64, device=device, dtype=dtype)
+    kc = torch.randn(2, 32, 4, 64, device=device, dtype=dtype)
+    kn = torch.randn(2, 1, 4, 64, device=device, dtype=dtype)
+    with pytest.raises(ValueError, match="cache_seqlens is required"):
+        flashattn.flash_attn_with_kvcache(q, kc, kc.clone(), kn, kn)
+    with pytest.raises(ValueError, match="together"):
+        flashattn.flash_attn_with_kvcache(q, kc, kc.clone(), kn, None, cache_seqlens=3)
+    kt = kc.transpose(-1, -2).contiguous().transpose(-1, -2)
+    with pytest.raises(ValueError, match="contiguous last dimension"):
+        flashattn.flash_attn_with_kvcache(q, kt, kc, cache_seqlens=3)
+    if device == "cpu":
+        seqlens = torch.tensor([32, 3], dtype=torch.int32)  # 32 + 1 new > 32 slots
+        with pytest.raises(ValueError, match="cache_seqlens\\[0\\]"):
+            flashattn.flash_attn_with_kvcache(q, kc, kc.clone(), kn, kn, cache_seqlens=seqlens)
+
+
+@requires_cuda
+def test_head_dim_not_built_is_not_implemented():
+    info = flashattn.build_info()
+    missing = [d for d in (32, 64, 96, 128, 192, 256) if d not in info["head_dims"]]
+    if not missing:
+        pytest.skip("every head dim kernel is built")
+    q, k, v = _qkv("cuda", d=missing[-1])
+    with pytest.raises(NotImplementedError, match="flashattn"):
+        flashattn.flash_attn_func(q, k, v)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour without a GPU")
+def test_no_crash_without_gpu():
+    # Without a GPU every call runs on the CPU backend; a CUDA tensor cannot even be made.
+    q, k, v = _qkv("cpu")
+    assert flashattn.flash_attn_func(q, k, v).shape == q.shape
