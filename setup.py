@@ -153,7 +153,32 @@ def _drop_static_libstdcxx() -> None:
         os.environ["LDFLAGS"] = " ".join(f for f in flags if f != "-static-libstdc++")
 
 
+def _use_toolchain_with_shared_libstdcxx() -> None:
+    """The other way to end up with a private libstdc++: a CXX whose toolchain ships only the
+    static libstdc++.a (seen on the project's GPU image: CXX=/opt/gcc/bin/g++), so `-lstdc++`
+    silently links it statically. Ask the compiler where its shared libstdc++ is; if it has
+    none, build with the system compiler instead (the one torch's own libstdc++ comes from)."""
+    cxx = os.environ.get("CXX")
+    if not cxx:
+        return
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+    except OSError:
+        return
+    if os.path.isabs(found):
+        return
+    for cxx_fallback, cc_fallback in (("/usr/bin/g++", "/usr/bin/gcc"), ("/usr/bin/c++", "/usr/bin/cc")):
+        if os.path.exists(cxx_fallback):
+            print(f"flashattn: CXX={cxx} has no shared libstdc++; building with {cxx_fallback}",
+                  flush=True)
+            os.environ["CXX"] = cxx_fallback
+            os.environ["CC"] = cc_fallback
+            return
+
+
 _drop_static_libstdcxx()
+_use_toolchain_with_shared_libstdcxx()
 TORCH_CUDA = _torch_cuda()
 Extension = CUDAExtension if TORCH_CUDA else CppExtension
 ext_modules = [
