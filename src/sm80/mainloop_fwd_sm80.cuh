@@ -27,7 +27,9 @@
 //  - kDropout: after the online softmax of a tile, P is zeroed where the shared Philox stream
 //    drops (dropout_sm80.cuh), right before the P V gemm; the row sums stay un-dropped, so the
 //    LSE is the un-dropped one and 1 / (1 - p) is folded into the final 1 / l.
-// Split-KV only narrows [n_block_min, n_block_max) (kernel_fwd_sm80.cuh).
+//  - kSplit: warps whose query rows are all past seqlen_q skip their gemms and softmax (see
+//    warp_active in run()); split-KV itself only narrows [n_block_min, n_block_max)
+//    (kernel_fwd_sm80.cuh).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -104,27 +106,29 @@ struct MainloopFwdSm80 {
   // Paged K or V block (keys n0 .. n0 + kBlockN - 1 of the sequence) gmem -> smem with cp.async.
   // Each thread copies whole 16-byte vectors of a few rows; a row's address is
   //   base + block_table[t / page] * page_stride + (t % page) * row_stride,   t = n0 + row,
-  // looked up per row when a page is smaller than (or not aligned to) the key block, and once
-  // per tile when every key block lies inside one page (args.page_holds_tiles: page % kBlockN
-  // == 0), since then the rows of the tile are consecutive rows of one page. Rows >= max_rows
-  // (kCheckRows) and columns off in pred_k are zero-filled without reading the block table or
-  // memory: entries past a sequence's last page need not be valid.
-  template <bool kCheckRows, class TiledCopy, class VecLayout, class TensorD, class TensorC,
-            class TensorP>
+  // per row when a page is smaller than (or not aligned to) the key block, and per tile when
+  // every key block lies inside one page (args.page_holds_tiles: page % kBlockN == 0), since then
+  // the rows of the tile are consecutive rows of one page. The block-table entries come from
+  // fetch_pages (entry[m]: copy row m's page; entry[0]: the tile's page), fetched ahead of the
+  // copy. Rows >= max_rows (kCheckRows) and columns off in pred_k are zero-filled without
+  // reading memory.
+  template <bool kCheckRows, int kRows, class TiledCopy, class VecLayout, class TensorD,
+            class TensorC, class TensorP>
   __forceinline__ __device__ void copy_kv_paged(FwdArgsSm80 const& args, TiledCopy const& tiled_copy,
                                                 VecLayout const& vec_layout, const Element* base,
                                                 int64_t page_stride, int64_t row_stride,
-                                                const int* block_table, int n0, TensorD&& dst,
+                                                int const (&entry)[kRows], int n0, TensorD&& dst,
                                                 TensorC const& coord, TensorP const& pred_k,
                                                 int max_rows) const {
+    static_assert(kRows == decltype(size<1>(dst))::value);
     int64_t tile_offset = 0;
     if (args.page_holds_tiles) {
       int page, row_in_page;
       page_divmod(args, n0, &page, &row_in_page);
-      tile_offset = int64_t(block_table[page]) * page_stride + int64_t(row_in_page) * row_stride;
+      tile_offset = int64_t(entry[0]) * page_stride + int64_t(row_in_page) * row_stride;
     }
     CUTE_UNROLL
-    for (int m = 0; m < size<1>(dst); ++m) {
+    for (int m = 0; m < kRows; ++m) {
       const int row = get<0>(coord(0, m, 0));
       const bool row_ok = !kCheckRows || row < max_rows;
       const Element* row_ptr = base;
@@ -133,12 +137,41 @@ struct MainloopFwdSm80 {
       } else if (row_ok) {
         int page, row_in_page;
         page_divmod(args, n0 + row, &page, &row_in_page);
-        row_ptr = base + int64_t(block_table[page]) * page_stride + int64_t(row_in_page) * row_stride;
+        row_ptr = base + int64_t(entry[m]) * page_stride + int64_t(row_in_page) * row_stride;
       }
       CUTE_UNROLL
       for (int k = 0; k < size<2>(dst); ++k) {
         Tensor src = make_tensor(make_gmem_ptr(row_ptr + get<1>(coord(0, m, k))), vec_layout);
         copy(tiled_copy.with(row_ok && pred_k(k)), src, dst(_, m, k));
+      }
+    }
+  }
+
+  // The block-table entries copy_kv_paged needs for key block n0 (one per copy row, or one per
+  // tile when pages hold whole tiles). One fetch serves both the K and the V copy of the block,
+  // and with kStages = 1 the main loop issues it a whole S = Q K^T ahead of the first copy that
+  // uses it: a cp.async cannot be issued before its row address, so a lookup at copy time put
+  // the block-table load latency in front of every K and V tile (decode page 16: 0.89-0.95x ->
+  // 0.92-0.98x of contiguous). Rows >= max_rows (kCheckRows) read nothing: entries past a
+  // sequence's last page need not be valid.
+  template <bool kCheckRows, int kRows, class TensorC>
+  __forceinline__ __device__ void fetch_pages(FwdArgsSm80 const& args, const int* block_table,
+                                              int n0, TensorC const& coord, int max_rows,
+                                              int (&entry)[kRows]) const {
+    if (args.page_holds_tiles) {
+      int page, row_in_page;
+      page_divmod(args, n0, &page, &row_in_page);
+      entry[0] = block_table[page];
+      return;
+    }
+    CUTE_UNROLL
+    for (int m = 0; m < kRows; ++m) {
+      const int row = get<0>(coord(0, m, 0));
+      entry[m] = 0;
+      if (!kCheckRows || row < max_rows) {
+        int page, row_in_page;
+        page_divmod(args, n0 + row, &page, &row_in_page);
+        entry[m] = block_table[page];
       }
     }
   }
@@ -225,6 +258,20 @@ struct MainloopFwdSm80 {
     // Query rows past the sequence end are zero-filled and never stored; they are left out of
     // the "fully visible" test so that the last row block still takes the unmasked path.
     const int m_end = min(m0 + kBlockM, seq.seqlen_q);
+    // Split-capable kernels serve decode, where a 128-row tile holds only the few query rows of
+    // one GQA group (s_q * h / h_k): most warps would run their MMAs and softmax on zero-filled
+    // rows that are never stored, which made long-KV decode compute-bound. A warp none of whose
+    // rows is below m_end skips both gemms and the softmax (a warp-uniform vote, so no
+    // divergence inside a warp) but still issues its share of every cp.async and reaches every
+    // barrier. Its O stays 0 and its row sums 0, which finalize() maps to rows the epilogues
+    // skip (row < rows_left). The plain kernels keep the unconditional path.
+    bool warp_active = true;
+    if constexpr (Features::kSplit) {
+      bool has_row = false;
+      CUTE_UNROLL
+      for (int i = 0; i < size(tScS); ++i) has_row |= m0 + get<0>(tScS(i)) < m_end;
+      warp_active = __any_sync(0xffffffffu, has_row);
+    }
 
     // K and V block copies into a smem stage. Contiguous: the tiled partitions above. Paged:
     // every row's address from the block table (copy_kv_paged). kCheckRows zero-fills the rows
@@ -237,11 +284,20 @@ struct MainloopFwdSm80 {
       v_page_base = static_cast<const Element*>(p.v_ptr) + int64_t(bidh_kv) * p.v_head_stride;
       block_table = p.block_table + int64_t(blk.bidb) * p.block_table_batch_stride;
     }
+    // Block-table entries of the key block whose copies are next (paged only).
+    constexpr int kCopyRows = decltype(size<1>(tKsK))::value;
+    int page_entry[kCopyRows];
+    auto fetch_pages_of = [&](int n_block, auto check_rows, int max_rows) {
+      if constexpr (kPaged) {
+        fetch_pages<decltype(check_rows)::value>(args, block_table, n_block * kBlockN, tKVcKV,
+                                                 max_rows, page_entry);
+      }
+    };
     auto load_k = [&](int n_block, int stage, auto check_rows, int max_rows) {
       constexpr bool kCheck = decltype(check_rows)::value;
       if constexpr (kPaged) {
         copy_kv_paged<kCheck>(args, gmem_tiled_copy, tKgK(_, 0, 0, 0).layout(), k_page_base, p.k_batch_stride,
-                              p.k_row_stride, block_table, n_block * kBlockN,
+                              p.k_row_stride, page_entry, n_block * kBlockN,
                               tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
         copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
@@ -252,7 +308,7 @@ struct MainloopFwdSm80 {
       constexpr bool kCheck = decltype(check_rows)::value;
       if constexpr (kPaged) {
         copy_kv_paged<kCheck>(args, gmem_tiled_copy, tVgV(_, 0, 0, 0).layout(), v_page_base, p.v_batch_stride,
-                              p.v_row_stride, block_table, n_block * kBlockN,
+                              p.v_row_stride, page_entry, n_block * kBlockN,
                               tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
         copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
@@ -277,6 +333,7 @@ struct MainloopFwdSm80 {
     const int rows_last = seq.seqlen_k - n_block * kBlockN;
     constexpr int kLastStage = 0;  // stage of block n_max - 1 (stages are relative to it)
     copy_zfill<true>(gmem_tiled_copy, tQgQ, tQsQ, tQcQ, tpD, seq.seqlen_q - m0);
+    fetch_pages_of(n_block, cute::true_type{}, rows_last);
     load_k(n_block, kLastStage, cute::true_type{}, rows_last);
     if constexpr (kStages == 2) load_v(n_block, kLastStage, cute::true_type{}, rows_last);
     cp_async_fence();
@@ -315,29 +372,36 @@ struct MainloopFwdSm80 {
         // P V), so that stage may take block n - 1, which then has a whole block to land.
         __syncthreads();
         if (n_block > n_block_min) {
+          fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
           load_k(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
           load_v(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
-                smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
-        score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
-        softmax_pv(acc_s, stage, masked, n0);
+        if (warp_active) {
+          gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
+                  smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+          score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+          softmax_pv(acc_s, stage, masked, n0);
+        }
       } else {
         __syncthreads();  // K[n] visible to every warp; every warp done with the last P V (sV free)
         // A partial block (the seqlen_k residue) is always a masked one: col_end <= seqlen_k.
         load_v(n_block, 0, masked, kMasked ? seq.seqlen_k - n0 : kBlockN);
         cp_async_fence();
-        gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, 0), tiled_mma, smem_tiled_copy_q,
-                smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
-        score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+        // Block n - 1's pages, in flight during this block's S = Q K^T (n - 1 is never partial).
+        if (n_block > n_block_min) fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
+        if (warp_active) {
+          gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, 0), tiled_mma, smem_tiled_copy_q,
+                  smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+          score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+        }
         cp_async_wait<0>();
         __syncthreads();  // V[n] visible; every warp done reading sK, so K[n - 1] may overwrite it
         if (n_block > n_block_min) {
           load_k(n_block - 1, 0, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        softmax_pv(acc_s, 0, masked, n0);
+        if (warp_active) softmax_pv(acc_s, 0, masked, n0);
       }
     };
 
