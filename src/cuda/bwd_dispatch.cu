@@ -1,7 +1,7 @@
 // Runtime -> template dispatch of the GPU backward: checks that the request is inside what the
 // SM80-path backward covers (returning kNotSupported, never different math, for the rest), rounds
 // the head dim up to a compiled kernel and calls that (dtype, head dim) instantiation. The
-// remaining compile-time features (softcap, ALiBi) are picked inside the instantiation.
+// remaining compile-time features (softcap, ALiBi, dropout) are picked inside the instantiation.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,7 +25,6 @@ Status not_implemented(const std::string& what) {
 }  // namespace
 
 Status run_mha_bwd(const BwdParams& p) {
-  if (p.p_dropout > 0.f) return not_implemented("dropout (p_dropout > 0)");
   if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +

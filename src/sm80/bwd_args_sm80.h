@@ -15,6 +15,10 @@ struct BwdArgsSm80 {
   float scale_log2 = 1.f;        // softmax_scale * log2(e)
   float softcap_prescale = 0.f;  // softmax_scale / softcap
   float cap_log2 = 0.f;          // softcap * log2(e)
+  // Dropout (p_dropout > 0): keep iff the Philox word < threshold (common/philox.h), kept
+  // probabilities scaled by rp_dropout = 1 / (1 - p).
+  float rp_dropout = 1.f;
+  uint32_t dropout_threshold = 0xFFFFFFFFu;
   int h_h_k_ratio = 1;           // query heads per kv head
   int num_n_blocks = 0;          // ceil(seqlen_k / kBlockN), seqlen_k the (max) key length
   int rows_q = 0;                // rows of q: b * seqlen_q (dense) or total_q (varlen)
@@ -22,7 +26,10 @@ struct BwdArgsSm80 {
   int d_accum = 0;               // head-dim stride of the fp32 buffers (the kernel's kHeadDim)
 
   // Workspace (fp32).
-  float* dq_accum = nullptr;     // [rows_q, h, d_accum], zeroed by the preprocess, atomics
+  // dQ partials: one kBlockM x d_accum tile per (head, sequence, query block) in accumulator
+  // order (BwdKernelTraitsSm80::dq_accum_index), zeroed before the main kernel, atomics.
+  float* dq_accum = nullptr;
+  int64_t dq_tiles_per_head = 0;  // tile (bidb, bidh, m) = bidh * dq_tiles_per_head + tile0(bidb) + m
   float* dsum = nullptr;         // D = rowsum(dO * O), laid out like the LSE
   // GQA/MQA only (null when h == h_k): scaled dK / dV of every QUERY head, [rows_k, h, d_accum],
   // summed over each kv head's group in a fixed order by the postprocess (deterministic).

@@ -10,22 +10,32 @@
 namespace flashattn::sm80 {
 
 // Runs the backward for params p (resolved, validated, and checked by the dispatch to be within
-// this kernel's coverage: kDtype matches, d <= kHeadDim, d % 8 == 0, no dropout / paging)
+// this kernel's coverage: kDtype matches, d <= kHeadDim, d % 8 == 0, no paging)
 // on p.stream: preprocess, main kernel, postprocess, with an fp32 workspace
 // allocated and freed stream-ordered (cudaMallocAsync / cudaFreeAsync on p.stream).
 template <DType kDtype, int kHeadDim>
 Status run_bwd_sm80(const BwdParams& p);
 
 // The fp32 workspace of one backward call, in floats (each part starts 16-byte aligned):
-//   dq_accum  rows_q * h * d_r           (d_r = the kernel's head dim, >= d)
+//   dq_accum  h * dq_tiles_per_head * block_m * d_r   (d_r = the kernel's head dim, >= d): one
+//             block_m x d_r tile per (head, sequence, query block), in the dQ gemm's
+//             accumulator order (kernel_traits_bwd_sm80.cuh); dense: b * ceil(s_q / block_m)
+//             tiles per head, varlen: total_q / block_m + b (sequence i's tiles start at
+//             cu_seqlens_q[i] / block_m + i, so no two sequences share a tile)
 //   dsum      rows_q * h                 (D = rowsum(dO * O))
 //   dk_accum, dv_accum  rows_k * h * d_r each, GQA/MQA only (h != h_k)
 //   dq_semaphore  b * h * ceil(seqlen_q / block_m) int32, deterministic mode only
 // with rows_q = b * s_q or total_q, rows_k = b * s_k or total_k.
 struct BwdWorkspaceSm80 {
   int64_t dq_accum = 0, dsum = 0, dk_accum = 0, dv_accum = 0, dq_semaphore = 0;  // offsets in floats
+  int64_t dq_tiles_per_head = 0;
   int64_t num_semaphores = 0;
   int64_t total = 0;                                                             // floats
+
+  static int64_t tiles_per_head(const BwdParams& p, int block_m) {
+    if (p.cu_seqlens_q != nullptr) return int64_t(p.total_q) / block_m + p.b;
+    return int64_t(p.b) * ((p.seqlen_q + block_m - 1) / block_m);
+  }
 
   static BwdWorkspaceSm80 make(const BwdParams& p, int head_dim_rounded, int block_m) {
     const bool varlen = p.cu_seqlens_q != nullptr;
@@ -33,8 +43,9 @@ struct BwdWorkspaceSm80 {
     const int64_t rows_k = varlen ? int64_t(p.total_k) : int64_t(p.b) * p.seqlen_k;
     auto up4 = [](int64_t n) { return (n + 3) / 4 * 4; };
     BwdWorkspaceSm80 w;
+    w.dq_tiles_per_head = tiles_per_head(p, block_m);
     w.dq_accum = 0;
-    w.dsum = up4(rows_q * p.h * head_dim_rounded);
+    w.dsum = up4(int64_t(p.h) * w.dq_tiles_per_head * block_m * head_dim_rounded);
     int64_t end = w.dsum + up4(rows_q * p.h);
     if (p.h != p.h_k) {
       w.dk_accum = end;

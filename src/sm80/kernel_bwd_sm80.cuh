@@ -52,7 +52,7 @@ struct EpilogueBwdSm80 {
   template <class TensordK, class TensordV>
   __forceinline__ __device__ void store(BwdArgsSm80 const& args, SeqlenInfo const& seq,
                                         BwdBlockCoordSm80 const& blk, int rows_left,
-                                        TensordK& acc_dk, TensordV const& acc_dv) const {
+                                        TensordK& acc_dk, TensordV& acc_dv) const {
     const BwdParams& p = args.p;
     const bool varlen = p.cu_seqlens_q != nullptr;
     const int n0 = blk.n_block * kBlockN;
@@ -62,6 +62,11 @@ struct EpilogueBwdSm80 {
     static_assert(decltype(size<0>(acc_dk))::value % 2 == 0);
     CUTE_UNROLL
     for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= p.softmax_scale;
+    if (p.p_dropout > 0.f) {
+      // dV accumulated (P Z)^T dO: the kept probabilities' 1 / (1 - p), applied once.
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_dv); ++i) acc_dv(i) *= args.rp_dropout;
+    }
 
     if (args.dk_accum == nullptr) {
       const int bidh_kv = blk.bidh / args.h_h_k_ratio;

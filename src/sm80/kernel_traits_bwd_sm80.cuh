@@ -21,8 +21,11 @@ namespace flashattn::sm80 {
 
 using namespace cute;
 
+// kDqAtomics_: how the dQ partials are added (dq_accum_index below): 0 = 16-byte vector atomics
+// where the arch has them (sm_90), else scalar; 1 = scalar; 2 = not at all (timing experiments
+// of benchmarks/cpp/bwd_bench_sm80.cu only: dQ is then wrong).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV,
-          int kAtomMdQ, typename Element_>
+          int kAtomMdQ, int kStages_, typename Element_, int kDqAtomics_ = 0>
 struct BwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -32,6 +35,8 @@ struct BwdKernelTraitsSm80 {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kStages = kStages_;  // Q / dO buffers (tile_size_bwd_sm80.h)
+  static_assert(kStages == 1 || kStages == 2);
   static_assert(kHeadDim % 32 == 0);
   static_assert(kNWarps % kAtomMSdP == 0 && kNWarps % kAtomNdKV == 0 && kNWarps % kAtomMdQ == 0);
 
@@ -88,6 +93,28 @@ struct BwdKernelTraitsSm80 {
   using GmemTiledCopy = decltype(make_tiled_copy(
       Copy_Atom<SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>, Element>{}, GmemLayoutAtom{},
       Layout<Shape<_1, Int<kGmemElemsPerLoad>>>{}));
+
+  // The fp32 dQ partial of one query block (kBlockM x kHeadDim) in the dq_accum workspace: not
+  // row-major but in the dQ gemm's accumulator order, so each thread adds its fragment with
+  // fully coalesced atomics: sm_90 (red.global.add.v4.f32): value i of thread t at
+  // (i / 4) * 4 * kNThreads + 4 * t + i % 4, a warp covering 512 contiguous bytes per
+  // instruction; sm_80 (scalar red): at i * kNThreads + t, 128 contiguous bytes per instruction.
+  // The main kernel and the postprocess (which un-permutes) use the same function, compiled for
+  // the same arch, so the order never leaks out of one device's run.
+  static constexpr int kDqTileElems = kBlockM * kHeadDim;
+  static constexpr int kDqAtomics = kDqAtomics_;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static constexpr bool kDqVectorAtomics = kDqAtomics == 0;
+#else
+  static constexpr bool kDqVectorAtomics = false;
+#endif
+  __forceinline__ __device__ static int dq_accum_index(int tid, int i) {
+    if constexpr (kDqVectorAtomics) {
+      return (i / 4) * (4 * kNThreads) + 4 * tid + (i % 4);
+    } else {
+      return i * kNThreads + tid;
+    }
+  }
 
   static constexpr int kSmemQdO = int(cosize_v<SmemLayoutQdO>) * int(sizeof(Element));
   static constexpr int kSmemKV = int(cosize_v<SmemLayoutKV>) * int(sizeof(Element));

@@ -1,5 +1,6 @@
 // Launch of the SM80-path backward: picks the tile policy for the head dim and the compile-time
-// features (softcap, ALiBi), allocates the fp32 workspace stream-ordered on p.stream, and runs
+// features (softcap, ALiBi, dropout), allocates the fp32 workspace stream-ordered on p.stream,
+// and runs
 //   1. cudaMemsetAsync(dq_accum, 0) and the preprocess (D = rowsum(dO * O)),
 //   2. the main kernel (one CTA per key block, head, sequence),
 //   3. the postprocess (dQ = scale * dq_accum in the dtype; GQA: the dK / dV group sums),
@@ -13,6 +14,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/philox.h"
 #include "cuda/cuda_check.h"
 #include "sm80/bwd_args_sm80.h"
 #include "sm80/bwd_postprocess_sm80.cuh"
@@ -29,9 +31,9 @@ template <DType kDtype>
 using BwdElementOf =
     std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
-template <class Traits, bool kHasSoftcap, bool kHasAlibi>
+template <class Traits, bool kHasSoftcap, bool kHasAlibi, bool kHasDropout>
 Status launch_bwd_main_sm80(const BwdArgsSm80& args) {
-  using Mainloop = MainloopBwdSm80<Traits, kHasSoftcap, kHasAlibi>;
+  using Mainloop = MainloopBwdSm80<Traits, kHasSoftcap, kHasAlibi, kHasDropout>;
   using Kernel = FlashAttnBwdSm80<Traits, Mainloop, EpilogueBwdSm80<Traits>, TileSchedulerBwdSm80>;
   auto* kernel = &flash_bwd_sm80_kernel<Kernel>;
   constexpr int kSmem = Kernel::kSmemSize;
@@ -44,7 +46,9 @@ Status launch_bwd_main_sm80(const BwdArgsSm80& args) {
   return Status::ok_status();
 }
 
-template <class Traits>
+// kPlainOnly: compile only the main kernel without softcap / ALiBi / dropout (the timing tools'
+// variants: a sixth of the compile time); other requests return kNotSupported.
+template <class Traits, bool kPlainOnly = false>
 Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
   using Element = typename Traits::Element;
   const BwdParams& p = args.p;
@@ -54,7 +58,8 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
 
   if (args.rows_q > 0) {
     FA_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0,
-                                  sizeof(float) * size_t(args.rows_q) * p.h * args.d_accum, stream));
+                                  sizeof(float) * size_t(p.h) * args.dq_tiles_per_head *
+                                      Traits::kDqTileElems, stream));
     if (args.dq_semaphore != nullptr) {
       FA_CUDA_CHECK(cudaMemsetAsync(args.dq_semaphore, 0,
                                     sizeof(int) * size_t(p.b) * p.h * args.num_m_blocks, stream));
@@ -64,18 +69,31 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
     FA_CUDA_CHECK_LAUNCH("flash_bwd_dot_do_o_sm80_kernel");
   }
   if (args.num_n_blocks > 0) {
+    // Dropout never comes with softcap (validated), so 6 of the 8 combinations exist.
     const bool has_softcap = p.softcap > 0.f;
     const bool has_alibi = p.alibi_slopes != nullptr;
-    Status s = has_softcap
-        ? (has_alibi ? launch_bwd_main_sm80<Traits, true, true>(args)
-                     : launch_bwd_main_sm80<Traits, true, false>(args))
-        : (has_alibi ? launch_bwd_main_sm80<Traits, false, true>(args)
-                     : launch_bwd_main_sm80<Traits, false, false>(args));
+    const bool has_dropout = p.p_dropout > 0.f;
+    Status s = Status::not_supported("softcap / ALiBi / dropout in a kPlainOnly build");
+    if constexpr (kPlainOnly) {
+      if (!has_softcap && !has_alibi && !has_dropout)
+        s = launch_bwd_main_sm80<Traits, false, false, false>(args);
+    } else {
+      s = has_dropout
+        ? (has_alibi ? launch_bwd_main_sm80<Traits, false, true, true>(args)
+                     : launch_bwd_main_sm80<Traits, false, false, true>(args))
+        : has_softcap
+        ? (has_alibi ? launch_bwd_main_sm80<Traits, true, true, false>(args)
+                     : launch_bwd_main_sm80<Traits, true, false, false>(args))
+        : (has_alibi ? launch_bwd_main_sm80<Traits, false, true, false>(args)
+                     : launch_bwd_main_sm80<Traits, false, false, false>(args));
+    }
     if (!s.ok()) return s;
   }
-  if (args.rows_q > 0) {
-    flash_bwd_convert_dq_sm80_kernel<Element>
-        <<<blocks_for(int64_t(args.rows_q) * p.h), kThreads, 0, stream>>>(args);
+  if (args.rows_q > 0 && args.num_m_blocks > 0) {
+    // One CTA per dq_accum tile (query block, head, sequence), the main kernel's thread count:
+    // thread t reads back exactly the fragment values thread t added.
+    const dim3 grid(unsigned(args.num_m_blocks), unsigned(p.h), unsigned(p.b));
+    flash_bwd_convert_dq_sm80_kernel<Traits><<<grid, Traits::kNThreads, 0, stream>>>(args);
     FA_CUDA_CHECK_LAUNCH("flash_bwd_convert_dq_sm80_kernel");
   }
   if (args.dk_accum != nullptr && args.rows_k > 0) {
@@ -86,43 +104,55 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
   return Status::ok_status();
 }
 
-template <DType kDtype, int kHeadDim>
-Status run_bwd_sm80(const BwdParams& p) {
-  constexpr TileSizeBwdSm80 kTile = tile_size_bwd_sm80(kHeadDim);
-  using Traits = BwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
-                                     kTile.atom_m_sdp, kTile.atom_n_dkv, kTile.atom_m_dq,
-                                     BwdElementOf<kDtype>>;
+// The whole backward with one kernel configuration (the benchmark tools time variants through
+// this entry; the library goes through run_bwd_sm80 and the tile policy).
+template <class Traits, bool kPlainOnly = false>
+Status run_bwd_with_traits_sm80(const BwdParams& p) {
   const bool varlen = p.cu_seqlens_q != nullptr;
   BwdArgsSm80 args;
   args.p = p;
   args.scale_log2 = p.softmax_scale * float(M_LOG2E);
   args.softcap_prescale = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
   args.cap_log2 = p.softcap * float(M_LOG2E);
+  if (p.p_dropout > 0.f) {
+    args.rp_dropout = 1.f / (1.f - p.p_dropout);
+    args.dropout_threshold = dropout_threshold(p.p_dropout);
+  }
   args.h_h_k_ratio = p.h / p.h_k;
-  args.num_n_blocks = (p.seqlen_k + kTile.block_n - 1) / kTile.block_n;
+  args.num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   args.rows_q = varlen ? p.total_q : p.b * p.seqlen_q;
   args.rows_k = varlen ? p.total_k : p.b * p.seqlen_k;
-  args.d_accum = kHeadDim;
+  args.d_accum = Traits::kHeadDim;
   if (p.b == 0 || p.h == 0 || (args.rows_q == 0 && args.rows_k == 0)) return Status::ok_status();
 
-  args.num_m_blocks = (p.seqlen_q + kTile.block_m - 1) / kTile.block_m;
-  const BwdWorkspaceSm80 ws = BwdWorkspaceSm80::make(p, kHeadDim, kTile.block_m);
+  args.num_m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const BwdWorkspaceSm80 ws = BwdWorkspaceSm80::make(p, Traits::kHeadDim, Traits::kBlockM);
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   float* base = nullptr;
   FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&base), sizeof(float) * size_t(ws.total), stream));
   args.dq_accum = base + ws.dq_accum;
+  args.dq_tiles_per_head = ws.dq_tiles_per_head;
   args.dsum = base + ws.dsum;
   if (p.h != p.h_k) {
     args.dk_accum = base + ws.dk_accum;
     args.dv_accum = base + ws.dv_accum;
   }
   if (p.deterministic) args.dq_semaphore = reinterpret_cast<int*>(base + ws.dq_semaphore);
-  const Status s = launch_bwd_kernels_sm80<Traits>(args);
+  const Status s = launch_bwd_kernels_sm80<Traits, kPlainOnly>(args);
   // Freed even after a failed launch (stream-ordered: after whatever was queued before).
   const cudaError_t free_err = cudaFreeAsync(base, stream);
   if (!s.ok()) return s;
   FA_CUDA_CHECK(free_err);
   return Status::ok_status();
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_bwd_sm80(const BwdParams& p) {
+  constexpr TileSizeBwdSm80 kTile = tile_size_bwd_sm80(kHeadDim);
+  using Traits = BwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
+                                     kTile.atom_m_sdp, kTile.atom_n_dkv, kTile.atom_m_dq,
+                                     kTile.stages, BwdElementOf<kDtype>>;
+  return run_bwd_with_traits_sm80<Traits>(p);
 }
 
 }  // namespace flashattn::sm80

@@ -8,24 +8,55 @@
 //   dQ       64 * 128 / 256 = 32 fp32 (after S / dP are dead),
 // which is FlashAttention-2's own budget at d = 128 (one CTA per SM, 255 registers per thread).
 // At d = 192, 256 dK + dV alone would take 192 / 256 fp32 with 128 keys: 64 keys halve that.
-// Shared memory (16-bit): Q and dO (kBlockM x d each), K and V (kBlockN x d each), P and dS
-// (kBlockM x kBlockN each): 80 KB at d = 64, 128 KB at d = 128, 144 KB at d = 256.
+//
+// Warp layouts: each of the five gemms reads both operands from shared memory with ldmatrix, and
+// that traffic (128 B / clock / SM) is the larger of the two pipe loads of a step
+// (docs/sm80_backward.md counts it: ~640 KB per 64 x 128 x 128 step, 5000 clocks, against 3900
+// for the mma.sync). A warp tile of R x C outputs over a k-extent K reads (R + C) * K * 2 bytes,
+// so each gemm takes the squarest warp tile its shape allows:
+//   S, dP  (kBlockM x kBlockN)  = 64 x 128:  2 x 4 warps -> 32 x 32 per warp
+//   dK, dV (kBlockN x kHeadDim) = 128 x 128: 4 x 2 warps -> 32 x 64
+//   dQ     (kBlockM x kHeadDim) = 64 x 128:  2 x 4 warps -> 32 x 32 (4 x 2 would be 16 x 64:
+//                                            20 KB instead of 16 KB per warp and step)
+// At d = 256 (64 x 64 tiles): S, dP 4 x 2 -> 16 x 32 (k = 256: 24 KB per warp either way),
+// dK, dV 2 x 4 -> 32 x 64 (12 KB per warp, 4 x 2 -> 16 x 128 reads 18 KB), dQ 2 x 4 -> 32 x 64.
+//
+// stages: Q and dO buffers. 2 = the next query block's Q and dO load during the whole current
+// step (the load is issued right after the step's first barrier); 1 = loaded after the step's
+// last gemm, hidden only behind the dQ gemm. Measured on the H100 (s = 16k): 2 stages +5 % at
+// d = 128 (289 vs 274 TFLOP/s); at d = 256, where 2 stages take 208 KB (more than the A100's
+// 163 KB per block), 1 stage ran as fast (240 vs 238 non-causal, 244 both causal, once the dQ
+// adds were red instead of atomicAdd), so d > 128 keeps 1 stage everywhere. Shared memory:
+//   d = 64 (128 x 128): Q, dO 2 x 2 x 16 KB, K, V 2 x 16 KB, P, dS 2 x 32 KB = 160 KB
+//   d = 128:            Q, dO 2 x 2 x 16 KB, K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
+//   d = 192 (64 x 64):  Q, dO 2 x 24 KB,     K, V 2 x 24 KB, P, dS 2 x 8 KB  = 112 KB
+//   d = 256 (64 x 64):  Q, dO 2 x 32 KB,     K, V 2 x 32 KB, P, dS 2 x 8 KB  = 144 KB
+//
+// d = 64 takes 128 x 128 tiles: with 64 x 128 the S / dP and dQ gemms have k = 64 only, and the
+// ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md);
+// measured at s = 16k: 254 (64 x 128) vs 280 TFLOP/s (128 x 128, 2 stages). The price is
+// registers: S + dP 128 fp32 next to dK + dV 64; ptxas spills 60 bytes, outside the gemms (a
+// few LDL / STL of loop-invariant addresses per step).
 #pragma once
 
 namespace flashattn::sm80 {
 
 struct TileSizeBwdSm80 {
-  int block_m;        // query rows per inner-loop step
-  int block_n;        // keys per CTA
+  int block_m;     // query rows per inner-loop step
+  int block_n;     // keys per CTA
   int n_warps;
-  int atom_m_sdp;     // warps along M in the S / dP gemms (the rest go along N)
-  int atom_n_dkv;     // warps along N in the dK / dV gemms (the rest go along d)
-  int atom_m_dq;      // warps along M in the dQ gemm (the rest go along d)
+  int atom_m_sdp;  // warps along M in the S / dP gemms (the rest go along N)
+  int atom_n_dkv;  // warps along N in the dK / dV gemms (the rest go along d)
+  int atom_m_dq;   // warps along M in the dQ gemm (the rest go along d)
+  int stages;      // Q / dO buffers (1 or 2); every entry fits the A100's 163 KB
 };
 
 constexpr TileSizeBwdSm80 tile_size_bwd_sm80(int head_dim) {
-  if (head_dim <= 128) return {64, 128, 8, 2, 4, 4};
-  return {64, 64, 8, 2, 4, 4};
+  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 2};
+  // d = 32, 96: the dQ gemm's 2 x 4 layout needs d % 64 == 0; 4 x 2 instead.
+  if (head_dim % 64 != 0 && head_dim <= 128) return {64, 128, 8, 2, 4, 4, 2};
+  if (head_dim <= 128) return {64, 128, 8, 2, 4, 2, 2};
+  return {64, 64, 8, 4, 2, 2, 1};
 }
 
 }  // namespace flashattn::sm80

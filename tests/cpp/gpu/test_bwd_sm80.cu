@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "api/validate.h"
 #include "common/mask.h"
 #include "common/numeric.h"
+#include "common/philox.h"
 #include "common/seqlen.h"
 #include "cpu/reference.h"
 #include "flashattn/flashattn.h"
@@ -105,6 +107,14 @@ Grads lowp_backward(const BwdProblem& bp) {
   const bool vl = c.varlen();
   auto rd = [t](double x) { return double(round_to_dtype(float(x), t)); };
   const int d = p.d, ratio = p.h / p.h_k;
+  // Dropout as attention_ref does it: the kept probabilities divided by (1 - p) and rounded, and
+  // the gradient through that: dP = (dO . v) * Z / (1 - p), rounded.
+  DropoutRng rng;
+  rng.seed = p.philox_seed;
+  rng.offset = p.philox_offset;
+  rng.threshold = dropout_threshold(p.p_dropout);
+  const bool dropout = p.p_dropout > 0.f;
+  const double keep_scale = dropout ? 1.0 / (1.0 - double(p.p_dropout)) : 1.0;
   Grads g;
   g.dq.assign(size_t(bp.fwd.rows_q()) * p.h * d, 0.f);
   g.dk.assign(size_t(rows_k(bp.fwd)) * p.h_k * d, 0.f);
@@ -155,11 +165,16 @@ Grads lowp_backward(const BwdProblem& bp) {
           double l = 0;
           for (double x : s) l += std::exp(x - m);
           for (int jj = 0; jj < n; ++jj) P[jj] = rd(std::exp(s[jj] - m) / l);
+          const uint64_t bh = uint64_t(bb) * p.h + hh;
+          std::vector<double> Pd(n);  // the probabilities that multiply v: P Z / (1 - p)
           double dsum = 0;
           for (int jj = 0; jj < n; ++jj) {
+            const bool keep = !dropout || rng.keep(bh, i, cb + jj);
+            Pd[jj] = dropout ? (keep ? rd(P[jj] * keep_scale) : 0.0) : P[jj];
             double acc = 0;
             for (int x = 0; x < d; ++x) acc += dO[size_t(i) * d + x] * v[size_t(cb + jj) * d + x];
             dP[jj] = rd(acc);
+            if (dropout) dP[jj] = keep ? rd(dP[jj] * keep_scale) : 0.0;
             dsum += float(dP[jj] * P[jj]);
           }
           dsum = float(dsum);
@@ -175,7 +190,7 @@ Grads lowp_backward(const BwdProblem& bp) {
             for (int x = 0; x < d; ++x) {
               dqs[x] += ds * k[size_t(j) * d + x];
               dk_h[size_t(j) * d + x] += ds * qs[size_t(i) * d + x];
-              dv_h[size_t(j) * d + x] += P[jj] * dO[size_t(i) * d + x];
+              dv_h[size_t(j) * d + x] += Pd[jj] * dO[size_t(i) * d + x];
             }
           }
           for (int x = 0; x < d; ++x)
@@ -369,48 +384,139 @@ TEST_F(BwdSm80, PaddedStridesAndBothDtypes) {
   }
 }
 
+// Dropout: the backward regenerates the forward's Philox keep mask (common/philox.h); checked
+// against the CPU reference backward (same mask, from the same counter layout) with the forward's
+// o and LSE from the CPU backend (same mask again).
+TEST_F(BwdSm80, Dropout) {
+  const DType t = any_dtype();
+  AttnConfig c = cfg(t, 2, 113, 97, 2, 2, any_hdim(64));
+  c.p_dropout = 0.17f;
+  c.philox_seed = fresh_seed();
+  c.philox_offset = fresh_seed() % 1000;
+  check_bwd(c, "dropout");
+  c.causal = true;
+  c.seqlen_q = 97;
+  c.seqlen_k = 200;
+  check_bwd(c, "dropout causal");
+  AttnConfig g = cfg(t, 2, 150, 131, 6, 2, any_hdim(128));
+  g.p_dropout = 0.3f;
+  g.philox_seed = fresh_seed();
+  g.alibi = true;
+  check_bwd(g, "dropout gqa alibi");
+  g.causal = true;
+  g.window_left = 40;
+  check_bwd(g, "dropout gqa alibi causal window");
+  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  v.seqlens_q = {70, 0, 129};
+  v.seqlens_k = {150, 9, 33};
+  v.seqlen_q = 129;
+  v.seqlen_k = 150;
+  v.p_dropout = 0.25f;
+  v.philox_seed = fresh_seed();
+  v.philox_offset = 12345;
+  check_bwd(v, "dropout varlen mqa");
+  v.causal = true;
+  check_bwd(v, "dropout varlen mqa causal");
+}
+
+// Edge sizes 1, 2, 5, 17, 97, 113 for both sequence lengths (s_q < s_k, s_q > s_k, equal), plain
+// and causal, on the compiled head dims.
+TEST_F(BwdSm80, EdgeSizes) {
+  const DType t = any_dtype();
+  const int sizes[] = {1, 2, 5, 17, 97, 113};
+  int ran = 0;
+  for (int d : {64, 128, 256}) {
+    if (!hdim_compiled(d)) continue;
+    for (int a = 0; a < 6; ++a) {
+      const int s_q = sizes[a], s_k = sizes[(a * 5 + 3) % 6];  // every size on both sides
+      AttnConfig c = cfg(t, 1, s_q, s_k, 2, 1, d);
+      c.causal = (a % 2) == 1;
+      check_bwd(c, c.causal ? "edge causal" : "edge");
+      ++ran;
+    }
+  }
+  if (ran == 0) GTEST_SKIP() << "no head dim of this test is compiled in this build";
+}
+
 // deterministic = true: the same gradients, bit for bit, run after run (dQ is summed over key
-// blocks in a fixed order; GQA dK / dV are always reduced in a fixed order). Several key blocks
-// per query block (s_k = 600) so the order matters; also checked against the oracle.
+// blocks in a fixed order; GQA dK / dV are always reduced in a fixed order). 50 runs each of a
+// dense GQA problem (causal and not) and a varlen one, with several key blocks per query block
+// (s_k >= 600) so that the order matters; each also checked against the oracle once.
 TEST_F(BwdSm80, DeterministicIsBitwiseRepeatable) {
   const DType t = any_dtype();
+  constexpr int kRuns = 50;
+  std::vector<AttnConfig> cases;
   for (bool causal : {false, true}) {
     AttnConfig c = cfg(t, 2, 150, 600, 4, 2, any_hdim(128));
     c.causal = causal;
+    cases.push_back(c);
+  }
+  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  v.seqlens_q = {300, 0, 77};
+  v.seqlens_k = {700, 5, 650};
+  v.seqlen_q = 300;
+  v.seqlen_k = 700;
+  cases.push_back(v);
+  for (const AttnConfig& c : cases) {
+    SCOPED_TRACE(c.str());
     BwdProblem bp = make_bwd_problem(c, fresh_seed());
-    ASSERT_TRUE(mha_fwd(bp.fwd.params).ok());
+    ASSERT_TRUE((c.varlen() ? mha_varlen_fwd(bp.fwd.params) : mha_fwd(bp.fwd.params)).ok());
     bp.bind();
     bp.params.deterministic = true;
-    std::vector<Grads> runs;
-    for (int r = 0; r < 3; ++r) {
+    DeviceBwdProblem dev(bp);
+    Grads first;
+    for (int r = 0; r < kRuns; ++r) {
       BwdProblem got = bp;
       got.bind();
-      DeviceBwdProblem dev(bp);
-      const Status s = mha_bwd(dev.params);
+      // Poison the device gradients before every run: a run must rewrite every element.
+      dev.dq = DeviceBuffer::from(bp.dq);
+      dev.dk = DeviceBuffer::from(bp.dk);
+      dev.dv = DeviceBuffer::from(bp.dv);
+      dev.params.dq_ptr = dev.dq.get();
+      dev.params.dk_ptr = dev.dk.get();
+      dev.params.dv_ptr = dev.dv.get();
+      const Status s = run_bwd(dev.params);
       ASSERT_TRUE(s.ok()) << s.to_string();
       dev.copy_back(got);
-      runs.push_back(gather_grads(got));
+      Grads g = gather_grads(got);
+      if (r == 0) {
+        EXPECT_EQ(count_nonfinite(g.dq) + count_nonfinite(g.dk) + count_nonfinite(g.dv), 0);
+        first = std::move(g);
+        continue;
+      }
+      // Bitwise: compare the bytes (== on floats would also accept -0 for +0).
+      auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+        return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+      };
+      ASSERT_TRUE(same(g.dq, first.dq)) << "dq differs in run " << r;
+      ASSERT_TRUE(same(g.dk, first.dk)) << "dk differs in run " << r;
+      ASSERT_TRUE(same(g.dv, first.dv)) << "dv differs in run " << r;
     }
-    for (int r = 1; r < 3; ++r) {
-      EXPECT_TRUE(runs[r].dq == runs[0].dq) << "dq differs between runs";
-      EXPECT_TRUE(runs[r].dk == runs[0].dk) << "dk differs between runs";
-      EXPECT_TRUE(runs[r].dv == runs[0].dv) << "dv differs between runs";
-    }
-    check_bwd(c, causal ? "deterministic causal" : "deterministic", /*deterministic=*/true);
+    check_bwd(c, "deterministic", /*deterministic=*/true);
   }
 }
 
-// Dropout (not yet in the GPU backward): kNotSupported, nothing written.
-TEST_F(BwdSm80, DropoutSaysNotSupportedWithoutWriting) {
-  AttnConfig c = cfg(any_dtype(), 2, 17, 33, 2, 2, any_hdim(64));
-  c.p_dropout = 0.1f;
+// Bad input is rejected before anything is written: h not a multiple of h_k (invalid), and paged
+// KV (no backward).
+TEST_F(BwdSm80, BadInputRejectedWithoutWriting) {
+  AttnConfig c = cfg(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
   BwdProblem bp = make_bwd_problem(c, fresh_seed());
   ASSERT_TRUE(mha_fwd(bp.fwd.params).ok());
   bp.bind();
   DeviceBwdProblem dev(bp);
-  const Status s = mha_bwd(dev.params);
-  EXPECT_EQ(s.code(), StatusCode::kNotSupported) << s.to_string();
-  EXPECT_NE(s.message().find("GPU"), std::string::npos) << s.message();
+  BwdParams bad = dev.params;
+  bad.h_k = 3;
+  Status s = mha_bwd(bad);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  bad = dev.params;
+  int table[2] = {0, 1};
+  DeviceBuffer dtable = DeviceBuffer::from_host(table, sizeof(table));
+  bad.block_table = dtable.as<int>();
+  bad.page_block_size = 64;
+  bad.max_blocks_per_seq = 1;
+  bad.num_blocks = 2;
+  s = mha_bwd(bad);
+  EXPECT_FALSE(s.ok()) << "paged KV backward accepted";
   dev.copy_back(bp);
   EXPECT_EQ(count_nan(bp.dq), bp.dq.numel) << "dq written";
   EXPECT_EQ(count_nan(bp.dk), bp.dk.numel) << "dk written";
