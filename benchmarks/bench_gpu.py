@@ -220,10 +220,13 @@ def main():
 def write_results(mode, records, args, gpu):
     date = datetime.date.today().isoformat()
     tag = gpu.replace("NVIDIA ", "").split()[0].lower()
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:
-        commit = os.environ.get("FA_COMMIT", "unknown")
+    # FA_COMMIT first: the GPU machine's copy of the tree may carry a stale .git.
+    commit = os.environ.get("FA_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+        except Exception:
+            commit = "unknown"
     meta = {"gpu": gpu, "driver": torch.cuda.get_device_properties(0).name, "torch": torch.__version__,
             "cuda": torch.version.cuda, "commit": commit, "date": date}
     try:
