@@ -187,10 +187,10 @@ TEST_F(GpuApi, BackwardOnGpuComputesOrSaysNotSupported) {
   report_error("gpu-api-bwd", "max_abs_err", worst, bp.fwd.cfg.str() + " causal");
 }
 
-// A KV-cache request the GPU kernels do not cover (fp32: the kernels are fp16/bf16) is refused
-// with NotSupported BEFORE the append: the cache must come back untouched, since the append
-// writes it in place (test_gpu_kvcache covers the supported requests).
-TEST_F(GpuApi, KVCacheOnGpuRefusesUncoveredRequestWithoutTouchingTheCache) {
+// A KV-cache request on device memory that the GPU cannot take (fp32: validation rejects it for
+// the GPU, whose kernels are fp16/bf16) is refused BEFORE the append: the cache must come back
+// untouched, since the append writes it in place (test_gpu_kvcache covers the supported ones).
+TEST_F(GpuApi, KVCacheOnGpuRefusesFp32WithoutTouchingTheCache) {
   KVCacheConfig kc;
   kc.attn = small_config(DType::kFloat32);
   kc.attn.seqlen_q = 1;
@@ -199,8 +199,8 @@ TEST_F(GpuApi, KVCacheOnGpuRefusesUncoveredRequestWithoutTouchingTheCache) {
   KVCacheProblem pr = make_kvcache_problem(kc, fresh_seed());
   DeviceKVCacheProblem dev(pr);
   const Status s = mha_fwd_kvcache(dev.params);
-  EXPECT_EQ(s.code(), StatusCode::kNotSupported) << s.to_string();
-  EXPECT_NE(s.message().find("fp32"), std::string::npos) << s.message();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("dtype: fp32"), std::string::npos) << s.message();
   Buffer k_after = pr.k_cache, v_after = pr.v_cache;
   dev.k_cache.to(k_after);
   dev.v_cache.to(v_after);
