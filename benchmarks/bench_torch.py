@@ -298,11 +298,14 @@ def cpu_points(seqlens: List[int], repeats: int) -> List[dict]:
 # ----------------------------------------------------------------------------- results --
 
 def meta(device_name: str) -> dict:
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        commit = os.environ.get("FA_COMMIT", "unknown")
+    # FA_COMMIT first: the GPU machine's copy of the tree may carry a stale .git.
+    commit = os.environ.get("FA_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                             stderr=subprocess.DEVNULL).strip()
+        except Exception:
+            commit = "unknown"
     driver = "n/a"
     if torch.cuda.is_available():
         try:
