@@ -17,18 +17,11 @@ int report(const flashattn::Status& s, char* err, int err_len) {
   return static_cast<int>(s.code());
 }
 
-}  // namespace
-
-extern "C" {
-
-// strides: 12 values, (batch, row, head) for q, k, v, o in that order (elements).
-// dtype: 1 = fp16, 2 = bf16, 0 = fp32. Returns 0 on success, else the StatusCode and fills err.
-int flashattn_capi_fwd(const void* q, void* k, void* v, void* o, float* lse, int dtype, int b,
-                       int seqlen_q, int seqlen_k, int h, int h_k, int d, const int64_t* strides,
-                       float softmax_scale, int causal, int window_left, int window_right,
-                       float softcap, const float* alibi_slopes, void* stream, char* err,
-                       int err_len) {
-  flashattn::FwdParams p;
+// The fields every entry point shares: dtype, shape, q/k/v/o and LSE, and the 12 strides
+// (batch, row, head) of q, k, v, o in that order.
+void set_attention(flashattn::FwdParams& p, const void* q, void* k, void* v, void* o, float* lse,
+                   int dtype, int b, int seqlen_q, int seqlen_k, int h, int h_k, int d,
+                   const int64_t* strides) {
   p.dtype = static_cast<flashattn::DType>(dtype);
   p.b = b;
   p.seqlen_q = seqlen_q;
@@ -45,6 +38,21 @@ int flashattn_capi_fwd(const void* q, void* k, void* v, void* o, float* lse, int
   p.k_batch_stride = strides[3], p.k_row_stride = strides[4], p.k_head_stride = strides[5];
   p.v_batch_stride = strides[6], p.v_row_stride = strides[7], p.v_head_stride = strides[8];
   p.o_batch_stride = strides[9], p.o_row_stride = strides[10], p.o_head_stride = strides[11];
+}
+
+}  // namespace
+
+extern "C" {
+
+// strides: 12 values, (batch, row, head) for q, k, v, o in that order (elements).
+// dtype: 1 = fp16, 2 = bf16, 0 = fp32. Returns 0 on success, else the StatusCode and fills err.
+int flashattn_capi_fwd(const void* q, void* k, void* v, void* o, float* lse, int dtype, int b,
+                       int seqlen_q, int seqlen_k, int h, int h_k, int d, const int64_t* strides,
+                       float softmax_scale, int causal, int window_left, int window_right,
+                       float softcap, const float* alibi_slopes, void* stream, char* err,
+                       int err_len) {
+  flashattn::FwdParams p;
+  set_attention(p, q, k, v, o, lse, dtype, b, seqlen_q, seqlen_k, h, h_k, d, strides);
   p.softmax_scale = softmax_scale;
   p.is_causal = causal != 0;
   p.window_size_left = window_left;
@@ -63,26 +71,12 @@ int flashattn_capi_bwd(const void* q, void* k, void* v, const void* o,
                        const int64_t* strides, float softmax_scale, int causal,
                        int deterministic, void* stream, char* err, int err_len) {
   flashattn::BwdParams p;
-  p.dtype = static_cast<flashattn::DType>(dtype);
-  p.b = b;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.h = h;
-  p.h_k = h_k;
-  p.d = d;
-  p.q_ptr = q;
-  p.k_ptr = k;
-  p.v_ptr = v;
-  p.o_ptr = const_cast<void*>(o);
-  p.softmax_lse_ptr = const_cast<float*>(lse);
+  set_attention(p, q, k, v, const_cast<void*>(o), const_cast<float*>(lse), dtype, b, seqlen_q,
+                seqlen_k, h, h_k, d, strides);
   p.do_ptr = dout;
   p.dq_ptr = dq;
   p.dk_ptr = dk;
   p.dv_ptr = dv;
-  p.q_batch_stride = strides[0], p.q_row_stride = strides[1], p.q_head_stride = strides[2];
-  p.k_batch_stride = strides[3], p.k_row_stride = strides[4], p.k_head_stride = strides[5];
-  p.v_batch_stride = strides[6], p.v_row_stride = strides[7], p.v_head_stride = strides[8];
-  p.o_batch_stride = strides[9], p.o_row_stride = strides[10], p.o_head_stride = strides[11];
   p.do_batch_stride = strides[12], p.do_row_stride = strides[13], p.do_head_stride = strides[14];
   p.dq_batch_stride = strides[15], p.dq_row_stride = strides[16], p.dq_head_stride = strides[17];
   p.dk_batch_stride = strides[18], p.dk_row_stride = strides[19], p.dk_head_stride = strides[20];
@@ -111,22 +105,7 @@ int flashattn_capi_fwd_kvcache(
     int window_left, int window_right, float softcap, const float* alibi_slopes, int num_splits,
     void* stream, char* err, int err_len) {
   flashattn::KVCacheParams p;
-  p.dtype = static_cast<flashattn::DType>(dtype);
-  p.b = b;
-  p.seqlen_q = seqlen_q;
-  p.seqlen_k = seqlen_k;
-  p.h = h;
-  p.h_k = h_k;
-  p.d = d;
-  p.q_ptr = q;
-  p.k_ptr = k_cache;
-  p.v_ptr = v_cache;
-  p.o_ptr = o;
-  p.softmax_lse_ptr = lse;
-  p.q_batch_stride = strides[0], p.q_row_stride = strides[1], p.q_head_stride = strides[2];
-  p.k_batch_stride = strides[3], p.k_row_stride = strides[4], p.k_head_stride = strides[5];
-  p.v_batch_stride = strides[6], p.v_row_stride = strides[7], p.v_head_stride = strides[8];
-  p.o_batch_stride = strides[9], p.o_row_stride = strides[10], p.o_head_stride = strides[11];
+  set_attention(p, q, k_cache, v_cache, o, lse, dtype, b, seqlen_q, seqlen_k, h, h_k, d, strides);
   p.knew_batch_stride = strides[12], p.knew_row_stride = strides[13];
   p.knew_head_stride = strides[14];
   p.vnew_batch_stride = strides[15], p.vnew_row_stride = strides[16];
