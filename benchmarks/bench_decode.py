@@ -38,29 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-try:
-    from triton.testing import do_bench
-except ImportError:  # pragma: no cover
-    do_bench = None
+# The same timer as the forward/backward benchmark (median of triton do_bench).
+from bench_gpu import bench_ms  # noqa: E402  (benchmarks/ is the script directory)
 
 B, H, HK, D = 8, 32, 8, 128
-
-
-def bench_ms(fn, rep):
-    if do_bench is not None:
-        return do_bench(fn, warmup=25, rep=rep, return_mode="median")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(50):
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 class FlashAttnCapi:
@@ -118,7 +99,7 @@ def copy_bandwidth(rep):
     n = 1 << 30
     src = torch.empty(n, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), rep)
+    ms = bench_ms(lambda: dst.copy_(src), rep=rep)
     del src, dst
     return 2 * n / (ms * 1e-3) / 1e9, ms
 
@@ -179,8 +160,8 @@ def measure(fa, L, dtype, dtype_name, pages, rep, copy_gbps):
         st = nxt()
         fa.kvcache(st["q"], st["k"], st["v"], st["o"], st["lse"], **kw)
 
-    record("flashattn", bench_ms(lambda: run_fa(cache_seqlens=seqlens), rep), max_err_vs_fp32=err)
-    record("flashattn_scalar", bench_ms(lambda: run_fa(cache_seqlen=L), rep))
+    record("flashattn", bench_ms(lambda: run_fa(cache_seqlens=seqlens), rep=rep), max_err_vs_fp32=err)
+    record("flashattn_scalar", bench_ms(lambda: run_fa(cache_seqlen=L), rep=rep))
 
     for name, backend in SDPA_BACKENDS.items():
         mode = "enable_gqa"
@@ -203,7 +184,7 @@ def measure(fa, L, dtype, dtype_name, pages, rep, copy_gbps):
                 else:
                     sdpa(st["q"], st["k_rep"], st["v_rep"], False)
         try:
-            record(name, bench_ms(run, rep), gqa=mode)
+            record(name, bench_ms(run, rep=rep), gqa=mode)
         except Exception as e:
             print(f"  {name} L={L}: {type(e).__name__}: {e}".splitlines()[0])
         for st in sets:
@@ -227,7 +208,7 @@ def measure(fa, L, dtype, dtype_name, pages, rep, copy_gbps):
             pit[0] = (pit[0] + 1) % len(psets)
             q, kp, vp, o, lse, table = psets[pit[0]]
             fa.kvcache(q, kp, vp, o, lse, cache_seqlens=seqlens, block_table=table)
-        record("flashattn", bench_ms(run_paged, rep), page=page, max_diff_vs_contiguous=diff)
+        record("flashattn", bench_ms(run_paged, rep=rep), page=page, max_diff_vs_contiguous=diff)
         del psets, kp, vp, table
         torch.cuda.empty_cache()
     return records
