@@ -27,6 +27,7 @@
 #include "common/seqlen.h"
 #include "cuda/reference.h"
 #include "flashattn/flashattn.h"
+#include "gpu/bwd_checks_sm80.h"
 #include "gpu/gpu_testing.h"
 #include "testing/problem.h"
 
@@ -242,10 +243,6 @@ __global__ void __launch_bounds__(kRefThreads) ref_bwd_cols(RefBwdArgs a) {
   }
 }
 
-struct Grads {
-  std::vector<float> dq, dk, dv;
-};
-
 // The reference backward on the device problem `dev` (inputs already there, resolved params).
 Grads ref_backward(const BwdParams& p, bool lowp) {
   const int64_t rq = rows_of(p, true), rk = rows_of(p, false);
@@ -273,22 +270,6 @@ Grads ref_backward(const BwdParams& p, bool lowp) {
   dq.to(g.dq);
   dk.to(g.dk);
   dv.to(g.dv);
-  return g;
-}
-
-int rows_k_of(const FwdProblem& pr) { return pr.cfg.varlen() ? pr.cu_k.back() : pr.cfg.b * pr.cfg.seqlen_k; }
-
-Grads gather_grads(const BwdProblem& bp) {
-  const BwdParams& p = bp.params;
-  const AttnConfig& c = bp.fwd.cfg;
-  const bool vl = c.varlen();
-  Grads g;
-  g.dq = gather(bp.dq, Layout{p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, bp.dq.numel},
-                c.b, c.seqlen_q, c.h, c.d, vl, bp.fwd.rows_q());
-  g.dk = gather(bp.dk, Layout{p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bp.dk.numel},
-                c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k_of(bp.fwd));
-  g.dv = gather(bp.dv, Layout{p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bp.dv.numel},
-                c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k_of(bp.fwd));
   return g;
 }
 

@@ -31,6 +31,7 @@
 #include "common/seqlen.h"
 #include "cpu/reference.h"
 #include "flashattn/flashattn.h"
+#include "gpu/bwd_checks_sm80.h"
 #include "gpu/gpu_testing.h"
 #include "testing/problem.h"
 
@@ -74,26 +75,6 @@ AttnConfig cfg(DType t, int b, int s_q, int s_k, int h, int h_k, int d) {
   c.h_k = h_k;
   c.d = d;
   return c;
-}
-
-struct Grads {
-  std::vector<float> dq, dk, dv;  // gathered [rows, heads, d]
-};
-
-int rows_k(const FwdProblem& pr) { return pr.cfg.varlen() ? pr.cu_k.back() : pr.cfg.b * pr.cfg.seqlen_k; }
-
-Grads gather_grads(const BwdProblem& bp) {
-  const BwdParams& p = bp.params;
-  const AttnConfig& c = bp.fwd.cfg;
-  const bool vl = c.varlen();
-  Grads g;
-  g.dq = gather(bp.dq, Layout{p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, bp.dq.numel},
-                c.b, c.seqlen_q, c.h, c.d, vl, bp.fwd.rows_q());
-  g.dk = gather(bp.dk, Layout{p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bp.dk.numel},
-                c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k(bp.fwd));
-  g.dv = gather(bp.dv, Layout{p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bp.dv.numel},
-                c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k(bp.fwd));
-  return g;
 }
 
 // ------------------------------------------------------------------ low-precision reference --
