@@ -26,7 +26,16 @@ struct SeqlenInfo {
       s.seqlen_q = p.seqlen_q;
       s.seqlen_k = p.seqlen_k;
     }
-    if (p.seqused_k != nullptr) s.seqlen_k = p.seqused_k[bidb];
+    if (p.seqused_k != nullptr) {
+      // The bound the host validation enforces (validate.cpp, check_fwd_values): the
+      // sequence's own key rows, or seqlen_k when they are dense or paged. Device-resident
+      // values are never validated on the host, and one out of range would make a kernel read
+      // past the K/V buffers: such a sequence is treated as empty instead.
+      const bool own_length = p.cu_seqlens_q != nullptr && p.block_table == nullptr;
+      const int bound = own_length ? s.seqlen_k : p.seqlen_k;
+      const int used = p.seqused_k[bidb];
+      s.seqlen_k = used >= 0 && used <= bound ? used : 0;
+    }
     return s;
   }
 

@@ -31,7 +31,8 @@ Status not_implemented(const std::string& what) {
 Status choose_splits(const FwdParams& p, int hd, int* splits) {
   *splits = 1;
   if (p.num_splits == 1) return Status::ok_status();
-  const sm80::TileSizeSm80 tile = sm80::tile_size_fwd_sm80(hd);
+  // Splitting runs the split-capable kernels: their tile decides the grid.
+  const sm80::TileSizeSm80 tile = sm80::tile_size_fwd_split_sm80(hd);
   const int m_blocks = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
   const int n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
   int num_sms = 0;
@@ -41,7 +42,7 @@ Status choose_splits(const FwdParams& p, int hd, int* splits) {
     FA_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
   }
   *splits = sm80::choose_num_splits_sm80(p.num_splits, int64_t(p.b) * p.h * m_blocks, n_blocks,
-                                         num_sms * sm80::fwd_ctas_per_sm_sm80(hd));
+                                         num_sms * sm80::fwd_ctas_per_sm_sm80(tile));
   return Status::ok_status();
 }
 

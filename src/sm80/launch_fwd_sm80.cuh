@@ -32,18 +32,25 @@ namespace flashattn::sm80 {
 template <DType kDtype>
 using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
-// Kernel traits of a tile policy entry (tile_size_sm80.h): the plain / split one, or the
-// dropout one (kDropoutPolicy).
-template <DType kDtype, int kHeadDim, bool kDropoutPolicy = false>
+// The three tile policies of tile_size_sm80.h, one per kernel family.
+enum class FwdTilePolicy { kPlain, kSplit, kDropout };
+
+constexpr TileSizeSm80 fwd_tile_of(FwdTilePolicy policy, int head_dim) {
+  return policy == FwdTilePolicy::kSplit     ? tile_size_fwd_split_sm80(head_dim)
+         : policy == FwdTilePolicy::kDropout ? tile_size_fwd_dropout_sm80(head_dim)
+                                             : tile_size_fwd_sm80(head_dim);
+}
+
+// Kernel traits of a tile policy entry.
+template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 struct FwdTraitsFor {
-  static constexpr TileSizeSm80 kTile =
-      kDropoutPolicy ? tile_size_fwd_dropout_sm80(kHeadDim) : tile_size_fwd_sm80(kHeadDim);
+  static constexpr TileSizeSm80 kTile = fwd_tile_of(kPolicy, kHeadDim);
   using type = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
                                    ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
                                    kTile.skip_rescale>;
 };
-template <DType kDtype, int kHeadDim>
-using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim>::type;
+template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
+using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;
 
 template <class Traits, class Features, class TileScheduler>
 Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
@@ -119,7 +126,7 @@ Status launch_fwd_split_sm80(const FwdArgsSm80& args) {
 template <DType kDtype, int kHeadDim>
 Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
                           int num_splits) {
-  using Traits = FwdTraitsOf<kDtype, kHeadDim>;
+  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplit>;
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
   args.kv_batch_idx = kv_batch_idx;
@@ -185,7 +192,7 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
 
 template <DType kDtype, int kHeadDim>
 Status run_fwd_dropout_sm80(const FwdParams& p) {
-  using Traits = typename FwdTraitsFor<kDtype, kHeadDim, /*kDropoutPolicy=*/true>::type;
+  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropout>;
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
   args.dropout_threshold = dropout_threshold(p.p_dropout);

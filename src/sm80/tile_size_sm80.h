@@ -63,6 +63,24 @@ constexpr TileSizeSm80 tile_size_fwd_dropout_sm80(int head_dim) {
   return tile_size_fwd_sm80(head_dim);
 }
 
+// Split-capable kernels (run_fwd_split_sm80: split-KV, paged KV, KV-cache hooks). Their main
+// user is decode, where a CTA holds a handful of query rows (s_q * h / h_k after GQA packing) and
+// streams a long K/V: the kernel is bound by DRAM, and what matters is how many K/V bytes each SM
+// has in flight. With one K/V buffer a CTA has one tile in flight at a time (V while S = Q K^T
+// runs, then K while P V runs), so bytes in flight = tile bytes x resident CTAs:
+//  - 128 x 64 (the plain kernel's tile at d = 128): 16 KB tiles, 2 CTAs per SM -> 32 KB per SM;
+//    measured (H100, decode b = 8, h_k = 8, 4k keys, ncu): 77 % of peak DRAM bandwidth, 51.5 us;
+//  - 64 x 128 (FlashAttention-2's split-KV tile): 32 KB tiles, smem 16 + 32 + 32 = 80 KB, still
+//    2 CTAs per SM -> 64 KB per SM; FlashAttention-2's kernel reached 81 % (49.5 us) there.
+// 64 rows also means 16 rows per warp: O and S take 64 fp32 each at d = 128, so the swizzled
+// layout (dense, 128-byte aligned rows) fits in registers. d = 192 / 256 keep the plain 64 x 64
+// tile (64 x 128 would need 64 KB tiles and 1 CTA per SM). Paged prefill through this family runs
+// the same tile, as FlashAttention-2's paged path does.
+constexpr TileSizeSm80 tile_size_fwd_split_sm80(int head_dim) {
+  if (head_dim <= 128) return {64, 128, 4, false, 1, true};
+  return tile_size_fwd_sm80(head_dim);
+}
+
 // The head-dim kernels that exist: a request with head dim d runs the smallest kernel >= d with
 // the columns d..kHeadDim-1 predicated off.
 constexpr int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
@@ -73,8 +91,8 @@ constexpr int round_head_dim_sm80(int d) {
   return 0;
 }
 
-// CTAs of the forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
-constexpr int fwd_ctas_per_sm_sm80(int head_dim) { return tile_size_fwd_sm80(head_dim).n_warps == 4 ? 2 : 1; }
+// CTAs of a forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
+constexpr int fwd_ctas_per_sm_sm80(const TileSizeSm80& tile) { return tile.n_warps == 4 ? 2 : 1; }
 
 // Split-KV count for one forward call. `requested`: params.num_splits (1 = no split, 0 =
 // heuristic, 2..128 explicit). ctas = b * h * query blocks, n_blocks = key blocks of the longest

@@ -47,6 +47,27 @@ void expect_bitwise_equal(const RunResult& a, const RunResult& b, const std::str
       << what << ": LSE differs bitwise";
 }
 
+// A dense problem run through the split-capable kernel family with the identity batch index
+// (kv_batch_idx[i] = i, same math): the family the paged / KV-cache runs take, with the same
+// tile, so their results can be compared bit for bit. (mha_fwd itself sends a contiguous
+// request without splits to the plain family, whose tile differs: tile_size_sm80.h.)
+RunResult run_gpu_split_family(const FwdProblem& pr) {
+  DeviceFwdProblem dev(pr);
+  std::vector<int> identity(pr.cfg.b);
+  for (int i = 0; i < pr.cfg.b; ++i) identity[i] = i;
+  DeviceBuffer bidx = DeviceBuffer::from(identity);
+  cuda::FwdCacheArgs hooks;
+  hooks.kv_batch_idx = bidx.as<int>();
+  RunResult r;
+  r.status = cuda::run_mha_fwd(detail::resolve(dev.params), hooks);
+  FwdProblem out = pr;
+  dev.copy_back(out);
+  r.o = gather_o(out);
+  r.lse = out.lse;
+  r.o_raw = out.o;
+  return r;
+}
+
 // The GPU fp32 reference (cuda::ref::mha_fwd) of pr: gathered o and the LSE.
 struct RefResult {
   std::vector<float> o, lse;
@@ -221,7 +242,7 @@ TEST_F(FwdFeaturesSm80, CacheHooksMatchGatheredKeys) {
         FwdProblem dense = make_fwd_problem(c, seed);
         dense.seqused_k = {300, 0, 177};
         dense.bind();
-        const RunResult want = check_small_problem("cache hooks (gathered)", dense, seed);
+        check_small_problem("cache hooks (gathered)", dense, seed);  // against the reference
 
         CacheCase cc = make_cache_case(dense, use_batch_idx, use_leftpad, seed + 1);
         DeviceFwdProblem dev(dense);
@@ -248,7 +269,9 @@ TEST_F(FwdFeaturesSm80, CacheHooksMatchGatheredKeys) {
         got.lse = out.lse;
         got.o_raw = out.o;
         check_written(dense, got);
-        expect_bitwise_equal(got, want, "cache hooks vs gathered keys");
+        const RunResult same_family = run_gpu_split_family(dense);
+        ASSERT_TRUE(same_family.status.ok()) << same_family.status.to_string();
+        expect_bitwise_equal(got, same_family, "cache hooks vs gathered keys");
       }
     }
   }
@@ -268,9 +291,12 @@ TEST_F(FwdFeaturesSm80, PagedMatchesContiguousBitwise) {
         SCOPED_TRACE(c.str() + " page=" + std::to_string(page) + " seed=" + std::to_string(seed));
         const FwdProblem pr = make_fwd_problem(c, seed);
         const FwdProblem pg = to_paged(pr, page, seed + 1);
-        expect_bitwise_equal(run_gpu(pg), run_gpu(pr), "paged dense causal");
-        // Varlen with seqused_k and a window, s_q > s_k in one sequence, an empty one.
+        expect_bitwise_equal(run_gpu(pg), run_gpu_split_family(pr), "paged dense causal");
+        // Varlen with seqused_k and a window, s_q > s_k in one sequence, an empty one; two
+        // splits on both sides, so that both run the split-capable kernels (varlen takes no
+        // batch-index hook).
         AttnConfig v = base(t, 4, 0, 0, 4, 1, d);
+        v.num_splits = 2;
         v.seqlens_q = {17, 200, 1, 0};
         v.seqlens_k = {333, 97, 1, 64};
         v.seqused_k = {300, 97, 1, 0};

@@ -142,7 +142,11 @@ INSTANTIATE_TEST_SUITE_P(
                                          CombineCase{7, 1, 97, 2, 128, false},
                                          CombineCase{2, 3, 113, 1, 256, true},
                                          CombineCase{128, 1, 5, 2, 40, false},
-                                         CombineCase{16, 2, 33, 4, 100, true}),
+                                         CombineCase{16, 2, 33, 4, 100, true},
+                                         // 33 splits: more than a warp's lanes and not a
+                                         // multiple of the kernel's batch of 8; d = 30 takes
+                                         // the scalar (non-float4) path.
+                                         CombineCase{33, 2, 9, 3, 30, false}),
                        ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16)));
 
 // Attention over key splits [0, 40), [40, 77), [77, 113) by the GPU reference (fp32 partials,

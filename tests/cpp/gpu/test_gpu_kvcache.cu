@@ -738,7 +738,17 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   Case paged = make_case(t, 3, 1, 4, 2, d, 120, 1);
   paged.kc.page_size = 16;
   paged.kc.cache_seqlens = {50, 100, 70};
+  // Per-sequence lengths are the only device values here (nothing appended or rotated): the
+  // forward reads them itself, without the prepare kernel. s_q = 1 with h > h_k also takes the
+  // GQA decode packing, s_q = 3 does not.
+  Case lengths_only = make_case(t, 3, 1, 4, 2, d, 120, 0);
+  lengths_only.kc.cache_seqlens = {50, 100, 70};
+  Case lengths_only_rows = lengths_only;
+  lengths_only_rows.kc.attn.seqlen_q = 3;
   const std::vector<Bad> cases = {
+      {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 121},
+      {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, -1},
+      {"cache_seqlens[1]", lengths_only_rows, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 1 << 30},
       {"cache_seqlens[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 119},
       {"cache_seqlens[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, -4},
       {"cache_batch_idx[1]", contiguous,
