@@ -18,11 +18,11 @@
 //   2. run_mha_fwd over the cache (FwdParams built from the KVCacheParams: seqlen_k = the
 //      capacity, seqused_k / kv_batch_idx / k_leftpad from the scratch, q from the rotated copy,
 //      num_splits passed through: the split-KV kernel and its combine run inside run_mha_fwd).
-// A call with nothing device-resident to check or write (scalar cache_seqlen, contiguous cache,
-// no batch index, leftpad, new tokens or rotary) skips the prepare kernel: the host validation
-// already proved it in range. So does one whose only device values are per-sequence
-// cache_seqlens: the forward reads them as seqused_k and treats one out of range as an empty
-// sequence (common/seqlen.h), as the prepare kernel would have. With FLASHATTN_CHECK_DEVICE_INDICES set, a check-only launch of
+// A call with nothing to write or sanitize on the device (no new tokens, rotary, batch index or
+// leftpad) skips the prepare kernel: the forward reads per-sequence cache_seqlens as its
+// seqused_k (one out of range makes the sequence empty, common/seqlen.h) and the paged forward
+// checks the block-table entries it will use (same rule, kernel_fwd_sm80.cuh), the outcomes the
+// prepare kernel's sanitizing gives; a scalar cache_seqlen was validated on the host. With FLASHATTN_CHECK_DEVICE_INDICES set, a check-only launch of
 // the prepare kernel and a stream synchronization come first, and out-of-range values return
 // kInvalidArgument before anything is written (docs/kvcache.md).
 //
@@ -435,16 +435,18 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   const bool rotate_q = rotary && p.seqlen_q > 0;
   const bool q_advances = p.is_causal || p.window_size_left >= 0 || p.window_size_right >= 0;
   const int ro_needed = std::max(seqlen_knew, q_advances ? p.seqlen_q : std::min(p.seqlen_q, 1));
-  const bool device_values = seqlen_knew > 0 || rotate_q || p.cache_seqlens != nullptr ||
-                             p.cache_batch_idx != nullptr || p.cache_leftpad != nullptr || paged;
-  // Per-sequence lengths and nothing else device-resident (contiguous cache, nothing appended
-  // or rotated, no batch index or leftpad): the forward reads cache_seqlens as its seqused_k.
-  // SeqlenInfo turns a value outside [0, capacity] into an empty sequence, which is what the
-  // prepare kernel's sanitized copy gave, so the prepare launch is skipped: on the H100 it cost
-  // ~4 us of a 4k-key decode step (its 1.8 us plus the dependent launch).
-  const bool lengths_only = p.cache_seqlens != nullptr && seqlen_knew == 0 && !rotate_q &&
-                            p.cache_batch_idx == nullptr && p.cache_leftpad == nullptr && !paged;
-  const bool need_prepare = device_values && !lengths_only;
+  // The prepare kernel runs only for what must happen on the device before the forward:
+  // appends, rotary, and the sanitized copies of cache_batch_idx / cache_leftpad (the forward
+  // trusts those two). Per-sequence cache_seqlens alone are read by the forward as its seqused_k
+  // (SeqlenInfo turns a value outside [0, capacity] into an empty sequence), and a paged cache's
+  // block-table entries are checked by the paged forward kernels themselves (pages_in_range:
+  // a sequence using a bad page is empty), the same outcomes the prepare kernel's sanitizing
+  // gave. On the H100 the prepare launch cost ~4 us of a 4k-key decode step (its 1.8 us plus
+  // the dependent launch).
+  const bool need_prepare = seqlen_knew > 0 || rotate_q || p.cache_batch_idx != nullptr ||
+                            p.cache_leftpad != nullptr;
+  const bool device_values = need_prepare || p.cache_seqlens != nullptr || paged;
+  const bool check_mode = device_values && check_indices_requested();
 
   // Scratch: seqused_k, leftpad and batch-index copies, the check record, the rotated q.
   const size_t ints = size_t(p.b) * (1 + (p.cache_leftpad ? 1 : 0) + (p.cache_batch_idx ? 1 : 0));
@@ -465,7 +467,7 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
 
   FwdParams fp = p;  // the forward's fields, sliced off the KV-cache ones
   FwdCacheArgs cache;
-  if (device_values) {
+  if (need_prepare || check_mode) {
     if (Status s = scratch.allocate(q_off + q_bytes); !s.ok()) return s;
     int* next = reinterpret_cast<int*>(scratch.get());
     a.seqused = next;
@@ -480,12 +482,15 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
     }
     a.error = reinterpret_cast<IndexErrorRecord*>(next);
     a.q_rot = rotate_q ? scratch.get() + q_off : nullptr;
-    fp.seqused_k = lengths_only ? p.cache_seqlens : a.seqused;
+  }
+  if (need_prepare) {
+    fp.seqused_k = a.seqused;
     cache.k_leftpad = a.leftpad;
     cache.kv_batch_idx = a.batch_idx;
+  } else if (p.cache_seqlens != nullptr) {
+    fp.seqused_k = p.cache_seqlens;
   } else {
-    // Scalar length, contiguous cache, nothing appended: the host validation covered it all.
-    fp.seqlen_k = p.cache_seqlen;
+    fp.seqlen_k = p.cache_seqlen;  // a host value, validated <= the capacity
   }
   if (rotate_q) {
     fp.q_ptr = a.q_rot;
@@ -509,7 +514,7 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   // Nothing is written before the forward has agreed to run this request.
   if (Status s = forward_supported(fp, cache); !s.ok()) return s;
 
-  if (device_values && check_indices_requested()) {
+  if (check_mode) {
     PrepareArgs check = a;
     check.check_only = true;
     FA_CUDA_CHECK(cudaMemsetAsync(check.error, 0, sizeof(IndexErrorRecord), stream));

@@ -13,6 +13,7 @@
 // the most keys, and starting them first shortens the tail of the grid.
 //
 // The split-capable kernels (Features::kSplit) add, before step 2:
+//  - paged K/V: the block-table entries the sequence uses are checked (pages_in_range);
 //  - the KV-cache hooks: K/V batch row kv_batch_idx[bidb]; keys from k_leftpad[bidb], so the
 //    sequence's s_k is seqused_k[bidb] - k_leftpad[bidb] and key index j counts from the pad;
 //  - split s of num_splits takes the s-th of num_splits equal chunks of the CTA's visible key
@@ -65,6 +66,23 @@ struct TileSchedulerSplitSm80 {
   }
 };
 
+// Whether every block-table entry of the pages that sequence bidb's first seqlen_k keys occupy
+// is a valid page, [0, num_blocks). The entries are device values that nothing validated on the
+// host; a sequence with a bad one is treated as empty (O = 0, LSE = +inf) instead of read out
+// of bounds, the rule the KV-cache layer documents (docs/kvcache.md). Every CTA of the sequence
+// scans all of its pages (ceil(seqlen_k / page) ints, L2-resident after the first CTA), so the
+// CTAs of all its query blocks, heads and splits agree. Called by every thread of the CTA.
+__forceinline__ __device__ bool pages_in_range(FwdParams const& p, int bidb, int seqlen_k) {
+  const int* row = p.block_table + int64_t(bidb) * p.block_table_batch_stride;
+  const int used = (seqlen_k + p.page_block_size - 1) / p.page_block_size;
+  bool bad = false;
+  for (int j = threadIdx.x; j < used; j += blockDim.x) {
+    const int page = row[j];
+    bad |= page < 0 || page >= p.num_blocks;
+  }
+  return __syncthreads_or(bad) == 0;
+}
+
 template <class Traits, class Features, class Mainloop, class Epilogue, class TileScheduler>
 struct FlashAttnFwdSm80 {
   static constexpr int kNThreads = Traits::kNThreads;
@@ -96,6 +114,9 @@ struct FlashAttnFwdSm80 {
         seq.seqlen_k -= leftpad;
       }
       split_partial = args.num_splits > 1;
+      if constexpr (Features::kPaged) {
+        if (!pages_in_range(p, blk.bidb, seq.seqlen_k)) seq.seqlen_k = 0;
+      }
     }
 
     const VisibilityMask mask = VisibilityMask::make(seq.seqlen_q, seq.seqlen_k, p.is_causal,

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -305,6 +306,54 @@ TEST_F(FwdFeaturesSm80, PagedMatchesContiguousBitwise) {
         const FwdProblem vr = make_fwd_problem(v, seed + 2);
         const FwdProblem vp = to_paged(vr, page, seed + 3);
         expect_bitwise_equal(run_gpu(vp), run_gpu(vr), "paged varlen window");
+      }
+    }
+  }
+}
+
+// Block-table entries live in device memory and are never validated on the host: a sequence
+// that uses an out-of-range page must come out empty (O = 0, LSE = +inf) with no read out of
+// bounds, and every other sequence exactly as with a valid table.
+TEST_F(FwdFeaturesSm80, PagedBadBlockTableEntryEmptiesTheSequence) {
+  const DType t = compiled_dtypes().empty() ? DType::kBFloat16 : compiled_dtypes().front();
+  for (int d : {64, 128, 256}) {
+    if (!hdim_compiled(d) || compiled_dtypes().empty()) continue;
+    AttnConfig dense = base(t, 3, 5, 200, 4, 2, d);
+    dense.causal = true;
+    AttnConfig varlen = base(t, 3, 0, 0, 4, 2, d);
+    varlen.seqlens_q = {4, 9, 1};
+    varlen.seqlens_k = {150, 77, 40};
+    for (const AttnConfig& c : {dense, varlen}) {
+      for (int page : {16, 64}) {
+        for (int value : {-1, 1 << 20}) {
+          const uint64_t seed = fresh_seed();
+          SCOPED_TRACE(c.str() + " page=" + std::to_string(page) + " entry=" +
+                       std::to_string(value) + " seed=" + std::to_string(seed));
+          const FwdProblem good = to_paged(make_fwd_problem(c, seed), page, seed + 1);
+          FwdProblem bad = good;
+          // Sequence 1's last used page.
+          const int keys = c.varlen() ? c.seqlens_k[1] : c.seqlen_k;
+          bad.block_table[good.params.block_table_batch_stride + (keys - 1) / page] = value;
+          bad.bind();
+          const RunResult want = run_gpu(good), got = run_gpu(bad);
+          ASSERT_TRUE(want.status.ok()) << want.status.to_string();
+          ASSERT_TRUE(got.status.ok()) << got.status.to_string();
+          const int64_t per_row = int64_t(c.h) * c.d;
+          const int total_q = c.varlen() ? good.cu_q.back() : c.b * c.seqlen_q;
+          for (int bb = 0; bb < c.b; ++bb) {
+            const int r0 = c.varlen() ? good.cu_q[bb] : bb * c.seqlen_q;
+            const int r1 = c.varlen() ? good.cu_q[bb + 1] : (bb + 1) * c.seqlen_q;
+            for (int64_t x = r0 * per_row; x < r1 * per_row; ++x)
+              ASSERT_EQ(got.o[x], bb == 1 ? 0.f : want.o[x]) << "b=" << bb << " element " << x;
+            for (int hh = 0; hh < c.h; ++hh)
+              for (int r = r0; r < r1; ++r) {
+                const int64_t li = c.varlen() ? int64_t(hh) * total_q + r
+                                              : (int64_t(bb) * c.h + hh) * c.seqlen_q + (r - r0);
+                ASSERT_EQ(got.lse[li], bb == 1 ? std::numeric_limits<float>::infinity() : want.lse[li])
+                    << "b=" << bb << " head " << hh << " row " << r;
+              }
+          }
+        }
       }
     }
   }

@@ -745,6 +745,9 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   lengths_only.kc.cache_seqlens = {50, 100, 70};
   Case lengths_only_rows = lengths_only;
   lengths_only_rows.kc.attn.seqlen_q = 3;
+  // Paged decode with nothing appended: the paged forward checks the block table itself.
+  Case paged_lengths_only = lengths_only;
+  paged_lengths_only.kc.page_size = 16;
   const std::vector<Bad> cases = {
       {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 121},
       {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, -1},
@@ -755,6 +758,9 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
        [](KVCacheProblem& p) { return &p.cache_batch_idx; }, 1, 4},
       {"cache_leftpad[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_leftpad; }, 1, 1000},
       {"block_table[1][", paged, [](KVCacheProblem& p) { return &p.block_table; }, -1, 1 << 20},
+      {"block_table[1][", paged_lengths_only, [](KVCacheProblem& p) { return &p.block_table; }, -1, 1 << 20},
+      {"block_table[1][", paged_lengths_only, [](KVCacheProblem& p) { return &p.block_table; }, -1, -7},
+      {"cache_seqlens[1]", paged_lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 1 << 20},
   };
   for (const Bad& bad : cases) {
     SCOPED_TRACE(std::string(bad.what) + " " + describe(bad.c));
