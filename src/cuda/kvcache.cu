@@ -395,7 +395,7 @@ Status forward_supported(const FwdParams& fp, const FwdCacheArgs& cache) {
   if (std::find(hdims.begin(), hdims.end(), hd) == hdims.end() ||
       std::find(dtypes.begin(), dtypes.end(), dtype_name(fp.dtype)) == dtypes.end())
     return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                                 dtype_name(fp.dtype) + " kernels not compiled in this build " +
+                                 dtype_name(fp.dtype) + " GPU forward kernels not compiled in this build " +
                                  compiled_config_string());
   FwdParams dry = fp;
   dry.seqlen_q = 0;

@@ -38,21 +38,62 @@ struct TileSchedulerBwdSm80 {
   }
 };
 
-// dK, dV from registers to global memory. Each thread owns pairs of adjacent columns of the
-// accumulator, stored as one 32-bit (16-bit dtype) or 64-bit (fp32) write; rows past the
-// sequence's keys and columns past d are never written.
+// dK, dV from registers to global memory; rows past the sequence's keys and columns past d are
+// never written.
+//  - h == h_k (dk / dv in the dtype): staged through shared memory (the K and V buffers, free
+//    once the main loop is done), then written as whole 16-byte row segments, 8 per 128-byte
+//    line. Straight from the accumulators each warp store would cover 8 rows x 16 bytes, 8 lines
+//    per instruction, 64 such stores per thread at d = 128: the LSU cycles of that alone are
+//    ~2 us per CTA, paid at every CTA's end with nothing to overlap it (1 CTA per SM).
+//  - GQA (fp32 per query head, reduced by the postprocess): straight from the accumulators, as
+//    64-bit pairs.
 template <class Traits>
 struct EpilogueBwdSm80 {
   using Element = typename Traits::Element;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
+  using GmemTiledCopyStore = decltype(make_tiled_copy(
+      Copy_Atom<UniversalCopy<cute::uint128_t>, Element>{}, typename Traits::GmemLayoutAtom{},
+      Layout<Shape<_1, Int<Traits::kGmemElemsPerLoad>>>{}));
+
+  // One (kBlockN x kHeadDim) gradient tile: accumulators (already in the dtype) -> smem_tile ->
+  // dst rows [0, rows_left), columns [0, d).
+  template <class TensorR>
+  __forceinline__ __device__ static void store_tile(TensorR const& r, Element* smem_tile,
+                                                    Element* dst, int64_t row_stride,
+                                                    int rows_left, int d) {
+    typename Traits::TiledMmadKV tiled_mma;
+    Tensor s = make_tensor(make_smem_ptr(smem_tile), typename Traits::SmemLayoutKV{});
+    auto smem_tiled_copy = make_tiled_copy_C(typename Traits::SmemCopyAtomPdS{}, tiled_mma);
+    auto smem_thr_copy = smem_tiled_copy.get_thread_slice(threadIdx.x);
+    copy(smem_tiled_copy, smem_thr_copy.retile_S(r), smem_thr_copy.partition_D(s));
+    __syncthreads();
+    GmemTiledCopyStore gmem_tiled_copy;
+    auto gmem_thr_copy = gmem_tiled_copy.get_thread_slice(threadIdx.x);
+    Tensor g = make_tensor(make_gmem_ptr(dst), Shape<Int<kBlockN>, Int<kHeadDim>>{},
+                           make_stride(row_stride, _1{}));
+    Tensor tS = gmem_thr_copy.partition_S(s);  // (CPY, CPY_N, CPY_D)
+    Tensor tG = gmem_thr_copy.partition_D(g);
+    Tensor tC = gmem_thr_copy.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    Tensor tR = make_fragment_like(tS);
+    copy(gmem_tiled_copy, tS, tR);
+    CUTE_UNROLL
+    for (int m = 0; m < size<1>(tG); ++m) {
+      if (get<0>(tC(0, m, 0)) >= rows_left) continue;
+      CUTE_UNROLL
+      for (int k = 0; k < size<2>(tG); ++k)  // d % 8 == 0: a 16-byte chunk is in or out whole
+        if (get<1>(tC(0, m, k)) < d) copy(gmem_tiled_copy, tR(_, m, k), tG(_, m, k));
+    }
+  }
 
   // rows_left: keys of this block inside the sequence's k/v rows (seqused_k included: keys past
-  // it are stored as the zeros their accumulators hold).
+  // it are stored as the zeros their accumulators hold). smem_k / smem_v: the main loop's K and V
+  // buffers, for the staging.
   template <class TensordK, class TensordV>
   __forceinline__ __device__ void store(BwdArgsSm80 const& args, SeqlenInfo const& seq,
                                         BwdBlockCoordSm80 const& blk, int rows_left,
-                                        TensordK& acc_dk, TensordV& acc_dv) const {
+                                        TensordK& acc_dk, TensordV& acc_dv, Element* smem_k,
+                                        Element* smem_v) const {
     const BwdParams& p = args.p;
     const bool varlen = p.cu_seqlens_q != nullptr;
     const int n0 = blk.n_block * kBlockN;
@@ -74,16 +115,9 @@ struct EpilogueBwdSm80 {
           seq.k_offset(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, blk.bidb, n0, bidh_kv, varlen);
       Element* dv = static_cast<Element*>(p.dv_ptr) +
           seq.k_offset(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, blk.bidb, n0, bidh_kv, varlen);
-      Tensor rdK = convert_fragment<Element>(acc_dk);
-      Tensor rdV = convert_fragment<Element>(acc_dv);
-      CUTE_UNROLL
-      for (int i = 0; i < size(acc_dk); i += 2) {
-        const int r = get<0>(c(i)), col = get<1>(c(i));
-        if (r < rows_left && col < p.d) {
-          store_pair(dk + int64_t(r) * p.dk_row_stride + col, rdK(i), rdK(i + 1));
-          store_pair(dv + int64_t(r) * p.dv_row_stride + col, rdV(i), rdV(i + 1));
-        }
-      }
+      __syncthreads();  // every warp is done reading sK and sV
+      store_tile(convert_fragment<Element>(acc_dk), smem_k, dk, p.dk_row_stride, rows_left, p.d);
+      store_tile(convert_fragment<Element>(acc_dv), smem_v, dv, p.dv_row_stride, rows_left, p.d);
     } else {
       const int64_t row_stride = int64_t(p.h) * args.d_accum;
       const int64_t base = (accum_row0_k(p, seq, blk.bidb) + n0) * row_stride +
@@ -99,13 +133,6 @@ struct EpilogueBwdSm80 {
         }
       }
     }
-  }
-
-  __forceinline__ __device__ static void store_pair(Element* dst, Element a, Element b) {
-    cutlass::Array<Element, 2> v;
-    v[0] = a;
-    v[1] = b;
-    *reinterpret_cast<cutlass::Array<Element, 2>*>(dst) = v;
   }
 };
 
@@ -150,7 +177,8 @@ struct FlashAttnBwdSm80 {
                        (m_hi + kBlockM - 1) / kBlockM, acc_dk, acc_dv);
       }
     }
-    Epilogue{}.store(args, seq, blk, seqlen_k_rows - n0, acc_dk, acc_dv);
+    Epilogue{}.store(args, seq, blk, seqlen_k_rows - n0, acc_dk, acc_dv,
+                     storage.mainloop.smem_k.data(), storage.mainloop.smem_v.data());
   }
 };
 

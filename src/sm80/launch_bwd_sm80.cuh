@@ -1,7 +1,7 @@
 // Launch of the SM80-path backward: picks the tile policy for the head dim and the compile-time
 // features (softcap, ALiBi, dropout), allocates the fp32 workspace stream-ordered on p.stream,
 // and runs
-//   1. cudaMemsetAsync(dq_accum, 0) and the preprocess (D = rowsum(dO * O)),
+//   1. the preprocess (D = rowsum(dO * O), and dq_accum zeroed in the same launch),
 //   2. the main kernel (one CTA per key block, head, sequence),
 //   3. the postprocess (dQ = scale * dq_accum in the dtype; GQA: the dK / dV group sums),
 // then frees the workspace, all on p.stream with no host synchronization.
@@ -57,15 +57,26 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
   auto blocks_for = [](int64_t pairs) { return unsigned((pairs + 7) / 8); };
 
   if (args.rows_q > 0) {
-    FA_CUDA_CHECK(cudaMemsetAsync(args.dq_accum, 0,
-                                  sizeof(float) * size_t(p.h) * args.dq_tiles_per_head *
-                                      Traits::kDqTileElems, stream));
     if (args.dq_semaphore != nullptr) {
       FA_CUDA_CHECK(cudaMemsetAsync(args.dq_semaphore, 0,
                                     sizeof(int) * size_t(p.b) * p.h * args.num_m_blocks, stream));
     }
-    flash_bwd_dot_do_o_sm80_kernel<Element>
-        <<<blocks_for(int64_t(args.rows_q) * p.h), kThreads, 0, stream>>>(args);
+    // D, and dq_accum zeroed in the same launch (a whole number of float4: kDqTileElems % 4 == 0,
+    // and dq_accum starts the 256-byte aligned workspace).
+    static_assert(Traits::kDqTileElems % 4 == 0);
+    const int64_t dq_vec4 = int64_t(p.h) * args.dq_tiles_per_head * Traits::kDqTileElems / 4;
+    const int64_t pairs = int64_t(args.rows_q) * p.h;
+    auto launch_dot = [&](auto group) {
+      constexpr int kGroup = decltype(group)::value;
+      const unsigned blocks = unsigned((pairs * kGroup + kThreads - 1) / kThreads);
+      flash_bwd_dot_do_o_sm80_kernel<Element, kGroup><<<blocks, kThreads, 0, stream>>>(args, dq_vec4);
+    };
+    switch (dot_do_o_group_sm80(Traits::kHeadDim)) {
+      case 4: launch_dot(cute::Int<4>{}); break;
+      case 8: launch_dot(cute::Int<8>{}); break;
+      case 16: launch_dot(cute::Int<16>{}); break;
+      default: launch_dot(cute::Int<32>{}); break;
+    }
     FA_CUDA_CHECK_LAUNCH("flash_bwd_dot_do_o_sm80_kernel");
   }
   if (args.num_n_blocks > 0) {
