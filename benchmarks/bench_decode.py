@@ -15,9 +15,8 @@ so the times compare directly). SDPA has no paged cache; paged records compare w
 contiguous ones.
 
 flashattn is called through the C ABI shim (libflashattn_capi.so, tools/capi.cpp) with per-sequence
-cache_seqlens in device memory (the serving path: the prepare kernel writes seqused_k, then the
-forward with the split heuristic, num_splits = 0) and, as "flashattn_scalar", with one host
-cache_seqlen (no prepare kernel). Timing: median of triton.testing.do_bench (which flushes L2
+cache_seqlens in device memory (the serving path: the forward reads them as seqused_k, split
+heuristic, num_splits = 0) and, as "flashattn_scalar", with one host cache_seqlen. Timing: median of triton.testing.do_bench (which flushes L2
 before every call) after warm-up, input sets rotated.
 
 Writes <out>/<date>-<gpu>-decode.{json,md} (and .png when matplotlib is present) in the
