@@ -180,6 +180,9 @@ int main(int argc, char** argv) {
       {64, "lib", &run_lib<64>},
 #ifdef BENCH_VARIANTS
       {64, "64x128x8 2/4/2 s2", &run_full<TraitsOf<64, 64, 128, 8, 2, 4, 2, 2>>},
+      {64, "128x128x8 2/4/4 s2", &run_full<TraitsOf<64, 128, 128, 8, 2, 4, 4, 2>>},
+      {64, "128x128x8 4/4/4 s1", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1>>},
+      {64, "128x128x8 2/4/4 s1", &run_full<TraitsOf<64, 128, 128, 8, 2, 4, 4, 1>>},
 #endif
 #endif
 #if !defined(BENCH_D) || BENCH_D == 128

@@ -26,17 +26,21 @@
 // last gemm, hidden only behind the dQ gemm. Measured on the H100 (s = 16k): 2 stages +5 % at
 // d = 128 (289 vs 274 TFLOP/s); at d = 256, where 2 stages take 208 KB (more than the A100's
 // 163 KB per block), 1 stage ran as fast (240 vs 238 non-causal, 244 both causal, once the dQ
-// adds were red instead of atomicAdd), so d > 128 keeps 1 stage everywhere. Shared memory:
-//   d = 64 (128 x 128): Q, dO 2 x 2 x 16 KB, K, V 2 x 16 KB, P, dS 2 x 32 KB = 160 KB
+// adds were red instead of atomicAdd), so d > 128 keeps 1 stage everywhere; d = 64 takes 1 stage
+// too, for its registers (below). Shared memory:
+//   d = 64 (128 x 128): Q, dO 2 x 16 KB,     K, V 2 x 16 KB, P, dS 2 x 32 KB = 128 KB
 //   d = 128:            Q, dO 2 x 2 x 16 KB, K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
 //   d = 192 (64 x 64):  Q, dO 2 x 24 KB,     K, V 2 x 24 KB, P, dS 2 x 8 KB  = 112 KB
 //   d = 256 (64 x 64):  Q, dO 2 x 32 KB,     K, V 2 x 32 KB, P, dS 2 x 8 KB  = 144 KB
 //
 // d = 64 takes 128 x 128 tiles: with 64 x 128 the S / dP and dQ gemms have k = 64 only, and the
-// ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md);
-// measured at s = 16k: 254 (64 x 128) vs 280 TFLOP/s (128 x 128, 2 stages). The price is
-// registers: S + dP 128 fp32 next to dK + dV 64; ptxas spills 60 bytes, outside the gemms (a
-// few LDL / STL of loop-invariant addresses per step).
+// ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md).
+// The price is registers: S + dP 128 fp32 next to dK + dV 64. With 2 Q / dO stages ptxas spilled
+// 60 bytes (the second stage's addresses), with 1 stage 16; measured on the H100 after the
+// row-statistics fix (bwd_bench_sm80, TFLOP/s non-causal / causal): s = 1k 219.8 / 172.2 (2
+// stages) vs 237.1 / 184.9 (1 stage), 4k 262.5 / 243.8 vs 280.5 / 257.5, 16k 272.1 / 269.6 vs
+// 286.1 / 289.6; 64 x 128 with 2 stages 236.2 / 180.8, 273.1 / 254.1, 282.2 / 281.9. (FA2's
+// S / dP layout, 2 x 4 warps, spilled 192 bytes and ran 1-3 % slower.)
 #pragma once
 
 namespace flashattn::sm80 {
@@ -52,7 +56,7 @@ struct TileSizeBwdSm80 {
 };
 
 constexpr TileSizeBwdSm80 tile_size_bwd_sm80(int head_dim) {
-  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 2};
+  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 1};
   // d = 32, 96: the dQ gemm's 2 x 4 layout needs d % 64 == 0; 4 x 2 instead.
   if (head_dim % 64 != 0 && head_dim <= 128) return {64, 128, 8, 2, 4, 4, 2};
   if (head_dim <= 128) return {64, 128, 8, 2, 4, 2, 2};
