@@ -27,7 +27,10 @@
 // d = 128 (289 vs 274 TFLOP/s); at d = 256, where 2 stages take 208 KB (more than the A100's
 // 163 KB per block), 1 stage ran as fast (240 vs 238 non-causal, 244 both causal, once the dQ
 // adds were red instead of atomicAdd), so d > 128 keeps 1 stage everywhere; d = 64 takes 1 stage
-// too, for its registers (below). Shared memory:
+// too, for its registers (below). Re-measured at d = 256 after the row-statistics fix
+// (bwd_bench_sm80, s = 4k, TFLOP/s non-causal / causal): 1 stage 245.1 / 231.5, 2 stages
+// 227.2 / 219.9 (76 bytes spilled), 32 x 64 tiles (dQ 32 fp32 instead of 64) 212.7 / 196.5 with
+// 1 stage and 218.1 / 201.5 with 2. Shared memory:
 //   d = 64 (128 x 128): Q, dO 2 x 16 KB,     K, V 2 x 16 KB, P, dS 2 x 32 KB = 128 KB
 //   d = 128:            Q, dO 2 x 2 x 16 KB, K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
 //   d = 192 (64 x 64):  Q, dO 2 x 24 KB,     K, V 2 x 24 KB, P, dS 2 x 8 KB  = 112 KB
