@@ -70,17 +70,14 @@ struct Problem {
 };
 
 template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
-          int kStages = 1, bool kSkipRescale = false>
+          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false>
 fa::Status launch(const fa::FwdParams& p) {
   using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
                                            kPadded, kStages, kSkipRescale>;
-  sm80::FwdArgsSm80 args;
-  args.p = p;
-  args.unit = p.softmax_scale;
-  args.unit_log2 = args.unit * float(M_LOG2E);
-  args.h_h_k_ratio = p.h / p.h_k;
-  args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  return sm80::launch_fwd_sm80<Traits, false, false>(args);
+  fa::FwdParams q = p;
+  if (kSoftcap) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
+  sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
+  return sm80::launch_fwd_sm80<Traits, kSoftcap, false>(args);
 }
 
 // The library's policy for head dim D (tile_size_sm80.h), for the "(lib)" rows.
@@ -168,6 +165,12 @@ int main(int argc, char** argv) {
 #else
       {128, "128x64x4 s2k", &launch<128, 128, 64, 4, false, 2, true>},
       {128, "128x64x4 s1k", &launch<128, 128, 64, 4, false, 1, true>},
+#ifdef SWEEP_SOFTCAP
+      // Softcap kernels (the "diff" column then compares with the plain lib: not a check).
+      {128, "softcap 128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true, true>},
+      {128, "softcap 128x32x4 p1k", &launch<128, 128, 32, 4, true, 1, true, true>},
+      {128, "softcap 128x64x4 p1a", &launch<128, 128, 64, 4, true, 1, false, true>},
+#endif
 #endif
 #endif
 #if !defined(SWEEP_D) || SWEEP_D == 256

@@ -40,6 +40,11 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // layouts spill 96-152 bytes (one address register per XOR pattern), p2k 24 bytes, p1a 92.
   // s2k is 381 / 349 with a 96-byte spill. 128 x 32 x 4 measured 365 / 335; 8 warps lose
   // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
+  // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
+  // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
+  // (S takes 32 fp32), is slower: softcap at s = 16k 305.8 vs 332.6 non-causal, 285.0 vs 302.7
+  // causal, 4k causal 262.3 vs 279.2 (tile_sweep_sm80 -DSWEEP_SOFTCAP, H100); always
+  // rescaling (p1a, 116 bytes) 303.0 / 293.3. So the score-mod kernels keep this tile.
   if (head_dim <= 128) return {128, 64, 4, true, 1, true};
   // d = 192, 256: 64 x 64 x 4, swizzled, single-buffered, skipped rescale (s1k): 336 / 339 at
   // 16k and 308 / 249 at 1k, vs 64 x 64 x 4 s1a 320 / 321 (296 / 247 at 1k) and 128 x 64 x 8
