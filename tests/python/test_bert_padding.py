@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fa_testing import HAS_CUDA  # noqa: E402
+from fa_testing import HAS_CUDA, skip_unless_gpu_kernel  # noqa: E402
 from flashattn import flash_attn_func, flash_attn_varlen_func  # noqa: E402
 from flashattn.bert_padding import (index_first_axis, index_first_axis_residual,  # noqa: E402
                                     pad_input, unpad_input,
@@ -92,6 +92,8 @@ def test_varlen_attention_on_unpadded_batch(device):
     """unpad -> varlen attention -> pad equals dense attention of each sequence alone."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     b, s, h, d = 3, 40, 4, 64
+    if device == "cuda":
+        skip_unless_gpu_kernel(d, dtype)
     lengths = [40, 17, 1]
     mask = _mask(lengths, s, device)
     q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
