@@ -160,16 +160,21 @@ struct RunResult {
   Buffer o_raw;            // the whole o buffer (padding included)
 };
 
-inline RunResult run_gpu(const FwdProblem& pr) {
-  DeviceFwdProblem dev(pr);
+// The result of a call that ran on dev (a device copy of pr) and returned s.
+inline RunResult collect(const FwdProblem& pr, DeviceFwdProblem& dev, Status s) {
   RunResult r;
-  r.status = pr.cfg.varlen() ? mha_varlen_fwd(dev.params) : mha_fwd(dev.params);
+  r.status = s;
   FwdProblem out = pr;
   dev.copy_back(out);
   r.o = gather_o(out);
   r.lse = out.lse;
   r.o_raw = out.o;
   return r;
+}
+
+inline RunResult run_gpu(const FwdProblem& pr) {
+  DeviceFwdProblem dev(pr);
+  return collect(pr, dev, pr.cfg.varlen() ? mha_varlen_fwd(dev.params) : mha_fwd(dev.params));
 }
 
 // Elements of the o buffer that belong to the logical tensor.

@@ -59,14 +59,7 @@ RunResult run_gpu_split_family(const FwdProblem& pr) {
   DeviceBuffer bidx = DeviceBuffer::from(identity);
   cuda::FwdCacheArgs hooks;
   hooks.kv_batch_idx = bidx.as<int>();
-  RunResult r;
-  r.status = cuda::run_mha_fwd(detail::resolve(dev.params), hooks);
-  FwdProblem out = pr;
-  dev.copy_back(out);
-  r.o = gather_o(out);
-  r.lse = out.lse;
-  r.o_raw = out.o;
-  return r;
+  return collect(pr, dev, cuda::run_mha_fwd(detail::resolve(dev.params), hooks));
 }
 
 // The GPU fp32 reference (cuda::ref::mha_fwd) of pr: gathered o and the LSE.
