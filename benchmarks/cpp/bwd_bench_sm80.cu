@@ -195,9 +195,12 @@ int main(int argc, char** argv) {
 #if !defined(BENCH_D) || BENCH_D == 256
       {256, "lib", &run_lib<256>},
 #ifdef BENCH_VARIANTS
+#ifndef BENCH_QUICK
       {256, "64x64x8 4/2/2 s2", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 2>>},
       {256, "32x64x8 2/2/2 s1", &run_full<TraitsOf<256, 32, 64, 8, 2, 2, 2, 1>>},
       {256, "32x64x8 2/2/2 s2", &run_full<TraitsOf<256, 32, 64, 8, 2, 2, 2, 2>>},
+#endif
+      {256, "lib scalar-red", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 1, 1>>},
 #endif
 #endif
   };
