@@ -156,8 +156,7 @@ struct FlashAttnBwdSm80 {
     const BwdParams& p = args.p;
     const SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
     // Every k/v row of the sequence gets a gradient, also those past seqused_k (zeros).
-    const int seqlen_k_rows = p.cu_seqlens_k != nullptr
-        ? p.cu_seqlens_k[blk.bidb + 1] - p.cu_seqlens_k[blk.bidb] : p.seqlen_k;
+    const int seqlen_k_rows = seq.rows_k;
     const int n0 = blk.n_block * kBlockN;
     if (n0 >= seqlen_k_rows) return;
 

@@ -561,6 +561,8 @@ TEST(SeqlenInfo, DenseVarlenPagedAndSequsedK) {
   const int cu_q[] = {0, 3, 3, 10}, cu_k[] = {0, 5, 6, 20}, used[] = {4, 1, 11};
   p.cu_seqlens_q = cu_q;
   p.cu_seqlens_k = cu_k;
+  p.total_q = 10;
+  p.total_k = 20;
   s = SeqlenInfo::make(p, 2);
   EXPECT_EQ(s.q_row0, 3);
   EXPECT_EQ(s.k_row0, 6);
@@ -573,6 +575,42 @@ TEST(SeqlenInfo, DenseVarlenPagedAndSequsedK) {
   const int bt[] = {0};
   p.block_table = bt;
   EXPECT_EQ(SeqlenInfo::make(p, 2).k_row0, 0);  // paged keys are addressed by the table
+}
+
+// Device-resident offsets and lengths are never validated on the host: values that break the
+// rules validation enforces make the sequence empty instead of pointing past the buffers.
+TEST(SeqlenInfo, OutOfRangeDeviceValuesEmptyTheSequence) {
+  FwdParams p;
+  p.seqlen_q = 8;
+  p.seqlen_k = 16;
+  p.total_q = 10;
+  p.total_k = 20;
+  const int cu_q[] = {0, 6, 4, 12}, cu_k[] = {0, 12, -3, 25};
+  p.cu_seqlens_q = cu_q;
+  p.cu_seqlens_k = cu_k;
+  SeqlenInfo s = SeqlenInfo::make(p, 0);  // valid
+  EXPECT_EQ(s.seqlen_q, 6);
+  EXPECT_EQ(s.seqlen_k, 12);
+  EXPECT_EQ(s.rows_k, 12);
+  s = SeqlenInfo::make(p, 1);  // q decreasing, k start negative
+  EXPECT_EQ(s.seqlen_q, 0);
+  EXPECT_EQ(s.seqlen_k, 0);
+  EXPECT_EQ(s.rows_k, 0);
+  s = SeqlenInfo::make(p, 2);  // q and k end past total_q / total_k
+  EXPECT_EQ(s.seqlen_q, 0);
+  EXPECT_EQ(s.q_row0, 0);
+  EXPECT_EQ(s.seqlen_k, 0);
+  EXPECT_EQ(s.k_row0, 0);
+
+  FwdParams d;  // dense: seqused_k above seqlen_k or negative
+  d.seqlen_q = 4;
+  d.seqlen_k = 16;
+  const int used[] = {16, 17, -1};
+  d.seqused_k = used;
+  EXPECT_EQ(SeqlenInfo::make(d, 0).seqlen_k, 16);
+  EXPECT_EQ(SeqlenInfo::make(d, 1).seqlen_k, 0);
+  EXPECT_EQ(SeqlenInfo::make(d, 2).seqlen_k, 0);
+  EXPECT_EQ(SeqlenInfo::make(d, 1).rows_k, 16);  // its rows still get (zero) gradients
 }
 
 }  // namespace
