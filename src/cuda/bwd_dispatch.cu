@@ -58,7 +58,8 @@ Status run_mha_bwd(const BwdParams& p) {
   FA_SM80_BWD_FOR_EACH_INSTANCE(FA_SM80_BWD_CASE)
 #undef FA_SM80_BWD_CASE
   return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) + " GPU backward kernels not compiled in this build " +
+                               dtype_name(p.dtype) +
+                               " GPU backward kernels not compiled in this build " +
                                compiled_config_string());
 }
 

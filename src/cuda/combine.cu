@@ -57,12 +57,14 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   const int64_t lse_idx = (int64_t(bidb) * p.h + hh) * p.seqlen_q + i;
   const float* lse_row = p.lse_partial + lse_idx;
   float max_lse = neg_inf<float>();
-  for (int s = lane; s < p.num_splits; s += 32) max_lse = fmaxf(max_lse, lse_row[s * lse_split_stride]);
+  for (int s = lane; s < p.num_splits; s += 32)
+    max_lse = fmaxf(max_lse, lse_row[s * lse_split_stride]);
   max_lse = warp_max(max_lse);
   float total = neg_inf<float>();  // every split empty: stays -inf (reported as +inf)
   if (max_lse != neg_inf<float>()) {
     float sum = 0.f;  // >= 1 after the reduction: the largest split contributes exp(0)
-    for (int s = lane; s < p.num_splits; s += 32) sum += __expf(lse_row[s * lse_split_stride] - max_lse);
+    for (int s = lane; s < p.num_splits; s += 32)
+      sum += __expf(lse_row[s * lse_split_stride] - max_lse);
     total = max_lse + __logf(warp_sum(sum));
   }
 

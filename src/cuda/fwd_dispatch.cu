@@ -62,7 +62,8 @@ Status run_compiled(const FwdParams& p, const FwdCacheArgs& cache, int hd, int s
   FA_SM80_FWD_FOR_EACH_INSTANCE(FA_SM80_FWD_CASE)
 #undef FA_SM80_FWD_CASE
   return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) + " GPU forward kernels not compiled in this build " +
+                               dtype_name(p.dtype) +
+                               " GPU forward kernels not compiled in this build " +
                                compiled_config_string());
 }
 
@@ -113,7 +114,8 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
   const int hd = sm80::round_head_dim_sm80(p.d);
   if (!compiled(p.dtype, hd))
     return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                                 dtype_name(p.dtype) + " GPU forward kernels not compiled in this build " +
+                                 dtype_name(p.dtype) +
+                                 " GPU forward kernels not compiled in this build " +
                                  compiled_config_string());
   int splits = 1;
   s = choose_splits(p, hd, &splits);

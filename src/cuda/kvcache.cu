@@ -22,9 +22,10 @@
 // leftpad) skips the prepare kernel: the forward reads per-sequence cache_seqlens as its
 // seqused_k (one out of range makes the sequence empty, common/seqlen.h) and the paged forward
 // checks the block-table entries it will use (same rule, kernel_fwd_sm80.cuh), the outcomes the
-// prepare kernel's sanitizing gives; a scalar cache_seqlen was validated on the host. With FLASHATTN_CHECK_DEVICE_INDICES set, a check-only launch of
-// the prepare kernel and a stream synchronization come first, and out-of-range values return
-// kInvalidArgument before anything is written (docs/kvcache.md).
+// prepare kernel's sanitizing gives; a scalar cache_seqlen was validated on the host. With
+// FLASHATTN_CHECK_DEVICE_INDICES set, a check-only launch of the prepare kernel and a stream
+// synchronization come first, and out-of-range values return kInvalidArgument before anything
+// is written (docs/kvcache.md).
 //
 // Rotary arithmetic: fp32 from the stored dtype, cos/sin from the dtype tables, one rounding to
 // the dtype at the end, through the shared apply_rotary (src/common/rotary.h) on one pair. The
@@ -395,7 +396,8 @@ Status forward_supported(const FwdParams& fp, const FwdCacheArgs& cache) {
   if (std::find(hdims.begin(), hdims.end(), hd) == hdims.end() ||
       std::find(dtypes.begin(), dtypes.end(), dtype_name(fp.dtype)) == dtypes.end())
     return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                                 dtype_name(fp.dtype) + " GPU forward kernels not compiled in this build " +
+                                 dtype_name(fp.dtype) +
+                                 " GPU forward kernels not compiled in this build " +
                                  compiled_config_string());
   FwdParams dry = fp;
   dry.seqlen_q = 0;

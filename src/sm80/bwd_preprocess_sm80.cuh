@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(256)
 
   const int64_t pair = tid / kGroup;
   const int lane = threadIdx.x % kGroup;
-  // Groups never straddle a warp, and a warp's groups leave together or not at all only at the
-  // grid's end: the shuffles below name just this group's lanes.
+  // All lanes of a group share `pair`, so `active` is uniform within the group, and the shuffles
+  // below name only the group's lanes (groups never straddle a warp).
   const bool active = pair < int64_t(args.rows_q) * p.h;
   float acc = 0.f;
   int64_t out = 0;
@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(256)
     const Element* o = static_cast<const Element*>(p.o_ptr) +
                        r.elem_offset(p.o_batch_stride, p.o_row_stride) + head * p.o_head_stride;
     const Element* dout = static_cast<const Element*>(p.do_ptr) +
-                          r.elem_offset(p.do_batch_stride, p.do_row_stride) + head * p.do_head_stride;
+                          r.elem_offset(p.do_batch_stride, p.do_row_stride) +
+                          head * p.do_head_stride;
     using Vec = cutlass::Array<Element, 8>;
     for (int x = lane * 8; x < p.d; x += kGroup * 8) {  // d % 8 == 0: whole vectors only
       const Vec vo = *reinterpret_cast<const Vec*>(o + x);

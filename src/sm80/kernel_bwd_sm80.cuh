@@ -74,7 +74,8 @@ struct EpilogueBwdSm80 {
                            make_stride(row_stride, _1{}));
     Tensor tS = gmem_thr_copy.partition_S(s);  // (CPY, CPY_N, CPY_D)
     Tensor tG = gmem_thr_copy.partition_D(g);
-    Tensor tC = gmem_thr_copy.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+    Tensor tC =
+        gmem_thr_copy.partition_S(make_identity_tensor(Shape<Int<kBlockN>, Int<kHeadDim>>{}));
     Tensor tR = make_fragment_like(tS);
     copy(gmem_tiled_copy, tS, tR);
     CUTE_UNROLL

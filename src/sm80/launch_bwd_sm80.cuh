@@ -69,7 +69,8 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
     auto launch_dot = [&](auto group) {
       constexpr int kGroup = decltype(group)::value;
       const unsigned blocks = unsigned((pairs * kGroup + kThreads - 1) / kThreads);
-      flash_bwd_dot_do_o_sm80_kernel<Element, kGroup><<<blocks, kThreads, 0, stream>>>(args, dq_vec4);
+      flash_bwd_dot_do_o_sm80_kernel<Element, kGroup>
+          <<<blocks, kThreads, 0, stream>>>(args, dq_vec4);
     };
     switch (dot_do_o_group_sm80(Traits::kHeadDim)) {
       case 4: launch_dot(cute::Int<4>{}); break;

@@ -342,8 +342,9 @@ TEST_F(FwdFeaturesSm80, PagedBadBlockTableEntryEmptiesTheSequence) {
               for (int r = r0; r < r1; ++r) {
                 const int64_t li = c.varlen() ? int64_t(hh) * total_q + r
                                               : (int64_t(bb) * c.h + hh) * c.seqlen_q + (r - r0);
-                ASSERT_EQ(got.lse[li], bb == 1 ? std::numeric_limits<float>::infinity() : want.lse[li])
-                    << "b=" << bb << " head " << hh << " row " << r;
+                const float expect =
+                    bb == 1 ? std::numeric_limits<float>::infinity() : want.lse[li];
+                ASSERT_EQ(got.lse[li], expect) << "b=" << bb << " head " << hh << " row " << r;
               }
           }
         }

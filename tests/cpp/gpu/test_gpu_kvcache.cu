@@ -748,19 +748,21 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   // Paged decode with nothing appended: the paged forward checks the block table itself.
   Case paged_lengths_only = lengths_only;
   paged_lengths_only.kc.page_size = 16;
+  auto seqlens = [](KVCacheProblem& p) { return &p.cache_seqlens; };
+  auto table = [](KVCacheProblem& p) { return &p.block_table; };
   const std::vector<Bad> cases = {
-      {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 121},
-      {"cache_seqlens[1]", lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, -1},
-      {"cache_seqlens[1]", lengths_only_rows, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 1 << 30},
-      {"cache_seqlens[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 119},
-      {"cache_seqlens[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, -4},
+      {"cache_seqlens[1]", lengths_only, seqlens, 1, 121},
+      {"cache_seqlens[1]", lengths_only, seqlens, 1, -1},
+      {"cache_seqlens[1]", lengths_only_rows, seqlens, 1, 1 << 30},
+      {"cache_seqlens[1]", contiguous, seqlens, 1, 119},
+      {"cache_seqlens[1]", contiguous, seqlens, 1, -4},
       {"cache_batch_idx[1]", contiguous,
        [](KVCacheProblem& p) { return &p.cache_batch_idx; }, 1, 4},
       {"cache_leftpad[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_leftpad; }, 1, 1000},
-      {"block_table[1][", paged, [](KVCacheProblem& p) { return &p.block_table; }, -1, 1 << 20},
-      {"block_table[1][", paged_lengths_only, [](KVCacheProblem& p) { return &p.block_table; }, -1, 1 << 20},
-      {"block_table[1][", paged_lengths_only, [](KVCacheProblem& p) { return &p.block_table; }, -1, -7},
-      {"cache_seqlens[1]", paged_lengths_only, [](KVCacheProblem& p) { return &p.cache_seqlens; }, 1, 1 << 20},
+      {"block_table[1][", paged, table, -1, 1 << 20},
+      {"block_table[1][", paged_lengths_only, table, -1, 1 << 20},
+      {"block_table[1][", paged_lengths_only, table, -1, -7},
+      {"cache_seqlens[1]", paged_lengths_only, seqlens, 1, 1 << 20},
   };
   for (const Bad& bad : cases) {
     SCOPED_TRACE(std::string(bad.what) + " " + describe(bad.c));
