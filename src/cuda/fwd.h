@@ -14,9 +14,12 @@ namespace flashattn::cuda {
 //                 seqused_k[i]) are visible, key index j counts from k_leftpad[i], so the
 //                 sequence's s_k (mask alignment, ALiBi) is seqused_k[i] - k_leftpad[i].
 //                 Requires seqused_k. Contiguous K/V only.
+//   split_family  run the split-capable kernels even without splits, paging or hooks (the
+//                 KV-cache path: decode's tile, and contiguous results bitwise equal to paged).
 struct FwdCacheArgs {
   const int* kv_batch_idx = nullptr;
   const int* k_leftpad = nullptr;
+  bool split_family = false;
 };
 
 Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache = {});

@@ -2,7 +2,8 @@
 // SM80-path kernels cover (returning kNotSupported, never different math, for the rest), rounds
 // the head dim up to a compiled kernel, chooses the split count and the kernel family:
 //   dropout                                   -> run_fwd_dropout_sm80
-//   paged KV, KV-cache hooks or num_splits > 1 -> run_fwd_split_sm80 (split-capable)
+//   paged KV, KV-cache hooks or num_splits > 1, or any KV-cache call
+//                                             -> run_fwd_split_sm80 (split-capable)
 //   otherwise                                 -> run_fwd_sm80 (plain)
 // and, for p_ptr, runs the probabilities kernel after the forward (with the forward's LSE, into
 // stream-ordered scratch when the caller passed no LSE buffer). The remaining compile-time
@@ -50,7 +51,7 @@ template <DType kDtype, int kHeadDim>
 Status run_family(const FwdParams& p, const FwdCacheArgs& cache, int splits) {
   if (p.p_dropout > 0.f) return sm80::run_fwd_dropout_sm80<kDtype, kHeadDim>(p);
   const bool hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
-  if (p.block_table != nullptr || hooks || splits > 1)
+  if (p.block_table != nullptr || hooks || splits > 1 || cache.split_family)
     return sm80::run_fwd_split_sm80<kDtype, kHeadDim>(p, cache.kv_batch_idx, cache.k_leftpad,
                                                       splits);
   return sm80::run_fwd_sm80<kDtype, kHeadDim>(p);

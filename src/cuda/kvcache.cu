@@ -469,6 +469,10 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
 
   FwdParams fp = p;  // the forward's fields, sliced off the KV-cache ones
   FwdCacheArgs cache;
+  // Every KV-cache call runs the split-capable kernels, as flash_attn's does: their tile is the
+  // decode tile (tile_size_sm80.h), and a contiguous cache then gives the same bits as a paged
+  // one whatever the split count.
+  cache.split_family = true;
   if (need_prepare || check_mode) {
     if (Status s = scratch.allocate(q_off + q_bytes); !s.ok()) return s;
     int* next = reinterpret_cast<int*>(scratch.get());

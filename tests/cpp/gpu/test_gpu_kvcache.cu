@@ -624,6 +624,56 @@ TEST_F(KVCacheGpu, GqaDecodePackingMatchesUnpacked) {
   }
 }
 
+// Every KV-cache call runs the split-capable kernels, so a contiguous cache and a paged one
+// holding the same keys give the same bits, with one split or the heuristic's.
+TEST_F(KVCacheGpu, ContiguousAndPagedCachesGiveTheSameBits) {
+  for (DType t : compiled_dtypes()) {
+    for (int d : {128, 64}) {
+      if (!hdim_compiled(d)) continue;
+      for (int splits : {1, 0}) {
+        for (int page : {16, 64}) {
+          Case c = make_case(t, 3, 1, 8, 2, d, 512, 0);
+          c.kc.cache_seqlens = {500, 37, 256};
+          c.kc.attn.num_splits = splits;
+          Case cp = c;
+          cp.kc.page_size = page;
+          const uint64_t seed = fresh_seed();
+          SCOPED_TRACE(describe(cp) + " seed=" + std::to_string(seed));
+          const KVCacheProblem contiguous = make_problem(c, seed);
+          KVCacheProblem paged = make_problem(cp, seed + 1);
+          // The contiguous problem's keys, values and queries, copied into the paged one.
+          const AttnConfig& a = c.kc.attn;
+          const Layout lc = Layout::make(a.b, c.kc.seqlen_cache, a.h_k, d, a.padded_strides);
+          const int max_blocks = (c.kc.seqlen_cache + page - 1) / page;
+          // make_kvcache_problem's pool: b * max_blocks pages plus 2 spare ones.
+          const Layout lp = Layout::make(a.b * max_blocks + 2, page, a.h_k, d, a.padded_strides);
+          for (int i = 0; i < a.b; ++i)
+            for (int tk = 0; tk < c.kc.cache_seqlens[i]; ++tk)
+              for (int hh = 0; hh < a.h_k; ++hh)
+                for (int x = 0; x < d; ++x) {
+                  const int64_t src = i * lc.batch_stride + tk * lc.row_stride +
+                                      hh * lc.head_stride + x;
+                  const int64_t dst =
+                      int64_t(paged.block_table[i * max_blocks + tk / page]) * lp.batch_stride +
+                      (tk % page) * lp.row_stride + hh * lp.head_stride + x;
+                  paged.k_cache.set(dst, contiguous.k_cache.get(src));
+                  paged.v_cache.set(dst, contiguous.v_cache.get(src));
+                }
+          paged.q = contiguous.q;
+          paged.bind();
+          const GpuResult rc = run_gpu(contiguous), rp = run_gpu(paged);
+          ASSERT_TRUE(rc.status.ok()) << rc.status.to_string();
+          ASSERT_TRUE(rp.status.ok()) << rp.status.to_string();
+          EXPECT_EQ(0, std::memcmp(rc.out.o.data(), rp.out.o.data(), rc.out.o.bytes.size()))
+              << "paged and contiguous caches differ (output)";
+          EXPECT_EQ(0, std::memcmp(rc.out.lse.data(), rp.out.lse.data(), rc.out.lse.size() * 4))
+              << "paged and contiguous caches differ (LSE)";
+        }
+      }
+    }
+  }
+}
+
 TEST_F(KVCacheGpu, PagedAnyPageSize) {
   for (DType t : compiled_dtypes()) {
     for (int d : {128, 64}) {
