@@ -294,6 +294,13 @@ GpuResult run_gpu(const KVCacheProblem& pr) {
   return run_gpu_with(pr, [](const KVCacheParams& p) { return mha_fwd_kvcache(p); });
 }
 
+// o and LSE of two runs are the same bits; `what` names the pair in the failure message.
+void expect_same_bits(const KVCacheProblem& a, const KVCacheProblem& b, const std::string& what) {
+  EXPECT_EQ(0, std::memcmp(a.o.data(), b.o.data(), a.o.bytes.size())) << what << " differ (output)";
+  EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)))
+      << what << " differ (LSE)";
+}
+
 void check_written(const KVCacheProblem& pr, const KVCacheProblem& got) {
   int64_t nonfinite = 0;
   for (float x : gather_o(got)) nonfinite += std::isfinite(x) ? 0 : 1;
@@ -424,10 +431,7 @@ void check_case(const char* group, const Case& c) {
   // Repeatable: the same call again (appending the same rows) gives the same bits.
   const GpuResult again = run_gpu(pr);
   ASSERT_TRUE(again.status.ok());
-  EXPECT_EQ(0, std::memcmp(g.out.o.data(), again.out.o.data(), g.out.o.bytes.size()))
-      << "two runs differ (output)";
-  EXPECT_EQ(0, std::memcmp(g.out.lse.data(), again.out.lse.data(), g.out.lse.size() * 4))
-      << "two runs differ (LSE)";
+  expect_same_bits(g.out, again.out, "two runs");
   EXPECT_EQ(0, std::memcmp(g.out.k_cache.data(), again.out.k_cache.data(),
                            g.out.k_cache.bytes.size()))
       << "two runs differ (k cache)";
@@ -608,11 +612,7 @@ TEST_F(KVCacheGpu, GqaDecodePackingMatchesUnpacked) {
         ASSERT_TRUE(plain.status.ok()) << plain.status.to_string();
         check_written(pr, packed.out);
         check_written(pr, plain.out);
-        EXPECT_EQ(0, std::memcmp(packed.out.o.data(), plain.out.o.data(), plain.out.o.bytes.size()))
-            << "packed and unpacked GQA decode differ (output)";
-        EXPECT_EQ(0, std::memcmp(packed.out.lse.data(), plain.out.lse.data(),
-                                 plain.out.lse.size() * 4))
-            << "packed and unpacked GQA decode differ (LSE)";
+        expect_same_bits(packed.out, plain.out, "packed and unpacked GQA decode");
         check_attention("gqa packed", cfg, pr, packed.out);
         check_attention("gqa unpacked", cfg, pr, plain.out);
         // The public entry (packing, split heuristic) on the same problem.
@@ -664,10 +664,7 @@ TEST_F(KVCacheGpu, ContiguousAndPagedCachesGiveTheSameBits) {
           const GpuResult rc = run_gpu(contiguous), rp = run_gpu(paged);
           ASSERT_TRUE(rc.status.ok()) << rc.status.to_string();
           ASSERT_TRUE(rp.status.ok()) << rp.status.to_string();
-          EXPECT_EQ(0, std::memcmp(rc.out.o.data(), rp.out.o.data(), rc.out.o.bytes.size()))
-              << "paged and contiguous caches differ (output)";
-          EXPECT_EQ(0, std::memcmp(rc.out.lse.data(), rp.out.lse.data(), rc.out.lse.size() * 4))
-              << "paged and contiguous caches differ (LSE)";
+          expect_same_bits(rc.out, rp.out, "paged and contiguous caches");
         }
       }
     }
