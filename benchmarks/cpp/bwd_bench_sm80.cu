@@ -49,8 +49,10 @@ __global__ void fill_random(cutlass::bfloat16_t* p, int64_t n, uint32_t seed) {
   }
 }
 
-template <int D, int M, int N, int W, int AM, int AN, int AQ, int S, int Atomics = 0>
-using TraitsOf = sm80::BwdKernelTraitsSm80<D, M, N, W, AM, AN, AQ, S, cutlass::bfloat16_t, Atomics>;
+template <int D, int M, int N, int W, int AM, int AN, int AQ, int SQ, int SdO, int Atomics = 0,
+          int DqParts = 1>
+using TraitsOf = sm80::BwdKernelTraitsSm80<D, M, N, W, AM, AN, AQ, SQ, SdO, cutlass::bfloat16_t, Atomics,
+                                           DqParts>;
 
 // Plain kernels only (no softcap / ALiBi / dropout instantiations): a sixth of the compile time.
 template <class Traits>
@@ -63,7 +65,7 @@ template <int D>
 fa::Status run_lib(const fa::BwdParams& p) {
   constexpr sm80::TileSizeBwdSm80 t = sm80::tile_size_bwd_sm80(D);
   return run_full<TraitsOf<D, t.block_m, t.block_n, t.n_warps, t.atom_m_sdp, t.atom_n_dkv,
-                           t.atom_m_dq, t.stages>>(p);
+                           t.atom_m_dq, t.stages_q, t.stages_do, 0, t.dq_parts>>(p);
 }
 
 using RunFn = fa::Status (*)(const fa::BwdParams&);
@@ -174,33 +176,42 @@ int main(int argc, char** argv) {
       pos.size() > 2 ? parse_list(pos[2]) : std::vector<int>{1024, 2048, 4096, 8192, 16384};
   const std::vector<int> causals = pos.size() > 3 ? parse_list(pos[3]) : std::vector<int>{0, 1};
 
-  // Variants: (d, M, N, warps, warps along M of S/dP, along N of dK/dV, along M of dQ, stages).
+  // Variants: (d, M, N, warps, warps along M of S/dP, along N of dK/dV, along M of dQ, Q buffers,
+  // dO buffers[, dQ atomics kind, dQ gemm slices]); "q2o1" = two Q buffers and one dO buffer.
   const std::vector<Variant> variants = {
 #if !defined(BENCH_D) || BENCH_D == 64
       {64, "lib", &run_lib<64>},
 #ifdef BENCH_VARIANTS
-      {64, "64x128x8 2/4/2 s2", &run_full<TraitsOf<64, 64, 128, 8, 2, 4, 2, 2>>},
-      {64, "128x128x8 2/4/4 s2", &run_full<TraitsOf<64, 128, 128, 8, 2, 4, 4, 2>>},
-      {64, "128x128x8 4/4/4 s1", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1>>},
-      {64, "128x128x8 2/4/4 s1", &run_full<TraitsOf<64, 128, 128, 8, 2, 4, 4, 1>>},
+      {64, "q1o1", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1, 1>>},
+      {64, "q1o1 dQ halves", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1, 1, 0, 2>>},
+#ifndef BENCH_QUICK
+      {64, "64x128x8 2/4/2 q2o2", &run_full<TraitsOf<64, 64, 128, 8, 2, 4, 2, 2, 2>>},
+      {64, "q2o2", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 2, 2>>},
+#endif
 #endif
 #endif
 #if !defined(BENCH_D) || BENCH_D == 128
       {128, "lib", &run_lib<128>},
 #ifdef BENCH_VARIANTS
-      {128, "lib scalar-red", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 1>>},
-      {128, "lib no-dQ-atomics", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 2>>},
+      {128, "q2o1", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 1>>},
+      {128, "dQ halves", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 2, 0, 2>>},
+#ifndef BENCH_QUICK
+      {128, "scalar-red", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 2, 1>>},
+      {128, "no-dQ-atomics", &run_full<TraitsOf<128, 64, 128, 8, 2, 4, 2, 2, 2, 2>>},
+#endif
 #endif
 #endif
 #if !defined(BENCH_D) || BENCH_D == 256
       {256, "lib", &run_lib<256>},
 #ifdef BENCH_VARIANTS
+      {256, "dQ whole", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 1, 1>>},
+      {256, "dQ halves", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 1, 1, 0, 2>>},
+      {256, "q2o1 dQ quarters", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 2, 1, 0, 4>>},
 #ifndef BENCH_QUICK
-      {256, "64x64x8 4/2/2 s2", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 2>>},
-      {256, "32x64x8 2/2/2 s1", &run_full<TraitsOf<256, 32, 64, 8, 2, 2, 2, 1>>},
-      {256, "32x64x8 2/2/2 s2", &run_full<TraitsOf<256, 32, 64, 8, 2, 2, 2, 2>>},
+      {256, "q2o1 dQ whole", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 2, 1>>},
+      {256, "q2o2", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 2, 2, 0, 4>>},
+      {256, "scalar-red", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 1, 1, 1, 4>>},
 #endif
-      {256, "lib scalar-red", &run_full<TraitsOf<256, 64, 64, 8, 4, 2, 2, 1, 1>>},
 #endif
 #endif
   };

@@ -25,7 +25,8 @@ using namespace cute;
 // where the arch has them (sm_90), else scalar; 1 = scalar; 2 = not at all (timing experiments
 // of benchmarks/cpp/bwd_bench_sm80.cu only: dQ is then wrong).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV,
-          int kAtomMdQ, int kStages_, typename Element_, int kDqAtomics_ = 0>
+          int kAtomMdQ, int kStagesQ_, int kStagesdO_, typename Element_, int kDqAtomics_ = 0,
+          int kDqParts_ = 1>
 struct BwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -35,8 +36,12 @@ struct BwdKernelTraitsSm80 {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
-  static constexpr int kStages = kStages_;  // Q / dO buffers (tile_size_bwd_sm80.h)
-  static_assert(kStages == 1 || kStages == 2);
+  // Q and dO buffers (tile_size_bwd_sm80.h): both single, both double, or Q double and dO
+  // single (dO is dead after the dV gemm, so one buffer can be refilled mid-step).
+  static constexpr int kStagesQ = kStagesQ_;
+  static constexpr int kStagesdO = kStagesdO_;
+  static_assert((kStagesQ == 1 || kStagesQ == 2) && (kStagesdO == 1 || kStagesdO == 2));
+  static_assert(kStagesdO <= kStagesQ);
   static_assert(kHeadDim % 32 == 0);
   static_assert(kNWarps % kAtomMSdP == 0 && kNWarps % kAtomNdKV == 0 && kNWarps % kAtomMdQ == 0);
 
@@ -103,6 +108,9 @@ struct BwdKernelTraitsSm80 {
   // the same arch, so the order never leaks out of one device's run.
   static constexpr int kDqTileElems = kBlockM * kHeadDim;
   static constexpr int kDqAtomics = kDqAtomics_;
+  // The dQ gemm in kDqParts slices of the head dim (MainloopBwdSm80::dq_step).
+  static constexpr int kDqParts = kDqParts_;
+  static_assert(kHeadDim % (kDqParts * 16 * (kNWarps / kAtomMdQ)) == 0);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static constexpr bool kDqVectorAtomics = kDqAtomics == 0;
 #else

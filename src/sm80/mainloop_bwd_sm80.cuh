@@ -3,8 +3,8 @@
 //
 // Query blocks m (only those whose rows can see a key of this block) are walked from the last
 // down to the first, so that in deterministic mode every CTA of a (sequence, head) reaches a
-// given block m at about the same step (see below). Per block, kStages = 2 ("||" = in flight at
-// the same time):
+// given block m at about the same step (see below). Per block, with two Q and two dO buffers
+// ("||" = in flight at the same time):
 //   wait Q[m], dO[m]; barrier              (landed; every warp is done with step m + 1, so
 //                                           its Q / dO stage, sP and sdS are free)
 //   cp.async Q[m-1], dO[m-1] (other stage) || the rest of this step
@@ -15,9 +15,11 @@
 //   P Z, dS -> smem (16-bit); barrier
 //   dV += (P Z)^T dO,  dQ_m = dS K -> red.add into dq_accum,  dK += dS^T Q
 // The dQ atomics are fire-and-forget: issued between two gemms they drain behind dK's.
-// kStages = 1 (one Q / dO buffer; d > 128, where a second one measured no faster): the next
-// Q / dO can only be loaded once every warp is done with dK's read of sQ, so the step ends
-// dV, dK, barrier, cp.async Q[m-1], dO[m-1] || dQ_m and its atomics.
+// Two Q buffers and one dO buffer (FlashAttention-2's d = 256 layout): dO is dead after the dV
+// gemm, so the step goes dV, barrier, cp.async dO[m-1] || dQ_m, its atomics, dK; Q[m-1] loads
+// at the top as above.
+// One buffer each: the next Q / dO can only be loaded once every warp is done with dK's read of
+// sQ, so the step ends dV, dK, barrier, cp.async Q[m-1], dO[m-1] || dQ_m and its atomics.
 //
 // Deterministic mode: the dQ adds of query block m happen in key-block order, serialized by a
 // per-(sequence, head, m) counter (see BwdArgsSm80::dq_semaphore). A CTA only waits for CTAs of
@@ -134,7 +136,8 @@ struct MainloopBwdSm80 {
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kNThreads = Traits::kNThreads;
-  static constexpr int kStages = Traits::kStages;
+  static constexpr int kStagesQ = Traits::kStagesQ;
+  static constexpr int kStagesdO = Traits::kStagesdO;
   using TiledMmaSdP = typename Traits::TiledMmaSdP;
   using TiledMmadKV = typename Traits::TiledMmadKV;
   using TiledMmadQ = typename Traits::TiledMmadQ;
@@ -145,8 +148,8 @@ struct MainloopBwdSm80 {
   using KeepBits = std::conditional_t<(kAccSdP <= 32), uint32_t, uint64_t>;
 
   struct SharedStorage {
-    cute::array_aligned<Element, kStages * kQdOElems, 128> smem_q;
-    cute::array_aligned<Element, kStages * kQdOElems, 128> smem_do;
+    cute::array_aligned<Element, kStagesQ * kQdOElems, 128> smem_q;
+    cute::array_aligned<Element, kStagesdO * kQdOElems, 128> smem_do;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_k;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_v;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutPdS>, 128> smem_p;
@@ -182,7 +185,7 @@ struct MainloopBwdSm80 {
     const float* dsum_base = args.dsum + row_stats_offset(p, seq, blk.bidb, blk.bidh);
     float* dq_tiles = args.dq_accum + dq_tile0<kBlockM>(args, seq, blk.bidb, blk.bidh) * Traits::kDqTileElems;
 
-    // Stage 0 of the Q / dO buffers; stage 1 (kStages = 2) is kQdOElems further.
+    // Stage 0 of the Q / dO buffers; stage 1 (two buffers) is kQdOElems further.
     Tensor sQ = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQdO{});
     Tensor sQt = make_tensor(make_smem_ptr(storage.smem_q.data()), typename Traits::SmemLayoutQdOt{});
     Tensor sdO = make_tensor(make_smem_ptr(storage.smem_do.data()), typename Traits::SmemLayoutQdO{});
@@ -253,13 +256,11 @@ struct MainloopBwdSm80 {
     TiledMmadQ tiled_mma_dq;
     auto thr_mma_dq = tiled_mma_dq.get_thread_slice(tid);
     Tensor tdQrdS = thr_mma_dq.partition_fragment_A(sdS);  // (MMA, MMA_M, MMA_K=N)
-    Tensor tdQrKt = thr_mma_dq.partition_fragment_B(sKt);  // (MMA, MMA_D, MMA_K=N)
     auto smem_tiled_copy_a_dq = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma_dq);
     auto smem_thr_copy_a_dq = smem_tiled_copy_a_dq.get_thread_slice(tid);
     auto smem_tiled_copy_b_dq = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma_dq);
     auto smem_thr_copy_b_dq = smem_tiled_copy_b_dq.get_thread_slice(tid);
     Tensor tdQsdS = smem_thr_copy_a_dq.partition_S(sdS);
-    Tensor tdQsKt = smem_thr_copy_b_dq.partition_S(sKt);
 
     float alibi_coef = 0.f;
     if constexpr (kHasAlibi) {
@@ -276,18 +277,21 @@ struct MainloopBwdSm80 {
 
     // Q / dO of query block m into stage `stage`: rows past seqlen_q zero-filled. Pointers are
     // rebuilt from the base per block (one 64-bit add) instead of kept per copy across the loop.
-    auto load_q_do = [&](int m_block, int stage) __attribute__((always_inline)) {
+    auto load_q = [&](int m_block, int stage) __attribute__((always_inline)) {
       const int64_t m0 = int64_t(m_block) * kBlockM;
       Tensor gQ = make_tensor(make_gmem_ptr(q_base + m0 * p.q_row_stride),
                               Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(p.q_row_stride, _1{}));
+      copy_zfill<true>(gmem_tiled_copy, gmem_thr_copy.partition_S(gQ),
+                       make_tensor(tQsQ.data() + stage * kQdOElems, tQsQ.layout()), tQcQ, tpD,
+                       seq.seqlen_q - int(m0));
+    };
+    auto load_do = [&](int m_block, int stage) __attribute__((always_inline)) {
+      const int64_t m0 = int64_t(m_block) * kBlockM;
       Tensor gdO = make_tensor(make_gmem_ptr(do_base + m0 * p.do_row_stride),
                                Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_stride(p.do_row_stride, _1{}));
-      const int rows = seq.seqlen_q - int(m0);
-      const int so = stage * kQdOElems;
-      copy_zfill<true>(gmem_tiled_copy, gmem_thr_copy.partition_S(gQ),
-                       make_tensor(tQsQ.data() + so, tQsQ.layout()), tQcQ, tpD, rows);
       copy_zfill<true>(gmem_tiled_copy, gmem_thr_copy.partition_S(gdO),
-                       make_tensor(tdOsdO.data() + so, tdOsdO.layout()), tQcQ, tpD, rows);
+                       make_tensor(tdOsdO.data() + stage * kQdOElems, tdOsdO.layout()), tQcQ, tpD,
+                       seq.seqlen_q - int(m0));
     };
 
     // The LSE and D of this thread's rows of block m; rows past the end get lse = +inf (P = 0).
@@ -315,7 +319,8 @@ struct MainloopBwdSm80 {
     // Prologue: K, V (the CTA's whole life), the first Q, dO and row statistics.
     copy_zfill<true>(gmem_tiled_copy, tKgK, tKsK, tKcK, tpD, seq.seqlen_k - n0);
     copy_zfill<true>(gmem_tiled_copy, tVgV, tVsV, tKcK, tpD, seq.seqlen_k - n0);
-    load_q_do(m_block_max - 1, 0);
+    load_q(m_block_max - 1, 0);
+    load_do(m_block_max - 1, 0);
     cp_async_fence();
     load_row_stats(m_block_max - 1);
 
@@ -323,8 +328,9 @@ struct MainloopBwdSm80 {
     auto step = [&](int m_block, auto masked) __attribute__((always_inline)) {
       constexpr bool kMasked = decltype(masked)::value;
       const int m0 = m_block * kBlockM;
-      const int stage = kStages == 2 ? (m_block_max - 1 - m_block) & 1 : 0;
-      const int so = stage * kQdOElems;
+      const int stage = (m_block_max - 1 - m_block) & 1;
+      const int so_q = kStagesQ == 2 ? stage * kQdOElems : 0;    // this block's Q buffer
+      const int so_do = kStagesdO == 2 ? stage * kQdOElems : 0;  // and dO buffer
       Tensor acc_s = partition_fragment_C(tiled_mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});   // (MMA, MMA_M, MMA_N)
       Tensor acc_dp = partition_fragment_C(tiled_mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
       clear(acc_s);
@@ -340,9 +346,10 @@ struct MainloopBwdSm80 {
 
       cp_async_wait<0>();
       __syncthreads();  // Q[m], dO[m] visible; every warp done with step m + 1 (its stage, sP, sdS)
-      if constexpr (kStages == 2) {
+      if constexpr (kStagesQ == 2) {
         if (m_block > m_block_min) {
-          load_q_do(m_block - 1, stage ^ 1);
+          load_q(m_block - 1, stage ^ 1);
+          if constexpr (kStagesdO == 2) load_do(m_block - 1, stage ^ 1);
           cp_async_fence();
         }
       }
@@ -350,9 +357,9 @@ struct MainloopBwdSm80 {
       KeepBits keep_bits = 0;
       if constexpr (kHasDropout) keep_bits = dropout_keep_bits(tScS, acc_s.layout(), m0, n0, rng, bh);
 
-      gemm_ss(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so, tSsQ.layout()), tSsK, tiled_mma_sdp,
+      gemm_ss(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so_q, tSsQ.layout()), tSsK, tiled_mma_sdp,
               smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp, smem_thr_copy_b_sdp);
-      gemm_ss(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so, tdPsdO.layout()), tdPsV,
+      gemm_ss(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so_do, tdPsdO.layout()), tdPsV,
               tiled_mma_sdp, smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp,
               smem_thr_copy_b_sdp);
 
@@ -368,28 +375,39 @@ struct MainloopBwdSm80 {
       copy(smem_tiled_copy_pds, smem_thr_copy_pds.retile_S(rdS), tdSsdS);
       __syncthreads();  // P, dS visible to every warp
 
-      gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, make_tensor(tdVsdOt.data() + so, tdVsdOt.layout()),
+      gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, make_tensor(tdVsdOt.data() + so_do, tdVsdOt.layout()),
               tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
               smem_thr_copy_b_dkv);
-      if constexpr (kStages == 2) {
-        dq_step(m_block, m0, mask, blk, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq,
+      auto dq = [&]() __attribute__((always_inline)) {
+        dq_step(m_block, m0, mask, blk, tdQrdS, sKt, thr_mma_dq, tdQsdS, tiled_mma_dq,
                 smem_tiled_copy_a_dq, smem_tiled_copy_b_dq, smem_thr_copy_a_dq, smem_thr_copy_b_dq,
                 dq_tiles, args);
-        gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, make_tensor(tdKsQt.data() + so, tdKsQt.layout()),
+      };
+      auto dk = [&]() __attribute__((always_inline)) {
+        gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, make_tensor(tdKsQt.data() + so_q, tdKsQt.layout()),
                 tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
                 smem_thr_copy_b_dkv);
+      };
+      if constexpr (kStagesQ == 2) {
+        if constexpr (kStagesdO == 1) {
+          if (m_block > m_block_min) {
+            __syncthreads();  // every warp done with dV's read of sdO
+            load_do(m_block - 1, 0);
+            cp_async_fence();
+          }
+        }
+        dq();
+        dk();
       } else {
-        gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, tdKsQt, tiled_mma_dkv, smem_tiled_copy_a_dkv,
-                smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv, smem_thr_copy_b_dkv);
+        dk();
         if (m_block > m_block_min) {
           __syncthreads();  // every warp done with sQ, sdO: the next block may overwrite them
-          load_q_do(m_block - 1, 0);
+          load_q(m_block - 1, 0);
+          load_do(m_block - 1, 0);
           cp_async_fence();
         }
         // (sdS and sK are next overwritten only after the barrier at the top of the next step.)
-        dq_step(m_block, m0, mask, blk, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq,
-                smem_tiled_copy_a_dq, smem_tiled_copy_b_dq, smem_thr_copy_a_dq, smem_thr_copy_b_dq,
-                dq_tiles, args);
+        dq();
       }
     };
 
@@ -410,59 +428,71 @@ struct MainloopBwdSm80 {
 
   // dQ_m = dS K (unscaled) added into query block m's dq_accum tile, fully coalesced (see
   // BwdKernelTraitsSm80::dq_accum_index); rows past seqlen_q hold exact zeros and land in the
-  // tile's padding, so no predicate is needed.
-  template <class TensorRA, class TensorRB, class TensorSA, class TensorSB, class TiledMma,
+  // tile's padding, so no predicate is needed. With Traits::kDqParts = 2 the gemm runs on one
+  // half of the head dim at a time (half the accumulators live next to dK and dV): a half's
+  // fragment is a contiguous range of the whole fragment's values (the head-dim mode is its
+  // outermost), so value i of part j goes where value i + j * size / 2 of the whole one goes.
+  template <class TensorRA, class TensorSKt, class ThrMma, class TensorSA, class TiledMma,
             class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
   __forceinline__ __device__ void dq_step(int m_block, int m0, VisibilityMask const& mask,
                                           BwdBlockCoordSm80 const& blk, TensorRA& tdQrdS,
-                                          TensorRB& tdQrKt, TensorSA const& tdQsdS,
-                                          TensorSB const& tdQsKt, TiledMma const& tiled_mma_dq,
+                                          TensorSKt const& sKt, ThrMma const& thr_mma_dq,
+                                          TensorSA const& tdQsdS, TiledMma const& tiled_mma_dq,
                                           CopyA const& copy_a, CopyB const& copy_b,
                                           ThrCopyA const& thr_copy_a, ThrCopyB const& thr_copy_b,
                                           float* dq_tiles, BwdArgsSm80 const& args) const {
-    Tensor acc_dq = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_D)
-    clear(acc_dq);
-    gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b, thr_copy_a, thr_copy_b);
+    constexpr int kParts = Traits::kDqParts;
+    constexpr int kPartD = kHeadDim / kParts;
     float* tile = dq_tiles + int64_t(m_block) * Traits::kDqTileElems;
     const int tid = threadIdx.x;
     int* semaphore = nullptr;
-    if (args.dq_semaphore != nullptr) {
-      // Deterministic: wait until the key blocks before this one (of those that see query
-      // block m: [key_range begin / kBlockN, n_block)) have added theirs.
-      const BwdParams& p = args.p;
-      semaphore = args.dq_semaphore + (int64_t(blk.bidb) * p.h + blk.bidh) * args.num_m_blocks + m_block;
-      int n_lo = 0, n_hi = 0;
-      mask.key_range(m0, min(m0 + kBlockM, mask.seqlen_q), &n_lo, &n_hi);
-      const int turn = blk.n_block - n_lo / kBlockN;
-      if (tid == 0) {
-        while (atomicAdd(semaphore, 0) != turn) __nanosleep(64);
-        __threadfence();
+    CUTE_UNROLL
+    for (int part = 0; part < kParts; ++part) {
+      Tensor sKt_part = local_tile(sKt, Shape<Int<kPartD>, Int<kBlockN>>{}, make_coord(part, 0));
+      Tensor tdQrKt = thr_mma_dq.partition_fragment_B(sKt_part);  // (MMA, MMA_D, MMA_K=N)
+      Tensor tdQsKt = thr_copy_b.partition_S(sKt_part);
+      Tensor acc_dq = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockM>, Int<kPartD>>{});  // (MMA, MMA_M, MMA_D)
+      clear(acc_dq);
+      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b, thr_copy_a, thr_copy_b);
+      if (part == 0 && args.dq_semaphore != nullptr) {
+        // Deterministic: wait until the key blocks before this one (of those that see query
+        // block m: [key_range begin / kBlockN, n_block)) have added theirs.
+        const BwdParams& p = args.p;
+        semaphore = args.dq_semaphore + (int64_t(blk.bidb) * p.h + blk.bidh) * args.num_m_blocks + m_block;
+        int n_lo = 0, n_hi = 0;
+        mask.key_range(m0, min(m0 + kBlockM, mask.seqlen_q), &n_lo, &n_hi);
+        const int turn = blk.n_block - n_lo / kBlockN;
+        if (tid == 0) {
+          while (atomicAdd(semaphore, 0) != turn) __nanosleep(64);
+          __threadfence();
+        }
+        __syncthreads();
       }
-      __syncthreads();
-    }
-    constexpr int kN = decltype(size(acc_dq))::value;
-    static_assert(kN % 4 == 0);
-    // red (no return value) rather than atomicAdd: inside this kernel nvcc emitted atomicAdd as
-    // ATOMG (the L2 answers each one) where red is fire-and-forget (REDG).
-    if constexpr (Traits::kDqVectorAtomics) {
+      constexpr int kN = decltype(size(acc_dq))::value;
+      static_assert(kN % 4 == 0);
+      const int i0 = part * kN;
+      // red (no return value) rather than atomicAdd: inside this kernel nvcc emitted atomicAdd as
+      // ATOMG (the L2 answers each one) where red is fire-and-forget (REDG).
+      if constexpr (Traits::kDqVectorAtomics) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      CUTE_UNROLL
-      for (int i = 0; i < kN; i += 4) {
-        float* dst = tile + Traits::dq_accum_index(tid, i);
-        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
-                     :: "l"(dst), "f"(acc_dq(i)), "f"(acc_dq(i + 1)), "f"(acc_dq(i + 2)),
-                        "f"(acc_dq(i + 3)) : "memory");
-      }
+        CUTE_UNROLL
+        for (int i = 0; i < kN; i += 4) {
+          float* dst = tile + Traits::dq_accum_index(tid, i0 + i);
+          asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                       :: "l"(dst), "f"(acc_dq(i)), "f"(acc_dq(i + 1)), "f"(acc_dq(i + 2)),
+                          "f"(acc_dq(i + 3)) : "memory");
+        }
 #endif
-    } else if constexpr (Traits::kDqAtomics != 2) {
-      CUTE_UNROLL
-      for (int i = 0; i < kN; ++i) {
-        float* dst = tile + Traits::dq_accum_index(tid, i);
-        asm volatile("red.global.add.f32 [%0], %1;" :: "l"(dst), "f"(acc_dq(i)) : "memory");
+      } else if constexpr (Traits::kDqAtomics != 2) {
+        CUTE_UNROLL
+        for (int i = 0; i < kN; ++i) {
+          float* dst = tile + Traits::dq_accum_index(tid, i0 + i);
+          asm volatile("red.global.add.f32 [%0], %1;" :: "l"(dst), "f"(acc_dq(i)) : "memory");
+        }
+      } else {
+        // Timing experiment: keep the gemm (its result must look used) without any atomics.
+        if (acc_dq(0) == 12345.f) tile[tid] = acc_dq(kN - 1);
       }
-    } else {
-      // Timing experiment: keep the gemm (its result must look used) without any atomics.
-      if (acc_dq(0) == 12345.f) tile[tid] = acc_dq(kN - 1);
     }
     if (semaphore != nullptr) {
       __threadfence();

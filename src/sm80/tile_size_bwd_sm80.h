@@ -21,29 +21,43 @@
 // At d = 256 (64 x 64 tiles): S, dP 4 x 2 -> 16 x 32 (k = 256: 24 KB per warp either way),
 // dK, dV 2 x 4 -> 32 x 64 (12 KB per warp, 4 x 2 -> 16 x 128 reads 18 KB), dQ 2 x 4 -> 32 x 64.
 //
-// stages: Q and dO buffers. 2 = the next query block's Q and dO load during the whole current
-// step (the load is issued right after the step's first barrier); 1 = loaded after the step's
-// last gemm, hidden only behind the dQ gemm. Measured on the H100 (s = 16k): 2 stages +5 % at
-// d = 128 (289 vs 274 TFLOP/s); at d = 256, where 2 stages take 208 KB (more than the A100's
-// 163 KB per block), 1 stage ran as fast (240 vs 238 non-causal, 244 both causal, once the dQ
-// adds were red instead of atomicAdd), so d > 128 keeps 1 stage everywhere; d = 64 takes 1 stage
-// too, for its registers (below). Re-measured at d = 256 after the row-statistics fix
-// (bwd_bench_sm80, s = 4k, TFLOP/s non-causal / causal): 1 stage 245.1 / 231.5, 2 stages
-// 227.2 / 219.9 (76 bytes spilled), 32 x 64 tiles (dQ 32 fp32 instead of 64) 212.7 / 196.5 with
-// 1 stage and 218.1 / 201.5 with 2. Shared memory:
-//   d = 64 (128 x 128): Q, dO 2 x 16 KB,     K, V 2 x 16 KB, P, dS 2 x 32 KB = 128 KB
-//   d = 128:            Q, dO 2 x 2 x 16 KB, K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
-//   d = 192 (64 x 64):  Q, dO 2 x 24 KB,     K, V 2 x 24 KB, P, dS 2 x 8 KB  = 112 KB
-//   d = 256 (64 x 64):  Q, dO 2 x 32 KB,     K, V 2 x 32 KB, P, dS 2 x 8 KB  = 144 KB
+// stages: Q and dO buffers (mainloop_bwd_sm80.cuh has the three step orders).
+//  - 2 + 2: the next query block's Q and dO load during the whole current step (issued right
+//    after the step's first barrier);
+//  - 2 + 1: Q as above; dO, dead after the dV gemm, reloads behind the dQ and dK gemms;
+//  - 1 + 1: both load after the step's dK gemm, hidden only behind the dQ gemm.
+// Measured on the H100 (s = 16k): 2 + 2 is +5 % at d = 128 (289 vs 274 TFLOP/s), and beats
+// 2 + 1 there at s >= 4k (bwd_bench_sm80, TFLOP/s non-causal / causal, s = 1k / 4k / 16k:
+// 261.5 / 200.7, 308.7 / 280.2, 325.4 / 323.9 vs 260.6 / 199.7, 311.9 / 278.6, 314.4 / 314.5).
+// At d = 256 two buffers each take 208 KB (more than the A100's 163 KB per block) and ran slower
+// than 1 + 1 (227.2 / 219.9 vs 245.1 / 231.5 at 4k, 76 bytes spilled); 32 x 64 tiles (dQ 32 fp32
+// instead of 64) ran 212.7 / 196.5. d = 64: 2 + 1 (144 KB) over 1 + 1: 241.5 / 183.8 vs
+// 237.8 / 185.3, 284.5 / 258.7 vs 276.9 / 256.8, 293.6 / 293.9 vs 289.6 / 290.6.
+//
+// dq_parts: at d = 256 (1 + 1) the dQ gemm ends the step, and its 64 fp32 per thread went out as
+// one burst of 16 red.global.add.v4 (ncu: LG-throttle stalls there, where FlashAttention-2 has
+// none). In 64-column slices each slice's 4 atomics drain while the next slice's MMAs run; the
+// dS fragments are re-read per slice. s = 1k / 4k / 16k, non-causal / causal: whole 214.3 /
+// 174.3, 244.9 / 229.8, 256.4 / 259.6; halves 224.9 / 181.6, 260.3 / 240.1, 267.2 / 269.0;
+// quarters 229.0 / 184.5, 265.6 / 245.0, 271.5 / 275.0 (2 + 1 with quarters: 224.6 / 180.6,
+// 259.6 / 238.1, 265.3 / 268.3; 176 KB). Spills do not explain it: 16 / 24 / 28 bytes. Where
+// the dQ gemm sits between dV and dK (d = 128, 2 + 2) dK already hides the atomics and halves
+// lost 3-5 % (253.5 / 193.6, 300.0 / 267.0, 309.9 / 308.1); at d = 64 (k = 128, 32 fp32 per
+// thread) halves lost 4-6 %. d = 192 follows d = 256 (three 64-column slices; not timed).
+// Shared memory:
+//   d = 64 (128 x 128): Q 2 x 16 KB, dO 16 KB,  K, V 2 x 16 KB, P, dS 2 x 32 KB = 144 KB
+//   d = 128:            Q, dO 2 x 2 x 16 KB,    K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
+//   d = 192 (64 x 64):  Q, dO 2 x 24 KB,        K, V 2 x 24 KB, P, dS 2 x 8 KB  = 112 KB
+//   d = 256 (64 x 64):  Q, dO 2 x 32 KB,        K, V 2 x 32 KB, P, dS 2 x 8 KB  = 144 KB
 //
 // d = 64 takes 128 x 128 tiles: with 64 x 128 the S / dP and dQ gemms have k = 64 only, and the
 // ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md).
-// The price is registers: S + dP 128 fp32 next to dK + dV 64. With 2 Q / dO stages ptxas spilled
-// 60 bytes (the second stage's addresses), with 1 stage 16; measured on the H100 after the
-// row-statistics fix (bwd_bench_sm80, TFLOP/s non-causal / causal): s = 1k 219.8 / 172.2 (2
-// stages) vs 237.1 / 184.9 (1 stage), 4k 262.5 / 243.8 vs 280.5 / 257.5, 16k 272.1 / 269.6 vs
-// 286.1 / 289.6; 64 x 128 with 2 stages 236.2 / 180.8, 273.1 / 254.1, 282.2 / 281.9. (FA2's
-// S / dP layout, 2 x 4 warps, spilled 192 bytes and ran 1-3 % slower.)
+// The price is registers: S + dP 128 fp32 next to dK + dV 64. With 2 + 2 buffers ptxas spilled
+// 60 bytes (the second stage's addresses), with 1 + 1 16, with 2 + 1 32; measured on the H100
+// after the row-statistics fix (TFLOP/s non-causal / causal): s = 1k 219.8 / 172.2 (2 + 2) vs
+// 237.1 / 184.9 (1 + 1), 4k 262.5 / 243.8 vs 280.5 / 257.5, 16k 272.1 / 269.6 vs 286.1 / 289.6;
+// 64 x 128 with 2 + 2 236.2 / 180.8, 273.1 / 254.1, 282.2 / 281.9. (FA2's S / dP layout, 2 x 4
+// warps, spilled 192 bytes and ran 1-3 % slower.)
 #pragma once
 
 namespace flashattn::sm80 {
@@ -55,15 +69,17 @@ struct TileSizeBwdSm80 {
   int atom_m_sdp;  // warps along M in the S / dP gemms (the rest go along N)
   int atom_n_dkv;  // warps along N in the dK / dV gemms (the rest go along d)
   int atom_m_dq;   // warps along M in the dQ gemm (the rest go along d)
-  int stages;      // Q / dO buffers (1 or 2); every entry fits the A100's 163 KB
+  int stages_q;    // Q buffers (1 or 2)
+  int stages_do;   // dO buffers (1 or 2, at most stages_q); every entry fits the A100's 163 KB
+  int dq_parts;    // the dQ gemm and its atomics in this many head-dim slices
 };
 
 constexpr TileSizeBwdSm80 tile_size_bwd_sm80(int head_dim) {
-  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 1};
+  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 2, 1, 1};
   // d = 32, 96: the dQ gemm's 2 x 4 layout needs d % 64 == 0; 4 x 2 instead.
-  if (head_dim % 64 != 0 && head_dim <= 128) return {64, 128, 8, 2, 4, 4, 2};
-  if (head_dim <= 128) return {64, 128, 8, 2, 4, 2, 2};
-  return {64, 64, 8, 4, 2, 2, 1};
+  if (head_dim % 64 != 0 && head_dim <= 128) return {64, 128, 8, 2, 4, 4, 2, 2, 1};
+  if (head_dim <= 128) return {64, 128, 8, 2, 4, 2, 2, 2, 1};
+  return {64, 64, 8, 4, 2, 2, 1, 1, head_dim / 64};
 }
 
 }  // namespace flashattn::sm80
