@@ -704,7 +704,8 @@ TEST_F(KVCacheGpu, SplitKV) {
   for (DType t : compiled_dtypes()) {
     const int d = hdim_compiled(128) ? 128 : 64;
     if (!hdim_compiled(d)) continue;
-    for (int splits : {1, 2, 3, 7, 64, 128, 0}) {
+    // 8 and 9: the combine kernel loads the partials of up to 8 splits at once.
+    for (int splits : {1, 2, 3, 7, 8, 9, 64, 128, 0}) {
       Case c = make_case(t, 2, 1, 8, 2, d, 8300, 1);
       c.kc.cache_seqlens = {8299, 4000};
       c.kc.attn.num_splits = splits;
@@ -716,7 +717,7 @@ TEST_F(KVCacheGpu, SplitKV) {
       p.kc.rotary_dim = d;
       p.kc.attn.num_splits = splits;
       check_case("split paged+causal+rotary", p);
-      if (splits == 7 || splits == 128) {
+      if (splits == 7 || splits == 8 || splits == 128) {
         Case l = make_case(t, 3, 2, 4, 2, d, 8200, 2);
         l.kc.leftpad = true;
         l.kc.batch_idx = true;
