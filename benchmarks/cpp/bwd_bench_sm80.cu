@@ -185,6 +185,8 @@ int main(int argc, char** argv) {
       {64, "q1o1", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1, 1>>},
       {64, "q1o1 dQ halves", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 1, 1, 0, 2>>},
 #ifndef BENCH_QUICK
+      {64, "S/dP 2x4 q2o1", &run_full<TraitsOf<64, 128, 128, 8, 2, 4, 4, 2, 1>>},
+      {64, "64x128 2/4/2 q2o1", &run_full<TraitsOf<64, 64, 128, 8, 2, 4, 2, 2, 1>>},
       {64, "64x128x8 2/4/2 q2o2", &run_full<TraitsOf<64, 64, 128, 8, 2, 4, 2, 2, 2>>},
       {64, "q2o2", &run_full<TraitsOf<64, 128, 128, 8, 4, 4, 4, 2, 2>>},
 #endif

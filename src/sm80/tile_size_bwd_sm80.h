@@ -57,7 +57,10 @@
 // after the row-statistics fix (TFLOP/s non-causal / causal): s = 1k 219.8 / 172.2 (2 + 2) vs
 // 237.1 / 184.9 (1 + 1), 4k 262.5 / 243.8 vs 280.5 / 257.5, 16k 272.1 / 269.6 vs 286.1 / 289.6;
 // 64 x 128 with 2 + 2 236.2 / 180.8, 273.1 / 254.1, 282.2 / 281.9. (FA2's S / dP layout, 2 x 4
-// warps, spilled 192 bytes and ran 1-3 % slower.)
+// warps, spilled 192 bytes and ran 1-3 % slower.) With 2 + 1 (policy: 240.2 / 185.1 at 1k,
+// 284.4 / 260.6 at 4k, 292.8 / 292.7 at 16k): FA2's 2 x 4 S / dP layout spills 148 bytes and
+// runs 219.5 / 170.6, 265.1 / 241.5, 271.3 / 269.6; 64 x 128 tiles 225.0 / 174.2, 261.9 / 241.2,
+// 268.5 / 269.3.
 #pragma once
 
 namespace flashattn::sm80 {
