@@ -18,6 +18,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "common/lse_merge.h"
@@ -47,6 +48,11 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   const int64_t rows = int64_t(p.b) * p.seqlen_q * p.h;
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent of the split kernel: wait until it has completed and
+  // its partials are visible. (A no-op for an ordinary launch.)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   if (row >= rows) return;  // warp-uniform: every shuffle below has all 32 lanes
   // row = (bidb * seqlen_q + i) * h + hh: the order of out_partial's rows.
   const int hh = int(row % p.h);
@@ -110,30 +116,58 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   if (p.lse != nullptr && lane == 0) p.lse[lse_idx] = finalize_lse(total);
 }
 
+// Whether the current device runs this file's kernels from an sm_90+ binary (which has the
+// griddepcontrol.wait above). Cached per device: a decode step asks once per call.
+bool programmatic_launch_supported() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<signed char> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device < kMaxDevices) {
+    const signed char known = cache[device].load(std::memory_order_relaxed);
+    if (known != 0) return known > 0;
+  }
+  int major = 0;
+  cudaFuncAttributes attr = {};
+  const bool ok =
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      major >= 9 &&
+      cudaFuncGetAttributes(&attr, combine_kernel<DType::kFloat32, 1>) == cudaSuccess &&
+      attr.binaryVersion >= 90;
+  if (device < kMaxDevices) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
+  return ok;
+}
+
 template <DType kOut>
-Status launch(const CombineParams& p) {
+Status launch(const CombineParams& p, bool after_split_kernel) {
   const int64_t rows = int64_t(p.b) * p.seqlen_q * p.h;
   if (rows == 0 || p.d == 0) return Status::ok_status();
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks > 0x7fffffff) return Status::invalid("mha_combine: b * seqlen_q * h too large");
   const bool vec = p.d % 4 == 0 && reinterpret_cast<uintptr_t>(p.out_partial) % 16 == 0;
-  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  if (vec) {
-    combine_kernel<kOut, 4><<<unsigned(blocks), kThreads, 0, stream>>>(p);
-  } else {
-    combine_kernel<kOut, 1><<<unsigned(blocks), kThreads, 0, stream>>>(p);
+  auto* kernel = vec ? &combine_kernel<kOut, 4> : &combine_kernel<kOut, 1>;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(blocks));
+  config.blockDim = dim3(kThreads);
+  config.stream = static_cast<cudaStream_t>(p.stream);
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  if (after_split_kernel && programmatic_launch_supported()) {
+    config.attrs = &attr;
+    config.numAttrs = 1;
   }
-  FA_CUDA_CHECK_LAUNCH("combine_kernel");
+  FA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
   return Status::ok_status();
 }
 
 }  // namespace
 
-Status run_mha_combine(const CombineParams& p) {
+Status run_mha_combine(const CombineParams& p, bool after_split_kernel) {
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p);
-    case DType::kFloat16: return launch<DType::kFloat16>(p);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, after_split_kernel);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, after_split_kernel);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, after_split_kernel);
   }
   return Status::invalid("mha_combine: unknown dtype");
 }

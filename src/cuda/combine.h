@@ -6,6 +6,10 @@
 namespace flashattn::cuda {
 
 // Params validated by the caller; all pointers device memory. Asynchronous on p.stream.
-Status run_mha_combine(const CombineParams& p);
+// after_split_kernel: the launch directly follows the split-KV forward on the same stream; on
+// sm_90 it then uses programmatic dependent launch (the combine's CTAs are scheduled while the
+// split kernel's last CTAs run and wait in griddepcontrol.wait for its results), which hides
+// the launch gap between the two kernels of a decode step.
+Status run_mha_combine(const CombineParams& p, bool after_split_kernel = false);
 
 }  // namespace flashattn::cuda

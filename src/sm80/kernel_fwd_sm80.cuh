@@ -107,6 +107,13 @@ struct FlashAttnFwdSm80 {
     if (m0 >= seq.seqlen_q) return;
     bool split_partial = false;  // this CTA writes an fp32 partial for the combine
     if constexpr (Features::kSplit) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      // The combine kernel (a programmatic dependent launch on sm_90) may be scheduled once
+      // every CTA of this grid has started; it waits for this grid's completion before reading.
+      // Triggering at the start, not the end, lets its launch overlap this grid's last CTAs
+      // without taking an SM slot from any CTA of this grid.
+      asm volatile("griddepcontrol.launch_dependents;");
+#endif
       if (args.kv_batch_idx != nullptr) blk.bidb_kv = args.kv_batch_idx[blk.bidb];
       if (args.k_leftpad != nullptr) {
         const int leftpad = args.k_leftpad[blk.bidb];

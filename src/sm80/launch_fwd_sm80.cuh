@@ -181,7 +181,7 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
     c.out_head_stride = p.o_head_stride;
     c.lse = p.softmax_lse_ptr;
     c.stream = p.stream;
-    s = cuda::run_mha_combine(c);
+    s = cuda::run_mha_combine(c, /*after_split_kernel=*/true);
   }
   // Freed even after a failed launch (stream-ordered: after whatever was queued before).
   const cudaError_t free_err = cudaFreeAsync(scratch, stream);
