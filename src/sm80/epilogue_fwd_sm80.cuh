@@ -4,13 +4,15 @@
 // LSE written by the one lane of each quad that owns column 0 of a row. Rows past seqlen_q and
 // columns past d are never written; neither is anything outside this CTA's (rows, head) tile.
 // Split-KV CTAs instead write their fp32 partial O_s and LSE_s (store_partial) into the scratch
-// that the combine kernel reads.
+// that the combine kernel reads, or, on sm_90, merge them inside the thread-block cluster that
+// the splits of one tile form (merge_in_cluster): no global scratch, no second kernel.
 #pragma once
 
 #include <cute/tensor.hpp>
 
 #include <cmath>
 
+#include "common/lse_merge.h"
 #include "common/seqlen.h"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/mainloop_fwd_sm80.cuh"
@@ -38,16 +40,13 @@ struct EpilogueFwdSm80 {
     const int m0 = blk.m_block * kBlockM;
     const int rows_left = seq.seqlen_q - m0;
 
-    // LSE: dense [b, h, s_q]; varlen [h, total_q].
     if (p.softmax_lse_ptr != nullptr) {
       TiledMma tiled_mma;
       auto thr_mma = tiled_mma.get_thread_slice(tid);
       Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
       Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));  // (rows, d)
       static_assert(decltype(size<0>(c))::value == kNRows);
-      float* lse_base = p.cu_seqlens_q != nullptr
-          ? p.softmax_lse_ptr + int64_t(blk.bidh) * p.total_q + seq.q_row0 + m0
-          : p.softmax_lse_ptr + (int64_t(blk.bidb) * p.h + blk.bidh) * p.seqlen_q + m0;
+      float* lse_base = lse_out_base(args, seq, blk);
       if (get<1>(c(0, 0)) == 0) {  // the quad lane holding column 0
         CUTE_UNROLL
         for (int mi = 0; mi < kNRows; ++mi) {
@@ -78,9 +77,7 @@ struct EpilogueFwdSm80 {
     const int m0 = blk.m_block * kBlockM;
     const int rows_left = seq.seqlen_q - m0;
     if (p.softmax_lse_ptr != nullptr) {
-      float* lse_base = p.cu_seqlens_q != nullptr
-          ? p.softmax_lse_ptr + int64_t(blk.bidh) * p.total_q + seq.q_row0 + m0
-          : p.softmax_lse_ptr + (int64_t(blk.bidb) * p.h + blk.bidh) * p.seqlen_q + m0;
+      float* lse_base = lse_out_base(args, seq, blk);
       for (int r = threadIdx.x; r < kBlockM && r < rows_left; r += blockDim.x) lse_base[r] = INFINITY;
     }
     Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Traits::SmemLayoutO{});
@@ -134,6 +131,125 @@ struct EpilogueFwdSm80 {
     }
   }
 
+  // ---- Split-KV merged inside a thread-block cluster (args.cluster_combine, sm_90) ----------
+  // The num_splits CTAs of one (query block, head, sequence) are one cluster (cluster rank =
+  // split). Each leaves its partial in its own shared memory (the main loop's buffers, free
+  // by then); after a cluster barrier, CTA `rank` merges rows rank, rank + num_splits, ...,
+  // reading every split's LSE_s and O_s through distributed shared memory, with the combine
+  // kernel's rules (src/cuda/combine.cu: max, one log, weights by merge_weight), and stores O and
+  // the LSE as store() does. A second barrier keeps each CTA's shared memory alive until its
+  // peers have read it. For a decode step this removes the combine launch and the partials'
+  // round trip through L2.
+  static constexpr int kMaxClusterSplits = 8;  // the portable cluster size
+  // fp32 row pitch of the staged O_s: a warp's float2 stores cover 8 rows x 32 bytes, and the
+  // 8-float pad spreads those rows over the banks (2-way conflicts instead of 8-way).
+  static constexpr int kPartialPitch = kHeadDim + 8;
+  struct ClusterPartial {
+    float o[kBlockM * kPartialPitch];           // O_s, rows < rows_left, cols < d
+    float lse[kBlockM];                         // LSE_s, -inf = no key in this split
+    float weight[kBlockM * kMaxClusterSplits];  // merge weights of this CTA's rows
+  };
+
+  template <class TensorO, int kNRows>
+  __forceinline__ __device__ void write_cluster_partial(SeqlenInfo const& seq,
+                                                        BlockCoordSm80 const& blk,
+                                                        TensorO const& acc_o,
+                                                        float const (&lse)[kNRows], int d,
+                                                        void* smem) const {
+    ClusterPartial& part = *static_cast<ClusterPartial*>(smem);
+    const int rows_left = seq.seqlen_q - blk.m_block * kBlockM;
+    TiledMma tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
+    Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));    // (rows, d)
+    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+    __syncthreads();  // every warp is past its last read of the main loop's buffers
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      const int r = get<0>(c(mi, 0));
+      if (r >= rows_left) continue;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(o); ni += 2) {
+        const int col = get<1>(c(mi, ni));
+        if (col < d) {
+          *reinterpret_cast<float2*>(&part.o[r * kPartialPitch + col]) =
+              make_float2(o(mi, ni), o(mi, ni + 1));
+        }
+      }
+      if (get<1>(c(0, 0)) == 0) part.lse[r] = lse[mi] == INFINITY ? -INFINITY : lse[mi];
+    }
+  }
+
+  // A split with no key for this CTA's rows: LSE_s = -inf (its O_s is never read).
+  __forceinline__ __device__ void write_cluster_empty(void* smem) const {
+    ClusterPartial& part = *static_cast<ClusterPartial*>(smem);
+    __syncthreads();
+    for (int r = threadIdx.x; r < kBlockM; r += blockDim.x) part.lse[r] = -INFINITY;
+  }
+
+  __forceinline__ __device__ void merge_in_cluster(FwdArgsSm80 const& args, SeqlenInfo const& seq,
+                                                   BlockCoordSm80 const& blk, void* smem) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    ClusterPartial& part = *static_cast<ClusterPartial*>(smem);
+    const FwdParams& p = args.p;
+    const int ns = args.num_splits, rank = blk.split;
+    const int m0 = blk.m_block * kBlockM;
+    const int rows = min(kBlockM, seq.seqlen_q - m0);
+    const int my_rows = rows > rank ? (rows - rank + ns - 1) / ns : 0;
+    cluster_barrier();  // every split's partial is in its shared memory
+
+    // Per row: the merged LSE (written out) and each split's weight (kept for the O pass).
+    float* lse_base = p.softmax_lse_ptr != nullptr ? lse_out_base(args, seq, blk) : nullptr;
+    for (int lr = threadIdx.x; lr < my_rows; lr += blockDim.x) {
+      const int r = rank + lr * ns;
+      float l[kMaxClusterSplits];
+      float max_lse = -INFINITY;
+      CUTE_UNROLL
+      for (int s = 0; s < kMaxClusterSplits; ++s) {
+        l[s] = s < ns ? cluster_load(cluster_map(&part.lse[r], s)) : -INFINITY;
+        max_lse = fmaxf(max_lse, l[s]);
+      }
+      float total = -INFINITY;  // every split empty: stays -inf (reported as +inf)
+      if (max_lse != -INFINITY) {
+        float sum = 0.f;
+        CUTE_UNROLL
+        for (int s = 0; s < kMaxClusterSplits; ++s) sum += __expf(l[s] - max_lse);
+        total = max_lse + __logf(sum);
+      }
+      CUTE_UNROLL
+      for (int s = 0; s < kMaxClusterSplits; ++s)
+        part.weight[lr * kMaxClusterSplits + s] = merge_weight(l[s], total);
+      if (lse_base != nullptr) lse_base[r] = finalize_lse(total);
+    }
+    __syncthreads();
+
+    // O = sum_s weight_s O_s, 4 columns per thread and step; an empty split (weight 0) is never
+    // read (its O_s may hold anything).
+    Element* o_base = static_cast<Element*>(p.o_ptr) +
+        seq.q_offset(p.o_batch_stride, p.o_row_stride, p.o_head_stride, blk.bidb, m0, blk.bidh,
+                     p.cu_seqlens_q != nullptr);
+    constexpr int kChunks = kHeadDim / 4;
+    for (int idx = threadIdx.x; idx < my_rows * kChunks; idx += blockDim.x) {
+      const int lr = idx / kChunks, col = (idx % kChunks) * 4;
+      if (col >= p.d) continue;
+      const int r = rank + lr * ns;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int s = 0; s < ns; ++s) {
+        const float w = part.weight[lr * kMaxClusterSplits + s];
+        if (w != 0.f) {
+          const float4 v = cluster_load4(cluster_map(&part.o[r * kPartialPitch + col], s));
+          acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+        }
+      }
+      struct alignas(8) Four { Element e[4]; } out;
+      out.e[0] = Element(acc.x), out.e[1] = Element(acc.y);
+      out.e[2] = Element(acc.z), out.e[3] = Element(acc.w);
+      *reinterpret_cast<Four*>(o_base + int64_t(r) * p.o_row_stride + col) = out;
+    }
+    cluster_barrier();  // peers are done reading this CTA's shared memory
+#endif
+  }
+
   // A split whose chunk of keys is empty for this CTA: LSE_s = -inf for its rows (O_s unread).
   __forceinline__ __device__ void store_empty_partial(FwdArgsSm80 const& args,
                                                       SeqlenInfo const& seq,
@@ -145,6 +261,16 @@ struct EpilogueFwdSm80 {
   }
 
  private:
+  // The LSE of this CTA's first row: dense [b, h, s_q]; varlen [h, total_q].
+  __forceinline__ __device__ static float* lse_out_base(FwdArgsSm80 const& args,
+                                                        SeqlenInfo const& seq,
+                                                        BlockCoordSm80 const& blk) {
+    const FwdParams& p = args.p;
+    const int m0 = blk.m_block * kBlockM;
+    return p.cu_seqlens_q != nullptr
+        ? p.softmax_lse_ptr + int64_t(blk.bidh) * p.total_q + seq.q_row0 + m0
+        : p.softmax_lse_ptr + (int64_t(blk.bidb) * p.h + blk.bidh) * p.seqlen_q + m0;
+  }
   // Row of this sequence's first query in the partial O: [splits, b * seqlen_q | total_q, h, d].
   __forceinline__ __device__ static int64_t partial_row0(FwdArgsSm80 const& args,
                                                          SeqlenInfo const& seq,

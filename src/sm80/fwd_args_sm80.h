@@ -36,6 +36,9 @@ struct FwdArgsSm80 {
   float* o_partial = nullptr;     // [num_splits, partial_rows, h, d] fp32, O_s normalized by l_s
   float* lse_partial = nullptr;   // [num_splits, h, partial_rows] (dense: [s, b, h, s_q]); -inf = empty
   int64_t partial_rows = 0;       // b * seqlen_q (dense) or total_q (varlen)
+  // sm_90, 2..8 splits: the splits of a tile run as one thread-block cluster and merge through
+  // distributed shared memory (EpilogueFwdSm80::merge_in_cluster); o_partial / lse_partial unused.
+  bool cluster_combine = false;
 
   // Dropout: keep iff the Philox word < threshold (src/common/philox.h); kept P scaled by
   // rp_dropout = 1 / (1 - p), folded into the final 1 / l.

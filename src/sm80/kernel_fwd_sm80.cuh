@@ -18,7 +18,13 @@
 //    sequence's s_k is seqused_k[bidb] - k_leftpad[bidb] and key index j counts from the pad;
 //  - split s of num_splits takes the s-th of num_splits equal chunks of the CTA's visible key
 //    blocks [n_block_min, n_block_max) and writes an fp32 partial (O_s normalized by its own l_s,
-//    LSE_s; -inf when the chunk is empty) that the combine kernel merges by LSE.
+//    LSE_s; -inf when the chunk is empty) that the combine kernel merges by LSE; with
+//    args.cluster_combine (sm_90, contiguous K/V) the splits of a tile are one thread-block
+//    cluster and merge through distributed shared memory instead (EpilogueFwdSm80::
+//    merge_in_cluster). Every CTA of such a cluster reaches the merge, empty splits included: it
+//    has two cluster barriers. The paged kernels do not contain the merge: inlined there it
+//    raised the main loop's register pressure past the limit (48-80 bytes spilled, paged decode
+//    2-3 % slower at >= 16k keys).
 
 #include <cute/tensor.hpp>
 
@@ -97,6 +103,10 @@ struct FlashAttnFwdSm80 {
     typename Mainloop::SharedStorage mainloop;
   };
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
+  // Whether this kernel contains the split merge through thread-block clusters (see the header).
+  static constexpr bool kClusterMerge = Features::kSplit && !Features::kPaged;
+  static_assert(!Features::kSplit || sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage),
+                "the cluster merge stages a split's partial in the main loop's shared memory");
 
   __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {
     SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
@@ -131,9 +141,20 @@ struct FlashAttnFwdSm80 {
     int n_lo = 0, n_hi = 0;
     mask.key_range(m0, min(m0 + kBlockM, seq.seqlen_q), &n_lo, &n_hi);
     Epilogue epilogue;
+    // A split CTA with no key to process: an empty partial (LSE_s = -inf).
+    auto finish_empty_split = [&]() {
+      if constexpr (kClusterMerge) {
+        if (args.cluster_combine) {
+          epilogue.write_cluster_empty(smem);
+          epilogue.merge_in_cluster(args, seq, blk, smem);
+          return;
+        }
+      }
+      epilogue.store_empty_partial(args, seq, blk);
+    };
     if (n_hi <= n_lo) {
       if (split_partial) {
-        epilogue.store_empty_partial(args, seq, blk);
+        finish_empty_split();
       } else {
         epilogue.store_empty(args, seq, blk, storage.mainloop.smem_q.data());
       }
@@ -147,7 +168,7 @@ struct FlashAttnFwdSm80 {
       n_block_min += blk.split * per_split;
       n_block_max = min(n_block_max, n_block_min + per_split);
       if (n_block_max <= n_block_min) {
-        epilogue.store_empty_partial(args, seq, blk);
+        finish_empty_split();
         return;
       }
     }
@@ -165,6 +186,13 @@ struct FlashAttnFwdSm80 {
       softmax.template finalize_scaled</*kScaled=*/true>(acc_o, args.unit, lse, args.rp_dropout);
     } else {
       softmax.finalize(acc_o, args.unit, lse);
+    }
+    if constexpr (kClusterMerge) {
+      if (split_partial && args.cluster_combine) {
+        epilogue.write_cluster_partial(seq, blk, acc_o, lse, p.d, smem);
+        epilogue.merge_in_cluster(args, seq, blk, smem);
+        return;
+      }
     }
     if (split_partial) {
       epilogue.store_partial(args, seq, blk, acc_o, lse);

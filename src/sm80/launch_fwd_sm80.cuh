@@ -13,6 +13,7 @@
 #include <cutlass/numeric_types.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -65,9 +66,96 @@ Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
     FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   }
   const dim3 grid = TileScheduler::grid_shape(args);
+  if (args.cluster_combine) {
+    // The num_splits CTAs of a tile are adjacent in x (TileSchedulerSplitSm80): one cluster.
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(Kernel::kNThreads);
+    config.dynamicSmemBytes = kSmem;
+    config.stream = static_cast<cudaStream_t>(args.p.stream);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(args.num_splits);
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    FA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+    return Status::ok_status();
+  }
   kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(args.p.stream)>>>(args);
   FA_CUDA_CHECK_LAUNCH("flash_fwd_sm80_kernel");
   return Status::ok_status();
+}
+
+// ---- Split-KV merged inside thread-block clusters (sm_90) -------------------------------------
+// An empty kernel compiled with the same -gencode list as every other kernel of the library:
+// its binary version on this device tells whether the forward kernels were built for sm_90+,
+// i.e. whether they contain the cluster merge.
+template <int = 0>
+__global__ void fwd_arch_probe_sm80_kernel() {}
+
+constexpr int kMaxDevicesSm80 = 64;
+
+// Compute capability >= 9.0 and kernels built for it. Cached per device.
+inline bool fwd_cluster_merge_supported_sm80() {
+  static std::atomic<signed char> cache[kMaxDevicesSm80] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device < kMaxDevicesSm80) {
+    const signed char known = cache[device].load(std::memory_order_relaxed);
+    if (known != 0) return known > 0;
+  }
+  int major = 0;
+  cudaFuncAttributes attr = {};
+  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
+                      cudaSuccess &&
+                  major >= 9 &&
+                  cudaFuncGetAttributes(&attr, fwd_arch_probe_sm80_kernel<0>) == cudaSuccess &&
+                  attr.binaryVersion >= 90;
+  if (device < kMaxDevicesSm80) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
+  return ok;
+}
+
+// How many clusters of `size` CTAs of the split kernel of Traits can be resident at once
+// (cudaOccupancyMaxActiveClusters; a cluster's CTAs must share one GPC, so this is below
+// 2 CTAs per SM / size: on the H100 132 clusters of 2, 79 of 3, 62 of 4, 30 of 8). Every
+// split-family kernel of one tile has the same block shape, shared memory and register bound, so
+// the plain one stands for all. Cached per device and size; 0 when the query fails.
+template <class Traits>
+int fwd_max_active_clusters_sm80(int size) {
+  constexpr int kMax = EpilogueFwdSm80<Traits>::kMaxClusterSplits;
+  static std::atomic<int> cache[kMaxDevicesSm80][kMax + 1] = {};
+  int device = 0;
+  if (size < 1 || size > kMax || cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < kMaxDevicesSm80) {
+    const int known = cache[device][size].load(std::memory_order_relaxed);
+    if (known != 0) return known - 1;
+  }
+  using Features = FwdFeaturesSm80<false, false, false, true>;
+  using Kernel = FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
+                                  EpilogueFwdSm80<Traits>, TileSchedulerSplitSm80>;
+  auto* kernel = &flash_fwd_sm80_kernel<Kernel>;
+  constexpr int kSmem = Kernel::kSmemSize;
+  int clusters = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) ==
+      cudaSuccess) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(unsigned(size));
+    config.blockDim = dim3(Kernel::kNThreads);
+    config.dynamicSmemBytes = kSmem;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(size);
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) clusters = 0;
+  }
+  cudaGetLastError();  // a failed query must not surface as a later launch's error
+  if (device < kMaxDevicesSm80) cache[device][size].store(clusters + 1, std::memory_order_relaxed);
+  return clusters;
 }
 
 // The plain kernel with the given score mods (also the entry of benchmarks/cpp/tile_sweep_sm80).
@@ -127,6 +215,7 @@ template <DType kDtype, int kHeadDim>
 Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
                           int num_splits) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplit>;
+  using Epilogue = EpilogueFwdSm80<Traits>;
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
   args.kv_batch_idx = kv_batch_idx;
@@ -151,10 +240,30 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
                  : launch_fwd_split_sm80<Traits, false>(args);
   }
 
-  // Split-KV: fp32 partials in stream-ordered scratch, merged by the combine kernel (varlen as
-  // one "batch" of total_q rows: its LSE layout [h, total_q] is then the dense [1, h, total_q]).
   if (int64_t(args.num_m_blocks) * args.num_splits > 0x7fffffff)
     return Status::not_supported("split-KV grid too large (query blocks * num_splits >= 2^31)");
+
+  // sm_90, contiguous K/V (kernel_fwd_sm80.cuh says why not paged): the splits of a tile merge
+  // inside a thread-block cluster when every cluster of the grid can be resident at once (a
+  // second wave of clusters cost more than the combine launch saves: docs/kvcache.md). The
+  // heuristic's count (p.num_splits == 0) may drop for that, e.g. 4 -> 3 for the 64 tiles of a
+  // b = 8, h_k = 8 decode on the H100; an explicit count is kept.
+  constexpr int kMaxCluster = Epilogue::kMaxClusterSplits;
+  if (!paged && args.num_splits <= kMaxCluster && fwd_cluster_merge_supported_sm80()) {
+    const int64_t clusters = int64_t(args.num_m_blocks) * p.h * p.b;
+    int splits = args.num_splits;
+    if (p.num_splits == 0) {
+      while (splits > 2 && clusters > fwd_max_active_clusters_sm80<Traits>(splits)) --splits;
+    }
+    if (clusters <= fwd_max_active_clusters_sm80<Traits>(splits)) {
+      args.num_splits = splits;
+      args.cluster_combine = true;
+      return launch_fwd_split_sm80<Traits, false>(args);
+    }
+  }
+
+  // Otherwise fp32 partials in stream-ordered scratch, merged by the combine kernel (varlen as
+  // one "batch" of total_q rows: its LSE layout [h, total_q] is then the dense [1, h, total_q]).
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const size_t o_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h * p.d;
   const size_t lse_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h;

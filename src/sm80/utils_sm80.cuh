@@ -133,4 +133,34 @@ __forceinline__ __device__ void copy_zfill(TiledCopy const& tiled_copy, TensorS 
   }
 }
 
+// Thread-block clusters and distributed shared memory (sm_90; the split-KV merge of
+// EpilogueFwdSm80::merge_in_cluster). Compiled for sm_90+ only: the host enables the cluster
+// path only when the kernels' binary is (fwd_cluster_merge_supported_sm80).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Every thread of every CTA of the cluster arrives (release) and waits (acquire): shared-memory
+// writes before it are visible to the whole cluster after it.
+__forceinline__ __device__ void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;"
+               ::: "memory");
+}
+// The shared::cluster address of `p` (this CTA's shared memory) in the CTA of cluster rank `rank`.
+__forceinline__ __device__ uint32_t cluster_map(const void* p, int rank) {
+  const uint32_t local = uint32_t(__cvta_generic_to_shared(p));
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+__forceinline__ __device__ float cluster_load(uint32_t addr) {
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+__forceinline__ __device__ float4 cluster_load4(uint32_t addr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+#endif
+
 }  // namespace flashattn::sm80

@@ -625,7 +625,10 @@ TEST_F(KVCacheGpu, GqaDecodePackingMatchesUnpacked) {
 }
 
 // Every KV-cache call runs the split-capable kernels, so a contiguous cache and a paged one
-// holding the same keys give the same bits, with one split or the heuristic's.
+// holding the same keys give the same bits with one split. With the heuristic's splits both are
+// checked against the reference instead: on sm_90 a contiguous cache merges its splits inside
+// thread-block clusters (and the heuristic may pick another count for that), a paged one in the
+// combine kernel.
 TEST_F(KVCacheGpu, ContiguousAndPagedCachesGiveTheSameBits) {
   for (DType t : compiled_dtypes()) {
     for (int d : {128, 64}) {
@@ -664,7 +667,13 @@ TEST_F(KVCacheGpu, ContiguousAndPagedCachesGiveTheSameBits) {
           const GpuResult rc = run_gpu(contiguous), rp = run_gpu(paged);
           ASSERT_TRUE(rc.status.ok()) << rc.status.to_string();
           ASSERT_TRUE(rp.status.ok()) << rp.status.to_string();
-          expect_same_bits(rc.out, rp.out, "paged and contiguous caches");
+          if (splits == 1) {
+            expect_same_bits(rc.out, rp.out, "paged and contiguous caches");
+          } else {
+            const std::string cfg = describe(cp);
+            check_attention("contiguous cache, heuristic splits", cfg, contiguous, rc.out);
+            check_attention("paged cache, heuristic splits", cfg, paged, rp.out);
+          }
         }
       }
     }
