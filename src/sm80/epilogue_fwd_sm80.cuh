@@ -11,8 +11,11 @@
 #include <cute/tensor.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "common/lse_merge.h"
+#include "common/numeric.h"
 #include "common/seqlen.h"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/mainloop_fwd_sm80.cuh"
@@ -140,7 +143,8 @@ struct EpilogueFwdSm80 {
   // the LSE as store() does. A second barrier keeps each CTA's shared memory alive until its
   // peers have read it. For a decode step this removes the combine launch and the partials'
   // round trip through L2.
-  static constexpr int kMaxClusterSplits = 8;  // the portable cluster size
+  static constexpr int kMaxClusterSplits = 8;  // the portable cluster size (merge_in_cluster's sum
+                                               // is written for exactly 8 terms)
   // fp32 row pitch of the staged O_s: a warp's float2 stores cover 8 rows x 32 bytes, and the
   // 8-float pad spreads those rows over the banks (2-way conflicts instead of 8-way).
   static constexpr int kPartialPitch = kHeadDim + 8;
@@ -211,9 +215,13 @@ struct EpilogueFwdSm80 {
       }
       float total = -INFINITY;  // every split empty: stays -inf (reported as +inf)
       if (max_lse != -INFINITY) {
-        float sum = 0.f;
+        // The combine kernel's sum: lane s holds split s's term and a shuffle butterfly (xor 16,
+        // 8, 4, 2, 1) adds them; with at most 8 splits that is this order, so a merge here and
+        // one in the combine kernel give the same bits (tested paged vs contiguous).
+        float e[kMaxClusterSplits];
         CUTE_UNROLL
-        for (int s = 0; s < kMaxClusterSplits; ++s) sum += __expf(l[s] - max_lse);
+        for (int s = 0; s < kMaxClusterSplits; ++s) e[s] = __expf(l[s] - max_lse);
+        const float sum = ((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7]));
         total = max_lse + __logf(sum);
       }
       CUTE_UNROLL
@@ -241,9 +249,12 @@ struct EpilogueFwdSm80 {
           acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
         }
       }
-      struct alignas(8) Four { Element e[4]; } out;
-      out.e[0] = Element(acc.x), out.e[1] = Element(acc.y);
-      out.e[2] = Element(acc.z), out.e[3] = Element(acc.w);
+      // Rounded by the same functions as the combine kernel's stores (common/numeric.h).
+      auto to16 = [](float v) {
+        return std::is_same_v<Element, cutlass::half_t> ? float_to_fp16(v) : float_to_bf16(v);
+      };
+      struct alignas(8) Four { uint16_t e[4]; } out;
+      out.e[0] = to16(acc.x), out.e[1] = to16(acc.y), out.e[2] = to16(acc.z), out.e[3] = to16(acc.w);
       *reinterpret_cast<Four*>(o_base + int64_t(r) * p.o_row_stride + col) = out;
     }
     cluster_barrier();  // peers are done reading this CTA's shared memory
