@@ -18,12 +18,12 @@
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "common/lse_merge.h"
 #include "common/numeric.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch.h"
 
 namespace flashattn::cuda {
 namespace {
@@ -116,28 +116,6 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
   if (p.lse != nullptr && lane == 0) p.lse[lse_idx] = finalize_lse(total);
 }
 
-// Whether the current device runs this file's kernels from an sm_90+ binary (which has the
-// griddepcontrol.wait above). Cached per device: a decode step asks once per call.
-bool programmatic_launch_supported() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<signed char> cache[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (device < kMaxDevices) {
-    const signed char known = cache[device].load(std::memory_order_relaxed);
-    if (known != 0) return known > 0;
-  }
-  int major = 0;
-  cudaFuncAttributes attr = {};
-  const bool ok =
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-      major >= 9 &&
-      cudaFuncGetAttributes(&attr, combine_kernel<DType::kFloat32, 1>) == cudaSuccess &&
-      attr.binaryVersion >= 90;
-  if (device < kMaxDevices) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
-  return ok;
-}
-
 template <DType kOut>
 Status launch(const CombineParams& p, bool after_split_kernel) {
   const int64_t rows = int64_t(p.b) * p.seqlen_q * p.h;
@@ -153,7 +131,7 @@ Status launch(const CombineParams& p, bool after_split_kernel) {
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
-  if (after_split_kernel && programmatic_launch_supported()) {
+  if (after_split_kernel && device_runs_sm90_kernels()) {
     config.attrs = &attr;
     config.numAttrs = 1;
   }

@@ -4,6 +4,8 @@
 // KV-cache inference have no GPU kernel yet and say so (never a silent fallback).
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "cuda/bwd.h"
 #include "cuda/combine.h"
 #include "cuda/cuda_check.h"
@@ -29,6 +31,31 @@ int device_count() {
     return n;
   }();
   return count;
+}
+
+namespace {
+// An empty kernel compiled with the same -gencode list as every other kernel of the library: its
+// binary version on a device is theirs.
+__global__ void arch_probe_kernel() {}
+}  // namespace
+
+bool device_runs_sm90_kernels() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<signed char> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device < kMaxDevices) {
+    const signed char known = cache[device].load(std::memory_order_relaxed);
+    if (known != 0) return known > 0;
+  }
+  int major = 0;
+  cudaFuncAttributes attr = {};
+  const bool ok =
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      major >= 9 && cudaFuncGetAttributes(&attr, arch_probe_kernel) == cudaSuccess &&
+      attr.binaryVersion >= 90;
+  if (device < kMaxDevices) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
+  return ok;
 }
 
 Status pointer_backend(const void* ptr, Backend* out) {

@@ -9,6 +9,11 @@
 namespace flashattn::cuda {
 
 int device_count();
+// Whether the current device runs this library's kernels from an sm_90+ binary (compute
+// capability >= 9.0 and kernels built for it): the condition for the sm_90-only code paths of
+// the SM80-path kernels (thread-block clusters, programmatic dependent launch). Cached per
+// device.
+bool device_runs_sm90_kernels();
 // kCuda for device/managed memory, kCpu for host memory; an error for an invalid pointer.
 Status pointer_backend(const void* ptr, Backend* out);
 

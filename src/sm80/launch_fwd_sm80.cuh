@@ -20,6 +20,7 @@
 #include "common/philox.h"
 #include "cuda/combine.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch.h"
 #include "sm80/epilogue_fwd_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/fwd_sm80.h"
@@ -89,33 +90,7 @@ Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
 }
 
 // ---- Split-KV merged inside thread-block clusters (sm_90) -------------------------------------
-// An empty kernel compiled with the same -gencode list as every other kernel of the library:
-// its binary version on this device tells whether the forward kernels were built for sm_90+,
-// i.e. whether they contain the cluster merge.
-template <int = 0>
-__global__ void fwd_arch_probe_sm80_kernel() {}
-
 constexpr int kMaxDevicesSm80 = 64;
-
-// Compute capability >= 9.0 and kernels built for it. Cached per device.
-inline bool fwd_cluster_merge_supported_sm80() {
-  static std::atomic<signed char> cache[kMaxDevicesSm80] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return false;
-  if (device < kMaxDevicesSm80) {
-    const signed char known = cache[device].load(std::memory_order_relaxed);
-    if (known != 0) return known > 0;
-  }
-  int major = 0;
-  cudaFuncAttributes attr = {};
-  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
-                      cudaSuccess &&
-                  major >= 9 &&
-                  cudaFuncGetAttributes(&attr, fwd_arch_probe_sm80_kernel<0>) == cudaSuccess &&
-                  attr.binaryVersion >= 90;
-  if (device < kMaxDevicesSm80) cache[device].store(ok ? 1 : -1, std::memory_order_relaxed);
-  return ok;
-}
 
 // How many clusters of `size` CTAs of the split kernel of Traits can be resident at once
 // (cudaOccupancyMaxActiveClusters; a cluster's CTAs must share one GPC, so this is below
@@ -253,7 +228,7 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
   // where the read dominates). An explicit count is kept.
   constexpr int kMaxCluster = Epilogue::kMaxClusterSplits;
   constexpr int kMaxBlocksToLower = 32;
-  if (!paged && args.num_splits <= kMaxCluster && fwd_cluster_merge_supported_sm80()) {
+  if (!paged && args.num_splits <= kMaxCluster && cuda::device_runs_sm90_kernels()) {
     const int64_t clusters = int64_t(args.num_m_blocks) * p.h * p.b;
     const int n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
     int splits = args.num_splits;

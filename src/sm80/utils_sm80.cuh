@@ -135,7 +135,7 @@ __forceinline__ __device__ void copy_zfill(TiledCopy const& tiled_copy, TensorS 
 
 // Thread-block clusters and distributed shared memory (sm_90; the split-KV merge of
 // EpilogueFwdSm80::merge_in_cluster). Compiled for sm_90+ only: the host enables the cluster
-// path only when the kernels' binary is (fwd_cluster_merge_supported_sm80).
+// path only when the kernels' binary is (cuda::device_runs_sm90_kernels).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // Every thread of every CTA of the cluster arrives (release) and waits (acquire): shared-memory
 // writes before it are visible to the whole cluster after it.
