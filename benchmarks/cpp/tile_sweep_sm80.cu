@@ -70,10 +70,10 @@ struct Problem {
 };
 
 template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
-          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false>
+          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false, int kWarpsN = 1>
 fa::Status launch(const fa::FwdParams& p) {
   using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
-                                           kPadded, kStages, kSkipRescale>;
+                                           kPadded, kStages, kSkipRescale, kWarpsN>;
   fa::FwdParams q = p;
   if (kSoftcap) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
@@ -84,7 +84,8 @@ fa::Status launch(const fa::FwdParams& p) {
 template <int D>
 fa::Status launch_lib(const fa::FwdParams& p) {
   constexpr sm80::TileSizeSm80 t = sm80::tile_size_fwd_sm80(D);
-  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_smem, t.kv_stages, t.skip_rescale>(p);
+  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_smem, t.kv_stages, t.skip_rescale,
+                false, t.warps_n>(p);
 }
 
 using LaunchFn = fa::Status (*)(const fa::FwdParams&);
@@ -178,8 +179,10 @@ int main(int argc, char** argv) {
 #ifdef SWEEP_ALL_KNOBS
       SWEEP_KNOBS(256, 64, 64, 4),
 #else
-      {256, "64x64x4 s1a", &launch<256, 64, 64, 4, false, 1, false>},
-      {256, "128x64x8 s1a", &launch<256, 128, 64, 8, false, 1, false>},
+      {256, "64x64x4 s1k", &launch<256, 64, 64, 4, false, 1, true>},
+      {256, "64x64x2x2 s1k", &launch<256, 64, 64, 4, false, 1, true, false, 2>},
+      {256, "64x64x2x2 s1a", &launch<256, 64, 64, 4, false, 1, false, false, 2>},
+      {256, "128x64x4x2 s1k", &launch<256, 128, 64, 8, false, 1, true, false, 2>},
 #endif
 #endif
   };

@@ -15,7 +15,8 @@ namespace flashattn::sm80 {
 using namespace cute;
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
-          bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false>
+          bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
+          int kWarpsN_ = 1>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -28,18 +29,32 @@ struct FwdKernelTraitsSm80 {
   static constexpr bool kPaddedSmem = kPaddedSmem_;  // else XOR-swizzled rows
   static constexpr int kStages = kStages_;           // K/V buffers: 1 or 2 (double-buffered)
   static constexpr bool kSkipRescale = kSkipRescale_;  // skip the O rescale when no max moved
+  // Warps per query row: 1 (FlashAttention-2's layout) or 2 (row pairs, see TiledMma).
+  static constexpr int kWarpsN = kWarpsN_;
+  static constexpr int kWarpsM = kNWarps / kWarpsN;
   static_assert(kStages == 1 || kStages == 2);
+  static_assert(kWarpsN == 1 || kWarpsN == 2);
+  static_assert(kWarpsN == 1 || kStages == 1, "row pairs use the single-buffered schedule");
   static_assert(kHeadDim % 32 == 0, "head dims are multiples of 32 (smaller d is predicated)");
-  static_assert(kBlockM % (16 * kNWarps) == 0, "each warp owns whole 16-row MMA tiles");
-  static_assert(kBlockN % 16 == 0, "the P V gemm consumes keys 16 at a time");
+  static_assert(kBlockM % (16 * kWarpsM) == 0, "each warp owns whole 16-row MMA tiles");
+  static_assert(kBlockN % (16 * kWarpsN) == 0, "the P V gemm consumes keys 16 at a time");
 
-  // m16n8k16, fp32 accumulate. Warps are stacked along M only, so each query row lives in exactly
-  // one warp and the softmax needs no cross-warp reduction. The N extent 16 (two n8 atoms) lets
-  // one ldmatrix.x4 feed two MMAs with B.
+  // m16n8k16, fp32 accumulate, the same TiledMma for S = Q K^T and O += P V.
+  //  - kWarpsN = 1: warps are stacked along M only, so each query row lives in exactly one warp,
+  //    the softmax needs no cross-warp reduction and P goes from the S accumulator straight into
+  //    the A operand of P V. The N extent 16 (two n8 atoms) lets one ldmatrix.x4 feed two MMAs.
+  //  - kWarpsN = 2 ("row pairs"): kWarpsM x 2 warps; the two warps of a pair hold the same query
+  //    rows, each half of the keys of S (n8 columns alternating between them) and half of the
+  //    head dim of O. Each warp then reads K and V over twice the rows per byte: at d = 256 with
+  //    64-row tiles (16 rows per warp with kWarpsN = 1) every K and V element read from shared
+  //    memory fed only one m16 MMA, and ldmatrix traffic (Q 8 + K 32 + V 32 KB per warp and key
+  //    block) matched the tensor cores' time. Paired, a warp reads Q 16 + K 16 + V 16 + P 4
+  //    KB. The price: the pair exchanges its row maxima (after the barrier the schedule already
+  //    has) and P goes through shared memory (one more barrier per key block).
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>,
                                    SM80_16x8x16_F32F16F16F32_TN, SM80_16x8x16_F32BF16BF16F32_TN>;
-  using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<Int<kNWarps>, _1, _1>>,
-                            Tile<Int<16 * kNWarps>, _16, _16>>;
+  using TiledMma = TiledMMA<MMA_Atom<MmaOp>, Layout<Shape<Int<kWarpsM>, Int<kWarpsN>, _1>>,
+                            Tile<Int<16 * kWarpsM>, Int<16 * kWarpsN>, _16>>;
 
   // Shared memory. Both layouts make the 8 row addresses of an 8x8 ldmatrix (same column chunk,
   // consecutive rows) and the row-wise 16-byte cp.async writes land in 8 distinct 16-byte bank
@@ -75,6 +90,13 @@ struct FwdKernelTraitsSm80 {
                   Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
   // O is staged through the Q buffer (Q is dead once the last S = Q K^T is done).
   using SmemLayoutO = SmemLayoutQ;
+  // P of a key block (row pairs only): rows of kBlockN elements, swizzled like Q (written as
+  // 4-byte accumulator pairs, read back with ldmatrix as the A operand of P V).
+  static constexpr int kBlockNSmem = kBlockN % 64 == 0 ? 64 : 32;
+  using SmemLayoutAtomP = decltype(composition(
+      Swizzle<kBlockNSmem == 64 ? 3 : 2, 3, 3>{},
+      Layout<Shape<_8, Int<kBlockNSmem>>, Stride<Int<kBlockNSmem>, _1>>{}));
+  using SmemLayoutP = decltype(tile_to_shape(SmemLayoutAtomP{}, Shape<Int<kBlockM>, Int<kBlockN>>{}));
 
   using SmemCopyAtom = Copy_Atom<SM75_U32x4_LDSM_N, Element>;            // Q, K: ldmatrix.x4
   using SmemCopyAtomTransposed = Copy_Atom<SM75_U16x8_LDSM_T, Element>;  // V^T: ldmatrix.x4.trans

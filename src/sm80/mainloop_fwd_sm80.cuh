@@ -18,6 +18,12 @@
 //     wait V[n]; barrier               (V[n] landed; every warp done reading sK)
 //     cp.async K[n - 1]              || softmax; O += P V[n]
 //
+// Row pairs (Traits::kWarpsN == 2, kStages = 1; kernel_traits_sm80.cuh): two warps share each
+// query row, each with half of the block's keys in S. Each writes its row maxima to smem before
+// the second barrier and reads its partner's after it; P goes to smem, the pair meets at a
+// named barrier, and each warp reads P of all keys of its rows as the A operand of its half of
+// O += P V. At the end the pair adds up its row sums the same way.
+//
 // Tiles that hold invisible (row, key) pairs (causal diagonal, window edges, the residue) run
 // the per-element mask; the fully visible ones run in their own loop without any mask code.
 //
@@ -33,6 +39,8 @@
 #pragma once
 
 #include <cute/tensor.hpp>
+
+#include <type_traits>
 
 #include "common/mask.h"
 #include "common/philox.h"
@@ -96,8 +104,23 @@ struct MainloopFwdSm80 {
   static constexpr int kStages = Traits::kStages;
   using TiledMma = typename Traits::TiledMma;
   using ScoreMod = ScoreModSm80<kHasSoftcap, kHasAlibi>;
+  static constexpr int kNRows = 2 * kBlockM / (16 * Traits::kWarpsM);  // query rows per thread
 
-  struct SharedStorage {
+  // Row pairs (Traits::kWarpsN == 2): two warps share each query row, so a row's max and sum
+  // span both and P goes through shared memory (kernel_traits_sm80.cuh).
+  static constexpr bool kRowPairs = Traits::kWarpsN == 2;
+  static_assert(!(kRowPairs && Features::kSplit),
+                "split kernels skip idle warps' gemms, which the pairs' extra barrier forbids");
+
+  // Row pairs only: P of the current key block, and per (warp of the pair, row, quad lane) a
+  // float for the max / sum exchange.
+  struct RowPairStorage {
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutP>, 128> smem_p;
+    float row_stat[2 * kBlockM * 4];
+  };
+  struct NoRowPairStorage {};
+  // (An empty base takes no bytes.)
+  struct SharedStorage : std::conditional_t<kRowPairs, RowPairStorage, NoRowPairStorage> {
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>, 128> smem_q;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_k;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 128> smem_v;
@@ -248,6 +271,32 @@ struct MainloopFwdSm80 {
     // (row, key) of every S accumulator element, for the score mods and the mask.
     Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
 
+    // Row pairs: the row statistics and P of a key block pass through shared memory. This warp
+    // is half `pair_half` of its pair (its n8 columns are 16 j + 8 * pair_half); row_stat holds
+    // the maxima at [half * kBlockM + row] and the sums at [(half * kBlockM + row) * 4 + lane % 4].
+    Tensor tScS_rows = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));  // (rows, keys)
+    [[maybe_unused]] const int pair_half = (get<1>(tScS(0)) / 8) % 2;
+    auto pair_barrier = [&]() {
+      const int row_group = get<0>(tScS(0)) / 16 % Traits::kWarpsM;  // m16 tiles 16 (g + kWarpsM i)
+      asm volatile("bar.sync %0, 64;" ::"r"(1 + row_group) : "memory");
+    };
+    auto share_row_max = [&](float const (&m)[kNRows]) {
+      if constexpr (kRowPairs) {
+        if (tid % 4 == 0) {
+          CUTE_UNROLL
+          for (int mi = 0; mi < kNRows; ++mi)
+            storage.row_stat[pair_half * kBlockM + get<0>(tScS_rows(mi, 0))] = m[mi];
+        }
+      }
+    };
+    auto add_partner_row_max = [&](float (&m)[kNRows]) {
+      if constexpr (kRowPairs) {
+        CUTE_UNROLL
+        for (int mi = 0; mi < kNRows; ++mi)
+          m[mi] = fmaxf(m[mi], storage.row_stat[(pair_half ^ 1) * kBlockM + get<0>(tScS_rows(mi, 0))]);
+      }
+    };
+
     ScoreMod score_mod;
     score_mod.offset = seq.seqlen_k - seq.seqlen_q;
     if constexpr (kHasSoftcap) score_mod.softcap_prescale = args.softcap_prescale;
@@ -338,22 +387,51 @@ struct MainloopFwdSm80 {
     if constexpr (kStages == 2) load_v(n_block, kLastStage, cute::true_type{}, rows_last);
     cp_async_fence();
 
-    // S -> P -> O += P V for one key block (keys from n0) whose K and V sit in `stage`.
-    auto softmax_pv = [&](auto& acc_s, int stage, auto masked, int n0) {
+    // S -> P -> O += P V for one key block (keys from n0) whose K and V sit in `stage`. Row
+    // pairs: m_tile holds this warp's tile_max, already shared (share_row_max) before a barrier.
+    auto softmax_pv = [&](auto& acc_s, int stage, auto masked, int n0, float (&m_tile)[kNRows]) {
       // Every row of an unmasked tile sees kBlockN finite scores, so its max is finite.
-      const bool rescale = softmax.template update</*kCheckInf=*/decltype(masked)::value>(acc_s);
+      constexpr bool kCheckInf = decltype(masked)::value;
+      bool rescale;
+      if constexpr (kRowPairs) {
+        add_partner_row_max(m_tile);
+        rescale = softmax.template update_with_max<kCheckInf>(acc_s, m_tile);
+      } else {
+        rescale = softmax.template update<kCheckInf>(acc_s);
+      }
       // Dropout after the row sums took the un-dropped P (the LSE is the un-dropped one).
       if constexpr (kDropout) apply_dropout(acc_s, tScS, m0, n0, rng, dropout_bh);
-      // P (fp32 accumulator) -> 16-bit A operand of O += P V, without leaving registers.
       Tensor rP = convert_fragment<Element>(acc_s);
-      Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
-      if constexpr (Traits::kSkipRescale) {
-        softmax.rescale_o_if(rescale, acc_o);
+      auto rescale_o = [&]() {
+        if constexpr (Traits::kSkipRescale) {
+          softmax.rescale_o_if(rescale, acc_o);
+        } else {
+          softmax.rescale_o(acc_o);
+        }
+      };
+      if constexpr (kRowPairs) {
+        // P -> smem (each warp its half of the keys) -> the A operand of all keys of its rows.
+        Tensor sP = make_tensor(make_smem_ptr(storage.smem_p.data()), typename Traits::SmemLayoutP{});
+        auto p_store = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, tiled_mma);
+        auto p_store_thr = p_store.get_thread_slice(tid);
+        copy(p_store, p_store_thr.retile_S(rP), p_store_thr.partition_D(sP));
+        rescale_o();
+        // P of both halves in smem: only the pair's 64 threads meet (named barrier 1 + row
+        // group; 0 is __syncthreads'), so the pairs of a CTA need not wait for each other.
+        pair_barrier();
+        auto p_load = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+        auto p_load_thr = p_load.get_thread_slice(tid);
+        Tensor tOrP = thr_mma.partition_fragment_A(sP);  // (MMA, MMA_M, MMA_K = keys)
+        copy(p_load, p_load_thr.partition_S(sP), p_load_thr.retile_D(tOrP));
+        gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_tiled_copy_v,
+                smem_thr_copy_v);
       } else {
-        softmax.rescale_o(acc_o);
+        // P (fp32 accumulator) -> 16-bit A operand of O += P V, without leaving registers.
+        Tensor tOrP = make_tensor(rP.data(), acc_layout_as_a_operand(rP.layout()));
+        rescale_o();
+        gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_tiled_copy_v,
+                smem_thr_copy_v);
       }
-      gemm_rs(acc_o, tOrP, tOrVt, tOsVt(_, _, _, stage), tiled_mma, smem_tiled_copy_v,
-              smem_thr_copy_v);
     };
 
     // One key block. kMasked: the tile holds invisible (row, key) pairs; only then is the
@@ -365,6 +443,7 @@ struct MainloopFwdSm80 {
       [[maybe_unused]] const int stage = kStages == 2 ? (n_block_max - 1 - n_block) & 1 : 0;
       Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});  // (MMA, MMA_M, MMA_N)
       clear(acc_s);
+      float m_tile[kNRows];  // row pairs: this warp's row maxima of the tile
 
       cp_async_wait<0>();
       if constexpr (kStages == 2) {
@@ -381,7 +460,7 @@ struct MainloopFwdSm80 {
           gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
                   smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
-          softmax_pv(acc_s, stage, masked, n0);
+          softmax_pv(acc_s, stage, masked, n0, m_tile);
         }
       } else {
         __syncthreads();  // K[n] visible to every warp; every warp done with the last P V (sV free)
@@ -394,14 +473,20 @@ struct MainloopFwdSm80 {
           gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, 0), tiled_mma, smem_tiled_copy_q,
                   smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+          if constexpr (kRowPairs) {
+            softmax.tile_max(acc_s, m_tile);
+            share_row_max(m_tile);
+          }
         }
         cp_async_wait<0>();
-        __syncthreads();  // V[n] visible; every warp done reading sK, so K[n - 1] may overwrite it
+        // V[n] visible; every warp done reading sK, so K[n - 1] may overwrite it; row pairs:
+        // both halves' row maxima visible.
+        __syncthreads();
         if (n_block > n_block_min) {
           load_k(n_block - 1, 0, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        if (warp_active) softmax_pv(acc_s, 0, masked, n0);
+        if (warp_active) softmax_pv(acc_s, 0, masked, n0, m_tile);
       }
     };
 
@@ -422,6 +507,21 @@ struct MainloopFwdSm80 {
         step(n_block, cute::true_type{});
         --n_block;
       }
+    }
+
+    // Row pairs: each warp summed P over its own keys; add the partner's partial of the same
+    // quad lane (a + b in one warp, b + a in the other: the same bits), so finalize()'s quad sum
+    // gives the whole row. The last reads of the maxima were before the last P barrier.
+    if constexpr (kRowPairs) {
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi)
+        storage.row_stat[(pair_half * kBlockM + get<0>(tScS_rows(mi, 0))) * 4 + tid % 4] =
+            softmax.row_sum[mi];
+      __syncthreads();
+      CUTE_UNROLL
+      for (int mi = 0; mi < kNRows; ++mi)
+        softmax.row_sum[mi] +=
+            storage.row_stat[((pair_half ^ 1) * kBlockM + get<0>(tScS_rows(mi, 0))) * 4 + tid % 4];
     }
   }
 };

@@ -51,21 +51,39 @@ struct OnlineSoftmaxSm80 {
   // kCheckInf = false when every row of the tile has a visible key (its max is finite).
   template <bool kCheckInf, class TensorS>
   __forceinline__ __device__ bool update(TensorS& acc_s) {
+    float m[kNRows];
+    tile_max(acc_s, m);
+    return update_with_max<kCheckInf>(acc_s, m);
+  }
+
+  // The two halves of update(), for warps that share rows (row pairs, mainloop_fwd_sm80.cuh):
+  // tile_max gives each row's max over the running max and this thread's quad's columns of the
+  // tile; the pair combines its two maxima (fmaxf, so both warps get the same bits) and
+  // update_with_max goes on with the combined max m (>= the running max).
+  template <class TensorS>
+  __forceinline__ __device__ void tile_max(TensorS const& acc_s, float (&m)[kNRows]) const {
     Tensor s = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (rows, keys)
     static_assert(decltype(size<0>(s))::value == kNRows);
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      m[mi] = row_max[mi];
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(s); ++ni) m[mi] = fmaxf(m[mi], s(mi, ni));
+      m[mi] = quad_allreduce_max(m[mi]);
+    }
+  }
+  template <bool kCheckInf, class TensorS>
+  __forceinline__ __device__ bool update_with_max(TensorS& acc_s, float const (&m)[kNRows]) {
+    Tensor s = make_tensor(acc_s.data(), acc_layout_rowcol(acc_s.layout()));  // (rows, keys)
     bool any_changed = false;
     CUTE_UNROLL
     for (int mi = 0; mi < kNRows; ++mi) {
-      float m = row_max[mi];
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(s); ++ni) m = fmaxf(m, s(mi, ni));
-      m = quad_allreduce_max(m);
-      const bool changed = m != row_max[mi];
+      const bool changed = m[mi] != row_max[mi];
       any_changed |= changed;
-      const float m_scaled = (kCheckInf && m == -INFINITY) ? 0.f : m * unit_log2;
+      const float m_scaled = (kCheckInf && m[mi] == -INFINITY) ? 0.f : m[mi] * unit_log2;
       // m_old = -inf gives exp2(-inf) = 0: O and l are still 0, so nothing is lost.
       correction[mi] = changed ? exp2f(row_max[mi] * unit_log2 - m_scaled) : 1.f;
-      row_max[mi] = m;
+      row_max[mi] = m[mi];
       float sum = 0.f;
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(s); ++ni) {

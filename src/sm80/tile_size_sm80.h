@@ -8,7 +8,8 @@
 //    does its softmax, or runs its prologue / epilogue; with 1 CTA of 8 warps per SM the warps
 //    of a CTA move in lockstep between barriers and only the instruction stream can overlap
 //    softmax with MMAs.
-// Each warp owns 16 or 32 whole query rows, so the softmax row reductions stay inside a warp.
+// Each warp owns 16 or 32 whole query rows, so the softmax row reductions stay inside a warp,
+// except with row pairs (warps_n = 2, d = 256), where two warps split each row.
 // The knobs (padded_smem, kv_stages, skip_rescale) are explained in kernel_traits_sm80.cuh and
 // mainloop_fwd_sm80.cuh; which wins differs per head dim, as measured below.
 // Measurements: H100 SXM, bf16, the standard grid (batch * seqlen = 16384, hidden 2048),
@@ -27,7 +28,12 @@ struct TileSizeSm80 {
   bool padded_smem = false;   // padded rows instead of XOR-swizzled ones (kernel_traits_sm80.cuh)
   int kv_stages = 1;          // 2: K and V double-buffered, one barrier per key block
   bool skip_rescale = false;  // skip the O rescale when no row max of the warp moved
+  int warps_n = 1;            // 2: pairs of warps share query rows (kernel_traits_sm80.cuh)
 };
+
+// 64 x 64 x 4, swizzled, single-buffered, skipped rescale, each query row in one warp: d = 192,
+// and the split kernels at d = 192 / 256 (see tile_size_fwd_sm80 and tile_size_fwd_split_sm80).
+constexpr TileSizeSm80 tile_size_fwd_64x64_rows_sm80() { return {64, 64, 4, false, 1, true}; }
 
 constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // d = 32, 64: 128 x 64 x 4, swizzled, double-buffered, skipped rescale (s2k): 332 / 320,
@@ -46,16 +52,27 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // causal, 4k causal 262.3 vs 279.2 (tile_sweep_sm80 -DSWEEP_SOFTCAP, H100); always
   // rescaling (p1a, 116 bytes) 303.0 / 293.3. So the score-mod kernels keep this tile.
   if (head_dim <= 128) return {128, 64, 4, true, 1, true};
-  // d = 192, 256: 64 x 64 x 4, swizzled, single-buffered, skipped rescale (s1k): 336 / 339 at
-  // 16k and 308 / 249 at 1k, vs 64 x 64 x 4 s1a 320 / 321 (296 / 247 at 1k) and 128 x 64 x 8
-  // s1a 331 / 333 (299 / 232 at 1k: 1 CTA of 8 warps per SM cannot hide its own prologue and
-  // epilogue, and fell below FlashAttention-2 there). O is 16 rows x d per warp either way (128
-  // fp32 per thread at d = 256); 2 CTAs per SM (FlashAttention-2's H100 choice too) overlap
-  // each other's softmax, prologue and epilogue. With the 8-warp CTA the warps move in lockstep
-  // and "a" won instead (s1a 330 vs s1k 314): the unskipped rescale interleaves with the P V
-  // MMAs. 255 registers, no spill (ALiBi: 20 bytes); smem 96 KB (d = 256). d = 192 follows
-  // d = 256 (not timed separately).
-  return {64, 64, 4, false, 1, true};
+  // d = 192: 64 x 64 x 4 s1k with each row in one warp (the d = 256 choice before row pairs,
+  // below; not timed separately): with row pairs ptxas spills 68 bytes in the plain kernel.
+  if (head_dim <= 192) return tile_size_fwd_64x64_rows_sm80();
+  // d = 256: 64 x 64, 4 warps as 2 row pairs (warps_n = 2), swizzled, single-buffered,
+  // skipped rescale. At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100
+  // layout) gives each warp 16 rows, so every K and V element a warp reads from shared memory
+  // feeds a single m16 MMA: 72 KB of ldmatrix per warp and key block, 144 ldmatrix.x4 against
+  // 256 MMAs, about the tensor cores' own time at 128 bytes per clock. Row pairs (two warps per
+  // 32 rows, each half the keys of S and half the head dim of O) read 52 KB (104 ldmatrix.x4)
+  // and pay one pair barrier and a P round trip through shared memory per key block.
+  // tile_sweep_sm80, H100, TFLOP/s pairs vs each row in one warp (both s1k), same binary:
+  // non-causal 1k 313 vs 304, 2k 331 vs 323, 4k 342 vs 334, 8k 347 vs 338, 16k 348 vs 338;
+  // causal 1k 255 vs 253, 2k 283 vs 276, 4k 301 vs 294, 8k 314 vs 306, 16k 355 vs 336.
+  // A CTA-wide barrier in place of the pair barrier lost 0.5-1 %. Always rescaling (s1a) spills
+  // 76 bytes with pairs. 128 x 64 with 8 warps as 4 pairs: 294-304 at 1k, 1 CTA per SM.
+  // Before pairs, the choices with each row in one warp measured: 64 x 64 x 4 s1k 336 / 339 at 16k and
+  // 308 / 249 at 1k, vs s1a 320 / 321 (296 / 247 at 1k) and 128 x 64 x 8 s1a 331 / 333 (299 /
+  // 232 at 1k: 1 CTA of 8 warps per SM cannot hide its own prologue and epilogue). O is 128
+  // fp32 per thread at d = 256 either way; 2 CTAs per SM overlap each other's softmax, prologue
+  // and epilogue. 254 registers, no spill (ALiBi: 32 bytes); smem 105 KB.
+  return {64, 64, 4, false, 1, true, 2};
 }
 
 // Dropout kernels (run_fwd_dropout_sm80). The keep mask is drawn per tile right before P V, and
@@ -78,12 +95,14 @@ constexpr TileSizeSm80 tile_size_fwd_dropout_sm80(int head_dim) {
 //  - 64 x 128 (FlashAttention-2's split-KV tile): 32 KB tiles, smem 16 + 32 + 32 = 80 KB, still
 //    2 CTAs per SM -> 64 KB per SM; FlashAttention-2's kernel reached 81 % (49.5 us) there.
 // 64 rows also means 16 rows per warp: O and S take 64 fp32 each at d = 128, so the swizzled
-// layout (dense, 128-byte aligned rows) fits in registers. d = 192 / 256 keep the plain 64 x 64
-// tile (64 x 128 would need 64 KB tiles and 1 CTA per SM). Paged prefill through this family runs
-// the same tile, as FlashAttention-2's paged path does.
+// layout (dense, 128-byte aligned rows) fits in registers. d = 192 / 256 keep a 64 x 64 tile
+// (64 x 128 would need 64 KB tiles and 1 CTA per SM) with each row in one warp: the split kernels
+// let warps without a valid row skip their gemms (mainloop_fwd_sm80.cuh), which row pairs' extra
+// barrier would not allow. Paged prefill through this family runs the same tile, as
+// FlashAttention-2's paged path does.
 constexpr TileSizeSm80 tile_size_fwd_split_sm80(int head_dim) {
   if (head_dim <= 128) return {64, 128, 4, false, 1, true};
-  return tile_size_fwd_sm80(head_dim);
+  return tile_size_fwd_64x64_rows_sm80();
 }
 
 // The head-dim kernels that exist: a request with head dim d runs the smallest kernel >= d with
