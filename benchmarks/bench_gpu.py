@@ -110,8 +110,11 @@ SDPA_BACKENDS = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBack
                  "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def measure(mode, fa, d, s, dtype, dtype_name, rep):
-    """Records for one (d, seqlen) point of the grid, causal and not, every implementation."""
+def measure(mode, fa, d, s, dtype, dtype_name, rep, rounds=1):
+    """Records for one (d, seqlen) point of the grid, causal and not, every implementation.
+    With rounds > 1 every implementation is timed that many times, the implementations taking
+    turns (A B C A B C ...), and the median round counts: a clock or thermal drift during the run
+    then moves all of them alike instead of whichever happened to be timed at that moment."""
     h = 2048 // d
     b = max(1, 16384 // s)
     nbytes = (4 if mode == "fwd" else 9) * b * s * h * d * 2
@@ -176,12 +179,20 @@ def measure(mode, fa, d, s, dtype, dtype_name, rep):
                     out, do, inputs = graphs[it[0]]
                     torch.autograd.grad(out, inputs, do, retain_graph=True)
                 impls[name] = run_sdpa_bwd
-        for name, fn in impls.items():
-            try:
-                ms = bench_ms(fn, rep=rep)
-            except Exception as e:  # a backend that refuses the shape
-                print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
+        times = {}
+        for _ in range(rounds):
+            for name, fn in impls.items():
+                if name in times and times[name] is None:
+                    continue
+                try:
+                    times.setdefault(name, []).append(bench_ms(fn, rep=rep))
+                except Exception as e:  # a backend that refuses the shape
+                    print(f"  {name} d={d} s={s} causal={causal}: {type(e).__name__}: {e}".splitlines()[0])
+                    times[name] = None
+        for name, ts in times.items():
+            if ts is None:
                 continue
+            ms = sorted(ts)[len(ts) // 2]
             flops = flops_fwd(b, s, h, d, causal) * (2.5 if mode == "bwd" else 1.0)
             tf = flops / (ms * 1e-3) / 1e12
             records.append({"impl": name, "mode": mode, "dtype": dtype_name, "d": d, "seqlen": s,
@@ -201,6 +212,8 @@ def main():
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--modes", default="fwd,bwd")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every implementation this many times, interleaved; report the median")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -212,7 +225,7 @@ def main():
         records = []
         for d in [int(x) for x in args.hdims.split(",")]:
             for s in [int(x) for x in args.seqlens.split(",")]:
-                records += measure(mode, fa, d, s, dtype, args.dtype, rep)
+                records += measure(mode, fa, d, s, dtype, args.dtype, rep, args.rounds)
                 torch.cuda.empty_cache()
         write_results(mode, records, args, gpu)
 
