@@ -44,7 +44,11 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // d = 96, 128: 128 x 64 x 4, padded, single-buffered, skipped rescale (p1k): 372 / 352, and
   // the only knob set without spills at d = 128 (O takes 128 registers, S 64): swizzled
   // layouts spill 96-152 bytes (one address register per XOR pattern), p2k 24 bytes, p1a 92.
-  // s2k is 381 / 349 with a 96-byte spill. 128 x 32 x 4 measured 365 / 335; 8 warps lose
+  // s2k is 381 / 349 with a 96-byte spill. Fifth session, medians of 3 interleaved rounds in
+  // one binary (s2k vs p1k, non-causal 1k / 2k / 4k / 8k / 16k): 343 / 362 / 359 / 379 / 370 vs
+  // 332 / 350 / 355 / 366 / 368; causal 250 / 291 / 315 / 333 / 351 vs 256 / 290 / 313 / 325 /
+  // 346. Its spill sits in the hot loop (3 LDL + 3 LDL.LU + 3 STL per key block: row maxima and
+  // loop invariants); kept p1k, which spills nothing. 128 x 32 x 4 measured 365 / 335; 8 warps lose
   // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
   // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
   // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
