@@ -70,10 +70,11 @@ struct Problem {
 };
 
 template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
-          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false, int kWarpsN = 1>
+          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false, int kWarpsN = 1,
+          bool kQInRegs = false>
 fa::Status launch(const fa::FwdParams& p) {
   using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
-                                           kPadded, kStages, kSkipRescale, kWarpsN>;
+                                           kPadded, kStages, kSkipRescale, kWarpsN, kQInRegs>;
   fa::FwdParams q = p;
   if (kSoftcap) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
@@ -85,7 +86,7 @@ template <int D>
 fa::Status launch_lib(const fa::FwdParams& p) {
   constexpr sm80::TileSizeSm80 t = sm80::tile_size_fwd_sm80(D);
   return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_smem, t.kv_stages, t.skip_rescale,
-                false, t.warps_n>(p);
+                false, t.warps_n, t.q_in_regs>(p);
 }
 
 using LaunchFn = fa::Status (*)(const fa::FwdParams&);
@@ -155,8 +156,8 @@ int main(int argc, char** argv) {
 #ifdef SWEEP_ALL_KNOBS
       SWEEP_KNOBS(64, 128, 64, 4),
 #else
-      {64, "128x64x4 s2a", &launch<64, 128, 64, 4, false, 2, false>},
-      {64, "128x64x4 s1k", &launch<64, 128, 64, 4, false, 1, true>},
+      {64, "128x64x4 s2k (Q in smem)", &launch<64, 128, 64, 4, false, 2, true>},
+      {64, "128x64x4 s1k", &launch<64, 128, 64, 4, false, 1, true, false, 1, true>},
 #endif
 #endif
 #if !defined(SWEEP_D) || SWEEP_D == 128

@@ -16,7 +16,7 @@ using namespace cute;
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
           bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
-          int kWarpsN_ = 1>
+          int kWarpsN_ = 1, bool kQInRegs_ = false>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -32,6 +32,9 @@ struct FwdKernelTraitsSm80 {
   // Warps per query row: 1 (FlashAttention-2's layout) or 2 (row pairs, see TiledMma).
   static constexpr int kWarpsN = kWarpsN_;
   static constexpr int kWarpsM = kNWarps / kWarpsN;
+  // Q's A-operand fragments kept in registers for the whole loop instead of re-read from shared
+  // memory for every key block (kBlockM * kHeadDim / (32 * kNWarps) / 2 registers per thread).
+  static constexpr bool kQInRegs = kQInRegs_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
   static_assert(kWarpsN == 1 || kStages == 1, "row pairs use the single-buffered schedule");

@@ -49,7 +49,7 @@ struct FwdTraitsFor {
   static constexpr TileSizeSm80 kTile = fwd_tile_of(kPolicy, kHeadDim);
   using type = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
                                    ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
-                                   kTile.skip_rescale, kTile.warps_n>;
+                                   kTile.skip_rescale, kTile.warps_n, kTile.q_in_regs>;
 };
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;

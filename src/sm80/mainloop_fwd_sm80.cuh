@@ -386,6 +386,23 @@ struct MainloopFwdSm80 {
     load_k(n_block, kLastStage, cute::true_type{}, rows_last);
     if constexpr (kStages == 2) load_v(n_block, kLastStage, cute::true_type{}, rows_last);
     cp_async_fence();
+    if constexpr (Traits::kQInRegs) {
+      cp_async_wait<0>();
+      __syncthreads();
+      copy(smem_tiled_copy_q, tSsQ, smem_thr_copy_q.retile_D(tSrQ));
+    }
+
+    // S = Q K^T of the key block in `stage`: Q from registers (Traits::kQInRegs, loaded once
+    // after the prologue) or, like K, from shared memory k-slice by k-slice.
+    auto gemm_qk = [&](auto& acc_s, int stage) {
+      if constexpr (Traits::kQInRegs) {
+        gemm_rs(acc_s, tSrQ, tSrK, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_k,
+                smem_thr_copy_k);
+      } else {
+        gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
+                smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+      }
+    };
 
     // S -> P -> O += P V for one key block (keys from n0) whose K and V sit in `stage`. Row
     // pairs: m_tile holds this warp's tile_max, already shared (share_row_max) before a barrier.
@@ -457,8 +474,7 @@ struct MainloopFwdSm80 {
           cp_async_fence();
         }
         if (warp_active) {
-          gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
-                  smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+          gemm_qk(acc_s, stage);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
           softmax_pv(acc_s, stage, masked, n0, m_tile);
         }
@@ -470,8 +486,7 @@ struct MainloopFwdSm80 {
         // Block n - 1's pages, in flight during this block's S = Q K^T (n - 1 is never partial).
         if (n_block > n_block_min) fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
         if (warp_active) {
-          gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, 0), tiled_mma, smem_tiled_copy_q,
-                  smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+          gemm_qk(acc_s, 0);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
           if constexpr (kRowPairs) {
             softmax.tile_max(acc_s, m_tile);

@@ -29,6 +29,7 @@ struct TileSizeSm80 {
   int kv_stages = 1;          // 2: K and V double-buffered, one barrier per key block
   bool skip_rescale = false;  // skip the O rescale when no row max of the warp moved
   int warps_n = 1;            // 2: pairs of warps share query rows (kernel_traits_sm80.cuh)
+  bool q_in_regs = false;     // Q's MMA fragments stay in registers for the whole loop
 };
 
 // 64 x 64 x 4, swizzled, single-buffered, skipped rescale, each query row in one warp: d = 192,
@@ -38,9 +39,15 @@ constexpr TileSizeSm80 tile_size_fwd_64x64_rows_sm80() { return {64, 64, 4, fals
 constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // d = 32, 64: 128 x 64 x 4, swizzled, double-buffered, skipped rescale (s2k): 332 / 320,
   // vs s1k 326 / 313, p2k 304 / 293 (padding costs 5-10% wherever registers are not the
-  // limit), s2a 322 / 312. 128 x 128 measured 314 / 302 and spills. 225 registers, no spill;
+  // limit), s2a 322 / 312. 128 x 128 measured 314 / 302 and spills. 225 registers (Q in smem), no spill;
   // smem 48 KB (d = 64), 2 CTAs per SM.
-  if (head_dim <= 64) return {128, 64, 4, false, 2, true};
+  //
+  // And Q in registers (q_in_regs, 32 registers at d = 64): S = Q K^T then reads only K from
+  // shared memory, 32 instead of 40 ldmatrix.x4 per warp and key block. Medians of 3 rounds,
+  // same binary, s2k with / without (non-causal 1k / 2k / 4k / 8k): 305 / 323 / 333 / 340 vs
+  // 298 / 313 / 322 / 328; causal 1k .. 16k: 237 / 275 / 298 / 313 / 328 vs 233 / 267 / 292 /
+  // 303 / 317 (16k non-causal too noisy in that run to rank). 255 registers, no spill.
+  if (head_dim <= 64) return {128, 64, 4, false, 2, true, 1, true};
   // d = 96, 128: 128 x 64 x 4, padded, single-buffered, skipped rescale (p1k): 372 / 352, and
   // the only knob set without spills at d = 128 (O takes 128 registers, S 64): swizzled
   // layouts spill 96-152 bytes (one address register per XOR pattern), p2k 24 bytes, p1a 92.
