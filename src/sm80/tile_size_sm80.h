@@ -55,7 +55,12 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // one binary (s2k vs p1k, non-causal 1k / 2k / 4k / 8k / 16k): 343 / 362 / 359 / 379 / 370 vs
   // 332 / 350 / 355 / 366 / 368; causal 250 / 291 / 315 / 333 / 351 vs 256 / 290 / 313 / 325 /
   // 346. Its spill sits in the hot loop (3 LDL + 3 LDL.LU + 3 STL per key block: row maxima and
-  // loop invariants); kept p1k, which spills nothing. 128 x 32 x 4 measured 365 / 335; 8 warps lose
+  // loop invariants); kept p1k, which spills nothing. Same session, K alone double-buffered (V
+  // single, two barriers; K[n - 1] issued at the top of block n), tried and removed: swizzled
+  // 342 / 356 / 369 / 381 / 386 non-causal, 256 / 292 / 317 / 337 / 346 causal vs p1k 332 /
+  // 352 / 364 / 368 / 371 and 258 / 292 / 315 / 332 / 343, but 136 bytes spilled; padded (no
+  // spill) 314 / 339 / 357 / 358 / 365 non-causal: slower than p1k. Q in registers (64 of them
+  // here) is out of reach. 128 x 32 x 4 measured 365 / 335; 8 warps lose
   // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
   // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
   // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
