@@ -16,7 +16,8 @@ using namespace cute;
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
           bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
-          int kWarpsN_ = 1, bool kQInRegs_ = false>
+          int kWarpsN_ = 1, bool kQInRegs_ = false, bool kKDoubleBuffer_ = false,
+          bool kPaddedQ_ = kPaddedSmem_>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -26,7 +27,7 @@ struct FwdKernelTraitsSm80 {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kNWarps = kNWarps_;
   static constexpr int kNThreads = kNWarps * 32;
-  static constexpr bool kPaddedSmem = kPaddedSmem_;  // else XOR-swizzled rows
+  static constexpr bool kPaddedSmem = kPaddedSmem_;  // else XOR-swizzled rows (K, V; Q: kPaddedQ)
   static constexpr int kStages = kStages_;           // K/V buffers: 1 or 2 (double-buffered)
   static constexpr bool kSkipRescale = kSkipRescale_;  // skip the O rescale when no max moved
   // Warps per query row: 1 (FlashAttention-2's layout) or 2 (row pairs, see TiledMma).
@@ -35,6 +36,14 @@ struct FwdKernelTraitsSm80 {
   // Q's A-operand fragments kept in registers for the whole loop instead of re-read from shared
   // memory for every key block (kBlockM * kHeadDim / (32 * kNWarps) / 2 registers per thread).
   static constexpr bool kQInRegs = kQInRegs_;
+  // K buffers: 2 with kStages = 2, or with kStages = 1 and kKDoubleBuffer (K double-buffered,
+  // V single: K[n - 1] is issued at the top of block n and has the whole block to land;
+  // mainloop_fwd_sm80.cuh). Q padded while K / V are swizzled (kPaddedQ != kPaddedSmem): Q is
+  // copied in once, so only its ldmatrix addressing matters, and padded rows need one address
+  // register where the swizzle needs one per k-slice pattern. Both are measured in
+  // tile_size_sm80.h (d = 128) and used by no policy yet.
+  static constexpr int kStagesK = (kStages == 2 || kKDoubleBuffer_) ? 2 : 1;
+  static constexpr bool kPaddedQ = kPaddedQ_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
   static_assert(kWarpsN == 1 || kStages == 1, "row pairs use the single-buffered schedule");
@@ -76,19 +85,23 @@ struct FwdKernelTraitsSm80 {
       Swizzle<kSwizzleBits, 3, 3>{},
       Layout<Shape<_8, Int<kBlockKSmem>>, Stride<Int<kBlockKSmem>, _1>>{}));
   using SmemLayoutQ = std::conditional_t<
-      kPaddedSmem, Layout<Shape<Int<kBlockM>, Int<kHeadDim>>, Stride<Int<kSmemPitch>, _1>>,
+      kPaddedQ, Layout<Shape<Int<kBlockM>, Int<kHeadDim>>, Stride<Int<kSmemPitch>, _1>>,
       decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}))>;
-  // K and V: (kBlockN, kHeadDim, kStages); key block n lives in stage n % kStages.
-  using SmemLayoutKV = std::conditional_t<
-      kPaddedSmem,
-      Layout<Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>,
+  // K: (kBlockN, kHeadDim, kStagesK), V: (kBlockN, kHeadDim, kStages); block n in stage
+  // n % stages.
+  template <bool kPadded, int kNStages>
+  using SmemLayoutKVOf = std::conditional_t<
+      kPadded,
+      Layout<Shape<Int<kBlockN>, Int<kHeadDim>, Int<kNStages>>,
              Stride<Int<kSmemPitch>, _1, Int<kBlockN * kSmemPitch>>>,
       decltype(tile_to_shape(SmemLayoutAtom{},
-                             Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}))>;
+                             Shape<Int<kBlockN>, Int<kHeadDim>, Int<kNStages>>{}))>;
+  using SmemLayoutK = SmemLayoutKVOf<kPaddedSmem, kStagesK>;
+  using SmemLayoutV = SmemLayoutKVOf<kPaddedSmem, kStages>;
   // V viewed as V^T (head dim x keys x stages) for the P V gemm: same bytes, read with
   // ldmatrix.trans.
   using SmemLayoutVt = decltype(composition(
-      SmemLayoutKV{},
+      SmemLayoutV{},
       make_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
                   Stride<Int<kBlockN>, _1, Int<kBlockN * kHeadDim>>{})));
   // O is staged through the Q buffer (Q is dead once the last S = Q K^T is done).
@@ -123,7 +136,7 @@ struct FwdKernelTraitsSm80 {
       Layout<Shape<_1, Int<kGmemElemsPerLoad>>>{}));
 
   static constexpr int kSmemSizeQ = int(cosize_v<SmemLayoutQ>) * int(sizeof(Element));
-  static constexpr int kSmemSizeKV = int(cosize_v<SmemLayoutKV>) * int(sizeof(Element));
+  static constexpr int kSmemSizeKV = int(cosize_v<SmemLayoutV>) * int(sizeof(Element));
 };
 
 }  // namespace flashattn::sm80

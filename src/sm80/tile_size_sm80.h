@@ -60,7 +60,13 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 342 / 356 / 369 / 381 / 386 non-causal, 256 / 292 / 317 / 337 / 346 causal vs p1k 332 /
   // 352 / 364 / 368 / 371 and 258 / 292 / 315 / 332 / 343, but 136 bytes spilled; padded (no
   // spill) 314 / 339 / 357 / 358 / 365 non-causal: slower than p1k. Q in registers (64 of them
-  // here) is out of reach. 128 x 32 x 4 measured 365 / 335; 8 warps lose
+  // here) is out of reach. The best found, not taken because it spills: Q padded, K / V swizzled,
+  // K alone double-buffered (traits kPaddedQ, kKDoubleBuffer), 346 / 362 / 368 / 373 / 381
+  // non-causal and 261 / 297 / 319 / 330 / 348 causal vs p1k's 333 / 349 / 349 / 363 / (noisy)
+  // and 257 / 291 / 306 / 329 / 337 in the same run (+1-5 %), with 56 bytes spilled: per key
+  // block 6 STL + 6 LDL in the hot loop (three running row maxima and loop invariants). 14 fewer
+  // live registers would make it the d = 128 policy. Padding K or V as well to save address
+  // registers (K padded 40 bytes, V padded 36) ran in between. 128 x 32 x 4 measured 365 / 335; 8 warps lose
   // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
   // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
   // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
