@@ -68,7 +68,7 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // live registers would make it the d = 128 policy. Padding K or V as well to save address
   // registers (K padded 40 bytes, V padded 36) ran in between; issuing K[n - 1] after the S gemm
   // instead of before it spills 40 bytes, and two blocks per trip with each K stage a
-  // compile-time offset 152 (compiled, not timed). 128 x 32 x 4 measured 365 / 335; 8 warps lose
+  // compile-time offset 152, forcing the step lambda inline 40 (compiled, not timed). 128 x 32 x 4 measured 365 / 335; 8 warps lose
   // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
   // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
   // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
