@@ -46,7 +46,8 @@ struct FwdKernelTraitsSm80 {
   static constexpr bool kPaddedQ = kPaddedQ_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
-  static_assert(kWarpsN == 1 || kStages == 1, "row pairs use the single-buffered schedule");
+  static_assert(kWarpsN == 1 || (kStages == 1 && !kKDoubleBuffer_),
+                "row pairs use the single-buffered schedule");
   static_assert(kHeadDim % 32 == 0, "head dims are multiples of 32 (smaller d is predicated)");
   static_assert(kBlockM % (16 * kWarpsM) == 0, "each warp owns whole 16-row MMA tiles");
   static_assert(kBlockN % (16 * kWarpsN) == 0, "the P V gemm consumes keys 16 at a time");
