@@ -89,49 +89,27 @@ struct EpilogueFwdSm80 {
     store_rows_from_smem(args, seq, blk, sO);
   }
 
-  // Split-KV partial of this CTA's rows: O_s (normalized by the split's own l_s) in fp32 and
-  // LSE_s, with -inf for a row that saw no key in this split (the combine's "empty" marker; the
-  // row's O_s is then never read). Stored straight from the accumulator: each thread's column
-  // pairs are 8-byte stores (a quad covers 32 contiguous bytes); the partials are a small part
-  // of a split CTA's traffic, so no smem staging.
+  // Split-KV partial of this CTA's rows into the scratch the combine kernel reads: O_s
+  // (normalized by the split's own l_s) in fp32 and LSE_s (store_partial_rows). Stored straight
+  // from the accumulator: the partials are a small part of a split CTA's traffic, so no smem
+  // staging.
   template <class TensorO, int kNRows>
   __forceinline__ __device__ void store_partial(FwdArgsSm80 const& args, SeqlenInfo const& seq,
                                                 BlockCoordSm80 const& blk, TensorO const& acc_o,
                                                 float const (&lse)[kNRows]) const {
     const FwdParams& p = args.p;
     const int m0 = blk.m_block * kBlockM;
-    const int rows_left = seq.seqlen_q - m0;
-    TiledMma tiled_mma;
-    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
-    Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-    Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));    // (rows, d)
-    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
-    static_assert(decltype(size<0>(c))::value == kNRows);
     const int64_t row0 = partial_row0(args, seq, blk) + m0;
     float* o_base = args.o_partial +
         ((int64_t(blk.split) * args.partial_rows + row0) * p.h + blk.bidh) * int64_t(p.d);
     const int64_t o_row_pitch = int64_t(p.h) * p.d;
-    CUTE_UNROLL
-    for (int mi = 0; mi < kNRows; ++mi) {
-      const int r = get<0>(c(mi, 0));
-      if (r >= rows_left) continue;
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(o); ni += 2) {
-        const int col = get<1>(c(mi, ni));  // even; col + 1 is its pair (d % 8 == 0)
-        if (col < p.d) {
-          *reinterpret_cast<float2*>(o_base + r * o_row_pitch + col) =
-              make_float2(o(mi, ni), o(mi, ni + 1));
-        }
-      }
-    }
     float* lse_base = partial_lse_base(args, seq, blk) + m0;
-    if (get<1>(c(0, 0)) == 0) {  // the quad lane holding column 0
-      CUTE_UNROLL
-      for (int mi = 0; mi < kNRows; ++mi) {
-        const int r = get<0>(c(mi, 0));
-        if (r < rows_left) lse_base[r] = lse[mi] == INFINITY ? -INFINITY : lse[mi];
-      }
-    }
+    store_partial_rows(
+        acc_o, lse, seq.seqlen_q - m0, p.d,
+        [&](int r, int col, float2 v) {
+          *reinterpret_cast<float2*>(o_base + r * o_row_pitch + col) = v;
+        },
+        [&](int r, float l) { lse_base[r] = l; });
   }
 
   // ---- Split-KV merged inside a thread-block cluster (args.cluster_combine, sm_90) ----------
@@ -161,27 +139,13 @@ struct EpilogueFwdSm80 {
                                                         float const (&lse)[kNRows], int d,
                                                         void* smem) const {
     ClusterPartial& part = *static_cast<ClusterPartial*>(smem);
-    const int rows_left = seq.seqlen_q - blk.m_block * kBlockM;
-    TiledMma tiled_mma;
-    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
-    Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-    Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));    // (rows, d)
-    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
     __syncthreads();  // every warp is past its last read of the main loop's buffers
-    CUTE_UNROLL
-    for (int mi = 0; mi < kNRows; ++mi) {
-      const int r = get<0>(c(mi, 0));
-      if (r >= rows_left) continue;
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(o); ni += 2) {
-        const int col = get<1>(c(mi, ni));
-        if (col < d) {
-          *reinterpret_cast<float2*>(&part.o[r * kPartialPitch + col]) =
-              make_float2(o(mi, ni), o(mi, ni + 1));
-        }
-      }
-      if (get<1>(c(0, 0)) == 0) part.lse[r] = lse[mi] == INFINITY ? -INFINITY : lse[mi];
-    }
+    store_partial_rows(
+        acc_o, lse, seq.seqlen_q - blk.m_block * kBlockM, d,
+        [&](int r, int col, float2 v) {
+          *reinterpret_cast<float2*>(&part.o[r * kPartialPitch + col]) = v;
+        },
+        [&](int r, float l) { part.lse[r] = l; });
   }
 
   // A split with no key for this CTA's rows: LSE_s = -inf (its O_s is never read).
@@ -272,6 +236,37 @@ struct EpilogueFwdSm80 {
   }
 
  private:
+  // A split's partial from this thread's accumulator values, rows < rows_left only: each fp32
+  // column pair (col, col + 1) of O with col < d goes to store_pair(r, col, v) (8-byte stores, a
+  // quad covers 32 contiguous bytes), and each row's LSE_s, from the quad lane holding column 0,
+  // to store_lse(r, lse) with -inf for a row that saw no key in the split (the combine's "empty"
+  // marker; finalize() reports it as +inf).
+  template <class TensorO, int kNRows, class StorePair, class StoreLse>
+  __forceinline__ __device__ static void store_partial_rows(TensorO const& acc_o,
+                                                            float const (&lse)[kNRows],
+                                                            int rows_left, int d,
+                                                            StorePair store_pair,
+                                                            StoreLse store_lse) {
+    TiledMma tiled_mma;
+    auto thr_mma = tiled_mma.get_thread_slice(threadIdx.x);
+    Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    Tensor c = make_tensor(tOcO.data(), acc_layout_rowcol(tOcO.layout()));    // (rows, d)
+    Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+    static_assert(decltype(size<0>(c))::value == kNRows);
+    const bool owns_col0 = get<1>(c(0, 0)) == 0;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kNRows; ++mi) {
+      const int r = get<0>(c(mi, 0));
+      if (r >= rows_left) continue;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(o); ni += 2) {
+        const int col = get<1>(c(mi, ni));  // even; col + 1 is its pair (d % 8 == 0)
+        if (col < d) store_pair(r, col, make_float2(o(mi, ni), o(mi, ni + 1)));
+      }
+      if (owns_col0) store_lse(r, lse[mi] == INFINITY ? -INFINITY : lse[mi]);
+    }
+  }
+
   // The LSE of this CTA's first row: dense [b, h, s_q]; varlen [h, total_q].
   __forceinline__ __device__ static float* lse_out_base(FwdArgsSm80 const& args,
                                                         SeqlenInfo const& seq,
