@@ -69,25 +69,34 @@ struct Problem {
   }
 };
 
+// kMod: 0 plain, 1 softcap, 2 dropout (p = 0.1, the dropout kernels' features).
 template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
-          int kStages = 1, bool kSkipRescale = false, bool kSoftcap = false, int kWarpsN = 1,
-          bool kQInRegs = false, bool kKDouble = false, bool kPaddedQ = kPadded>
+          int kStages = 1, bool kSkipRescale = false, int kMod = 0, int kWarpsN = 1,
+          bool kQInRegs = false, bool kPaddedQ = kPadded, int kAhead = 0>
 fa::Status launch(const fa::FwdParams& p) {
   using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
                                            kPadded, kStages, kSkipRescale, kWarpsN, kQInRegs,
-                                           kKDouble, kPaddedQ>;
+                                           kPaddedQ, kAhead>;
   fa::FwdParams q = p;
-  if (kSoftcap) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
+  if (kMod == 1) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
+  if (kMod == 2) q.p_dropout = 0.1f;
   sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
-  return sm80::launch_fwd_sm80<Traits, kSoftcap, false>(args);
+  if constexpr (kMod == 2) {
+    args.dropout_threshold = fa::dropout_threshold(q.p_dropout);
+    args.rp_dropout = 1.f / (1.f - q.p_dropout);
+    return sm80::launch_fwd_kernel_sm80<Traits, sm80::FwdFeaturesSm80<false, false, false, false, true>,
+                                        sm80::TileSchedulerSm80>(args);
+  } else {
+    return sm80::launch_fwd_sm80<Traits, kMod == 1, false>(args);
+  }
 }
 
 // The library's policy for head dim D (tile_size_sm80.h), for the "(lib)" rows.
 template <int D>
 fa::Status launch_lib(const fa::FwdParams& p) {
   constexpr sm80::TileSizeSm80 t = sm80::tile_size_fwd_sm80(D);
-  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_smem, t.kv_stages, t.skip_rescale,
-                false, t.warps_n, t.q_in_regs>(p);
+  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_kv, t.kv_stages, t.skip_rescale, 0,
+                t.warps_n, t.q_in_regs, t.padded_q, t.qk_chunks_ahead>(p);
 }
 
 using LaunchFn = fa::Status (*)(const fa::FwdParams&);
@@ -166,14 +175,23 @@ int main(int argc, char** argv) {
 #ifdef SWEEP_ALL_KNOBS
       SWEEP_KNOBS(128, 128, 64, 4),
 #else
-      // Q padded, K / V swizzled, K alone double-buffered: the best found, 56 bytes spilled.
-      {128, "Qp s1k K2", &launch<128, 128, 64, 4, false, 1, true, false, 1, false, true, true>},
-      {128, "128x64x4 s2k", &launch<128, 128, 64, 4, false, 2, true>},
+      // The policy before the streamed S gemm (padded, single-buffered) and the streamed
+      // policy with other look-aheads.
+      {128, "128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true>},
+      {128, "Qp s2k a1", &launch<128, 128, 64, 4, false, 2, true, 0, 1, false, true, 1>},
+      {128, "Qp s2k a3", &launch<128, 128, 64, 4, false, 2, true, 0, 1, false, true, 3>},
+      // K / V single-buffered: 66 KB of smem at d = 128, so 2 CTAs would fit on an A100 (164 KB
+      // per SM; the policy's 98 KB fits one); but it spills 72 bytes (sm_90a).
+      {128, "Qp s1k a2", &launch<128, 128, 64, 4, false, 1, true, 0, 1, false, true, 2>},
 #ifdef SWEEP_SOFTCAP
       // Softcap kernels (the "diff" column then compares with the plain lib: not a check).
-      {128, "softcap 128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true, true>},
-      {128, "softcap 128x32x4 p1k", &launch<128, 128, 32, 4, true, 1, true, true>},
-      {128, "softcap 128x64x4 p1a", &launch<128, 128, 64, 4, true, 1, false, true>},
+      {128, "softcap lib tile", &launch<128, 128, 64, 4, false, 2, true, 1, 1, false, true, 2>},
+      {128, "softcap 128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true, 1>},
+#endif
+#ifdef SWEEP_DROPOUT
+      // Dropout kernels, p = 0.1 (again not a check against lib).
+      {128, "dropout 128x32 p1k", &launch<128, 128, 32, 4, true, 1, true, 2>},
+      {128, "dropout 128x32 Qp s2k a2", &launch<128, 128, 32, 4, false, 2, true, 2, 1, false, true, 2>},
 #endif
 #endif
 #endif
@@ -183,9 +201,8 @@ int main(int argc, char** argv) {
       SWEEP_KNOBS(256, 64, 64, 4),
 #else
       {256, "64x64x4 s1k", &launch<256, 64, 64, 4, false, 1, true>},
-      {256, "64x64x2x2 s1k", &launch<256, 64, 64, 4, false, 1, true, false, 2>},
-      {256, "64x64x2x2 s1a", &launch<256, 64, 64, 4, false, 1, false, false, 2>},
-      {256, "128x64x4x2 s1k", &launch<256, 128, 64, 8, false, 1, true, false, 2>},
+      {256, "64x64x2x2 s1k Qp a2", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true, 2>},
+      {256, "64x64x2x2 s1k Qp", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true>},
 #endif
 #endif
   };

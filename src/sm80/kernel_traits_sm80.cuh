@@ -16,8 +16,8 @@ using namespace cute;
 
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
           bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
-          int kWarpsN_ = 1, bool kQInRegs_ = false, bool kKDoubleBuffer_ = false,
-          bool kPaddedQ_ = kPaddedSmem_>
+          int kWarpsN_ = 1, bool kQInRegs_ = false, bool kPaddedQ_ = kPaddedSmem_,
+          int kQKChunksAhead_ = 0>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -36,17 +36,16 @@ struct FwdKernelTraitsSm80 {
   // Q's A-operand fragments kept in registers for the whole loop instead of re-read from shared
   // memory for every key block (kBlockM * kHeadDim / (32 * kNWarps) / 2 registers per thread).
   static constexpr bool kQInRegs = kQInRegs_;
-  // K buffers: 2 with kStages = 2, or with kStages = 1 and kKDoubleBuffer (K double-buffered,
-  // V single: K[n - 1] is issued at the top of block n and has the whole block to land;
-  // mainloop_fwd_sm80.cuh). Q padded while K / V are swizzled (kPaddedQ != kPaddedSmem): Q is
-  // copied in once, so only its ldmatrix addressing matters, and padded rows need one address
-  // register where the swizzle needs one per k-slice pattern. Both are measured in
-  // tile_size_sm80.h (d = 128) and used by no policy yet.
-  static constexpr int kStagesK = (kStages == 2 || kKDoubleBuffer_) ? 2 : 1;
+  // Q padded while K / V are swizzled (kPaddedQ != kPaddedSmem): Q is copied in once, so only
+  // its ldmatrix addressing matters, and padded rows need one address register where the
+  // swizzle needs one per k-slice pattern (the d = 128 / 256 policies, tile_size_sm80.h).
   static constexpr bool kPaddedQ = kPaddedQ_;
+  // S = Q K^T from shared memory: 0 loads whole k-slices one ahead (gemm_ss); n > 0 streams K in
+  // ldmatrix.x4 chunks of 16 keys, n chunks ahead (gemm_ss_streamed, fewer live registers).
+  static constexpr int kQKChunksAhead = kQKChunksAhead_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
-  static_assert(kWarpsN == 1 || (kStages == 1 && !kKDoubleBuffer_),
+  static_assert(kWarpsN == 1 || kStages == 1,
                 "row pairs use the single-buffered schedule");
   static_assert(kHeadDim % 32 == 0, "head dims are multiples of 32 (smaller d is predicated)");
   static_assert(kBlockM % (16 * kWarpsM) == 0, "each warp owns whole 16-row MMA tiles");
@@ -75,7 +74,8 @@ struct FwdKernelTraitsSm80 {
   //  - swizzled: rows of kBlockKSmem elements (128 or 64 bytes), 16-byte chunk index XORed with
   //    the row index (mod 8). Dense, and every row segment starts 128-byte aligned; but each
   //    k-slice of a thread's ldmatrix sees a different XOR pattern, so the thread keeps one
-  //    address register per pattern and operand live across the main loop (12 at d = 128);
+  //    address register per pattern and operand live across the main loop (12 at d = 128 with
+  //    Q, K and V swizzled);
   //  - padded: plain row-major with a 16-byte pad per row (pitch kHeadDim + 8), so consecutive
   //    rows are 16 bytes apart modulo 128. Every (row tile, k-slice) address is one base
   //    register plus an immediate; costs 1/16 (d = 128) to 1/4 (d = 32) more shared memory.
@@ -88,8 +88,7 @@ struct FwdKernelTraitsSm80 {
   using SmemLayoutQ = std::conditional_t<
       kPaddedQ, Layout<Shape<Int<kBlockM>, Int<kHeadDim>>, Stride<Int<kSmemPitch>, _1>>,
       decltype(tile_to_shape(SmemLayoutAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}))>;
-  // K: (kBlockN, kHeadDim, kStagesK), V: (kBlockN, kHeadDim, kStages); block n in stage
-  // n % stages.
+  // K, V: (kBlockN, kHeadDim, kStages); block n in stage n % stages.
   template <bool kPadded, int kNStages>
   using SmemLayoutKVOf = std::conditional_t<
       kPadded,
@@ -97,7 +96,7 @@ struct FwdKernelTraitsSm80 {
              Stride<Int<kSmemPitch>, _1, Int<kBlockN * kSmemPitch>>>,
       decltype(tile_to_shape(SmemLayoutAtom{},
                              Shape<Int<kBlockN>, Int<kHeadDim>, Int<kNStages>>{}))>;
-  using SmemLayoutK = SmemLayoutKVOf<kPaddedSmem, kStagesK>;
+  using SmemLayoutK = SmemLayoutKVOf<kPaddedSmem, kStages>;
   using SmemLayoutV = SmemLayoutKVOf<kPaddedSmem, kStages>;
   // V viewed as V^T (head dim x keys x stages) for the P V gemm: same bytes, read with
   // ldmatrix.trans.

@@ -48,8 +48,9 @@ template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPl
 struct FwdTraitsFor {
   static constexpr TileSizeSm80 kTile = fwd_tile_of(kPolicy, kHeadDim);
   using type = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
-                                   ElementOf<kDtype>, kTile.padded_smem, kTile.kv_stages,
-                                   kTile.skip_rescale, kTile.warps_n, kTile.q_in_regs>;
+                                   ElementOf<kDtype>, kTile.padded_kv, kTile.kv_stages,
+                                   kTile.skip_rescale, kTile.warps_n, kTile.q_in_regs,
+                                   kTile.padded_q, kTile.qk_chunks_ahead>;
 };
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;

@@ -18,10 +18,6 @@
 //     wait V[n]; barrier               (V[n] landed; every warp done reading sK)
 //     cp.async K[n - 1]              || softmax; O += P V[n]
 //
-// K alone double-buffered (kStages = 1, Traits::kStagesK = 2; a tile_sweep knob, no policy uses it):
-//   for n: wait K[n]; barrier; cp.async V[n], K[n - 1] || S = Q K[n]^T; wait V[n]; barrier;
-//          softmax; O += P V[n]
-//
 // Row pairs (Traits::kWarpsN == 2, kStages = 1; kernel_traits_sm80.cuh): two warps share each
 // query row, each with half of the block's keys in S. Each writes its row maxima to smem before
 // the second barrier and reads its partner's after it; P goes to smem, the pair meets at a
@@ -113,8 +109,6 @@ struct MainloopFwdSm80 {
   // Row pairs (Traits::kWarpsN == 2): two warps share each query row, so a row's max and sum
   // span both and P goes through shared memory (kernel_traits_sm80.cuh).
   static constexpr bool kRowPairs = Traits::kWarpsN == 2;
-  static_assert(Traits::kStagesK == kStages || !kPaged,
-                "K alone double-buffered: no block-table prefetch for that schedule");
   static_assert(!(kRowPairs && Features::kSplit),
                 "split kernels skip idle warps' gemms, which the pairs' extra barrier forbids");
 
@@ -404,6 +398,10 @@ struct MainloopFwdSm80 {
       if constexpr (Traits::kQInRegs) {
         gemm_rs(acc_s, tSrQ, tSrK, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_k,
                 smem_thr_copy_k);
+      } else if constexpr (Traits::kQKChunksAhead > 0) {
+        gemm_ss_streamed<Traits::kQKChunksAhead>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage),
+                                                 tiled_mma, smem_tiled_copy_q, smem_tiled_copy_k,
+                                                 smem_thr_copy_q, smem_thr_copy_k);
       } else {
         gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
                 smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
@@ -484,27 +482,6 @@ struct MainloopFwdSm80 {
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
           softmax_pv(acc_s, stage, masked, n0, m_tile);
         }
-      } else if constexpr (Traits::kStagesK == 2) {
-        // K double-buffered, V single: K[n] sits in stage (n_max - 1 - n) % 2.
-        const int kstage = (n_block_max - 1 - n_block) & 1;
-        __syncthreads();  // K[n] visible; every warp done with block n + 1 (sV, K stage ^ 1 free)
-        load_v(n_block, 0, masked, kMasked ? seq.seqlen_k - n0 : kBlockN);
-        cp_async_fence();
-        if (n_block > n_block_min) {
-          load_k(n_block - 1, kstage ^ 1, cute::false_type{}, kBlockN);
-          cp_async_fence();
-        }
-        if (warp_active) {
-          gemm_qk(acc_s, kstage);
-          score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
-        }
-        if (n_block > n_block_min) {
-          cp_async_wait<1>();  // V[n]; K[n - 1] may still be in flight
-        } else {
-          cp_async_wait<0>();
-        }
-        __syncthreads();  // V[n] visible
-        if (warp_active) softmax_pv(acc_s, 0, masked, n0, m_tile);
       } else {
         __syncthreads();  // K[n] visible to every warp; every warp done with the last P V (sV free)
         // A partial block (the seqlen_k residue) is always a masked one: col_end <= seqlen_k.

@@ -10,8 +10,9 @@
 //    softmax with MMAs.
 // Each warp owns 16 or 32 whole query rows, so the softmax row reductions stay inside a warp,
 // except with row pairs (warps_n = 2, d = 256), where two warps split each row.
-// The knobs (padded_smem, kv_stages, skip_rescale) are explained in kernel_traits_sm80.cuh and
-// mainloop_fwd_sm80.cuh; which wins differs per head dim, as measured below.
+// The knobs (padded_kv / padded_q, kv_stages, skip_rescale, qk_chunks_ahead) are explained in
+// kernel_traits_sm80.cuh and mainloop_fwd_sm80.cuh; which wins differs per head dim, as
+// measured below.
 // Measurements: H100 SXM, bf16, the standard grid (batch * seqlen = 16384, hidden 2048),
 // benchmarks/cpp/tile_sweep_sm80.cu, TFLOP/s non-causal / causal at seqlen 16k unless noted;
 // knob code: s/p = swizzled/padded smem, 1/2 = K/V stages, a/k = always rescale / skip it.
@@ -25,11 +26,13 @@ struct TileSizeSm80 {
   int block_m;  // query rows per CTA
   int block_n;  // keys per main-loop iteration
   int n_warps;  // warps per CTA, stacked along M (each warp owns 16 * block_m / (16 * n_warps) rows)
-  bool padded_smem = false;   // padded rows instead of XOR-swizzled ones (kernel_traits_sm80.cuh)
+  bool padded_kv = false;     // K / V: padded rows instead of XOR-swizzled ones (kernel_traits_sm80.cuh)
   int kv_stages = 1;          // 2: K and V double-buffered, one barrier per key block
   bool skip_rescale = false;  // skip the O rescale when no row max of the warp moved
   int warps_n = 1;            // 2: pairs of warps share query rows (kernel_traits_sm80.cuh)
   bool q_in_regs = false;     // Q's MMA fragments stay in registers for the whole loop
+  bool padded_q = false;      // the same for Q
+  int qk_chunks_ahead = 0;    // S = Q K^T streams K in 16-key chunks, this many ahead (0: no)
 };
 
 // 64 x 64 x 4, swizzled, single-buffered, skipped rescale, each query row in one warp: d = 192,
@@ -48,39 +51,35 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 298 / 313 / 322 / 328; causal 1k .. 16k: 237 / 275 / 298 / 313 / 328 vs 233 / 267 / 292 /
   // 303 / 317 (16k non-causal too noisy in that run to rank). 255 registers, no spill.
   if (head_dim <= 64) return {128, 64, 4, false, 2, true, 1, true};
-  // d = 96, 128: 128 x 64 x 4, padded, single-buffered, skipped rescale (p1k): 372 / 352, and
-  // the only knob set without spills at d = 128 (O takes 128 registers, S 64): swizzled
-  // layouts spill 96-152 bytes (one address register per XOR pattern), p2k 24 bytes, p1a 92.
-  // s2k is 381 / 349 with a 96-byte spill. Fifth session, medians of 3 interleaved rounds in
-  // one binary (s2k vs p1k, non-causal 1k / 2k / 4k / 8k / 16k): 343 / 362 / 359 / 379 / 370 vs
-  // 332 / 350 / 355 / 366 / 368; causal 250 / 291 / 315 / 333 / 351 vs 256 / 290 / 313 / 325 /
-  // 346. Its spill sits in the hot loop (3 LDL + 3 LDL.LU + 3 STL per key block: row maxima and
-  // loop invariants); kept p1k, which spills nothing. Same session, K alone double-buffered (V
-  // single, two barriers; K[n - 1] issued at the top of block n), tried and removed: swizzled
-  // 342 / 356 / 369 / 381 / 386 non-causal, 256 / 292 / 317 / 337 / 346 causal vs p1k 332 /
-  // 352 / 364 / 368 / 371 and 258 / 292 / 315 / 332 / 343, but 136 bytes spilled; padded (no
-  // spill) 314 / 339 / 357 / 358 / 365 non-causal: slower than p1k. Q in registers (64 of them
-  // here) is out of reach. The best found, not taken because it spills: Q padded, K / V swizzled,
-  // K alone double-buffered (traits kPaddedQ, kKDoubleBuffer), 346 / 362 / 368 / 373 / 381
-  // non-causal and 261 / 297 / 319 / 330 / 348 causal vs p1k's 333 / 349 / 349 / 363 / (noisy)
-  // and 257 / 291 / 306 / 329 / 337 in the same run (+1-5 %), with 56 bytes spilled: per key
-  // block 6 STL + 6 LDL in the hot loop (three running row maxima and loop invariants). 14 fewer
-  // live registers would make it the d = 128 policy. Padding K or V as well to save address
-  // registers (K padded 40 bytes, V padded 36) ran in between; issuing K[n - 1] after the S gemm
-  // instead of before it spills 40 bytes, and two blocks per trip with each K stage a
-  // compile-time offset 152, forcing the step lambda inline 40 (compiled, not timed). 128 x 32 x 4 measured 365 / 335; 8 warps lose
-  // (16 rows per warp read the same K/V tile for half the MMA work). smem 68 KB (d = 128).
-  // The softcap / ALiBi kernels of this tile spill 24-40 bytes (sm_90a; ALiBi 60 on sm_80): the
-  // tanh or the slope term needs registers next to O and S. The spill-free alternative, 128 x 32
-  // (S takes 32 fp32), is slower: softcap at s = 16k 305.8 vs 332.6 non-causal, 285.0 vs 302.7
-  // causal, 4k causal 262.3 vs 279.2 (tile_sweep_sm80 -DSWEEP_SOFTCAP, H100); always
-  // rescaling (p1a, 116 bytes) 303.0 / 293.3. So the score-mod kernels keep this tile.
-  if (head_dim <= 128) return {128, 64, 4, true, 1, true};
+  // d = 96, 128: 128 x 64 x 4, K / V swizzled and double-buffered, Q padded, skipped rescale,
+  // S = Q K^T streamed 2 chunks ahead (Qp s2k a2). The limit here is registers: O takes 128
+  // fp32 per thread and S 64, and gemm_ss kept two whole k-slices of K fragments (32 registers)
+  // live next to them. Until the sixth session the only spill-free knob set was p1k (padded,
+  // single-buffered): swizzled layouts need one address register per XOR pattern and spilled
+  // 96-152 bytes (s2k 96), p2k 24, p1a 92. gemm_ss_streamed (utils_sm80.cuh) keeps 3 chunks of 4
+  // registers instead of 32, and Q padded (it is only read) saves its pattern registers: 255
+  // registers, no spill, also in the softcap kernel (it spilled 24-40 bytes with p1k); ALiBi
+  // spills 8 bytes (was 24-40). Medians of 3 interleaved rounds, one binary (H200, sixth
+  // session), Qp s2k a2 vs p1k, non-causal 1k / 2k / 4k / 8k / 16k: 347.5 / 363.6 / 375.3 /
+  // 380.4 / 382.7 vs 330.9 / 349.5 / 362.7 / 362.0 / 364.6 (+4-5 %), causal 263.9 / 302.5 /
+  // 325.3 / 343.4 / 358.2 vs 257.9 / 290.6 / 315.7 / 331.7 / 337.8 (+2-6 %); softcap +8-11 %
+  // (16k 353.8 vs 326.6 non-causal). Look-ahead 1 and 3 ran within noise of 2 (a1 351.2 /
+  // 366.6 / 370.6 / 378.7 / 381.9). The same layouts with the classic gemm_ss spill 72 bytes
+  // and ran 4-5 % slower than streamed (H100, 3 rounds); streaming with padded K / V (p1k a2)
+  // spilled 8 bytes and lost 7-10 %. Before streaming, the best found was Q padded with only K
+  // double-buffered (56 bytes spilled, +1-5 % over p1k; three attempts to cut that spill failed,
+  // fifth session); streamed it spills nothing but runs 1-5 % behind Qp s2k a2 (H100), so that
+  // schedule is gone. 128 x 32 x 4 measured
+  // 365 / 335 at 16k; 8 warps lose (16 rows per warp read the same K/V tile for half the MMA
+  // work). smem 34 (Q, padded) + 2 x 32 (K, V) = 98 KB at d = 128, 2 CTAs per SM.
+  if (head_dim <= 128) return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 2};
   // d = 192: 64 x 64 x 4 s1k with each row in one warp (the d = 256 choice before row pairs,
   // below; not timed separately): with row pairs ptxas spills 68 bytes in the plain kernel.
   if (head_dim <= 192) return tile_size_fwd_64x64_rows_sm80();
-  // d = 256: 64 x 64, 4 warps as 2 row pairs (warps_n = 2), swizzled, single-buffered,
-  // skipped rescale. At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100
+  // d = 256: 64 x 64, 4 warps as 2 row pairs (warps_n = 2), K / V swizzled, Q padded,
+  // single-buffered, skipped rescale, streamed S gemm (Q padded and streamed, sixth session:
+  // +1-3 % non-causal in two H100/H200 runs of 3 rounds each, e.g. H200 318.3 / 328.3 / 331.5 /
+  // 338.8 / 340.7 vs 313.0 / 318.4 / 327.9 / 332.8 / 336.3 at 1k .. 16k; causal within +-1.5 %). At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100
   // layout) gives each warp 16 rows, so every K and V element a warp reads from shared memory
   // feeds a single m16 MMA: 72 KB of ldmatrix per warp and key block, 144 ldmatrix.x4 against
   // 256 MMAs, about the tensor cores' own time at 128 bytes per clock. Row pairs (two warps per
@@ -95,17 +94,23 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 308 / 249 at 1k, vs s1a 320 / 321 (296 / 247 at 1k) and 128 x 64 x 8 s1a 331 / 333 (299 /
   // 232 at 1k: 1 CTA of 8 warps per SM cannot hide its own prologue and epilogue). O is 128
   // fp32 per thread at d = 256 either way; 2 CTAs per SM overlap each other's softmax, prologue
-  // and epilogue. 254 registers, no spill (ALiBi: 32 bytes); smem 105 KB.
-  return {64, 64, 4, false, 1, true, 2};
+  // and epilogue. 252 registers, no spill; smem 107 KB.
+  return {64, 64, 4, false, 1, true, 2, false, /*padded_q=*/true, 2};
 }
 
 // Dropout kernels (run_fwd_dropout_sm80). The keep mask is drawn per tile right before P V, and
 // the Philox rounds need registers on top of O and S, where the plain d = 128 kernel already sits
 // at 255 with none to spare: at 128 x 64 the dropout kernel spilled 288 bytes even with one
-// Philox call in flight (dropout_sm80.cuh); at 128 x 32 (S takes 32 registers instead of 64,
-// FlashAttention-2's choice for dropout too) it uses 253 registers and spills nothing.
+// Philox call in flight (dropout_sm80.cuh), and 260 with the plain kernel's layouts. At 128 x 32
+// (S takes 32 registers instead of 64, FlashAttention-2's choice for dropout too) the plain
+// kernel's layouts (Q padded, K / V swizzled, double-buffered, streamed S gemm) fit in 250-254
+// registers without spill, and ran 2-4 % faster than 128 x 32 p1k (H200, p = 0.1, 3 rounds:
+// non-causal 154.5 / 158.9 / 161.1 / 163.6 / 166.0 vs 149.1 / 151.3 / 157.2 / 160.2 / 162.1).
 constexpr TileSizeSm80 tile_size_fwd_dropout_sm80(int head_dim) {
-  if (head_dim > 64 && head_dim <= 128) return {128, 32, 4, true, 1, true};
+  if (head_dim > 64 && head_dim <= 128) return {128, 32, 4, false, 2, true, 1, false, true, 2};
+  // d = 256: the plain kernel's row pairs, but Q swizzled and the classic S gemm: with Q padded
+  // and streamed, the dropout kernels spilled 36 bytes (60 with ALiBi), this way none.
+  if (head_dim > 192) return {64, 64, 4, false, 1, true, 2};
   return tile_size_fwd_sm80(head_dim);
 }
 

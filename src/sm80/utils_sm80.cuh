@@ -58,6 +58,46 @@ __forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB
   }
 }
 
+// The same product walked in steps of (k-slice, ldmatrix.x4 chunk of B = 16 columns), the loads
+// of step t + kAhead issued before the MMAs of step t (A's k-slice together with its slice's
+// first chunk). gemm_ss keeps two whole k-slices of B live (2 x 16 registers for 64 keys);
+// this keeps kAhead + 1 chunks (4 registers each). That is what lets the d = 128 forward
+// afford double-buffered swizzled K/V without spilling (tile_size_sm80.h). Each step is 2 x
+// MMA_M MMAs, so kAhead >= 2 covers the ldmatrix latency with 2 warps per scheduler.
+template <int kAhead, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
+          class TensorSB, class TiledMma, class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
+__forceinline__ __device__ void gemm_ss_streamed(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
+                                                 TensorSA const& tCsA, TensorSB const& tCsB,
+                                                 TiledMma const& tiled_mma, CopyA const& copy_a,
+                                                 CopyB const& copy_b, ThrCopyA const& thr_copy_a,
+                                                 ThrCopyB const& thr_copy_b) {
+  Tensor tCrA_view = thr_copy_a.retile_D(tCrA);
+  Tensor tCrB_view = thr_copy_b.retile_D(tCrB);  // (CPY, CPY_N, CPY_K), CPY_N = MMA_N / 2
+  constexpr int kK = decltype(size<2>(tCrA))::value;
+  constexpr int kChunks = decltype(size<1>(tCrB_view))::value;
+  constexpr int kSteps = kK * kChunks;
+  static_assert(kAhead >= 1 && kAhead < kSteps);
+  static_assert(decltype(size<1>(tCrB))::value == 2 * kChunks);
+  auto load = [&](int t) {
+    const int k = t / kChunks, nc = t % kChunks;
+    if (nc == 0) copy(copy_a, tCsA(_, _, k), tCrA_view(_, _, k));
+    copy(copy_b, tCsB(_, nc, k), tCrB_view(_, nc, k));
+  };
+  CUTE_UNROLL
+  for (int t = 0; t < kAhead; ++t) load(t);
+  CUTE_UNROLL
+  for (int t = 0; t < kSteps; ++t) {
+    if (t + kAhead < kSteps) load(t + kAhead);
+    const int k = t / kChunks, nc = t % kChunks;
+    CUTE_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      CUTE_UNROLL
+      for (int m = 0; m < size<1>(tCrA); ++m)
+        cute::gemm(tiled_mma, tCrA(_, m, k), tCrB(_, 2 * nc + j, k), acc(_, m, 2 * nc + j));
+    }
+  }
+}
+
 // acc += A * B^T with A already in registers (P) and B in shared memory (V^T), walking B's N
 // (head dim) in the outer loop: each ldmatrix.x4.trans chunk feeds two n8 columns of every MMA_M
 // row tile for all k, so only one chunk of B is live at a time (B covers the whole head dim,
