@@ -240,8 +240,9 @@ def write_results(mode, records, args, gpu):
             commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
         except Exception:
             commit = "unknown"
+    rounds = getattr(args, "rounds", 1)
     meta = {"gpu": gpu, "driver": torch.cuda.get_device_properties(0).name, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "commit": commit, "date": date}
+            "cuda": torch.version.cuda, "commit": commit, "date": date, "rounds": rounds}
     try:
         drv = subprocess.check_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], text=True)
         meta["driver"] = drv.strip().splitlines()[0]
@@ -259,7 +260,8 @@ def write_results(mode, records, args, gpu):
                 return r["tflops"]
         return None
 
-    lines = [f"# {'Forward' if mode == 'fwd' else 'Backward'} TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit})", "",
+    how = f"; median of {rounds} interleaved rounds" if rounds > 1 else ""
+    lines = [f"# {'Forward' if mode == 'fwd' else 'Backward'} TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit}{how})", "",
              "| d | seqlen | causal | flashattn | sdpa_flash | sdpa_cudnn | sdpa_efficient | vs flash | vs cudnn |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d in sorted({r["d"] for r in records}):
