@@ -50,9 +50,9 @@ __global__ void fill_random(cutlass::bfloat16_t* p, int64_t n, uint32_t seed) {
 }
 
 template <int D, int M, int N, int W, int AM, int AN, int AQ, int SQ, int SdO, int Atomics = 0,
-          int DqParts = 1>
+          int DqParts = 1, int Ahead = 0>
 using TraitsOf = sm80::BwdKernelTraitsSm80<D, M, N, W, AM, AN, AQ, SQ, SdO, cutlass::bfloat16_t, Atomics,
-                                           DqParts>;
+                                           DqParts, Ahead>;
 
 // Plain kernels only (no softcap / ALiBi / dropout instantiations): a sixth of the compile time.
 template <class Traits>
@@ -65,7 +65,8 @@ template <int D>
 fa::Status run_lib(const fa::BwdParams& p) {
   constexpr sm80::TileSizeBwdSm80 t = sm80::tile_size_bwd_sm80(D);
   return run_full<TraitsOf<D, t.block_m, t.block_n, t.n_warps, t.atom_m_sdp, t.atom_n_dkv,
-                           t.atom_m_dq, t.stages_q, t.stages_do, 0, t.dq_parts>>(p);
+                           t.atom_m_dq, t.stages_q, t.stages_do, 0, t.dq_parts,
+                           t.gemm_chunks_ahead>>(p);
 }
 
 using RunFn = fa::Status (*)(const fa::BwdParams&);

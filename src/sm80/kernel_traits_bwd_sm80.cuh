@@ -26,7 +26,7 @@ using namespace cute;
 // of benchmarks/cpp/bwd_bench_sm80.cu only: dQ is then wrong).
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, int kAtomMSdP, int kAtomNdKV,
           int kAtomMdQ, int kStagesQ_, int kStagesdO_, typename Element_, int kDqAtomics_ = 0,
-          int kDqParts_ = 1>
+          int kDqParts_ = 1, int kGemmChunksAhead_ = 0>
 struct BwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -110,6 +110,9 @@ struct BwdKernelTraitsSm80 {
   static constexpr int kDqAtomics = kDqAtomics_;
   // The dQ gemm in kDqParts slices of the head dim (MainloopBwdSm80::dq_step).
   static constexpr int kDqParts = kDqParts_;
+  // Every gemm's B operand streamed in 16-column chunks this many ahead (gemm_ss_streamed), or
+  // whole k-slices one ahead (0).
+  static constexpr int kGemmChunksAhead = kGemmChunksAhead_;
   static_assert(kHeadDim % (kDqParts * 16 * (kNWarps / kAtomMdQ)) == 0);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static constexpr bool kDqVectorAtomics = kDqAtomics == 0;

@@ -164,7 +164,8 @@ Status run_bwd_sm80(const BwdParams& p) {
   using Traits = BwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
                                      kTile.atom_m_sdp, kTile.atom_n_dkv, kTile.atom_m_dq,
                                      kTile.stages_q, kTile.stages_do, BwdElementOf<kDtype>,
-                                     /*kDqAtomics=*/0, kTile.dq_parts>;
+                                     /*kDqAtomics=*/0, kTile.dq_parts,
+                                     kTile.gemm_chunks_ahead>;
   return run_bwd_with_traits_sm80<Traits>(p);
 }
 

@@ -357,9 +357,9 @@ struct MainloopBwdSm80 {
       KeepBits keep_bits = 0;
       if constexpr (kHasDropout) keep_bits = dropout_keep_bits(tScS, acc_s.layout(), m0, n0, rng, bh);
 
-      gemm_ss(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so_q, tSsQ.layout()), tSsK, tiled_mma_sdp,
+      gemm_ss<Traits::kGemmChunksAhead>(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so_q, tSsQ.layout()), tSsK, tiled_mma_sdp,
               smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp, smem_thr_copy_b_sdp);
-      gemm_ss(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so_do, tdPsdO.layout()), tdPsV,
+      gemm_ss<Traits::kGemmChunksAhead>(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so_do, tdPsdO.layout()), tdPsV,
               tiled_mma_sdp, smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp,
               smem_thr_copy_b_sdp);
 
@@ -375,7 +375,7 @@ struct MainloopBwdSm80 {
       copy(smem_tiled_copy_pds, smem_thr_copy_pds.retile_S(rdS), tdSsdS);
       __syncthreads();  // P, dS visible to every warp
 
-      gemm_ss(acc_dv, tdVrPt, tdVrdOt, tdVsPt, make_tensor(tdVsdOt.data() + so_do, tdVsdOt.layout()),
+      gemm_ss<Traits::kGemmChunksAhead>(acc_dv, tdVrPt, tdVrdOt, tdVsPt, make_tensor(tdVsdOt.data() + so_do, tdVsdOt.layout()),
               tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
               smem_thr_copy_b_dkv);
       auto dq = [&]() __attribute__((always_inline)) {
@@ -384,7 +384,7 @@ struct MainloopBwdSm80 {
                 dq_tiles, args);
       };
       auto dk = [&]() __attribute__((always_inline)) {
-        gemm_ss(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, make_tensor(tdKsQt.data() + so_q, tdKsQt.layout()),
+        gemm_ss<Traits::kGemmChunksAhead>(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, make_tensor(tdKsQt.data() + so_q, tdKsQt.layout()),
                 tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
                 smem_thr_copy_b_dkv);
       };
@@ -453,7 +453,7 @@ struct MainloopBwdSm80 {
       Tensor tdQsKt = thr_copy_b.partition_S(sKt_part);
       Tensor acc_dq = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockM>, Int<kPartD>>{});  // (MMA, MMA_M, MMA_D)
       clear(acc_dq);
-      gemm_ss(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b, thr_copy_a, thr_copy_b);
+      gemm_ss<Traits::kGemmChunksAhead>(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b, thr_copy_a, thr_copy_b);
       if (part == 0 && args.dq_semaphore != nullptr) {
         // Deterministic: wait until the key blocks before this one (of those that see query
         // block m: [key_range begin / kBlockN, n_block)) have added theirs.

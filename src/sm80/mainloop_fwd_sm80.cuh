@@ -398,13 +398,10 @@ struct MainloopFwdSm80 {
       if constexpr (Traits::kQInRegs) {
         gemm_rs(acc_s, tSrQ, tSrK, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_k,
                 smem_thr_copy_k);
-      } else if constexpr (Traits::kQKChunksAhead > 0) {
-        gemm_ss_streamed<Traits::kQKChunksAhead>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage),
-                                                 tiled_mma, smem_tiled_copy_q, smem_tiled_copy_k,
-                                                 smem_thr_copy_q, smem_thr_copy_k);
       } else {
-        gemm_ss(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma, smem_tiled_copy_q,
-                smem_tiled_copy_k, smem_thr_copy_q, smem_thr_copy_k);
+        gemm_ss<Traits::kQKChunksAhead>(acc_s, tSrQ, tSrK, tSsQ, tSsK(_, _, _, stage), tiled_mma,
+                                        smem_tiled_copy_q, smem_tiled_copy_k, smem_thr_copy_q,
+                                        smem_thr_copy_k);
       }
     };
 

@@ -61,6 +61,19 @@
 // 284.4 / 260.6 at 4k, 292.8 / 292.7 at 16k): FA2's 2 x 4 S / dP layout spills 148 bytes and
 // runs 219.5 / 170.6, 265.1 / 241.5, 271.3 / 269.6; 64 x 128 tiles 225.0 / 174.2, 261.9 / 241.2,
 // 268.5 / 269.3.
+//
+// gemm_chunks_ahead (sixth session): the five gemms load B in 16-column chunks 1 or 2 steps
+// ahead instead of a whole k-slice (gemm_ss_streamed, utils_sm80.cuh, which let the d = 128
+// forward drop its spill). bwd_bench_sm80, H100, two runs each, TFLOP/s non-causal / causal at
+// s = 1k / 4k / 16k:
+//   d = 64:  policy 241.7 / 185.1, 280.5 / 262.7, 296.0 / 292.6 (32 bytes spilled);
+//            1 ahead 243.7 / 187.5, 289.2 / 264.5, 298.1 / 294.8 (no spill; taken);
+//            2 ahead 244.1 / 187.7, 288.3 / 265.4, 294.9 / 295.8 (8 bytes);
+//   d = 128: policy 265.0 / 201.6, 308.8 / 276.5, 321.6 / 322.3; 1 ahead 264.9 / 202.4, 310.8 /
+//            277.8, 323.7 / 321.6; 2 ahead 266.4 / 202.7, 314.9 / 279.5, 325.0 / 318.9 (16 B);
+//   d = 256: policy 230.7 / 184.4, 262.3 / 242.0, 271.5 / 270.5; 1 and 2 ahead within 1 %
+//            (24 bytes spilled instead of 28).
+// At d = 128 / 256 the gain is at most 2 % and not at every point, so they keep whole slices.
 #pragma once
 
 namespace flashattn::sm80 {
@@ -75,10 +88,11 @@ struct TileSizeBwdSm80 {
   int stages_q;    // Q buffers (1 or 2)
   int stages_do;   // dO buffers (1 or 2, at most stages_q); every entry fits the A100's 163 KB
   int dq_parts;    // the dQ gemm and its atomics in this many head-dim slices
+  int gemm_chunks_ahead = 0;  // every gemm streamed in 16-column chunks, this many ahead (0: no)
 };
 
 constexpr TileSizeBwdSm80 tile_size_bwd_sm80(int head_dim) {
-  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 2, 1, 1};
+  if (head_dim == 64) return {128, 128, 8, 4, 4, 4, 2, 1, 1, /*gemm_chunks_ahead=*/1};
   // d = 32, 96: the dQ gemm's 2 x 4 layout needs d % 64 == 0; 4 x 2 instead.
   if (head_dim % 64 != 0 && head_dim <= 128) return {64, 128, 8, 2, 4, 4, 2, 2, 1};
   if (head_dim <= 128) return {64, 128, 8, 2, 4, 2, 2, 2, 1};

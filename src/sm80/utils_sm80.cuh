@@ -35,35 +35,12 @@ __forceinline__ __device__ auto acc_layout_as_a_operand(Layout const& acc) {
                      get<2, 1>(split));
 }
 
-// acc += A * B^T with both operands in shared memory, loading k-slice i+1 (ldmatrix) while the
-// MMAs of slice i run.
-template <class TensorAcc, class TensorRA, class TensorRB, class TensorSA, class TensorSB,
-          class TiledMma, class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
-__forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
-                                        TensorSA const& tCsA, TensorSB const& tCsB,
-                                        TiledMma const& tiled_mma, CopyA const& copy_a,
-                                        CopyB const& copy_b, ThrCopyA const& thr_copy_a,
-                                        ThrCopyB const& thr_copy_b) {
-  Tensor tCrA_view = thr_copy_a.retile_D(tCrA);
-  Tensor tCrB_view = thr_copy_b.retile_D(tCrB);
-  copy(copy_a, tCsA(_, _, _0{}), tCrA_view(_, _, _0{}));
-  copy(copy_b, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
-  CUTE_UNROLL
-  for (int i = 0; i < size<2>(tCrA); ++i) {
-    if (i + 1 < size<2>(tCrA)) {
-      copy(copy_a, tCsA(_, _, i + 1), tCrA_view(_, _, i + 1));
-      copy(copy_b, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
-    }
-    cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
-  }
-}
-
-// The same product walked in steps of (k-slice, ldmatrix.x4 chunk of B = 16 columns), the loads
-// of step t + kAhead issued before the MMAs of step t (A's k-slice together with its slice's
-// first chunk). gemm_ss keeps two whole k-slices of B live (2 x 16 registers for 64 keys);
-// this keeps kAhead + 1 chunks (4 registers each). That is what lets the d = 128 forward
-// afford double-buffered swizzled K/V without spilling (tile_size_sm80.h). Each step is 2 x
-// MMA_M MMAs, so kAhead >= 2 covers the ldmatrix latency with 2 warps per scheduler.
+// acc += A * B^T with both operands in shared memory, walked in steps of (k-slice, ldmatrix.x4
+// chunk of B = 16 columns): the loads of step t + kAhead are issued before the MMAs of step t
+// (A's k-slice together with its slice's first chunk). The classic order (gemm_ss<0>) keeps two
+// whole k-slices of B live (2 x 16 registers for 64 columns); this keeps kAhead + 1 chunks of 4.
+// That is what lets the d = 128 forward afford double-buffered swizzled K/V without spilling
+// (tile_size_sm80.h). A step is 2 x MMA_M MMAs, so kAhead = 1-2 covers the ldmatrix latency.
 template <int kAhead, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
           class TensorSB, class TiledMma, class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
 __forceinline__ __device__ void gemm_ss_streamed(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
@@ -94,6 +71,35 @@ __forceinline__ __device__ void gemm_ss_streamed(TensorAcc& acc, TensorRA& tCrA,
       CUTE_UNROLL
       for (int m = 0; m < size<1>(tCrA); ++m)
         cute::gemm(tiled_mma, tCrA(_, m, k), tCrB(_, 2 * nc + j, k), acc(_, m, 2 * nc + j));
+    }
+  }
+}
+
+// acc += A * B^T with both operands in shared memory. kChunksAhead = 0: loads k-slice i + 1
+// (ldmatrix) while the MMAs of slice i run; kChunksAhead > 0: gemm_ss_streamed above (the
+// kernel's tile policy picks).
+template <int kChunksAhead = 0, class TensorAcc, class TensorRA, class TensorRB, class TensorSA,
+          class TensorSB, class TiledMma, class CopyA, class CopyB, class ThrCopyA, class ThrCopyB>
+__forceinline__ __device__ void gemm_ss(TensorAcc& acc, TensorRA& tCrA, TensorRB& tCrB,
+                                        TensorSA const& tCsA, TensorSB const& tCsB,
+                                        TiledMma const& tiled_mma, CopyA const& copy_a,
+                                        CopyB const& copy_b, ThrCopyA const& thr_copy_a,
+                                        ThrCopyB const& thr_copy_b) {
+  if constexpr (kChunksAhead > 0) {
+    gemm_ss_streamed<kChunksAhead>(acc, tCrA, tCrB, tCsA, tCsB, tiled_mma, copy_a, copy_b,
+                                   thr_copy_a, thr_copy_b);
+  } else {
+    Tensor tCrA_view = thr_copy_a.retile_D(tCrA);
+    Tensor tCrB_view = thr_copy_b.retile_D(tCrB);
+    copy(copy_a, tCsA(_, _, _0{}), tCrA_view(_, _, _0{}));
+    copy(copy_b, tCsB(_, _, _0{}), tCrB_view(_, _, _0{}));
+    CUTE_UNROLL
+    for (int i = 0; i < size<2>(tCrA); ++i) {
+      if (i + 1 < size<2>(tCrA)) {
+        copy(copy_a, tCsA(_, _, i + 1), tCrA_view(_, _, i + 1));
+        copy(copy_b, tCsB(_, _, i + 1), tCrB_view(_, _, i + 1));
+      }
+      cute::gemm(tiled_mma, tCrA(_, _, i), tCrB(_, _, i), acc);
     }
   }
 }
