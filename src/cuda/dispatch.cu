@@ -58,6 +58,33 @@ bool device_runs_sm90_kernels() {
   return ok;
 }
 
+namespace {
+std::atomic<int> smem_per_sm_override{0};
+}  // namespace
+
+void set_smem_per_sm_override(int bytes) { smem_per_sm_override.store(bytes); }
+
+int device_smem_per_sm() {
+  const int forced = smem_per_sm_override.load(std::memory_order_relaxed);
+  if (forced > 0) return forced;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < kMaxDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int bytes = 0;
+  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  if (device < kMaxDevices) cache[device].store(bytes, std::memory_order_relaxed);
+  return bytes;
+}
+
 Status pointer_backend(const void* ptr, Backend* out) {
   *out = Backend::kCpu;
   // No device: nothing can be device memory, and asking the runtime would only raise errors.

@@ -14,6 +14,13 @@ int device_count();
 // the SM80-path kernels (thread-block clusters, programmatic dependent launch). Cached per
 // device.
 bool device_runs_sm90_kernels();
+// Shared memory per SM of the current device in bytes (cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+// 164 KB on an A100, 228 KB on an H100), cached per device; the kernels whose tile policy needs
+// two CTAs per SM check it (tile_size_fwd_compact_sm80). set_smem_per_sm_override(bytes) makes it
+// answer `bytes` instead (0: the device's own again), so that the GPU tests can run, on the GPU
+// they have, the kernels a GPU with less shared memory gets.
+int device_smem_per_sm();
+void set_smem_per_sm_override(int bytes);
 // kCuda for device/managed memory, kCpu for host memory; an error for an invalid pointer.
 Status pointer_backend(const void* ptr, Backend* out);
 

@@ -3,7 +3,8 @@
 // when the tile needs more than 48 KB, and launches on p.stream.
 // Three kernel families, each explicitly instantiated in its own generated TU per (dtype, head
 // dim) (cmake/kernels.cmake), so the plain kernels stay exactly what they were:
-//  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels);
+//  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels; 8 where the head dim also has a
+//                          compact tile for GPUs with less shared memory);
 //  - run_fwd_split_sm80:   split-capable, contiguous or paged K/V, KV-cache hooks (8 kernels),
 //                          plus the scratch for the partials and the combine launch;
 //  - run_fwd_dropout_sm80: dropout (x ALiBi: 2 kernels; flash_attn has no softcap + dropout).
@@ -16,6 +17,7 @@
 #include <atomic>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "common/philox.h"
 #include "cuda/combine.h"
@@ -34,13 +36,15 @@ namespace flashattn::sm80 {
 template <DType kDtype>
 using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
 
-// The three tile policies of tile_size_sm80.h, one per kernel family.
-enum class FwdTilePolicy { kPlain, kSplit, kDropout };
+// The tile policies of tile_size_sm80.h: one per kernel family, and the plain family's compact
+// one for GPUs with less shared memory.
+enum class FwdTilePolicy { kPlain, kPlainCompact, kSplit, kDropout };
 
 constexpr TileSizeSm80 fwd_tile_of(FwdTilePolicy policy, int head_dim) {
-  return policy == FwdTilePolicy::kSplit     ? tile_size_fwd_split_sm80(head_dim)
-         : policy == FwdTilePolicy::kDropout ? tile_size_fwd_dropout_sm80(head_dim)
-                                             : tile_size_fwd_sm80(head_dim);
+  return policy == FwdTilePolicy::kSplit          ? tile_size_fwd_split_sm80(head_dim)
+         : policy == FwdTilePolicy::kDropout      ? tile_size_fwd_dropout_sm80(head_dim)
+         : policy == FwdTilePolicy::kPlainCompact ? tile_size_fwd_compact_sm80(head_dim)
+                                                  : tile_size_fwd_sm80(head_dim);
 }
 
 // Kernel traits of a tile policy entry.
@@ -155,9 +159,8 @@ FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
   return args;
 }
 
-template <DType kDtype, int kHeadDim>
-Status run_fwd_sm80(const FwdParams& p) {
-  using Traits = FwdTraitsOf<kDtype, kHeadDim>;
+template <class Traits>
+Status run_fwd_plain_sm80(const FwdParams& p) {
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
 
@@ -169,6 +172,32 @@ Status run_fwd_sm80(const FwdParams& p) {
   }
   return has_alibi ? launch_fwd_sm80<Traits, false, true>(args)
                    : launch_fwd_sm80<Traits, false, false>(args);
+}
+
+// Shared memory of one plain CTA of Traits (the same for every score mod).
+template <class Traits>
+constexpr int fwd_plain_smem_bytes() {
+  using Features = FwdFeaturesSm80<false, false>;
+  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
+                          EpilogueFwdSm80<Traits>, TileSchedulerSm80>::kSmemSize;
+}
+
+// Whether two CTAs of `smem_bytes` each fit in the current device's shared memory per SM (1 KB
+// of it is reserved per CTA on SM80+).
+inline bool two_ctas_fit(int smem_bytes) {
+  return 2 * (smem_bytes + 1024) <= cuda::device_smem_per_sm();
+}
+
+// The plain family: the policy's tile, or its compact one where two CTAs of the policy do not
+// fit in the device's shared memory (tile_size_fwd_compact_sm80).
+template <DType kDtype, int kHeadDim>
+Status run_fwd_sm80(const FwdParams& p) {
+  using Traits = FwdTraitsOf<kDtype, kHeadDim>;
+  using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompact>;
+  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
+    if (!two_ctas_fit(fwd_plain_smem_bytes<Traits>())) return run_fwd_plain_sm80<CompactTraits>(p);
+  }
+  return run_fwd_plain_sm80<Traits>(p);
 }
 
 template <class Traits, bool kPaged>

@@ -98,6 +98,20 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   return {64, 64, 4, false, 1, true, 2, false, /*padded_q=*/true, 2};
 }
 
+// The plain kernels on GPUs whose shared memory does not hold two CTAs of the policy's tile
+// (run_fwd_sm80 asks cuda::device_smem_per_sm). The d = 96 / 128 policy takes 74 / 98 KB, and an
+// A100 has 164 KB per SM (1 KB of it reserved per CTA): one CTA of 4 warps per SM would leave each
+// scheduler a single warp. There the fifth session's policy, p1k (padded, single-buffered, the
+// classic S gemm: 52 / 68 KB), keeps two. Measured on the H100 only: 4-5 % behind the policy
+// (tile_size_fwd_sm80 above). Every other head dim's policy is its own compact tile: d <= 64 fits
+// twice anywhere, and d = 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per
+// SM on an A100, as FlashAttention-2's d = 256 tile does there.
+constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim) {
+  if (head_dim > 64 && head_dim <= 128) return {128, 64, 4, /*padded_kv=*/true, 1, true, 1, false,
+                                                /*padded_q=*/true};
+  return tile_size_fwd_sm80(head_dim);
+}
+
 // Dropout kernels (run_fwd_dropout_sm80). The keep mask is drawn per tile right before P V, and
 // the Philox rounds need registers on top of O and S, where the plain d = 128 kernel already sits
 // at 255 with none to spare: at 128 x 64 the dropout kernel spilled 288 bytes even with one

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
 #include "gpu/fwd_checks_sm80.h"
 #include "gpu/gpu_testing.h"
@@ -82,6 +83,36 @@ TEST_F(FwdSm80, SoftcapAndAlibi) {
       AttnConfig s = base(t, 1, 77, 133, 2, 2, d);
       s.softmax_scale = 0.3f;
       check_small("scale", s);
+    }
+  }
+}
+
+// Where two CTAs of the policy's tile do not fit in an SM's shared memory (an A100: 164 KB), d =
+// 96 / 128 run the compact tile (tile_size_fwd_compact_sm80). Emulated here on whatever GPU runs
+// the tests by overriding the shared memory the dispatch sees.
+TEST_F(FwdSm80, CompactTileWhereSharedMemoryIsSmaller) {
+  struct A100SharedMemory {
+    A100SharedMemory() { cuda::set_smem_per_sm_override(164 * 1024); }
+    ~A100SharedMemory() { cuda::set_smem_per_sm_override(0); }
+  } a100;
+  ASSERT_EQ(cuda::device_smem_per_sm(), 164 * 1024);
+  for (DType t : compiled_dtypes()) {
+    for (int d : {96, 128, 72}) {
+      if (!hdim_compiled(d)) continue;
+      for (auto [sq, sk] : {std::pair{1, 1}, {113, 97}, {97, 300}}) {
+        check_small("compact", base(t, 2, sq, sk, 3, 3, d));
+      }
+      AttnConfig c = base(t, 2, 150, 201, 4, 2, d);
+      c.causal = true;
+      check_small("compact causal", c);
+      c.softcap = 5.f;
+      check_small("compact softcap+causal", c);
+      AttnConfig a = base(t, 2, 201, 150, 4, 4, d);
+      a.alibi = true;
+      a.window_left = 50;
+      check_small("compact alibi+local", a);
+      a.softcap = 3.f;
+      check_small("compact alibi+softcap", a);
     }
   }
 }
