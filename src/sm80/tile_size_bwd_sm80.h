@@ -74,6 +74,9 @@
 //   d = 256: policy 230.7 / 184.4, 262.3 / 242.0, 271.5 / 270.5; 1 and 2 ahead within 1 %
 //            (24 bytes spilled instead of 28).
 // At d = 128 / 256 the gain is at most 2 % and not at every point, so they keep whole slices.
+// Streaming does not rescue d = 64's 2 + 2 buffers either (4 bytes spilled with 1 ahead, 12
+// with 2): non-causal 1k / 4k / 16k 237.9 / 277.7 / 285.9 (1 ahead) and 240.5 / 282.0 / 290.6 (2
+// ahead) vs the policy's 242.7 / 280.4 / 293.4; 1 + 1 with 1 ahead 243.9 / 283.2 / 294.1.
 #pragma once
 
 namespace flashattn::sm80 {
