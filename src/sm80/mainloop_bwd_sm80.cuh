@@ -138,6 +138,7 @@ struct MainloopBwdSm80 {
   static constexpr int kNThreads = Traits::kNThreads;
   static constexpr int kStagesQ = Traits::kStagesQ;
   static constexpr int kStagesdO = Traits::kStagesdO;
+  static constexpr int kAhead = Traits::kGemmChunksAhead;  // gemm_ss's B look-ahead (0: k-slices)
   using TiledMmaSdP = typename Traits::TiledMmaSdP;
   using TiledMmadKV = typename Traits::TiledMmadKV;
   using TiledMmadQ = typename Traits::TiledMmadQ;
@@ -357,11 +358,12 @@ struct MainloopBwdSm80 {
       KeepBits keep_bits = 0;
       if constexpr (kHasDropout) keep_bits = dropout_keep_bits(tScS, acc_s.layout(), m0, n0, rng, bh);
 
-      gemm_ss<Traits::kGemmChunksAhead>(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so_q, tSsQ.layout()), tSsK, tiled_mma_sdp,
-              smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp, smem_thr_copy_b_sdp);
-      gemm_ss<Traits::kGemmChunksAhead>(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so_do, tdPsdO.layout()), tdPsV,
-              tiled_mma_sdp, smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp, smem_thr_copy_a_sdp,
-              smem_thr_copy_b_sdp);
+      gemm_ss<kAhead>(acc_s, tSrQ, tSrK, make_tensor(tSsQ.data() + so_q, tSsQ.layout()), tSsK,
+                      tiled_mma_sdp, smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp,
+                      smem_thr_copy_a_sdp, smem_thr_copy_b_sdp);
+      gemm_ss<kAhead>(acc_dp, tdPrdO, tdPrV, make_tensor(tdPsdO.data() + so_do, tdPsdO.layout()),
+                      tdPsV, tiled_mma_sdp, smem_tiled_copy_a_sdp, smem_tiled_copy_b_sdp,
+                      smem_thr_copy_a_sdp, smem_thr_copy_b_sdp);
 
       // S -> P (Z applied), dP -> dS, element by element. (Tried: FlashAttention-2's order, P
       // computed and stored between the two gemms. ptxas hoisted the independent dP gemm above
@@ -375,18 +377,20 @@ struct MainloopBwdSm80 {
       copy(smem_tiled_copy_pds, smem_thr_copy_pds.retile_S(rdS), tdSsdS);
       __syncthreads();  // P, dS visible to every warp
 
-      gemm_ss<Traits::kGemmChunksAhead>(acc_dv, tdVrPt, tdVrdOt, tdVsPt, make_tensor(tdVsdOt.data() + so_do, tdVsdOt.layout()),
-              tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
-              smem_thr_copy_b_dkv);
+      gemm_ss<kAhead>(acc_dv, tdVrPt, tdVrdOt, tdVsPt,
+                      make_tensor(tdVsdOt.data() + so_do, tdVsdOt.layout()), tiled_mma_dkv,
+                      smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
+                      smem_thr_copy_b_dkv);
       auto dq = [&]() __attribute__((always_inline)) {
         dq_step(m_block, m0, mask, blk, tdQrdS, sKt, thr_mma_dq, tdQsdS, tiled_mma_dq,
                 smem_tiled_copy_a_dq, smem_tiled_copy_b_dq, smem_thr_copy_a_dq, smem_thr_copy_b_dq,
                 dq_tiles, args);
       };
       auto dk = [&]() __attribute__((always_inline)) {
-        gemm_ss<Traits::kGemmChunksAhead>(acc_dk, tdKrdSt, tdKrQt, tdKsdSt, make_tensor(tdKsQt.data() + so_q, tdKsQt.layout()),
-                tiled_mma_dkv, smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
-                smem_thr_copy_b_dkv);
+        gemm_ss<kAhead>(acc_dk, tdKrdSt, tdKrQt, tdKsdSt,
+                        make_tensor(tdKsQt.data() + so_q, tdKsQt.layout()), tiled_mma_dkv,
+                        smem_tiled_copy_a_dkv, smem_tiled_copy_b_dkv, smem_thr_copy_a_dkv,
+                        smem_thr_copy_b_dkv);
       };
       if constexpr (kStagesQ == 2) {
         if constexpr (kStagesdO == 1) {
@@ -453,7 +457,8 @@ struct MainloopBwdSm80 {
       Tensor tdQsKt = thr_copy_b.partition_S(sKt_part);
       Tensor acc_dq = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockM>, Int<kPartD>>{});  // (MMA, MMA_M, MMA_D)
       clear(acc_dq);
-      gemm_ss<Traits::kGemmChunksAhead>(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b, thr_copy_a, thr_copy_b);
+      gemm_ss<kAhead>(acc_dq, tdQrdS, tdQrKt, tdQsdS, tdQsKt, tiled_mma_dq, copy_a, copy_b,
+                      thr_copy_a, thr_copy_b);
       if (part == 0 && args.dq_semaphore != nullptr) {
         // Deterministic: wait until the key blocks before this one (of those that see query
         // block m: [key_range begin / kBlockN, n_block)) have added theirs.
