@@ -182,20 +182,17 @@ constexpr int fwd_plain_smem_bytes() {
                           EpilogueFwdSm80<Traits>, TileSchedulerSm80>::kSmemSize;
 }
 
-// Whether two CTAs of `smem_bytes` each fit in the current device's shared memory per SM (1 KB
-// of it is reserved per CTA on SM80+).
-inline bool two_ctas_fit(int smem_bytes) {
-  return 2 * (smem_bytes + 1024) <= cuda::device_smem_per_sm();
-}
-
-// The plain family: the policy's tile, or its compact one where two CTAs of the policy do not
-// fit in the device's shared memory (tile_size_fwd_compact_sm80).
+// The plain family: the policy's tile, or its compact one where the CTAs per SM the policy is
+// built for (fwd_ctas_per_sm_sm80) do not fit in the device's shared memory per SM, 1 KB of
+// which is reserved per CTA on SM80+ (tile_size_fwd_compact_sm80).
 template <DType kDtype, int kHeadDim>
 Status run_fwd_sm80(const FwdParams& p) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim>;
   using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompact>;
   if constexpr (!std::is_same_v<Traits, CompactTraits>) {
-    if (!two_ctas_fit(fwd_plain_smem_bytes<Traits>())) return run_fwd_plain_sm80<CompactTraits>(p);
+    constexpr int kSmemPerSm = fwd_ctas_per_sm_sm80(tile_size_fwd_sm80(kHeadDim)) *
+                               (fwd_plain_smem_bytes<Traits>() + 1024);
+    if (kSmemPerSm > cuda::device_smem_per_sm()) return run_fwd_plain_sm80<CompactTraits>(p);
   }
   return run_fwd_plain_sm80<Traits>(p);
 }

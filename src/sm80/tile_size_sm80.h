@@ -69,18 +69,18 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // spilled 8 bytes and lost 7-10 %. Before streaming, the best found was Q padded with only K
   // double-buffered (56 bytes spilled, +1-5 % over p1k; three attempts to cut that spill failed,
   // fifth session); streamed it spills nothing but runs 1-5 % behind Qp s2k a2 (H100), so that
-  // schedule is gone. 128 x 32 x 4 measured
-  // 365 / 335 at 16k; 8 warps lose (16 rows per warp read the same K/V tile for half the MMA
-  // work). smem 34 (Q, padded) + 2 x 32 (K, V) = 98 KB at d = 128, 2 CTAs per SM.
+  // schedule is gone. 128 x 32 x 4 measured 365 / 335 at 16k; 8 warps lose (16 rows per warp
+  // read the same K/V tile for half the MMA work). smem 34 (Q, padded) + 2 x 32 (K, V) = 98 KB at
+  // d = 128, 2 CTAs per SM on an H100 (an A100 gets tile_size_fwd_compact_sm80).
   if (head_dim <= 128) return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 2};
   // d = 192: 64 x 64 x 4 s1k with each row in one warp (the d = 256 choice before row pairs,
   // below; not timed separately): with row pairs ptxas spills 68 bytes in the plain kernel.
   if (head_dim <= 192) return tile_size_fwd_64x64_rows_sm80();
   // d = 256: 64 x 64, 4 warps as 2 row pairs (warps_n = 2), K / V swizzled, Q padded,
-  // single-buffered, skipped rescale, streamed S gemm (Q padded and streamed, sixth session:
+  // single-buffered, skipped rescale, streamed S gemm. (Q padded and streamed, sixth session:
   // +1-3 % non-causal in two H100/H200 runs of 3 rounds each, e.g. H200 318.3 / 328.3 / 331.5 /
-  // 338.8 / 340.7 vs 313.0 / 318.4 / 327.9 / 332.8 / 336.3 at 1k .. 16k; causal within +-1.5 %). At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100
-  // layout) gives each warp 16 rows, so every K and V element a warp reads from shared memory
+  // 338.8 / 340.7 vs 313.0 / 318.4 / 327.9 / 332.8 / 336.3 at 1k .. 16k; causal within +-1.5 %.)
+  // At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100 layout) gives each warp 16 rows, so every K and V element a warp reads from shared memory
   // feeds a single m16 MMA: 72 KB of ldmatrix per warp and key block, 144 ldmatrix.x4 against
   // 256 MMAs, about the tensor cores' own time at 128 bytes per clock. Row pairs (two warps per
   // 32 rows, each half the keys of S and half the head dim of O) read 52 KB (104 ldmatrix.x4)
@@ -122,10 +122,14 @@ constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim) {
 // non-causal 154.5 / 158.9 / 161.1 / 163.6 / 166.0 vs 149.1 / 151.3 / 157.2 / 160.2 / 162.1).
 constexpr TileSizeSm80 tile_size_fwd_dropout_sm80(int head_dim) {
   if (head_dim > 64 && head_dim <= 128) return {128, 32, 4, false, 2, true, 1, false, true, 2};
+  TileSizeSm80 tile = tile_size_fwd_sm80(head_dim);
   // d = 256: the plain kernel's row pairs, but Q swizzled and the classic S gemm: with Q padded
   // and streamed, the dropout kernels spilled 36 bytes (60 with ALiBi), this way none.
-  if (head_dim > 192) return {64, 64, 4, false, 1, true, 2};
-  return tile_size_fwd_sm80(head_dim);
+  if (head_dim > 192) {
+    tile.padded_q = false;
+    tile.qk_chunks_ahead = 0;
+  }
+  return tile;
 }
 
 // Split-capable kernels (run_fwd_split_sm80: split-KV, paged KV, KV-cache hooks). Their main
