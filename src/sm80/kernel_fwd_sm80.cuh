@@ -105,7 +105,7 @@ struct FlashAttnFwdSm80 {
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   // Whether this kernel contains the split merge through thread-block clusters (see the header).
   static constexpr bool kClusterMerge = Features::kSplit && !Features::kPaged;
-  static_assert(!Features::kSplit || sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage),
+  static_assert(!kClusterMerge || sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage),
                 "the cluster merge stages a split's partial in the main loop's shared memory");
 
   __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {

@@ -119,8 +119,15 @@ struct MainloopFwdSm80 {
     float row_stat[2 * kBlockM * 4];
   };
   struct NoRowPairStorage {};
+  // Paged only: the block-table entry (page) of every key row of a block, two blocks deep
+  // (fetch_pages).
+  struct PagedStorage {
+    int page_of_row[2][kBlockN];
+  };
+  struct NoPagedStorage {};
   // (An empty base takes no bytes.)
-  struct SharedStorage : std::conditional_t<kRowPairs, RowPairStorage, NoRowPairStorage> {
+  struct SharedStorage : std::conditional_t<kRowPairs, RowPairStorage, NoRowPairStorage>,
+                         std::conditional_t<kPaged, PagedStorage, NoPagedStorage> {
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>, 128> smem_q;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutK>, 128> smem_k;
     cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutV>, 128> smem_v;
@@ -132,23 +139,27 @@ struct MainloopFwdSm80 {
   // per row when a page is smaller than (or not aligned to) the key block, and per tile when
   // every key block lies inside one page (args.page_holds_tiles: page % kBlockN == 0), since then
   // the rows of the tile are consecutive rows of one page. The block-table entries come from
-  // fetch_pages (entry[m]: copy row m's page; entry[0]: the tile's page), fetched ahead of the
-  // copy. Rows >= max_rows (kCheckRows) and columns off in pred_k are zero-filled without
-  // reading memory.
-  template <bool kCheckRows, int kRows, class TiledCopy, class VecLayout, class TensorD,
-            class TensorC, class TensorP>
+  // shared memory, where fetch_pages put them a while before (page_of_row[row]; with
+  // page_holds_tiles only [0]). Rows >= max_rows (kCheckRows) and columns off in pred_k are
+  // zero-filled without reading memory.
+  template <bool kCheckRows, class TiledCopy, class VecLayout, class TensorD, class TensorC,
+            class TensorP>
   __forceinline__ __device__ void copy_kv_paged(FwdArgsSm80 const& args, TiledCopy const& tiled_copy,
                                                 VecLayout const& vec_layout, const Element* base,
                                                 int64_t page_stride, int64_t row_stride,
-                                                int const (&entry)[kRows], int n0, TensorD&& dst,
+                                                const int* page_of_row, int n0, TensorD&& dst,
                                                 TensorC const& coord, TensorP const& pred_k,
                                                 int max_rows) const {
-    static_assert(kRows == decltype(size<1>(dst))::value);
+    constexpr int kRows = decltype(size<1>(dst))::value;
+    // Opaque to the compiler, so that the per-row offsets row * row_stride are recomputed here
+    // (a few integer ops per row, off the MMA stream) instead of hoisted out of the main loop,
+    // where kRows of them held 2 kRows registers (ptxas then spilled them on sm_80).
+    asm volatile("" : "+l"(row_stride));
     int64_t tile_offset = 0;
     if (args.page_holds_tiles) {
       int page, row_in_page;
       page_divmod(args, n0, &page, &row_in_page);
-      tile_offset = int64_t(entry[0]) * page_stride + int64_t(row_in_page) * row_stride;
+      tile_offset = int64_t(page_of_row[0]) * page_stride + int64_t(row_in_page) * row_stride;
     }
     CUTE_UNROLL
     for (int m = 0; m < kRows; ++m) {
@@ -160,7 +171,8 @@ struct MainloopFwdSm80 {
       } else if (row_ok) {
         int page, row_in_page;
         page_divmod(args, n0 + row, &page, &row_in_page);
-        row_ptr = base + int64_t(entry[m]) * page_stride + int64_t(row_in_page) * row_stride;
+        row_ptr = base + int64_t(page_of_row[row]) * page_stride +
+                  int64_t(row_in_page) * row_stride;
       }
       CUTE_UNROLL
       for (int k = 0; k < size<2>(dst); ++k) {
@@ -170,32 +182,38 @@ struct MainloopFwdSm80 {
     }
   }
 
-  // The block-table entries copy_kv_paged needs for key block n0 (one per copy row, or one per
-  // tile when pages hold whole tiles). One fetch serves both the K and the V copy of the block,
-  // and with kStages = 1 the main loop issues it a whole S = Q K^T ahead of the first copy that
-  // uses it: a cp.async cannot be issued before its row address, so a lookup at copy time put
-  // the block-table load latency in front of every K and V tile (decode page 16: 0.89-0.95x ->
-  // 0.92-0.98x of contiguous). Rows >= max_rows (kCheckRows) read nothing: entries past a
-  // sequence's last page need not be valid.
-  template <bool kCheckRows, int kRows, class TensorC>
+  // The block-table entries copy_kv_paged needs for key block n0: page_of_row[r] =
+  // block_table[(n0 + r) / page] for rows r < max_rows (kCheckRows; entries past a sequence's
+  // last page need not be valid and are not read), or only [0] when pages hold whole tiles.
+  // 4-byte cp.asyncs into shared memory, one per row, spread over the CTA; the caller commits
+  // them and makes them visible (a wait and a barrier) before the copies that read them. One
+  // fetch serves both the K and the V copy of the block, and the main loop issues it a whole
+  // S = Q K^T ahead of the first copy that uses it: a cp.async cannot be issued before its row
+  // address, so a lookup at copy time put the block-table latency in front of every K and V tile
+  // (decode page 16: 0.89-0.95x -> 0.92-0.98x of contiguous). Shared memory rather than
+  // registers: held in registers from the fetch to the V copy of the next block (across the
+  // gemms), the entries pushed the d = 128 / 256 paged kernels into spilling (52-120 bytes on
+  // sm_80).
+  template <bool kCheckRows>
   __forceinline__ __device__ void fetch_pages(FwdArgsSm80 const& args, const int* block_table,
-                                              int n0, TensorC const& coord, int max_rows,
-                                              int (&entry)[kRows]) const {
-    if (args.page_holds_tiles) {
+                                              int n0, int max_rows, int* page_of_row) const {
+    auto fetch = [&](int r, int t) {
       int page, row_in_page;
-      page_divmod(args, n0, &page, &row_in_page);
-      entry[0] = block_table[page];
+      page_divmod(args, t, &page, &row_in_page);
+      const int* src = block_table + page;
+      const uint32_t dst = uint32_t(__cvta_generic_to_shared(page_of_row + r));
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+    };
+    if (args.page_holds_tiles) {
+      if (threadIdx.x == 0) fetch(0, n0);
       return;
     }
+    constexpr int kPasses = (kBlockN + Traits::kNThreads - 1) / Traits::kNThreads;
     CUTE_UNROLL
-    for (int m = 0; m < kRows; ++m) {
-      const int row = get<0>(coord(0, m, 0));
-      entry[m] = 0;
-      if (!kCheckRows || row < max_rows) {
-        int page, row_in_page;
-        page_divmod(args, n0 + row, &page, &row_in_page);
-        entry[m] = block_table[page];
-      }
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = int(threadIdx.x) + i * Traits::kNThreads;
+      if ((kBlockN % Traits::kNThreads == 0 || r < kBlockN) && (!kCheckRows || r < max_rows))
+        fetch(r, n0 + r);
     }
   }
 
@@ -313,7 +331,10 @@ struct MainloopFwdSm80 {
     // rows is below m_end skips both gemms and the softmax (a warp-uniform vote, so no
     // divergence inside a warp) but still issues its share of every cp.async and reaches every
     // barrier. Its O stays 0 and its row sums 0, which finalize() maps to rows the epilogues
-    // skip (row < rows_left). The plain kernels keep the unconditional path.
+    // skip (row < rows_left). The vote picks one of two loops (below): the full one, or one
+    // that only copies and meets the barriers. A branch around the gemms in every block instead
+    // kept values live across both paths: the d = 256 split kernels spilled 40-88 bytes. The
+    // plain kernels have only the full loop.
     bool warp_active = true;
     if constexpr (Features::kSplit) {
       bool has_row = false;
@@ -333,20 +354,25 @@ struct MainloopFwdSm80 {
       v_page_base = static_cast<const Element*>(p.v_ptr) + int64_t(bidh_kv) * p.v_head_stride;
       block_table = p.block_table + int64_t(blk.bidb) * p.block_table_batch_stride;
     }
-    // Block-table entries of the key block whose copies are next (paged only).
-    constexpr int kCopyRows = decltype(size<1>(tKsK))::value;
-    int page_entry[kCopyRows];
+    // Block-table entries of key block n in page_of_row[n % 2] (paged only): the fetch for block
+    // n - 1 is issued while block n's copies may still read theirs, and a barrier separates the
+    // last read of a slot (block n + 1's V copy) from its next fetch (block n - 1's).
+    static_assert(!kPaged || kStages == 1, "paged K/V runs the single-buffered schedule");
+    auto pages_of = [&](int n_block) -> const int* {
+      if constexpr (kPaged) return storage.page_of_row[n_block & 1];
+      return nullptr;
+    };
     auto fetch_pages_of = [&](int n_block, auto check_rows, int max_rows) {
       if constexpr (kPaged) {
-        fetch_pages<decltype(check_rows)::value>(args, block_table, n_block * kBlockN, tKVcKV,
-                                                 max_rows, page_entry);
+        fetch_pages<decltype(check_rows)::value>(args, block_table, n_block * kBlockN, max_rows,
+                                                 storage.page_of_row[n_block & 1]);
       }
     };
     auto load_k = [&](int n_block, int stage, auto check_rows, int max_rows) {
       constexpr bool kCheck = decltype(check_rows)::value;
       if constexpr (kPaged) {
         copy_kv_paged<kCheck>(args, gmem_tiled_copy, tKgK(_, 0, 0, 0).layout(), k_page_base, p.k_batch_stride,
-                              p.k_row_stride, page_entry, n_block * kBlockN,
+                              p.k_row_stride, pages_of(n_block), n_block * kBlockN,
                               tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
         copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
@@ -357,7 +383,7 @@ struct MainloopFwdSm80 {
       constexpr bool kCheck = decltype(check_rows)::value;
       if constexpr (kPaged) {
         copy_kv_paged<kCheck>(args, gmem_tiled_copy, tVgV(_, 0, 0, 0).layout(), v_page_base, p.v_batch_stride,
-                              p.v_row_stride, page_entry, n_block * kBlockN,
+                              p.v_row_stride, pages_of(n_block), n_block * kBlockN,
                               tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
         copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
@@ -381,8 +407,17 @@ struct MainloopFwdSm80 {
     int n_block = n_block_max - 1;
     const int rows_last = seq.seqlen_k - n_block * kBlockN;
     constexpr int kLastStage = 0;  // stage of block n_max - 1 (stages are relative to it)
-    copy_zfill<true>(gmem_tiled_copy, tQgQ, tQsQ, tQcQ, tpD, seq.seqlen_q - m0);
-    fetch_pages_of(n_block, cute::true_type{}, rows_last);
+    if constexpr (kPaged) {
+      // The last block's entries must land before its K copy can be issued; Q's copy meanwhile.
+      fetch_pages_of(n_block, cute::true_type{}, rows_last);
+      cp_async_fence();
+      copy_zfill<true>(gmem_tiled_copy, tQgQ, tQsQ, tQcQ, tpD, seq.seqlen_q - m0);
+      cp_async_fence();
+      cp_async_wait<1>();
+      __syncthreads();
+    } else {
+      copy_zfill<true>(gmem_tiled_copy, tQgQ, tQsQ, tQcQ, tpD, seq.seqlen_q - m0);
+    }
     load_k(n_block, kLastStage, cute::true_type{}, rows_last);
     if constexpr (kStages == 2) load_v(n_block, kLastStage, cute::true_type{}, rows_last);
     cp_async_fence();
@@ -454,8 +489,11 @@ struct MainloopFwdSm80 {
 
     // One key block. kMasked: the tile holds invisible (row, key) pairs; only then is the
     // per-element mask evaluated.
-    auto step = [&](int n_block, auto masked) {
+    // kActive = false: a split kernel's warp without valid rows (warp_active above): copies and
+    // barriers only.
+    auto step = [&](int n_block, auto masked, auto active) {
       constexpr bool kMasked = decltype(masked)::value;
+      constexpr bool kActive = decltype(active)::value;
       const int n0 = n_block * kBlockN;
       // Block n_max - 1 is in stage 0, n_max - 2 in stage 1, ...
       [[maybe_unused]] const int stage = kStages == 2 ? (n_block_max - 1 - n_block) & 1 : 0;
@@ -469,12 +507,11 @@ struct MainloopFwdSm80 {
         // P V), so that stage may take block n - 1, which then has a whole block to land.
         __syncthreads();
         if (n_block > n_block_min) {
-          fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
           load_k(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
           load_v(n_block - 1, stage ^ 1, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        if (warp_active) {
+        if constexpr (kActive) {
           gemm_qk(acc_s, stage);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
           softmax_pv(acc_s, stage, masked, n0, m_tile);
@@ -484,9 +521,13 @@ struct MainloopFwdSm80 {
         // A partial block (the seqlen_k residue) is always a masked one: col_end <= seqlen_k.
         load_v(n_block, 0, masked, kMasked ? seq.seqlen_k - n0 : kBlockN);
         cp_async_fence();
-        // Block n - 1's pages, in flight during this block's S = Q K^T (n - 1 is never partial).
-        if (n_block > n_block_min) fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
-        if (warp_active) {
+        // Block n - 1's pages, in flight during this block's S = Q K^T (n - 1 is never partial);
+        // the wait and the barrier below make them visible to load_k.
+        if (kPaged && n_block > n_block_min) {
+          fetch_pages_of(n_block - 1, cute::false_type{}, kBlockN);
+          cp_async_fence();
+        }
+        if constexpr (kActive) {
           gemm_qk(acc_s, 0);
           score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
           if constexpr (kRowPairs) {
@@ -502,7 +543,7 @@ struct MainloopFwdSm80 {
           load_k(n_block - 1, 0, cute::false_type{}, kBlockN);
           cp_async_fence();
         }
-        if (warp_active) softmax_pv(acc_s, 0, masked, n0, m_tile);
+        if constexpr (kActive) softmax_pv(acc_s, 0, masked, n0, m_tile);
       }
     };
 
@@ -514,14 +555,25 @@ struct MainloopFwdSm80 {
     // 349 TFLOP/s from this split alone) and kept the per-row mask values live across the loop.
     const int n_full_max = mask.col_end(m0) / kBlockN;
     const int n_full_min = max((mask.col_begin(m_end - 1) + kBlockN - 1) / kBlockN, n_block_min);
-    CUTE_NO_UNROLL
-    while (n_block >= n_block_min) {
-      if (n_block < n_full_max && n_block >= n_full_min) {
+    if (!warp_active) {
+      // Split kernels only: a warp without valid rows takes every block as a masked one (its
+      // copies check rows, which is all the flag changes without the gemms).
+      if constexpr (Features::kSplit) {
         CUTE_NO_UNROLL
-        for (; n_block >= n_full_min; --n_block) step(n_block, cute::false_type{});
-      } else {
-        step(n_block, cute::true_type{});
-        --n_block;
+        for (; n_block >= n_block_min; --n_block)
+          step(n_block, cute::true_type{}, cute::false_type{});
+      }
+    } else {
+      CUTE_NO_UNROLL
+      while (n_block >= n_block_min) {
+        if (n_block < n_full_max && n_block >= n_full_min) {
+          CUTE_NO_UNROLL
+          for (; n_block >= n_full_min; --n_block)
+            step(n_block, cute::false_type{}, cute::true_type{});
+        } else {
+          step(n_block, cute::true_type{}, cute::true_type{});
+          --n_block;
+        }
       }
     }
 
