@@ -178,6 +178,9 @@ int main(int argc, char** argv) {
       // The policy before the streamed S gemm (padded, single-buffered) and the streamed
       // policy with other look-aheads.
       {128, "128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true>},
+      // A compact-tile candidate (GPUs that do not hold two CTAs of the policy, e.g. the A100;
+      // p1k above is the compact tile): the dropout tile, spill-free with every score mod.
+      {128, "128x32 Qp s2k a2", &launch<128, 128, 32, 4, false, 2, true, 0, 1, false, true, 2>},
       {128, "Qp s2k a1", &launch<128, 128, 64, 4, false, 2, true, 0, 1, false, true, 1>},
       {128, "Qp s2k a3", &launch<128, 128, 64, 4, false, 2, true, 0, 1, false, true, 3>},
       // K / V single-buffered: 66 KB of smem at d = 128, so 2 CTAs would fit on an A100 (164 KB

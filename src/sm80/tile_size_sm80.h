@@ -103,7 +103,11 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
 // A100 has 164 KB per SM (1 KB of it reserved per CTA): one CTA of 4 warps per SM would leave each
 // scheduler a single warp. There the fifth session's policy, p1k (padded, single-buffered, the
 // classic S gemm: 52 / 68 KB), keeps two. Measured on the H100 only: 4-5 % behind the policy
-// (tile_size_fwd_sm80 above). Every other head dim's policy is its own compact tile: d <= 64 fits
+// (tile_size_fwd_sm80 above). Its ALiBi kernels spill 40-60 bytes; 128 x 32 with the policy's
+// layouts (the dropout tile below, 67 KB) spills nothing in any score-mod kernel, but ran 1-6 %
+// behind p1k without score mods (tile_sweep_sm80, H100, 3 rounds, non-causal 1k / 4k / 16k:
+// 317.9 / 350.7 / 367.5 vs 332.7 / 369.3 / 373.9; causal 1k / 4k: 242.3 / 300.1 vs 257.0 /
+// 314.3), so p1k stays. Every other head dim's policy is its own compact tile: d <= 64 fits
 // twice anywhere, and d = 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per
 // SM on an A100, as FlashAttention-2's d = 256 tile does there.
 constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim) {
