@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,8 +29,10 @@ using testing::Buffer;
 constexpr float kInfF = std::numeric_limits<float>::infinity();
 
 // Fresh random inputs on every run; tests print the seed (SCOPED_TRACE) so a failure can be
-// replayed by hard-coding it.
+// replayed: FA_TEST_SEED=<seed> makes every call return that seed (run the one failing test with
+// --gtest_filter; checks that draw their inputs from (config, seed) then rebuild the same ones).
 inline uint64_t fresh_seed() {
+  if (const char* forced = std::getenv("FA_TEST_SEED")) return std::strtoull(forced, nullptr, 10);
   static std::mt19937_64 rng(std::random_device{}());
   return rng();
 }

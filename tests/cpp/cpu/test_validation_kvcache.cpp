@@ -410,10 +410,13 @@ TEST(ValidationKVCache, SeqlenRoTooShortForCausalQueries) {
   kc.attn.seqlen_q = 5;
   kc.seqlen_new = 2;
   kc.cache_seqlens = {38, 0, 3};
+  // A table of the cache's length (the generator's holds seqlen_q more rows).
   KVCacheProblem pr = make_kvcache_problem(kc, fresh_seed());
+  pr.params.seqlen_ro = kc.seqlen_cache;
   EXPECT_TRUE(validate(pr.params, Backend::kCpu).ok());
   kc.attn.causal = true;
   KVCacheProblem causal = make_kvcache_problem(kc, fresh_seed());
+  causal.params.seqlen_ro = kc.seqlen_cache;
   const Status s = flashattn::mha_fwd_kvcache(causal.params);
   EXPECT_TRUE(Rejected(s, "seqlen_ro"));
   EXPECT_TRUE(all_nan(causal.o));

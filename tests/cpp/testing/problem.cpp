@@ -403,11 +403,16 @@ KVCacheProblem make_kvcache_problem(const KVCacheConfig& kc, uint64_t seed) {
     pr.knew = random_tensor(c.dtype, ln, b, nnew, c.h_k, c.d, rng);
     pr.vnew = random_tensor(c.dtype, ln, b, nnew, c.h_k, c.d, rng);
   }
+  // The rotary table holds every position a call rotates: new keys up to cache_seqlens + nnew - 1
+  // <= cap - 1, and with a causal or local mask query r at cache_seqlens + r, which passes cap - 1
+  // when seqlen_q > nnew (a table of cap rows was read past its end there: garbage positions in
+  // the reference, found by a flaky RefKvCache run).
+  const int ro_len = cap + c.seqlen_q;
   if (kc.rotary_dim > 0) {
     const int half = kc.rotary_dim / 2;
-    pr.rotary_cos = Buffer::make(c.dtype, int64_t(cap) * half);
-    pr.rotary_sin = Buffer::make(c.dtype, int64_t(cap) * half);
-    for (int pos = 0; pos < cap; ++pos)
+    pr.rotary_cos = Buffer::make(c.dtype, int64_t(ro_len) * half);
+    pr.rotary_sin = Buffer::make(c.dtype, int64_t(ro_len) * half);
+    for (int pos = 0; pos < ro_len; ++pos)
       for (int k = 0; k < half; ++k) {
         const double theta = pos * std::pow(10000.0, -2.0 * k / kc.rotary_dim);
         pr.rotary_cos.set(int64_t(pos) * half + k, float(std::cos(theta)));
@@ -440,7 +445,7 @@ KVCacheProblem make_kvcache_problem(const KVCacheConfig& kc, uint64_t seed) {
   p.knew_row_stride = p.vnew_row_stride = ln.row_stride;
   p.knew_head_stride = p.vnew_head_stride = ln.head_stride;
   p.seqlen_knew = nnew;
-  p.seqlen_ro = kc.rotary_dim > 0 ? cap : 0;
+  p.seqlen_ro = kc.rotary_dim > 0 ? ro_len : 0;
   p.rotary_dim = kc.rotary_dim;
   p.rotary_interleaved = kc.rotary_interleaved;
   pr.bind();
