@@ -358,14 +358,14 @@ struct MainloopFwdSm80 {
     // n - 1 is issued while block n's copies may still read theirs, and a barrier separates the
     // last read of a slot (block n + 1's V copy) from its next fetch (block n - 1's).
     static_assert(!kPaged || kStages == 1, "paged K/V runs the single-buffered schedule");
-    auto pages_of = [&](int n_block) -> const int* {
+    auto pages_of = [&](int n_block) -> int* {
       if constexpr (kPaged) return storage.page_of_row[n_block & 1];
       return nullptr;
     };
     auto fetch_pages_of = [&](int n_block, auto check_rows, int max_rows) {
       if constexpr (kPaged) {
         fetch_pages<decltype(check_rows)::value>(args, block_table, n_block * kBlockN, max_rows,
-                                                 storage.page_of_row[n_block & 1]);
+                                                 pages_of(n_block));
       }
     };
     auto load_k = [&](int n_block, int stage, auto check_rows, int max_rows) {
