@@ -69,7 +69,11 @@ struct Problem {
   }
 };
 
-// kMod: 0 plain, 1 softcap, 2 dropout (p = 0.1, the dropout kernels' features).
+// ALiBi slopes of the kMod = 3 / 4 kernels, [h] on the device (main fills them).
+float* g_alibi_slopes = nullptr;
+
+// kMod: 0 plain, 1 softcap, 2 dropout (p = 0.1, the dropout kernels' features), 3 ALiBi,
+// 4 softcap + ALiBi.
 template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
           int kStages = 1, bool kSkipRescale = false, int kMod = 0, int kWarpsN = 1,
           bool kQInRegs = false, bool kPaddedQ = kPadded, int kAhead = 0>
@@ -78,8 +82,9 @@ fa::Status launch(const fa::FwdParams& p) {
                                            kPadded, kStages, kSkipRescale, kWarpsN, kQInRegs,
                                            kPaddedQ, kAhead>;
   fa::FwdParams q = p;
-  if (kMod == 1) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
+  if (kMod == 1 || kMod == 4) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   if (kMod == 2) q.p_dropout = 0.1f;
+  if (kMod == 3 || kMod == 4) q.alibi_slopes = g_alibi_slopes;
   sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
   if constexpr (kMod == 2) {
     args.dropout_threshold = fa::dropout_threshold(q.p_dropout);
@@ -87,7 +92,7 @@ fa::Status launch(const fa::FwdParams& p) {
     return sm80::launch_fwd_kernel_sm80<Traits, sm80::FwdFeaturesSm80<false, false, false, false, true>,
                                         sm80::TileSchedulerSm80>(args);
   } else {
-    return sm80::launch_fwd_sm80<Traits, kMod == 1, false>(args);
+    return sm80::launch_fwd_sm80<Traits, kMod == 1 || kMod == 4, kMod >= 3>(args);
   }
 }
 
@@ -191,6 +196,18 @@ int main(int argc, char** argv) {
       {128, "softcap lib tile", &launch<128, 128, 64, 4, false, 2, true, 1, 1, false, true, 2>},
       {128, "softcap 128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true, 1>},
 #endif
+#ifdef SWEEP_ALIBI
+      // The compact-tile candidates with ALiBi (slopes 2^(-8 (i + 1) / h)) and with softcap +
+      // ALiBi: p1k spills there (tile_size_fwd_compact_sm80), 128 x 32 does not.
+      {128, "alibi p1k", &launch<128, 128, 64, 4, true, 1, true, 3>},
+      {128, "alibi 128x32 Qp", &launch<128, 128, 32, 4, false, 2, true, 3, 1, false, true, 2>},
+      {128, "sc+alibi p1k", &launch<128, 128, 64, 4, true, 1, true, 4>},
+      {128, "sc+alibi 128x32", &launch<128, 128, 32, 4, false, 2, true, 4, 1, false, true, 2>},
+#endif
+#ifdef SWEEP_SOFTCAP_COMPACT
+      {128, "softcap p1k", &launch<128, 128, 64, 4, true, 1, true, 1>},
+      {128, "softcap 128x32 Qp", &launch<128, 128, 32, 4, false, 2, true, 1, 1, false, true, 2>},
+#endif
 #ifdef SWEEP_DROPOUT
       // Dropout kernels, p = 0.1 (again not a check against lib).
       {128, "dropout 128x32 p1k", &launch<128, 128, 32, 4, true, 1, true, 2>},
@@ -219,6 +236,14 @@ int main(int argc, char** argv) {
   SWEEP_CHECK(cudaMalloc(&v, n * 2));
   SWEEP_CHECK(cudaMalloc(&o, n * 2));
   SWEEP_CHECK(cudaMalloc(&lse, tokens * 256 * sizeof(float)));
+  {
+    const int max_h = int(hidden / 32);
+    std::vector<float> slopes(max_h);
+    for (int i = 0; i < max_h; ++i) slopes[i] = std::exp2(-8.f * float(i + 1) / float(max_h));
+    SWEEP_CHECK(cudaMalloc(&g_alibi_slopes, max_h * sizeof(float)));
+    SWEEP_CHECK(cudaMemcpy(g_alibi_slopes, slopes.data(), max_h * sizeof(float),
+                           cudaMemcpyHostToDevice));
+  }
   fill_random<<<1024, 256>>>(q, n, 1);
   fill_random<<<1024, 256>>>(k, n, 2);
   fill_random<<<1024, 256>>>(v, n, 3);

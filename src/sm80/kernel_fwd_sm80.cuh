@@ -34,6 +34,7 @@
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/mainloop_fwd_sm80.cuh"
 #include "sm80/softmax_sm80.cuh"
+#include "sm80/tile_size_sm80.h"
 
 namespace flashattn::sm80 {
 
@@ -202,12 +203,21 @@ struct FlashAttnFwdSm80 {
   }
 };
 
-template <class Kernel>
+// kMinSmemPerSm: the host launches this kernel only on GPUs with at least this much shared
+// memory per SM (run_fwd_sm80: the plain policy tile, which the host swaps for the compact one
+// below that). Where no GPU that runs this arch's code has that much, nothing can launch it, and
+// its body is left out of that arch's code: the d = 128 policy tile on sm_80 (2 x 99 KB per SM
+// against 164 KB at most on 8.x parts).
+template <class Kernel, int kMinSmemPerSm = 0>
 __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
     flash_fwd_sm80_kernel(CUTE_GRID_CONSTANT FwdArgsSm80 const args) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) char smem[];
-  Kernel{}(args, smem);
+  if constexpr (!arch_may_launch_sm80(__CUDA_ARCH__, kMinSmemPerSm)) {
+    __trap();
+  } else {
+    extern __shared__ __align__(128) char smem[];
+    Kernel{}(args, smem);
+  }
 #endif
 }
 

@@ -3,8 +3,8 @@
 // when the tile needs more than 48 KB, and launches on p.stream.
 // Three kernel families, each explicitly instantiated in its own generated TU per (dtype, head
 // dim) (cmake/kernels.cmake), so the plain kernels stay exactly what they were:
-//  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels; 8 where the head dim also has a
-//                          compact tile for GPUs with less shared memory);
+//  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels; 8 where the head dim also has
+//                          compact tiles for GPUs with less shared memory);
 //  - run_fwd_split_sm80:   split-capable, contiguous or paged K/V, KV-cache hooks (8 kernels),
 //                          plus the scratch for the partials and the combine launch;
 //  - run_fwd_dropout_sm80: dropout (x ALiBi: 2 kernels; flash_attn has no softcap + dropout).
@@ -38,13 +38,15 @@ using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t,
 
 // The tile policies of tile_size_sm80.h: one per kernel family, and the plain family's compact
 // one for GPUs with less shared memory.
-enum class FwdTilePolicy { kPlain, kPlainCompact, kSplit, kDropout };
+enum class FwdTilePolicy { kPlain, kPlainCompact, kPlainCompactAlibi, kSplit, kDropout };
 
 constexpr TileSizeSm80 fwd_tile_of(FwdTilePolicy policy, int head_dim) {
   return policy == FwdTilePolicy::kSplit          ? tile_size_fwd_split_sm80(head_dim)
          : policy == FwdTilePolicy::kDropout      ? tile_size_fwd_dropout_sm80(head_dim)
-         : policy == FwdTilePolicy::kPlainCompact ? tile_size_fwd_compact_sm80(head_dim)
-                                                  : tile_size_fwd_sm80(head_dim);
+         : policy == FwdTilePolicy::kPlainCompact ? tile_size_fwd_compact_sm80(head_dim, false)
+         : policy == FwdTilePolicy::kPlainCompactAlibi
+             ? tile_size_fwd_compact_sm80(head_dim, true)
+             : tile_size_fwd_sm80(head_dim);
 }
 
 // Kernel traits of a tile policy entry.
@@ -59,12 +61,14 @@ struct FwdTraitsFor {
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;
 
-template <class Traits, class Features, class TileScheduler>
+// kMinSmemPerSm: the shared memory per SM below which the caller never launches this kernel
+// (flash_fwd_sm80_kernel leaves its body out of the archs that cannot have it).
+template <class Traits, class Features, class TileScheduler, int kMinSmemPerSm = 0>
 Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
   using Mainloop = MainloopFwdSm80<Traits, Features>;
   using Epilogue = EpilogueFwdSm80<Traits>;
   using Kernel = FlashAttnFwdSm80<Traits, Features, Mainloop, Epilogue, TileScheduler>;
-  auto* kernel = &flash_fwd_sm80_kernel<Kernel>;
+  auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
   constexpr int kSmem = Kernel::kSmemSize;
   // The attribute is per function and per device: set it on every launch (cheap) rather than
   // caching a flag that would be wrong after a device switch.
@@ -139,10 +143,10 @@ int fwd_max_active_clusters_sm80(int size) {
 }
 
 // The plain kernel with the given score mods (also the entry of benchmarks/cpp/tile_sweep_sm80).
-template <class Traits, bool kHasSoftcap, bool kHasAlibi>
+template <class Traits, bool kHasSoftcap, bool kHasAlibi, int kMinSmemPerSm = 0>
 Status launch_fwd_sm80(const FwdArgsSm80& args) {
-  return launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<kHasSoftcap, kHasAlibi>, TileSchedulerSm80>(
-      args);
+  return launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<kHasSoftcap, kHasAlibi>, TileSchedulerSm80,
+                                kMinSmemPerSm>(args);
 }
 
 // Arguments every family shares.
@@ -159,19 +163,21 @@ FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
   return args;
 }
 
-template <class Traits>
+// The plain kernels, with ALiBi on AlibiTraits' tile (the compact policy's ALiBi kernels take
+// their own, tile_size_fwd_compact_sm80) and every other score mod on Traits'.
+template <class Traits, class AlibiTraits = Traits, int kMinSmemPerSm = 0>
 Status run_fwd_plain_sm80(const FwdParams& p) {
+  static_assert(Traits::kBlockM == AlibiTraits::kBlockM, "one query block count for both tiles");
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
 
   const bool has_softcap = p.softcap > 0.f;
-  const bool has_alibi = p.alibi_slopes != nullptr;
-  if (has_softcap) {
-    return has_alibi ? launch_fwd_sm80<Traits, true, true>(args)
-                     : launch_fwd_sm80<Traits, true, false>(args);
+  if (p.alibi_slopes != nullptr) {
+    return has_softcap ? launch_fwd_sm80<AlibiTraits, true, true, kMinSmemPerSm>(args)
+                       : launch_fwd_sm80<AlibiTraits, false, true, kMinSmemPerSm>(args);
   }
-  return has_alibi ? launch_fwd_sm80<Traits, false, true>(args)
-                   : launch_fwd_sm80<Traits, false, false>(args);
+  return has_softcap ? launch_fwd_sm80<Traits, true, false, kMinSmemPerSm>(args)
+                     : launch_fwd_sm80<Traits, false, false, kMinSmemPerSm>(args);
 }
 
 // Shared memory of one plain CTA of Traits (the same for every score mod).
@@ -189,12 +195,17 @@ template <DType kDtype, int kHeadDim>
 Status run_fwd_sm80(const FwdParams& p) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim>;
   using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompact>;
+  using CompactAlibiTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompactAlibi>;
   if constexpr (!std::is_same_v<Traits, CompactTraits>) {
     constexpr int kSmemPerSm = fwd_ctas_per_sm_sm80(tile_size_fwd_sm80(kHeadDim)) *
                                (fwd_plain_smem_bytes<Traits>() + 1024);
-    if (kSmemPerSm > cuda::device_smem_per_sm()) return run_fwd_plain_sm80<CompactTraits>(p);
+    if (kSmemPerSm > cuda::device_smem_per_sm()) {
+      return run_fwd_plain_sm80<CompactTraits, CompactAlibiTraits>(p);
+    }
+    return run_fwd_plain_sm80<Traits, Traits, kSmemPerSm>(p);
+  } else {
+    return run_fwd_plain_sm80<Traits>(p);
   }
-  return run_fwd_plain_sm80<Traits>(p);
 }
 
 template <class Traits, bool kPaged>

@@ -103,17 +103,41 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
 // A100 has 164 KB per SM (1 KB of it reserved per CTA): one CTA of 4 warps per SM would leave each
 // scheduler a single warp. There the fifth session's policy, p1k (padded, single-buffered, the
 // classic S gemm: 52 / 68 KB), keeps two. Measured on the H100 only: 4-5 % behind the policy
-// (tile_size_fwd_sm80 above). Its ALiBi kernels spill 40-60 bytes; 128 x 32 with the policy's
-// layouts (the dropout tile below, 67 KB) spills nothing in any score-mod kernel, but ran 1-6 %
-// behind p1k without score mods (tile_sweep_sm80, H100, 3 rounds, non-causal 1k / 4k / 16k:
-// 317.9 / 350.7 / 367.5 vs 332.7 / 369.3 / 373.9; causal 1k / 4k: 242.3 / 300.1 vs 257.0 /
-// 314.3), so p1k stays. Every other head dim's policy is its own compact tile: d <= 64 fits
-// twice anywhere, and d = 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per
-// SM on an A100, as FlashAttention-2's d = 256 tile does there.
-constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim) {
-  if (head_dim > 64 && head_dim <= 128) return {128, 64, 4, /*padded_kv=*/true, 1, true, 1, false,
-                                                /*padded_q=*/true};
+// (tile_size_fwd_sm80 above). 128 x 32 with the policy's layouts (the dropout tile below, 67 KB)
+// spills nothing with any score mod, but ran 1-6 % behind p1k without them (tile_sweep_sm80,
+// H100, 3 rounds, non-causal 1k / 4k / 16k: 317.9 / 350.7 / 367.5 vs 332.7 / 369.3 / 373.9;
+// causal 1k / 4k: 242.3 / 300.1 vs 257.0 / 314.3), so p1k stays for them.
+// ALiBi (`alibi`) takes 128 x 32: p1k's ALiBi kernels spill 60 bytes on sm_80 (6 local loads and
+// 6 stores per key block in the unmasked loop), 40 on sm_90a. With ALiBi the two tie on the H100
+// (SWEEP_ALIBI, eighth session, medians of 3 interleaved rounds, 1k / 2k / 4k / 8k / 16k):
+// non-causal 306.0 / 326.5 / 337.8 / 341.9 / 341.8 vs p1k 313.0 / 335.0 / 342.6 / 346.4 / 336.1,
+// causal 247.4 / 278.4 / 306.0 / 317.1 / 327.3 vs 246.3 / 279.8 / 301.5 / 313.1 / 329.2; with
+// softcap + ALiBi 128 x 32 leads, non-causal 282.7 .. 316.5 vs 280.9 .. 312.3, causal 230.1 ..
+// 307.3 vs 226.4 .. 294.0. Softcap alone stays on p1k (no spill on sm_80; 1-5 % ahead of 128 x 32
+// on the H100, e.g. non-causal 16k 332.5 vs 330.1, 8k 329.3 vs 314.1).
+// Every other head dim's policy is its own compact tile: d <= 64 fits twice anywhere, and d =
+// 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per SM on an A100, as
+// FlashAttention-2's d = 256 tile does there.
+constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim, bool alibi) {
+  if (head_dim > 64 && head_dim <= 128) {
+    if (alibi) return {128, 32, 4, false, 2, true, 1, false, /*padded_q=*/true, 2};
+    return {128, 64, 4, /*padded_kv=*/true, 1, true, 1, false, /*padded_q=*/true};
+  }
   return tile_size_fwd_sm80(head_dim);
+}
+
+// The most shared memory per SM of any GPU that runs code compiled for `arch` (__CUDA_ARCH__):
+// sm_80 code runs on every 8.x part (A100, A30 and Orin: 164 KB; 8.6 and 8.9: 100 KB), sm_90 code
+// on the H100, H200 and GH200 (228 KB). 0 where this table does not know the arch (PTX compiled
+// for a later GPU).
+constexpr int max_smem_per_sm_of_arch(int arch) {
+  return arch >= 800 && arch < 900 ? 164 * 1024 : arch >= 900 && arch < 1000 ? 228 * 1024 : 0;
+}
+
+// Whether a GPU running `arch` code can have the `min_smem_per_sm` bytes per SM a kernel is
+// launched with (flash_fwd_sm80_kernel): false only where the table above says no.
+constexpr bool arch_may_launch_sm80(int arch, int min_smem_per_sm) {
+  return max_smem_per_sm_of_arch(arch) == 0 || min_smem_per_sm <= max_smem_per_sm_of_arch(arch);
 }
 
 // Dropout kernels (run_fwd_dropout_sm80). The keep mask is drawn per tile right before P V, and

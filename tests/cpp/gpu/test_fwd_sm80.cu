@@ -109,6 +109,10 @@ TEST_F(FwdSm80, CompactTileWhereSharedMemoryIsSmaller) {
       check_small("compact softcap+causal", c);
       AttnConfig a = base(t, 2, 201, 150, 4, 4, d);
       a.alibi = true;
+      check_small("compact alibi", a);  // ALiBi has its own compact tile
+      a.causal = true;
+      check_small("compact alibi+causal", a);
+      a.causal = false;
       a.window_left = 50;
       check_small("compact alibi+local", a);
       a.softcap = 3.f;
