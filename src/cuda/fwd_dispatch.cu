@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch.h"
 #include "cuda/dispatch_checks.h"
 #include "cuda/fwd.h"
 #include "flashattn_build_config.h"
@@ -32,8 +33,9 @@ Status not_implemented(const std::string& what) {
 Status choose_splits(const FwdParams& p, int hd, int* splits) {
   *splits = 1;
   if (p.num_splits == 1) return Status::ok_status();
-  // Splitting runs the split-capable kernels: their tile decides the grid.
-  const sm80::TileSizeSm80 tile = sm80::tile_size_fwd_split_sm80(hd);
+  // Splitting runs the split-capable kernels: their tile on this device decides the grid.
+  const sm80::TileSizeSm80 tile =
+      sm80::tile_size_fwd_split_for_sm80(hd, cuda::device_smem_per_sm());
   const int m_blocks = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
   const int n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
   int num_sms = 0;

@@ -105,9 +105,12 @@ struct FlashAttnFwdSm80 {
   };
   static constexpr int kSmemSize = int(sizeof(SharedStorage));
   // Whether this kernel contains the split merge through thread-block clusters (see the header).
-  static constexpr bool kClusterMerge = Features::kSplit && !Features::kPaged;
-  static_assert(!kClusterMerge || sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage),
-                "the cluster merge stages a split's partial in the main loop's shared memory");
+  // The merge stages a split's partial in the main loop's shared memory, so a tile whose partial
+  // is larger (the d = 256 compact one, tile_size_fwd_64x32_rows_sm80, which runs on GPUs without
+  // clusters) merges through the combine kernel only.
+  static constexpr bool kClusterMerge =
+      Features::kSplit && !Features::kPaged &&
+      sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage);
 
   __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {
     SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);

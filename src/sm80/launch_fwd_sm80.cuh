@@ -38,15 +38,26 @@ using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t,
 
 // The tile policies of tile_size_sm80.h: one per kernel family, and the plain family's compact
 // one for GPUs with less shared memory.
-enum class FwdTilePolicy { kPlain, kPlainCompact, kPlainCompactAlibi, kSplit, kDropout };
+enum class FwdTilePolicy {
+  kPlain,
+  kPlainCompact,
+  kPlainCompactAlibi,
+  kSplit,
+  kSplitCompact,
+  kDropout,
+  kDropoutCompact
+};
 
 constexpr TileSizeSm80 fwd_tile_of(FwdTilePolicy policy, int head_dim) {
-  return policy == FwdTilePolicy::kSplit          ? tile_size_fwd_split_sm80(head_dim)
-         : policy == FwdTilePolicy::kDropout      ? tile_size_fwd_dropout_sm80(head_dim)
-         : policy == FwdTilePolicy::kPlainCompact ? tile_size_fwd_compact_sm80(head_dim, false)
-         : policy == FwdTilePolicy::kPlainCompactAlibi
-             ? tile_size_fwd_compact_sm80(head_dim, true)
-             : tile_size_fwd_sm80(head_dim);
+  switch (policy) {
+    case FwdTilePolicy::kPlainCompact: return tile_size_fwd_compact_sm80(head_dim, false);
+    case FwdTilePolicy::kPlainCompactAlibi: return tile_size_fwd_compact_sm80(head_dim, true);
+    case FwdTilePolicy::kSplit: return tile_size_fwd_split_sm80(head_dim);
+    case FwdTilePolicy::kSplitCompact: return tile_size_fwd_split_compact_sm80(head_dim);
+    case FwdTilePolicy::kDropout: return tile_size_fwd_dropout_sm80(head_dim);
+    case FwdTilePolicy::kDropoutCompact: return tile_size_fwd_dropout_compact_sm80(head_dim);
+    default: return tile_size_fwd_sm80(head_dim);
+  }
 }
 
 // Kernel traits of a tile policy entry.
@@ -60,6 +71,22 @@ struct FwdTraitsFor {
 };
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;
+
+// Shared memory of one CTA of a forward kernel (the plain one's is the same for every score mod).
+template <class Traits, class Features = FwdFeaturesSm80<false, false>,
+          class TileScheduler = TileSchedulerSm80>
+constexpr int fwd_kernel_smem_bytes() {
+  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
+                          EpilogueFwdSm80<Traits>, TileScheduler>::kSmemSize;
+}
+
+// Whether the split-capable kernels of Traits contain the merge through thread-block clusters.
+template <class Traits>
+constexpr bool fwd_split_cluster_merge_sm80() {
+  using Features = FwdFeaturesSm80<false, false, false, true>;
+  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
+                          EpilogueFwdSm80<Traits>, TileSchedulerSplitSm80>::kClusterMerge;
+}
 
 // kMinSmemPerSm: the shared memory per SM below which the caller never launches this kernel
 // (flash_fwd_sm80_kernel leaves its body out of the archs that cannot have it).
@@ -106,7 +133,7 @@ constexpr int kMaxDevicesSm80 = 64;
 // 2 CTAs per SM / size: on the H100 132 clusters of 2, 79 of 3, 62 of 4, 30 of 8). Every
 // split-family kernel of one tile has the same block shape, shared memory and register bound, so
 // the plain one stands for all. Cached per device and size; 0 when the query fails.
-template <class Traits>
+template <class Traits, int kMinSmemPerSm>
 int fwd_max_active_clusters_sm80(int size) {
   constexpr int kMax = EpilogueFwdSm80<Traits>::kMaxClusterSplits;
   static std::atomic<int> cache[kMaxDevicesSm80][kMax + 1] = {};
@@ -119,7 +146,7 @@ int fwd_max_active_clusters_sm80(int size) {
   using Features = FwdFeaturesSm80<false, false, false, true>;
   using Kernel = FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
                                   EpilogueFwdSm80<Traits>, TileSchedulerSplitSm80>;
-  auto* kernel = &flash_fwd_sm80_kernel<Kernel>;
+  auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
   constexpr int kSmem = Kernel::kSmemSize;
   int clusters = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) ==
@@ -180,13 +207,6 @@ Status run_fwd_plain_sm80(const FwdParams& p) {
                      : launch_fwd_sm80<Traits, false, false, kMinSmemPerSm>(args);
 }
 
-// Shared memory of one plain CTA of Traits (the same for every score mod).
-template <class Traits>
-constexpr int fwd_plain_smem_bytes() {
-  using Features = FwdFeaturesSm80<false, false>;
-  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
-                          EpilogueFwdSm80<Traits>, TileSchedulerSm80>::kSmemSize;
-}
 
 // The plain family: the policy's tile, or its compact one where the CTAs per SM the policy is
 // built for (fwd_ctas_per_sm_sm80) do not fit in the device's shared memory per SM, 1 KB of
@@ -198,7 +218,7 @@ Status run_fwd_sm80(const FwdParams& p) {
   using CompactAlibiTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompactAlibi>;
   if constexpr (!std::is_same_v<Traits, CompactTraits>) {
     constexpr int kSmemPerSm = fwd_ctas_per_sm_sm80(tile_size_fwd_sm80(kHeadDim)) *
-                               (fwd_plain_smem_bytes<Traits>() + 1024);
+                               (fwd_kernel_smem_bytes<Traits>() + 1024);
     if (kSmemPerSm > cuda::device_smem_per_sm()) {
       return run_fwd_plain_sm80<CompactTraits, CompactAlibiTraits>(p);
     }
@@ -208,26 +228,26 @@ Status run_fwd_sm80(const FwdParams& p) {
   }
 }
 
-template <class Traits, bool kPaged>
+template <class Traits, bool kPaged, int kMinSmemPerSm = 0>
 Status launch_fwd_split_sm80(const FwdArgsSm80& args) {
-  const FwdParams& p = args.p;
-  const bool has_softcap = p.softcap > 0.f;
-  const bool has_alibi = p.alibi_slopes != nullptr;
+  const bool has_softcap = args.p.softcap > 0.f;
+  const bool has_alibi = args.p.alibi_slopes != nullptr;
   using Sched = TileSchedulerSplitSm80;
+  using SoftcapAlibi = FwdFeaturesSm80<true, true, kPaged, true>;
+  using Softcap = FwdFeaturesSm80<true, false, kPaged, true>;
+  using Alibi = FwdFeaturesSm80<false, true, kPaged, true>;
+  using NoMod = FwdFeaturesSm80<false, false, kPaged, true>;
   if (has_softcap) {
-    return has_alibi
-        ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<true, true, kPaged, true>, Sched>(args)
-        : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<true, false, kPaged, true>, Sched>(args);
+    return has_alibi ? launch_fwd_kernel_sm80<Traits, SoftcapAlibi, Sched, kMinSmemPerSm>(args)
+                     : launch_fwd_kernel_sm80<Traits, Softcap, Sched, kMinSmemPerSm>(args);
   }
-  return has_alibi
-      ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, kPaged, true>, Sched>(args)
-      : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, false, kPaged, true>, Sched>(args);
+  return has_alibi ? launch_fwd_kernel_sm80<Traits, Alibi, Sched, kMinSmemPerSm>(args)
+                   : launch_fwd_kernel_sm80<Traits, NoMod, Sched, kMinSmemPerSm>(args);
 }
 
-template <DType kDtype, int kHeadDim>
-Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
-                          int num_splits) {
-  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplit>;
+template <class Traits, int kMinSmemPerSm = 0>
+Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
+                               int num_splits) {
   using Epilogue = EpilogueFwdSm80<Traits>;
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
@@ -249,8 +269,8 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
   const bool varlen = p.cu_seqlens_q != nullptr;
   args.partial_rows = varlen ? int64_t(p.total_q) : int64_t(p.b) * p.seqlen_q;
   if (args.num_splits == 1) {
-    return paged ? launch_fwd_split_sm80<Traits, true>(args)
-                 : launch_fwd_split_sm80<Traits, false>(args);
+    return paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
+                 : launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
   }
 
   if (int64_t(args.num_m_blocks) * args.num_splits > 0x7fffffff)
@@ -266,19 +286,20 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
   // where the read dominates). An explicit count is kept.
   constexpr int kMaxCluster = Epilogue::kMaxClusterSplits;
   constexpr int kMaxBlocksToLower = 32;
-  if (!paged && args.num_splits <= kMaxCluster && cuda::device_runs_sm90_kernels()) {
+  if (!paged && fwd_split_cluster_merge_sm80<Traits>() && args.num_splits <= kMaxCluster &&
+      cuda::device_runs_sm90_kernels()) {
     const int64_t clusters = int64_t(args.num_m_blocks) * p.h * p.b;
     const int n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
     int splits = args.num_splits;
     if (p.num_splits == 0) {
-      while (splits > 2 && clusters > fwd_max_active_clusters_sm80<Traits>(splits) &&
+      while (splits > 2 && clusters > fwd_max_active_clusters_sm80<Traits, kMinSmemPerSm>(splits) &&
              (n_blocks + splits - 2) / (splits - 1) <= kMaxBlocksToLower)
         --splits;
     }
-    if (clusters <= fwd_max_active_clusters_sm80<Traits>(splits)) {
+    if (clusters <= fwd_max_active_clusters_sm80<Traits, kMinSmemPerSm>(splits)) {
       args.num_splits = splits;
       args.cluster_combine = true;
-      return launch_fwd_split_sm80<Traits, false>(args);
+      return launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
     }
   }
 
@@ -292,8 +313,8 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
                                 sizeof(float) * (o_elems + lse_elems), stream));
   args.o_partial = scratch;
   args.lse_partial = scratch + o_elems;
-  Status s = paged ? launch_fwd_split_sm80<Traits, true>(args)
-                   : launch_fwd_split_sm80<Traits, false>(args);
+  Status s = paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
+                   : launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
   if (s.ok()) {
     CombineParams c;
     c.num_splits = args.num_splits;
@@ -319,17 +340,59 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
   return Status::ok_status();
 }
 
+// The split-capable family on the device's tile (tile_size_fwd_split_for_sm80).
 template <DType kDtype, int kHeadDim>
-Status run_fwd_dropout_sm80(const FwdParams& p) {
-  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropout>;
+Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
+                          int num_splits) {
+  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplit>;
+  using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplitCompact>;
+  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
+    constexpr TileSizeSm80 kTile = tile_size_fwd_split_sm80(kHeadDim);
+    static_assert(fwd_split_smem_bytes_sm80(kTile, kHeadDim) ==
+                      fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, true, true>,
+                                            TileSchedulerSplitSm80>(),
+                  "fwd_split_smem_bytes_sm80 is the paged split kernel's shared memory");
+    constexpr int kSmemPerSm = fwd_split_smem_per_sm_sm80(kHeadDim);
+    if (kSmemPerSm > cuda::device_smem_per_sm()) {  // as tile_size_fwd_split_for_sm80
+      return run_fwd_split_tile_sm80<CompactTraits>(p, kv_batch_idx, k_leftpad, num_splits);
+    }
+    return run_fwd_split_tile_sm80<Traits, kSmemPerSm>(p, kv_batch_idx, k_leftpad, num_splits);
+  } else {
+    return run_fwd_split_tile_sm80<Traits>(p, kv_batch_idx, k_leftpad, num_splits);
+  }
+}
+
+template <class Traits, int kMinSmemPerSm = 0>
+Status run_fwd_dropout_tile_sm80(const FwdParams& p) {
   FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
   args.dropout_threshold = dropout_threshold(p.p_dropout);
   args.rp_dropout = 1.f / (1.f - p.p_dropout);
   using Sched = TileSchedulerSm80;
   return p.alibi_slopes != nullptr
-      ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, false, false, true>, Sched>(args)
-      : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, false, false, false, true>, Sched>(args);
+      ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, false, false, true>, Sched,
+                               kMinSmemPerSm>(args)
+      : launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, false, false, false, true>, Sched,
+                               kMinSmemPerSm>(args);
+}
+
+// The dropout family: the policy's tile where its CTAs per SM fit, else the compact one (d = 256:
+// tile_size_fwd_dropout_compact_sm80).
+template <DType kDtype, int kHeadDim>
+Status run_fwd_dropout_sm80(const FwdParams& p) {
+  using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropout>;
+  using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropoutCompact>;
+  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
+    constexpr int kSmemPerSm =
+        fwd_ctas_per_sm_sm80(tile_size_fwd_dropout_sm80(kHeadDim)) *
+        (fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, false, false, true>,
+                               TileSchedulerSm80>() +
+         1024);
+    if (kSmemPerSm > cuda::device_smem_per_sm()) return run_fwd_dropout_tile_sm80<CompactTraits>(p);
+    return run_fwd_dropout_tile_sm80<Traits, kSmemPerSm>(p);
+  } else {
+    return run_fwd_dropout_tile_sm80<Traits>(p);
+  }
 }
 
 }  // namespace flashattn::sm80

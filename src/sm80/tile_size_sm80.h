@@ -35,6 +35,9 @@ struct TileSizeSm80 {
   int qk_chunks_ahead = 0;    // S = Q K^T streams K in 16-key chunks, this many ahead (0: no)
 };
 
+// CTAs of a forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
+constexpr int fwd_ctas_per_sm_sm80(const TileSizeSm80& tile) { return tile.n_warps == 4 ? 2 : 1; }
+
 // 64 x 64 x 4, swizzled, single-buffered, skipped rescale, each query row in one warp: d = 192,
 // and the split kernels at d = 192 / 256 (see tile_size_fwd_sm80 and tile_size_fwd_split_sm80).
 constexpr TileSizeSm80 tile_size_fwd_64x64_rows_sm80() { return {64, 64, 4, false, 1, true}; }
@@ -180,6 +183,51 @@ constexpr TileSizeSm80 tile_size_fwd_split_sm80(int head_dim) {
   return tile_size_fwd_64x64_rows_sm80();
 }
 
+// d = 256 split-capable and dropout kernels on GPUs that do not hold two CTAs of their 64 x 64
+// tiles (96.5 KB split-capable, 107 KB dropout): 64 x 32 x 4 s1k, each row in one warp, 64 KB.
+// An A100 (164 KB per SM) holds one CTA of the 64 x 64 tiles, one warp per scheduler, and their
+// sm_80 code spilled: split-capable ALiBi 4 B, paged 16-24 B, dropout + ALiBi 44 B (seventh
+// session's CI log). 64 x 32 fits twice in the same shared memory, so it keeps the same K / V bytes
+// in flight per SM (2 CTAs x 16 KB instead of 1 x 32 KB: what bounds decode), and with S at 16
+// fp32 per thread instead of 32 it spills in none of these kernels on either arch. Chosen by that
+// count, not timed on an A100 (none here). d <= 192: the family's own tile fits twice (the d = 128
+// split-capable one exactly: 2 x (81 + 1) KB = 164 KB).
+constexpr TileSizeSm80 tile_size_fwd_64x32_rows_sm80() { return {64, 32, 4, false, 1, true}; }
+
+constexpr TileSizeSm80 tile_size_fwd_split_compact_sm80(int head_dim) {
+  return head_dim > 192 ? tile_size_fwd_64x32_rows_sm80() : tile_size_fwd_split_sm80(head_dim);
+}
+
+constexpr TileSizeSm80 tile_size_fwd_dropout_compact_sm80(int head_dim) {
+  return head_dim > 192 ? tile_size_fwd_64x32_rows_sm80() : tile_size_fwd_dropout_sm80(head_dim);
+}
+
+// Shared memory of a split-capable CTA of `tile` (swizzled, 2-byte elements) at head dim
+// `head_dim` with paged K/V, the larger of the two: Q, K and V per stage, and two blocks of
+// block-table entries. launch_fwd_sm80.cuh checks it against the kernel.
+constexpr int fwd_split_smem_bytes_sm80(const TileSizeSm80& tile, int head_dim) {
+  return (tile.block_m + 2 * tile.kv_stages * tile.block_n) * head_dim * 2 + 2 * tile.block_n * 4;
+}
+
+// Shared memory per SM that fwd_ctas_per_sm_sm80 CTAs of the split-capable policy tile take (1 KB
+// of each reserved on SM80+).
+constexpr int fwd_split_smem_per_sm_sm80(int head_dim) {
+  const TileSizeSm80 tile = tile_size_fwd_split_sm80(head_dim);
+  return fwd_ctas_per_sm_sm80(tile) * (fwd_split_smem_bytes_sm80(tile, head_dim) + 1024);
+}
+
+// The split-capable tile of a GPU with smem_per_sm bytes of shared memory per SM: the policy's
+// where its CTAs fit, else the compact one. run_fwd_split_sm80 decides the same way, and the
+// dispatch's split count (which needs the grid) asks this.
+constexpr TileSizeSm80 tile_size_fwd_split_for_sm80(int head_dim, int smem_per_sm) {
+  return fwd_split_smem_per_sm_sm80(head_dim) <= smem_per_sm
+             ? tile_size_fwd_split_sm80(head_dim)
+             : tile_size_fwd_split_compact_sm80(head_dim);
+}
+static_assert(tile_size_fwd_split_for_sm80(256, 164 * 1024).block_n == 32, "A100: compact");
+static_assert(tile_size_fwd_split_for_sm80(256, 228 * 1024).block_n == 64, "H100: the policy");
+static_assert(tile_size_fwd_split_for_sm80(128, 164 * 1024).block_n == 128, "2 x 82 KB fit");
+
 // The head-dim kernels that exist: a request with head dim d runs the smallest kernel >= d with
 // the columns d..kHeadDim-1 predicated off.
 constexpr int kSm80HeadDims[] = {32, 64, 96, 128, 192, 256};
@@ -189,9 +237,6 @@ constexpr int round_head_dim_sm80(int d) {
     if (d <= hd) return hd;
   return 0;
 }
-
-// CTAs of a forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
-constexpr int fwd_ctas_per_sm_sm80(const TileSizeSm80& tile) { return tile.n_warps == 4 ? 2 : 1; }
 
 // Split-KV count for one forward call. `requested`: params.num_splits (1 = no split, 0 =
 // heuristic, 2..128 explicit). ctas = b * h * query blocks, n_blocks = key blocks of the longest

@@ -118,6 +118,21 @@ TEST_F(FwdSm80, CompactTileWhereSharedMemoryIsSmaller) {
       a.softcap = 3.f;
       check_small("compact alibi+softcap", a);
     }
+    // d = 256: the split-capable and dropout families take the compact 64 x 32 tile there
+    // (tile_size_fwd_64x32_rows_sm80; the plain family keeps its own). Paged K/V: test_gpu_kvcache.
+    if (!hdim_compiled(256)) continue;
+    AttnConfig s = base(t, 2, 150, 333, 4, 2, 256);
+    s.num_splits = 3;
+    check_small("compact d=256 split", s);
+    s.causal = true;
+    s.alibi = true;
+    check_small("compact d=256 split+causal+alibi", s);
+    AttnConfig dr = base(t, 2, 97, 201, 4, 4, 256);
+    dr.p_dropout = 0.2f;
+    check_small("compact d=256 dropout", dr);
+    dr.alibi = true;
+    dr.causal = true;
+    check_small("compact d=256 dropout+alibi+causal", dr);
   }
 }
 

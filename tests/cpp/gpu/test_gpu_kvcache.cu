@@ -38,6 +38,7 @@
 #include "common/numeric.h"
 #include "common/rotary.h"
 #include "cpu/reference.h"
+#include "cuda/dispatch.h"
 #include "cuda/kvcache.h"
 #include "cuda/reference.h"
 #include "flashattn/flashattn.h"
@@ -736,6 +737,47 @@ TEST_F(KVCacheGpu, SplitKV) {
         check_case("split leftpad+batch_idx+window", l);
       }
     }
+  }
+}
+
+// Where two CTAs of the split-capable tile do not fit in an SM's shared memory (an A100: 164 KB),
+// d = 256 runs the compact 64 x 32 tile (tile_size_fwd_split_compact_sm80), and without clusters
+// merges its splits through the combine kernel. Emulated here by overriding the shared memory the
+// dispatch sees (the split count then also follows the compact tile's grid).
+TEST_F(KVCacheGpu, CompactSplitTileWhereSharedMemoryIsSmaller) {
+  struct A100SharedMemory {
+    A100SharedMemory() { cuda::set_smem_per_sm_override(164 * 1024); }
+    ~A100SharedMemory() { cuda::set_smem_per_sm_override(0); }
+  } a100;
+  const int d = 256;
+  if (!hdim_compiled(d)) GTEST_SKIP() << "head dim 256 not compiled";
+  for (DType t : compiled_dtypes()) {
+    for (int splits : {1, 3, 0}) {
+      Case c = make_case(t, 2, 1, 8, 2, d, 3000, 1);
+      c.kc.cache_seqlens = {2999, 700};
+      c.kc.attn.num_splits = splits;
+      check_case("compact split decode", c);
+      Case p = make_case(t, 2, 5, 4, 1, d, 2100, 3);
+      p.kc.cache_seqlens = {2050, 97};
+      p.kc.page_size = splits == 3 ? 16 : 64;
+      p.kc.attn.causal = true;
+      p.kc.rotary_dim = d / 2;
+      p.kc.attn.num_splits = splits;
+      check_case("compact split paged+causal+rotary", p);
+    }
+    Case w = make_case(t, 2, 16, 6, 1, d, 900, 16);
+    w.kc.page_size = 16;
+    w.kc.attn.window_left = 100;
+    w.kc.attn.softcap = 3.f;
+    w.kc.attn.alibi = true;
+    check_case("compact paged window+softcap+alibi", w);
+    Case l = make_case(t, 3, 2, 4, 2, d, 1200, 2);
+    l.kc.leftpad = true;
+    l.kc.batch_idx = true;
+    l.kc.b_cache = 4;
+    l.kc.attn.alibi = true;
+    l.kc.attn.num_splits = 4;
+    check_case("compact split leftpad+batch_idx+alibi", l);
   }
 }
 
