@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/dispatch.h"
 #include "flashattn/flashattn.h"
 #include "testing/problem.h"
 
@@ -101,6 +102,16 @@ class DeviceBuffer {
 };
 
 // Wait for the device and surface any asynchronous kernel error.
+// While alive, the dispatch sees `bytes` of shared memory per SM (cuda::set_smem_per_sm_override):
+// the GPU under test stands in for one with less, e.g. an A100's 164 KB, whose compact tiles then
+// run.
+struct ScopedSmemPerSm {
+  explicit ScopedSmemPerSm(int bytes) { cuda::set_smem_per_sm_override(bytes); }
+  ~ScopedSmemPerSm() { cuda::set_smem_per_sm_override(0); }
+  ScopedSmemPerSm(const ScopedSmemPerSm&) = delete;
+  ScopedSmemPerSm& operator=(const ScopedSmemPerSm&) = delete;
+};
+
 inline void sync_or_throw() {
   cuda_or_throw(cudaDeviceSynchronize(), "cudaDeviceSynchronize (kernel error)");
   cuda_or_throw(cudaGetLastError(), "cudaGetLastError");

@@ -91,10 +91,7 @@ TEST_F(FwdSm80, SoftcapAndAlibi) {
 // 96 / 128 run the compact tile (tile_size_fwd_compact_sm80). Emulated here on whatever GPU runs
 // the tests by overriding the shared memory the dispatch sees.
 TEST_F(FwdSm80, CompactTileWhereSharedMemoryIsSmaller) {
-  struct A100SharedMemory {
-    A100SharedMemory() { cuda::set_smem_per_sm_override(164 * 1024); }
-    ~A100SharedMemory() { cuda::set_smem_per_sm_override(0); }
-  } a100;
+  const ScopedSmemPerSm a100(164 * 1024);
   ASSERT_EQ(cuda::device_smem_per_sm(), 164 * 1024);
   for (DType t : compiled_dtypes()) {
     for (int d : {96, 128, 72}) {

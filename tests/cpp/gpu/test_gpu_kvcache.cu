@@ -38,7 +38,6 @@
 #include "common/numeric.h"
 #include "common/rotary.h"
 #include "cpu/reference.h"
-#include "cuda/dispatch.h"
 #include "cuda/kvcache.h"
 #include "cuda/reference.h"
 #include "flashattn/flashattn.h"
@@ -745,10 +744,7 @@ TEST_F(KVCacheGpu, SplitKV) {
 // merges its splits through the combine kernel. Emulated here by overriding the shared memory the
 // dispatch sees (the split count then also follows the compact tile's grid).
 TEST_F(KVCacheGpu, CompactSplitTileWhereSharedMemoryIsSmaller) {
-  struct A100SharedMemory {
-    A100SharedMemory() { cuda::set_smem_per_sm_override(164 * 1024); }
-    ~A100SharedMemory() { cuda::set_smem_per_sm_override(0); }
-  } a100;
+  const ScopedSmemPerSm a100(164 * 1024);
   const int d = 256;
   if (!hdim_compiled(d)) GTEST_SKIP() << "head dim 256 not compiled";
   for (DType t : compiled_dtypes()) {
