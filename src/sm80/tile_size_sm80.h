@@ -55,7 +55,7 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 303 / 317 (16k non-causal too noisy in that run to rank). 255 registers, no spill.
   if (head_dim <= 64) return {128, 64, 4, false, 2, true, 1, true};
   // d = 96, 128: 128 x 64 x 4, K / V swizzled and double-buffered, Q padded, skipped rescale,
-  // S = Q K^T streamed 2 chunks ahead (Qp s2k a2). The limit here is registers: O takes 128
+  // S = Q K^T streamed 1 chunk ahead (Qp s2k a1). The limit here is registers: O takes 128
   // fp32 per thread and S 64, and gemm_ss kept two whole k-slices of K fragments (32 registers)
   // live next to them. Until the sixth session the only spill-free knob set was p1k (padded,
   // single-buffered): swizzled layouts need one address register per XOR pattern and spilled
@@ -66,8 +66,14 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // session), Qp s2k a2 vs p1k, non-causal 1k / 2k / 4k / 8k / 16k: 347.5 / 363.6 / 375.3 /
   // 380.4 / 382.7 vs 330.9 / 349.5 / 362.7 / 362.0 / 364.6 (+4-5 %), causal 263.9 / 302.5 /
   // 325.3 / 343.4 / 358.2 vs 257.9 / 290.6 / 315.7 / 331.7 / 337.8 (+2-6 %); softcap +8-11 %
-  // (16k 353.8 vs 326.6 non-causal). Look-ahead 1 and 3 ran within noise of 2 (a1 351.2 /
-  // 366.6 / 370.6 / 378.7 / 381.9). The same layouts with the classic gemm_ss spill 72 bytes
+  // (16k 353.8 vs 326.6 non-causal). Look-ahead 1 and 3 ran within noise of 2 there (a1 351.2 /
+  // 366.6 / 370.6 / 378.7 / 381.9). On the H100 (eighth session, tile_sweep with the variant
+  // order rotated per round, medians of 5 rounds) a1 led a2 at every point: non-causal 348.2 /
+  // 364.7 / 369.8 / 391.6 / 389.1 vs 342.9 / 354.8 / 367.4 / 374.2 / 367.1 (+1-6 %), causal
+  // 264.5 / 302.3 / 330.0 / 344.9 / 355.9 vs 260.9 / 299.2 / 323.6 / 340.8 / 353.4 (+1-2 %), as
+  // in an earlier run that session without rotation (20 of 20 points); a3 sat between them. So
+  // a1 since the eighth session: same registers and spills (ALiBi 8 bytes), no spill at d = 96
+  // on either arch (d = 96 not timed). The same layouts with the classic gemm_ss spill 72 bytes
   // and ran 4-5 % slower than streamed (H100, 3 rounds); streaming with padded K / V (p1k a2)
   // spilled 8 bytes and lost 7-10 %. Before streaming, the best found was Q padded with only K
   // double-buffered (56 bytes spilled, +1-5 % over p1k; three attempts to cut that spill failed,
@@ -75,7 +81,7 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // schedule is gone. 128 x 32 x 4 measured 365 / 335 at 16k; 8 warps lose (16 rows per warp
   // read the same K/V tile for half the MMA work). smem 34 (Q, padded) + 2 x 32 (K, V) = 98 KB at
   // d = 128, 2 CTAs per SM on an H100 (an A100 gets tile_size_fwd_compact_sm80).
-  if (head_dim <= 128) return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 2};
+  if (head_dim <= 128) return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 1};
   // d = 192: 64 x 64 x 4 s1k with each row in one warp (the d = 256 choice before row pairs,
   // below; not timed separately): with row pairs ptxas spills 68 bytes in the plain kernel.
   if (head_dim <= 192) return tile_size_fwd_64x64_rows_sm80();
