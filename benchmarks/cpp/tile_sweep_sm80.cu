@@ -221,7 +221,8 @@ int main(int argc, char** argv) {
       SWEEP_KNOBS(256, 64, 64, 4),
 #else
       {256, "64x64x4 s1k", &launch<256, 64, 64, 4, false, 1, true>},
-      {256, "64x64x2x2 s1k Qp a2", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true, 2>},
+      {256, "64x64x2x2 s1k Qp a1", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true, 1>},
+      {256, "64x64x2x2 s1k Qp a3", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true, 3>},
       {256, "64x64x2x2 s1k Qp", &launch<256, 64, 64, 4, false, 1, true, 0, 2, false, true>},
 #endif
 #endif

@@ -88,7 +88,9 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // d = 256: 64 x 64, 4 warps as 2 row pairs (warps_n = 2), K / V swizzled, Q padded,
   // single-buffered, skipped rescale, streamed S gemm. (Q padded and streamed, sixth session:
   // +1-3 % non-causal in two H100/H200 runs of 3 rounds each, e.g. H200 318.3 / 328.3 / 331.5 /
-  // 338.8 / 340.7 vs 313.0 / 318.4 / 327.9 / 332.8 / 336.3 at 1k .. 16k; causal within +-1.5 %.)
+  // 338.8 / 340.7 vs 313.0 / 318.4 / 327.9 / 332.8 / 336.3 at 1k .. 16k; causal within +-1.5 %.
+  // Look-ahead 1 or 3 instead of 2, eighth session, H100, 5 rotated rounds: within 0-2.5 % at
+  // every point, inside the run's spread, so it stays at 2.)
   // At 64 rows a CTA of 4 warps with each row in one warp (FlashAttention-2's H100 layout) gives each warp 16 rows, so every K and V element a warp reads from shared memory
   // feeds a single m16 MMA: 72 KB of ldmatrix per warp and key block, 144 ldmatrix.x4 against
   // 256 MMAs, about the tensor cores' own time at 128 bytes per clock. Row pairs (two warps per
