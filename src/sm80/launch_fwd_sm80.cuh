@@ -190,6 +190,27 @@ FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
   return args;
 }
 
+// The tile one kernel family runs on this device, handed to run_fwd_on_device_tile_sm80's callback.
+template <class Traits_, int kMinSmemPerSm_>
+struct FwdTileChoiceSm80 {
+  using Traits = Traits_;
+  static constexpr int kMinSmemPerSm = kMinSmemPerSm_;
+};
+
+// Runs run(FwdTileChoiceSm80<...>{}) with the family's policy tile (Traits) where its CTAs per SM
+// (kSmemPerSm bytes with the per-CTA reserve) fit in the device's shared memory per SM, else with
+// its compact tile (tile_size_sm80.h says why each exists). The policy's kernels learn kSmemPerSm,
+// so archs on which no GPU has that much leave them out (flash_fwd_sm80_kernel).
+template <class Traits, class CompactTraits, int kSmemPerSm, class Run>
+Status run_fwd_on_device_tile_sm80(Run&& run) {
+  if constexpr (std::is_same_v<Traits, CompactTraits>) {
+    return run(FwdTileChoiceSm80<Traits, 0>{});
+  } else {
+    if (kSmemPerSm > cuda::device_smem_per_sm()) return run(FwdTileChoiceSm80<CompactTraits, 0>{});
+    return run(FwdTileChoiceSm80<Traits, kSmemPerSm>{});
+  }
+}
+
 // The plain kernels, with ALiBi on AlibiTraits' tile (the compact policy's ALiBi kernels take
 // their own, tile_size_fwd_compact_sm80) and every other score mod on Traits'.
 template <class Traits, class AlibiTraits = Traits, int kMinSmemPerSm = 0>
@@ -207,25 +228,21 @@ Status run_fwd_plain_sm80(const FwdParams& p) {
                      : launch_fwd_sm80<Traits, false, false, kMinSmemPerSm>(args);
 }
 
-
-// The plain family: the policy's tile, or its compact one where the CTAs per SM the policy is
-// built for (fwd_ctas_per_sm_sm80) do not fit in the device's shared memory per SM, 1 KB of
-// which is reserved per CTA on SM80+ (tile_size_fwd_compact_sm80).
+// The plain family: the policy's tile, or the compact ones (ALiBi has its own) where the CTAs per
+// SM the policy is built for (fwd_ctas_per_sm_sm80) do not fit in the device's shared memory per
+// SM, 1 KB of which is reserved per CTA on SM80+ (tile_size_fwd_compact_sm80).
 template <DType kDtype, int kHeadDim>
 Status run_fwd_sm80(const FwdParams& p) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim>;
   using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompact>;
   using CompactAlibiTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kPlainCompactAlibi>;
-  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
-    constexpr int kSmemPerSm = fwd_ctas_per_sm_sm80(tile_size_fwd_sm80(kHeadDim)) *
-                               (fwd_kernel_smem_bytes<Traits>() + 1024);
-    if (kSmemPerSm > cuda::device_smem_per_sm()) {
-      return run_fwd_plain_sm80<CompactTraits, CompactAlibiTraits>(p);
-    }
-    return run_fwd_plain_sm80<Traits, Traits, kSmemPerSm>(p);
-  } else {
-    return run_fwd_plain_sm80<Traits>(p);
-  }
+  constexpr int kSmemPerSm = fwd_ctas_per_sm_sm80(tile_size_fwd_sm80(kHeadDim)) *
+                             (fwd_kernel_smem_bytes<Traits>() + 1024);
+  return run_fwd_on_device_tile_sm80<Traits, CompactTraits, kSmemPerSm>([&](auto choice) {
+    using T = typename decltype(choice)::Traits;
+    using AlibiT = std::conditional_t<std::is_same_v<T, CompactTraits>, CompactAlibiTraits, T>;
+    return run_fwd_plain_sm80<T, AlibiT, decltype(choice)::kMinSmemPerSm>(p);
+  });
 }
 
 template <class Traits, bool kPaged, int kMinSmemPerSm = 0>
@@ -340,26 +357,23 @@ Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, cons
   return Status::ok_status();
 }
 
-// The split-capable family on the device's tile (tile_size_fwd_split_for_sm80).
+// The split-capable family on the device's tile (tile_size_fwd_split_for_sm80 decides the same
+// way, for the dispatch's split count).
 template <DType kDtype, int kHeadDim>
 Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
                           int num_splits) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplit>;
   using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kSplitCompact>;
-  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
-    constexpr TileSizeSm80 kTile = tile_size_fwd_split_sm80(kHeadDim);
-    static_assert(fwd_split_smem_bytes_sm80(kTile, kHeadDim) ==
-                      fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, true, true>,
-                                            TileSchedulerSplitSm80>(),
-                  "fwd_split_smem_bytes_sm80 is the paged split kernel's shared memory");
-    constexpr int kSmemPerSm = fwd_split_smem_per_sm_sm80(kHeadDim);
-    if (kSmemPerSm > cuda::device_smem_per_sm()) {  // as tile_size_fwd_split_for_sm80
-      return run_fwd_split_tile_sm80<CompactTraits>(p, kv_batch_idx, k_leftpad, num_splits);
-    }
-    return run_fwd_split_tile_sm80<Traits, kSmemPerSm>(p, kv_batch_idx, k_leftpad, num_splits);
-  } else {
-    return run_fwd_split_tile_sm80<Traits>(p, kv_batch_idx, k_leftpad, num_splits);
-  }
+  static_assert(fwd_split_smem_bytes_sm80(tile_size_fwd_split_sm80(kHeadDim), kHeadDim) ==
+                    fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, true, true>,
+                                          TileSchedulerSplitSm80>(),
+                "fwd_split_smem_bytes_sm80 is the paged split kernel's shared memory");
+  constexpr int kSmemPerSm = fwd_split_smem_per_sm_sm80(kHeadDim);
+  return run_fwd_on_device_tile_sm80<Traits, CompactTraits, kSmemPerSm>([&](auto choice) {
+    using T = typename decltype(choice)::Traits;
+    return run_fwd_split_tile_sm80<T, decltype(choice)::kMinSmemPerSm>(p, kv_batch_idx, k_leftpad,
+                                                                      num_splits);
+  });
 }
 
 template <class Traits, int kMinSmemPerSm = 0>
@@ -382,17 +396,13 @@ template <DType kDtype, int kHeadDim>
 Status run_fwd_dropout_sm80(const FwdParams& p) {
   using Traits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropout>;
   using CompactTraits = FwdTraitsOf<kDtype, kHeadDim, FwdTilePolicy::kDropoutCompact>;
-  if constexpr (!std::is_same_v<Traits, CompactTraits>) {
-    constexpr int kSmemPerSm =
-        fwd_ctas_per_sm_sm80(tile_size_fwd_dropout_sm80(kHeadDim)) *
-        (fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, false, false, true>,
-                               TileSchedulerSm80>() +
-         1024);
-    if (kSmemPerSm > cuda::device_smem_per_sm()) return run_fwd_dropout_tile_sm80<CompactTraits>(p);
-    return run_fwd_dropout_tile_sm80<Traits, kSmemPerSm>(p);
-  } else {
-    return run_fwd_dropout_tile_sm80<Traits>(p);
-  }
+  constexpr int kSmemPerSm =
+      fwd_ctas_per_sm_sm80(tile_size_fwd_dropout_sm80(kHeadDim)) *
+      (fwd_kernel_smem_bytes<Traits, FwdFeaturesSm80<false, false, false, false, true>>() + 1024);
+  return run_fwd_on_device_tile_sm80<Traits, CompactTraits, kSmemPerSm>([&](auto choice) {
+    using T = typename decltype(choice)::Traits;
+    return run_fwd_dropout_tile_sm80<T, decltype(choice)::kMinSmemPerSm>(p);
+  });
 }
 
 }  // namespace flashattn::sm80
