@@ -207,10 +207,10 @@ struct FlashAttnFwdSm80 {
 };
 
 // kMinSmemPerSm: the host launches this kernel only on GPUs with at least this much shared
-// memory per SM (run_fwd_sm80: the plain policy tile, which the host swaps for the compact one
-// below that). Where no GPU that runs this arch's code has that much, nothing can launch it, and
-// its body is left out of that arch's code: the d = 128 policy tile on sm_80 (2 x 99 KB per SM
-// against 164 KB at most on 8.x parts).
+// memory per SM (run_fwd_on_device_tile_sm80: a family's policy tile, which the host swaps for
+// its compact one below that). Where no GPU that runs this arch's code has that much, nothing can
+// launch it, and its body is left out of that arch's code: on sm_80 (164 KB at most on 8.x parts)
+// the d = 128 plain policy (2 x 99 KB) and the d = 256 split-capable and dropout policies.
 template <class Kernel, int kMinSmemPerSm = 0>
 __global__ void __launch_bounds__(Kernel::kNThreads, Kernel::kMinBlocksPerSm)
     flash_fwd_sm80_kernel(CUTE_GRID_CONSTANT FwdArgsSm80 const args) {

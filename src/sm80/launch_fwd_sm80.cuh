@@ -72,29 +72,30 @@ struct FwdTraitsFor {
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;
 
+// The forward kernel of a tile, a feature set and a tile scheduler.
+template <class Traits, class Features, class TileScheduler>
+using FwdKernelSm80 = FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
+                                       EpilogueFwdSm80<Traits>, TileScheduler>;
+
 // Shared memory of one CTA of a forward kernel (the plain one's is the same for every score mod).
 template <class Traits, class Features = FwdFeaturesSm80<false, false>,
           class TileScheduler = TileSchedulerSm80>
 constexpr int fwd_kernel_smem_bytes() {
-  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
-                          EpilogueFwdSm80<Traits>, TileScheduler>::kSmemSize;
+  return FwdKernelSm80<Traits, Features, TileScheduler>::kSmemSize;
 }
 
 // Whether the split-capable kernels of Traits contain the merge through thread-block clusters.
 template <class Traits>
 constexpr bool fwd_split_cluster_merge_sm80() {
-  using Features = FwdFeaturesSm80<false, false, false, true>;
-  return FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
-                          EpilogueFwdSm80<Traits>, TileSchedulerSplitSm80>::kClusterMerge;
+  return FwdKernelSm80<Traits, FwdFeaturesSm80<false, false, false, true>,
+                       TileSchedulerSplitSm80>::kClusterMerge;
 }
 
 // kMinSmemPerSm: the shared memory per SM below which the caller never launches this kernel
 // (flash_fwd_sm80_kernel leaves its body out of the archs that cannot have it).
 template <class Traits, class Features, class TileScheduler, int kMinSmemPerSm = 0>
 Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
-  using Mainloop = MainloopFwdSm80<Traits, Features>;
-  using Epilogue = EpilogueFwdSm80<Traits>;
-  using Kernel = FlashAttnFwdSm80<Traits, Features, Mainloop, Epilogue, TileScheduler>;
+  using Kernel = FwdKernelSm80<Traits, Features, TileScheduler>;
   auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
   constexpr int kSmem = Kernel::kSmemSize;
   // The attribute is per function and per device: set it on every launch (cheap) rather than
@@ -143,9 +144,8 @@ int fwd_max_active_clusters_sm80(int size) {
     const int known = cache[device][size].load(std::memory_order_relaxed);
     if (known != 0) return known - 1;
   }
-  using Features = FwdFeaturesSm80<false, false, false, true>;
-  using Kernel = FlashAttnFwdSm80<Traits, Features, MainloopFwdSm80<Traits, Features>,
-                                  EpilogueFwdSm80<Traits>, TileSchedulerSplitSm80>;
+  using Kernel =
+      FwdKernelSm80<Traits, FwdFeaturesSm80<false, false, false, true>, TileSchedulerSplitSm80>;
   auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
   constexpr int kSmem = Kernel::kSmemSize;
   int clusters = 0;
