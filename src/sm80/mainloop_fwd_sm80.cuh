@@ -217,6 +217,25 @@ struct MainloopFwdSm80 {
     }
   }
 
+  // Score mods and the mask of one S tile (rows from m0, keys from n0). ALiBi needs every
+  // element's (row, key) in the unmasked loop as well, where the per-thread base of tScS would be
+  // one more register live across the whole loop: with it the d = 128 policy's ALiBi kernels
+  // spilled a row maximum there on sm_90a (8 bytes, one local store and load per key block). So
+  // the unmasked tiles derive their coordinates afresh from threadIdx.x (fresh_thread_idx) every
+  // block. The masked tiles keep tScS: re-deriving there too spilled 24 bytes.
+  template <bool kMasked, class TensorS, class TensorC>
+  __forceinline__ __device__ void score_mods(ScoreMod const& score_mod, TensorS& acc_s,
+                                             TensorC const& tScS, int m0, int n0,
+                                             VisibilityMask const& mask) const {
+    if constexpr (kHasAlibi && !kMasked) {
+      Tensor tScS_fresh = TiledMma{}.get_thread_slice(fresh_thread_idx()).partition_C(
+          make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+      score_mod.template apply<false>(acc_s, tScS_fresh, m0, n0, mask);
+    } else {
+      score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+    }
+  }
+
   // Runs the key blocks [n_block_min, n_block_max) into acc_o and the softmax state.
   template <class TensorO, class Softmax>
   __forceinline__ __device__ void run(FwdArgsSm80 const& args, SharedStorage& storage,
@@ -513,7 +532,7 @@ struct MainloopFwdSm80 {
         }
         if constexpr (kActive) {
           gemm_qk(acc_s, stage);
-          score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+          score_mods<kMasked>(score_mod, acc_s, tScS, m0, n0, mask);
           softmax_pv(acc_s, stage, masked, n0, m_tile);
         }
       } else {
@@ -529,7 +548,7 @@ struct MainloopFwdSm80 {
         }
         if constexpr (kActive) {
           gemm_qk(acc_s, 0);
-          score_mod.template apply<kMasked>(acc_s, tScS, m0, n0, mask);
+          score_mods<kMasked>(score_mod, acc_s, tScS, m0, n0, mask);
           if constexpr (kRowPairs) {
             softmax.tile_max(acc_s, m_tile);
             share_row_max(m_tile);

@@ -62,7 +62,8 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 96-152 bytes (s2k 96), p2k 24, p1a 92. gemm_ss_streamed (utils_sm80.cuh) keeps 3 chunks of 4
   // registers instead of 32, and Q padded (it is only read) saves its pattern registers: 255
   // registers, no spill, also in the softcap kernel (it spilled 24-40 bytes with p1k); ALiBi
-  // spills 8 bytes (was 24-40). Medians of 3 interleaved rounds, one binary (H200, sixth
+  // spilled 8 bytes (was 24-40) until its unmasked tiles derived their coordinates afresh (ninth
+  // session, MainloopFwdSm80::score_mods), none since. Medians of 3 interleaved rounds, one binary (H200, sixth
   // session), Qp s2k a2 vs p1k, non-causal 1k / 2k / 4k / 8k / 16k: 347.5 / 363.6 / 375.3 /
   // 380.4 / 382.7 vs 330.9 / 349.5 / 362.7 / 362.0 / 364.6 (+4-5 %), causal 263.9 / 302.5 /
   // 325.3 / 343.4 / 358.2 vs 257.9 / 290.6 / 315.7 / 331.7 / 337.8 (+2-6 %); softcap +8-11 %
@@ -72,7 +73,7 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 364.7 / 369.8 / 391.6 / 389.1 vs 342.9 / 354.8 / 367.4 / 374.2 / 367.1 (+1-6 %), causal
   // 264.5 / 302.3 / 330.0 / 344.9 / 355.9 vs 260.9 / 299.2 / 323.6 / 340.8 / 353.4 (+1-2 %), as
   // in an earlier run that session without rotation (20 of 20 points); a3 sat between them. So
-  // a1 since the eighth session: same registers and spills (ALiBi 8 bytes), no spill at d = 96
+  // a1 since the eighth session: same registers and spills, no spill at d = 96
   // on either arch (d = 96 not timed). The same layouts with the classic gemm_ss spill 72 bytes
   // and ran 4-5 % slower than streamed (H100, 3 rounds); streaming with padded K / V (p1k a2)
   // spilled 8 bytes and lost 7-10 %. Before streaming, the best found was Q padded with only K
@@ -118,8 +119,9 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
 // spills nothing with any score mod, but ran 1-6 % behind p1k without them (tile_sweep_sm80,
 // H100, 3 rounds, non-causal 1k / 4k / 16k: 317.9 / 350.7 / 367.5 vs 332.7 / 369.3 / 373.9;
 // causal 1k / 4k: 242.3 / 300.1 vs 257.0 / 314.3), so p1k stays for them.
-// ALiBi (`alibi`) takes 128 x 32: p1k's ALiBi kernels spill 60 bytes on sm_80 (6 local loads and
-// 6 stores per key block in the unmasked loop), 40 on sm_90a. With ALiBi the two tie on the H100
+// ALiBi (`alibi`) takes 128 x 32: p1k's ALiBi kernels spilled 60 bytes on sm_80 (6 local loads
+// and 6 stores per key block in the unmasked loop), 40 on sm_90a (eighth session, before
+// MainloopFwdSm80::score_mods). With ALiBi the two tie on the H100
 // (SWEEP_ALIBI, eighth session, medians of 3 interleaved rounds, 1k / 2k / 4k / 8k / 16k):
 // non-causal 306.0 / 326.5 / 337.8 / 341.9 / 341.8 vs p1k 313.0 / 335.0 / 342.6 / 346.4 / 336.1,
 // causal 247.4 / 278.4 / 306.0 / 317.1 / 327.3 vs 246.3 / 279.8 / 301.5 / 313.1 / 329.2; with

@@ -132,6 +132,16 @@ __forceinline__ __device__ void gemm_rs(TensorAcc& acc, TensorRA const& tCrA, Te
   }
 }
 
+// threadIdx.x read afresh at this point of the code: the asm is volatile, so the compiler can
+// neither hoist the read out of a loop nor reuse an earlier one. Values derived from it are then
+// recomputed where they are used (a few integer ops) instead of held in a register across the
+// loop, which matters in main loops that sit at the 255-register limit.
+__forceinline__ __device__ int fresh_thread_idx() {
+  int tid;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+  return tid;
+}
+
 // The four lanes of a quad (lane / 4 equal) hold the same accumulator rows.
 __forceinline__ __device__ float quad_allreduce_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

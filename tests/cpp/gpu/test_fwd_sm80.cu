@@ -63,7 +63,7 @@ TEST_F(FwdSm80, CausalAndWindow) {
 
 TEST_F(FwdSm80, SoftcapAndAlibi) {
   for (DType t : compiled_dtypes()) {
-    for (int d : {64, 128, 96}) {
+    for (int d : {64, 128, 96, 256, 32, 192}) {
       if (!hdim_compiled(d)) continue;
       AttnConfig c = base(t, 2, 150, 201, 4, 2, d);
       c.softcap = 5.f;
@@ -80,6 +80,13 @@ TEST_F(FwdSm80, SoftcapAndAlibi) {
       check_small("alibi[b,h]+local", a);
       a.softcap = 3.f;
       check_small("alibi+softcap+causal", a);
+      // Several query blocks and many fully visible key blocks each side of the diagonal: the
+      // unmasked tiles derive ALiBi's (row, key) afresh every block (MainloopFwdSm80::score_mods).
+      AttnConfig l = base(t, 2, 300, 517, 4, 2, d);
+      l.alibi = true;
+      check_small("alibi long", l);
+      l.softcap = 5.f;
+      check_small("alibi+softcap long", l);
       AttnConfig s = base(t, 1, 77, 133, 2, 2, d);
       s.softmax_scale = 0.3f;
       check_small("scale", s);
