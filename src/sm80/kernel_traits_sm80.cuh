@@ -17,7 +17,7 @@ using namespace cute;
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
           bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
           int kWarpsN_ = 1, bool kQInRegs_ = false, bool kPaddedQ_ = kPaddedSmem_,
-          int kQKChunksAhead_ = 0>
+          int kQKChunksAhead_ = 0, bool kFreshKVAddr_ = false>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -43,6 +43,11 @@ struct FwdKernelTraitsSm80 {
   // S = Q K^T from shared memory: 0 loads whole k-slices one ahead (gemm_ss); n > 0 streams K in
   // ldmatrix.x4 chunks of 16 keys, n chunks ahead (gemm_ss_streamed, fewer live registers).
   static constexpr int kQKChunksAhead = kQKChunksAhead_;
+  // The main loop's K / V cp.async sources: false keeps each thread's K and V row pointers in
+  // registers across the loop (2 x 64 bits); true re-derives them from threadIdx.x for every copy
+  // (fresh_thread_idx, about ten integer ops per key block), four registers fewer at the loop's
+  // register peak. Which spills less differs per tile (tile_size_sm80.h).
+  static constexpr bool kFreshKVAddr = kFreshKVAddr_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
   static_assert(kWarpsN == 1 || kStages == 1,

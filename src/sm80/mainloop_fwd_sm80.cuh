@@ -394,8 +394,15 @@ struct MainloopFwdSm80 {
                               p.k_row_stride, pages_of(n_block), n_block * kBlockN,
                               tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
-        copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
-                           tpD, max_rows);
+        if constexpr (Traits::kFreshKVAddr) {
+          copy_zfill<kCheck>(gmem_tiled_copy,
+                             gmem_tiled_copy.get_thread_slice(fresh_thread_idx())
+                                 .partition_S(gK)(_, _, _, n_block),
+                             tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
+        } else {
+          copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
+                             tpD, max_rows);
+        }
       }
     };
     auto load_v = [&](int n_block, int stage, auto check_rows, int max_rows) {
@@ -405,8 +412,15 @@ struct MainloopFwdSm80 {
                               p.v_row_stride, pages_of(n_block), n_block * kBlockN,
                               tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
-        copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
-                           tpD, max_rows);
+        if constexpr (Traits::kFreshKVAddr) {
+          copy_zfill<kCheck>(gmem_tiled_copy,
+                             gmem_tiled_copy.get_thread_slice(fresh_thread_idx())
+                                 .partition_S(gV)(_, _, _, n_block),
+                             tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
+        } else {
+          copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
+                             tpD, max_rows);
+        }
       }
     };
 

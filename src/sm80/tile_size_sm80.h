@@ -33,6 +33,7 @@ struct TileSizeSm80 {
   bool q_in_regs = false;     // Q's MMA fragments stay in registers for the whole loop
   bool padded_q = false;      // the same for Q
   int qk_chunks_ahead = 0;    // S = Q K^T streams K in 16-key chunks, this many ahead (0: no)
+  bool fresh_kv_addr = false;  // K / V global addresses re-derived per copy, not held (kernel_traits_sm80.cuh)
 };
 
 // CTAs of a forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
@@ -128,13 +129,23 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
 // softcap + ALiBi 128 x 32 leads, non-causal 282.7 .. 316.5 vs 280.9 .. 312.3, causal 230.1 ..
 // 307.3 vs 226.4 .. 294.0. Softcap alone stays on p1k (no spill on sm_80; 1-5 % ahead of 128 x 32
 // on the H100, e.g. non-causal 16k 332.5 vs 330.1, 8k 329.3 vs 314.1).
+// fresh_kv_addr (p1k, d = 96 / 128): holding each thread's K / V row pointers across the loop,
+// p1k's softcap kernel spilled 24 bytes on sm_90a (three row maxima stored and reloaded per key
+// block; its sm_80 code, the one an A100 runs, did not spill). Re-derived per copy they free four
+// registers, and no compact kernel spills on either arch (240-254 registers). Same binary on the
+// H100 (ninth session, tile_sweep, medians of 4 rounds from two processes, 1k / 2k / 4k / 8k /
+// 16k): softcap non-causal 305.5 / 322.9 / 330.8 / 340.8 / 336.5 vs 291.5 / 307.0 / 317.6 / 329.1
+// / 315.9 without (+3.6 to +6.5 %: the spill is gone), causal +1.5 to +5.3 %; plain -1.7 to
+// +4.9 %, within the run's spread. The policy tiles keep their pointers: with fresh_kv_addr the d = 128 policy
+// spilled 8 bytes.
 // Every other head dim's policy is its own compact tile: d <= 64 fits twice anywhere, and d =
 // 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per SM on an A100, as
 // FlashAttention-2's d = 256 tile does there.
 constexpr TileSizeSm80 tile_size_fwd_compact_sm80(int head_dim, bool alibi) {
   if (head_dim > 64 && head_dim <= 128) {
     if (alibi) return {128, 32, 4, false, 2, true, 1, false, /*padded_q=*/true, 2};
-    return {128, 64, 4, /*padded_kv=*/true, 1, true, 1, false, /*padded_q=*/true};
+    return {128, 64, 4, /*padded_kv=*/true, 1, true, 1, false, /*padded_q=*/true, 0,
+            /*fresh_kv_addr=*/true};
   }
   return tile_size_fwd_sm80(head_dim);
 }

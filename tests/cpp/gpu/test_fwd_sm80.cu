@@ -121,6 +121,15 @@ TEST_F(FwdSm80, CompactTileWhereSharedMemoryIsSmaller) {
       check_small("compact alibi+local", a);
       a.softcap = 3.f;
       check_small("compact alibi+softcap", a);
+      // The compact tile re-derives its K / V addresses for every copy (fresh_kv_addr): varlen
+      // offsets, GQA and padded strides all enter them.
+      AttnConfig v = base(t, 3, 0, 0, 4, 2, d);
+      v.seqlens_q = {17, 130, 1};
+      v.seqlens_k = {300, 129, 70};
+      v.padded_strides = true;
+      check_small("compact varlen+gqa+padded", v);
+      v.softcap = 5.f;
+      check_small("compact varlen+gqa+padded+softcap", v);
     }
     // d = 256: the split-capable and dropout families take the compact 64 x 32 tile there
     // (tile_size_fwd_64x32_rows_sm80; the plain family keeps its own). Paged K/V: test_gpu_kvcache.
