@@ -74,18 +74,13 @@ float* g_alibi_slopes = nullptr;
 
 // kMod: 0 plain, 1 softcap, 2 dropout (p = 0.1, the dropout kernels' features), 3 ALiBi,
 // 4 softcap + ALiBi.
-template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
-          int kStages = 1, bool kSkipRescale = false, int kMod = 0, int kWarpsN = 1,
-          bool kQInRegs = false, bool kPaddedQ = kPadded, int kAhead = 0>
-fa::Status launch(const fa::FwdParams& p) {
-  using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
-                                           kPadded, kStages, kSkipRescale, kWarpsN, kQInRegs,
-                                           kPaddedQ, kAhead>;
+template <class Traits, int kMod>
+fa::Status launch_traits(const fa::FwdParams& p) {
   fa::FwdParams q = p;
   if (kMod == 1 || kMod == 4) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   if (kMod == 2) q.p_dropout = 0.1f;
   if (kMod == 3 || kMod == 4) q.alibi_slopes = g_alibi_slopes;
-  sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<kBlockM>(q);
+  sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<Traits::kBlockM>(q);
   if constexpr (kMod == 2) {
     args.dropout_threshold = fa::dropout_threshold(q.p_dropout);
     args.rp_dropout = 1.f / (1.f - q.p_dropout);
@@ -96,12 +91,22 @@ fa::Status launch(const fa::FwdParams& p) {
   }
 }
 
-// The library's policy for head dim D (tile_size_sm80.h), for the "(lib)" rows.
-template <int D>
+// A tile given by its knobs (tile_size_sm80.h).
+template <int kHeadDim, int kBlockM, int kBlockN, int kNWarps, bool kPadded = false,
+          int kStages = 1, bool kSkipRescale = false, int kMod = 0, int kWarpsN = 1,
+          bool kQInRegs = false, bool kPaddedQ = kPadded, int kAhead = 0>
+fa::Status launch(const fa::FwdParams& p) {
+  using Traits = sm80::FwdKernelTraitsSm80<kHeadDim, kBlockM, kBlockN, kNWarps, cutlass::bfloat16_t,
+                                           kPadded, kStages, kSkipRescale, kWarpsN, kQInRegs,
+                                           kPaddedQ, kAhead>;
+  return launch_traits<Traits, kMod>(p);
+}
+
+// A tile of the library's policy for head dim D (the plain policy for the "lib" rows, or
+// another FwdTilePolicy such as the compact tile), exactly as the library builds its traits.
+template <int D, int kMod = 0, sm80::FwdTilePolicy kPolicy = sm80::FwdTilePolicy::kPlain>
 fa::Status launch_lib(const fa::FwdParams& p) {
-  constexpr sm80::TileSizeSm80 t = sm80::tile_size_fwd_sm80(D);
-  return launch<D, t.block_m, t.block_n, t.n_warps, t.padded_kv, t.kv_stages, t.skip_rescale, 0,
-                t.warps_n, t.q_in_regs, t.padded_q, t.qk_chunks_ahead>(p);
+  return launch_traits<sm80::FwdTraitsOf<fa::DType::kBFloat16, D, kPolicy>, kMod>(p);
 }
 
 using LaunchFn = fa::Status (*)(const fa::FwdParams&);
@@ -136,6 +141,7 @@ double time_ms(LaunchFn fn, const fa::FwdParams& p, int iters) {
 
 // Usage: tile_sweep_sm80 [iters] [d list, e.g. 64,128] [seqlen list] [causal list, e.g. 0,1]
 //                       [rounds: every variant timed this many times, interleaved]
+// Environment: SWEEP_ONLY (below).
 std::vector<int> parse_list(const char* s) {
   std::vector<int> v;
   for (const char* p = s; *p;) {
@@ -165,7 +171,7 @@ int main(int argc, char** argv) {
   {D, #M "x" #N "x" #W " p1k", &launch<D, M, N, W, true, 1, true>},               \
   {D, #M "x" #N "x" #W " p2a", &launch<D, M, N, W, true, 2, false>},              \
   {D, #M "x" #N "x" #W " p2k", &launch<D, M, N, W, true, 2, true>}
-  const std::vector<Variant> variants = {
+  std::vector<Variant> variants = {
 #if !defined(SWEEP_D) || SWEEP_D == 64
       {64, "lib", &launch_lib<64>},
 #ifdef SWEEP_ALL_KNOBS
@@ -197,14 +203,19 @@ int main(int argc, char** argv) {
       {128, "softcap 128x64x4 p1k", &launch<128, 128, 64, 4, true, 1, true, 1>},
 #endif
 #ifdef SWEEP_ALIBI
-      // The compact-tile candidates with ALiBi (slopes 2^(-8 (i + 1) / h)) and with softcap +
-      // ALiBi: p1k spills there (tile_size_fwd_compact_sm80), 128 x 32 does not.
+      // ALiBi (slopes 2^(-8 (i + 1) / h)) and softcap + ALiBi: the policy's kernels, and the
+      // compact-tile candidates (p1k spills there, tile_size_fwd_compact_sm80; 128 x 32 does not).
+      {128, "alibi lib tile", &launch_lib<128, 3>},
+      {128, "sc+alibi lib tile", &launch_lib<128, 4>},
       {128, "alibi p1k", &launch<128, 128, 64, 4, true, 1, true, 3>},
       {128, "alibi 128x32 Qp", &launch<128, 128, 32, 4, false, 2, true, 3, 1, false, true, 2>},
       {128, "sc+alibi p1k", &launch<128, 128, 64, 4, true, 1, true, 4>},
       {128, "sc+alibi 128x32", &launch<128, 128, 32, 4, false, 2, true, 4, 1, false, true, 2>},
 #endif
 #ifdef SWEEP_SOFTCAP_COMPACT
+      // The compact tile as the library builds it (tile_size_fwd_compact_sm80), plain and softcap.
+      {128, "compact lib", &launch_lib<128, 0, sm80::FwdTilePolicy::kPlainCompact>},
+      {128, "softcap compact lib", &launch_lib<128, 1, sm80::FwdTilePolicy::kPlainCompact>},
       {128, "softcap p1k", &launch<128, 128, 64, 4, true, 1, true, 1>},
       {128, "softcap 128x32 Qp", &launch<128, 128, 32, 4, false, 2, true, 1, 1, false, true, 2>},
 #endif
@@ -228,6 +239,14 @@ int main(int argc, char** argv) {
 #endif
   };
 #undef SWEEP_KNOBS
+  // SWEEP_ONLY="name,name,...": time only the variants of those names (exact match).
+  if (const char* only = std::getenv("SWEEP_ONLY")) {
+    const std::string list = std::string(",") + only + ",";
+    std::vector<Variant> kept;
+    for (const Variant& var : variants)
+      if (list.find(std::string(",") + var.name + ",") != std::string::npos) kept.push_back(var);
+    variants = kept;
+  }
   const int64_t tokens = 16384, hidden = 2048;
   cutlass::bfloat16_t *q, *k, *v, *o;
   float* lse;
