@@ -17,7 +17,7 @@ using namespace cute;
 template <int kHeadDim_, int kBlockM_, int kBlockN_, int kNWarps_, typename Element_,
           bool kPaddedSmem_ = false, int kStages_ = 1, bool kSkipRescale_ = false,
           int kWarpsN_ = 1, bool kQInRegs_ = false, bool kPaddedQ_ = kPaddedSmem_,
-          int kQKChunksAhead_ = 0, bool kFreshKVAddr_ = false>
+          int kQKChunksAhead_ = 0, bool kFreshKVAddr_ = false, bool kFreshScoreCoords_ = false>
 struct FwdKernelTraitsSm80 {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   using ElementAccum = float;
@@ -48,6 +48,11 @@ struct FwdKernelTraitsSm80 {
   // (fresh_thread_idx, about ten integer ops per key block), four registers fewer at the loop's
   // register peak. Which spills less differs per tile (tile_size_sm80.h).
   static constexpr bool kFreshKVAddr = kFreshKVAddr_;
+  // ALiBi's (row, key) coordinates in the unmasked tiles: false takes them from one partition of
+  // the identity tile made before the loop (its per-thread base held in a register); true
+  // re-derives them from threadIdx.x every block (MainloopFwdSm80::score_mods). No effect on
+  // kernels without ALiBi.
+  static constexpr bool kFreshScoreCoords = kFreshScoreCoords_;
   static_assert(kStages == 1 || kStages == 2);
   static_assert(kWarpsN == 1 || kWarpsN == 2);
   static_assert(kWarpsN == 1 || kStages == 1,

@@ -67,7 +67,8 @@ struct FwdTraitsFor {
   using type = FwdKernelTraitsSm80<kHeadDim, kTile.block_m, kTile.block_n, kTile.n_warps,
                                    ElementOf<kDtype>, kTile.padded_kv, kTile.kv_stages,
                                    kTile.skip_rescale, kTile.warps_n, kTile.q_in_regs,
-                                   kTile.padded_q, kTile.qk_chunks_ahead, kTile.fresh_kv_addr>;
+                                   kTile.padded_q, kTile.qk_chunks_ahead, kTile.fresh_kv_addr,
+                                   kTile.fresh_score_coords>;
 };
 template <DType kDtype, int kHeadDim, FwdTilePolicy kPolicy = FwdTilePolicy::kPlain>
 using FwdTraitsOf = typename FwdTraitsFor<kDtype, kHeadDim, kPolicy>::type;

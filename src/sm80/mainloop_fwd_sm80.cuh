@@ -218,16 +218,17 @@ struct MainloopFwdSm80 {
   }
 
   // Score mods and the mask of one S tile (rows from m0, keys from n0). ALiBi needs every
-  // element's (row, key) in the unmasked loop as well, where the per-thread base of tScS would be
-  // one more register live across the whole loop: with it the d = 128 policy's ALiBi kernels
-  // spilled a row maximum there on sm_90a (8 bytes, one local store and load per key block). So
-  // the unmasked tiles derive their coordinates afresh from threadIdx.x (fresh_thread_idx) every
-  // block. The masked tiles keep tScS: re-deriving there too spilled 24 bytes.
+  // element's (row, key) in the unmasked loop as well, where the per-thread base of tScS is one
+  // more register live across the whole loop: with it the d = 128 policy's ALiBi kernels spilled
+  // a row maximum there on sm_90a (8 bytes, one local store and load per key block). Tiles with
+  // Traits::kFreshScoreCoords derive the unmasked tiles' coordinates afresh from threadIdx.x
+  // (fresh_thread_idx) every block instead. Elsewhere that is no better: the masked tiles spilled
+  // 24 bytes that way, and the d = 64 dropout and d = 256 paged split ALiBi kernels 4 bytes.
   template <bool kMasked, class TensorS, class TensorC>
   __forceinline__ __device__ void score_mods(ScoreMod const& score_mod, TensorS& acc_s,
                                              TensorC const& tScS, int m0, int n0,
                                              VisibilityMask const& mask) const {
-    if constexpr (kHasAlibi && !kMasked) {
+    if constexpr (kHasAlibi && !kMasked && Traits::kFreshScoreCoords) {
       Tensor tScS_fresh = TiledMma{}.get_thread_slice(fresh_thread_idx()).partition_C(
           make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
       score_mod.template apply<false>(acc_s, tScS_fresh, m0, n0, mask);

@@ -33,7 +33,11 @@ struct TileSizeSm80 {
   bool q_in_regs = false;     // Q's MMA fragments stay in registers for the whole loop
   bool padded_q = false;      // the same for Q
   int qk_chunks_ahead = 0;    // S = Q K^T streams K in 16-key chunks, this many ahead (0: no)
-  bool fresh_kv_addr = false;  // K / V global addresses re-derived per copy, not held (kernel_traits_sm80.cuh)
+  // Loop invariants re-derived from threadIdx.x where used instead of held in registers across
+  // the loop (kernel_traits_sm80.cuh): the K / V copy addresses, and ALiBi's (row, key)
+  // coordinates in the unmasked tiles.
+  bool fresh_kv_addr = false;
+  bool fresh_score_coords = false;
 };
 
 // CTAs of a forward kernel resident per SM (its __launch_bounds__ minimum): 2 for 4-warp CTAs.
@@ -63,8 +67,10 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // 96-152 bytes (s2k 96), p2k 24, p1a 92. gemm_ss_streamed (utils_sm80.cuh) keeps 3 chunks of 4
   // registers instead of 32, and Q padded (it is only read) saves its pattern registers: 255
   // registers, no spill, also in the softcap kernel (it spilled 24-40 bytes with p1k); ALiBi
-  // spilled 8 bytes (was 24-40) until its unmasked tiles derived their coordinates afresh (ninth
-  // session, MainloopFwdSm80::score_mods), none since. Medians of 3 interleaved rounds, one binary (H200, sixth
+  // spilled 8 bytes (was 24-40) until its unmasked tiles derived their coordinates afresh
+  // (fresh_score_coords, ninth session), none since: H100, the two versions' binaries alternated
+  // in one call, 2k / 8k / 16k, ALiBi -0.8 to +0.6 %, softcap + ALiBi +0.8 to +3.9 % (the plain
+  // kernel, the same code in both, -0.8 to +1.3 %). Medians of 3 interleaved rounds, one binary (H200, sixth
   // session), Qp s2k a2 vs p1k, non-causal 1k / 2k / 4k / 8k / 16k: 347.5 / 363.6 / 375.3 /
   // 380.4 / 382.7 vs 330.9 / 349.5 / 362.7 / 362.0 / 364.6 (+4-5 %), causal 263.9 / 302.5 /
   // 325.3 / 343.4 / 358.2 vs 257.9 / 290.6 / 315.7 / 331.7 / 337.8 (+2-6 %); softcap +8-11 %
@@ -83,7 +89,10 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   // schedule is gone. 128 x 32 x 4 measured 365 / 335 at 16k; 8 warps lose (16 rows per warp
   // read the same K/V tile for half the MMA work). smem 34 (Q, padded) + 2 x 32 (K, V) = 98 KB at
   // d = 128, 2 CTAs per SM on an H100 (an A100 gets tile_size_fwd_compact_sm80).
-  if (head_dim <= 128) return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 1};
+  if (head_dim <= 128) {
+    return {128, 64, 4, false, 2, true, 1, false, /*padded_q=*/true, 1, /*fresh_kv_addr=*/false,
+            /*fresh_score_coords=*/true};
+  }
   // d = 192: 64 x 64 x 4 s1k with each row in one warp (the d = 256 choice before row pairs,
   // below; not timed separately): with row pairs ptxas spills 68 bytes in the plain kernel.
   if (head_dim <= 192) return tile_size_fwd_64x64_rows_sm80();
@@ -136,8 +145,8 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
 // H100 (ninth session, tile_sweep, medians of 4 rounds from two processes, 1k / 2k / 4k / 8k /
 // 16k): softcap non-causal 305.5 / 322.9 / 330.8 / 340.8 / 336.5 vs 291.5 / 307.0 / 317.6 / 329.1
 // / 315.9 without (+3.6 to +6.5 %: the spill is gone), causal +1.5 to +5.3 %; plain -1.7 to
-// +4.9 %, within the run's spread. The policy tiles keep their pointers: with fresh_kv_addr the d = 128 policy
-// spilled 8 bytes.
+// +4.9 %, within the run's spread. The policy tiles keep their pointers: with fresh_kv_addr the
+// d = 128 policy spilled 8 bytes.
 // Every other head dim's policy is its own compact tile: d <= 64 fits twice anywhere, and d =
 // 192 / 256 (72 / 107 KB) were chosen for the H100 and run one CTA per SM on an A100, as
 // FlashAttention-2's d = 256 tile does there.
