@@ -45,7 +45,7 @@ struct FwdKernelTraitsSm80 {
   static constexpr int kQKChunksAhead = kQKChunksAhead_;
   // The main loop's K / V cp.async sources: false keeps each thread's K and V row pointers in
   // registers across the loop (2 x 64 bits); true re-derives them from threadIdx.x for every copy
-  // (fresh_thread_idx, about ten integer ops per key block), four registers fewer at the loop's
+  // (fresh_thread_idx, a few integer ops per copy), four registers fewer at the loop's
   // register peak. Which spills less differs per tile (tile_size_sm80.h).
   static constexpr bool kFreshKVAddr = kFreshKVAddr_;
   // ALiBi's (row, key) coordinates in the unmasked tiles: false takes them from one partition of
