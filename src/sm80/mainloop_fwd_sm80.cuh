@@ -388,6 +388,16 @@ struct MainloopFwdSm80 {
                                                  pages_of(n_block));
       }
     };
+    // This thread's part of key block n_block of gK or gV (contiguous K/V): its partition tXgX,
+    // made before the loop, or with Traits::kFreshKVAddr the same re-derived from a fresh read
+    // of threadIdx.x, so that no per-thread pointer stays live across the loop.
+    auto kv_block_src = [&](auto const& g, auto const& tXgX, int n_block) {
+      if constexpr (Traits::kFreshKVAddr) {
+        return gmem_tiled_copy.get_thread_slice(fresh_thread_idx()).partition_S(g)(_, _, _, n_block);
+      } else {
+        return tXgX(_, _, _, n_block);
+      }
+    };
     auto load_k = [&](int n_block, int stage, auto check_rows, int max_rows) {
       constexpr bool kCheck = decltype(check_rows)::value;
       if constexpr (kPaged) {
@@ -395,15 +405,8 @@ struct MainloopFwdSm80 {
                               p.k_row_stride, pages_of(n_block), n_block * kBlockN,
                               tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
-        if constexpr (Traits::kFreshKVAddr) {
-          copy_zfill<kCheck>(gmem_tiled_copy,
-                             gmem_tiled_copy.get_thread_slice(fresh_thread_idx())
-                                 .partition_S(gK)(_, _, _, n_block),
-                             tKsK(_, _, _, stage), tKVcKV, tpD, max_rows);
-        } else {
-          copy_zfill<kCheck>(gmem_tiled_copy, tKgK(_, _, _, n_block), tKsK(_, _, _, stage), tKVcKV,
-                             tpD, max_rows);
-        }
+        copy_zfill<kCheck>(gmem_tiled_copy, kv_block_src(gK, tKgK, n_block), tKsK(_, _, _, stage),
+                           tKVcKV, tpD, max_rows);
       }
     };
     auto load_v = [&](int n_block, int stage, auto check_rows, int max_rows) {
@@ -413,15 +416,8 @@ struct MainloopFwdSm80 {
                               p.v_row_stride, pages_of(n_block), n_block * kBlockN,
                               tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
       } else {
-        if constexpr (Traits::kFreshKVAddr) {
-          copy_zfill<kCheck>(gmem_tiled_copy,
-                             gmem_tiled_copy.get_thread_slice(fresh_thread_idx())
-                                 .partition_S(gV)(_, _, _, n_block),
-                             tVsV(_, _, _, stage), tKVcKV, tpD, max_rows);
-        } else {
-          copy_zfill<kCheck>(gmem_tiled_copy, tVgV(_, _, _, n_block), tVsV(_, _, _, stage), tKVcKV,
-                             tpD, max_rows);
-        }
+        copy_zfill<kCheck>(gmem_tiled_copy, kv_block_src(gV, tVgV, n_block), tVsV(_, _, _, stage),
+                           tKVcKV, tpD, max_rows);
       }
     };
 
