@@ -46,7 +46,8 @@ struct FwdKernelTraitsSm80 {
   // The main loop's K / V cp.async sources: false keeps each thread's K and V row pointers in
   // registers across the loop (2 x 64 bits); true re-derives them from threadIdx.x for every copy
   // (fresh_thread_idx, a few integer ops per copy), four registers fewer at the loop's
-  // register peak. Which spills less differs per tile (tile_size_sm80.h).
+  // register peak. Which spills less differs per tile (tile_size_sm80.h). Contiguous K / V
+  // only: the paged copy (copy_kv_paged) forms its row addresses at every copy anyway.
   static constexpr bool kFreshKVAddr = kFreshKVAddr_;
   // ALiBi's (row, key) coordinates in the unmasked tiles: false takes them from one partition of
   // the identity tile made before the loop (its per-thread base held in a register); true
