@@ -33,7 +33,7 @@
 #include "sm80/epilogue_fwd_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/mainloop_fwd_sm80.cuh"
-#include "sm80/softmax_sm80.cuh"
+#include "common/online_softmax.cuh"
 #include "sm80/tile_size_sm80.h"
 
 namespace flashattn::sm80 {
@@ -181,7 +181,7 @@ struct FlashAttnFwdSm80 {
     Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
     clear(acc_o);
     constexpr int kNRows = 2 * decltype(size<1>(acc_o))::value;
-    OnlineSoftmaxSm80<kNRows> softmax(args.unit_log2);
+    OnlineSoftmax<kNRows> softmax(args.unit_log2);
 
     Mainloop{}.run(args, storage.mainloop, seq, blk, mask, n_block_min, n_block_max, acc_o, softmax);
 

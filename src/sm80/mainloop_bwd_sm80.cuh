@@ -558,7 +558,7 @@ struct MainloopBwdSm80 {
     Tensor dp = make_tensor(acc_dp.data(), acc_layout_rowcol(acc_dp.layout()));  // (rows, keys)
     Tensor c = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));
     static_assert(decltype(size<0>(s))::value == kNRows);
-    // Coordinates as this thread's first element plus compile-time offsets (see mask_sm80.cuh).
+    // Coordinates as this thread's first element plus compile-time offsets (see common/score_mod_tile.cuh).
     const int row0 = m0 + get<0>(c(0, 0));
     const int col0 = n0 + get<1>(c(0, 0));
 

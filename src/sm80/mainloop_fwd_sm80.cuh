@@ -47,8 +47,8 @@
 #include "common/seqlen.h"
 #include "sm80/dropout_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
-#include "sm80/mask_sm80.cuh"
-#include "sm80/softmax_sm80.cuh"
+#include "common/score_mod_tile.cuh"
+#include "common/online_softmax.cuh"
 #include "sm80/utils_sm80.cuh"
 
 namespace flashattn::sm80 {
@@ -103,7 +103,7 @@ struct MainloopFwdSm80 {
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kStages = Traits::kStages;
   using TiledMma = typename Traits::TiledMma;
-  using ScoreMod = ScoreModSm80<kHasSoftcap, kHasAlibi>;
+  using ScoreMod = ScoreModTile<kHasSoftcap, kHasAlibi>;
   static constexpr int kNRows = 2 * kBlockM / (16 * Traits::kWarpsM);  // query rows per thread
 
   // Row pairs (Traits::kWarpsN == 2): two warps share each query row, so a row's max and sum

@@ -1,27 +1,18 @@
-// Register-level helpers of the SM80-path kernels: views of the m16n8k16 accumulator as
-// (row, col), reuse of an accumulator as the A operand of the next MMA, pipelined
-// smem -> register gemms, quad reductions, predicated (zero-filling) tile copies, and the
-// fp32 -> 16-bit conversion of a fragment.
+// Register-level helpers of the SM80-path kernels: reuse of an m16n8k16 accumulator as the A
+// operand of the next MMA, pipelined smem -> register gemms, predicated (zero-filling) tile
+// copies, and the sm_90 cluster primitives of the split-KV merge. The (row, col) view of an
+// accumulator, the quad reductions and the fragment conversion are arch-neutral
+// (common/accumulator.cuh).
 #pragma once
 
 #include <cute/tensor.hpp>
-#include <cutlass/numeric_conversion.h>
+
+#include "common/accumulator.cuh"
 
 namespace flashattn::sm80 {
 
 using namespace cute;
-
-// The m16n8k16 accumulator of one thread is ((2, 2), MMA_M, MMA_N): values (c0, c1) sit in row
-// lane / 4, columns 2 * (lane % 4) + {0, 1}; (c2, c3) in row lane / 4 + 8. Regroup it as
-// ((2, MMA_M), (2, MMA_N)) = (rows owned by this thread, columns owned by this thread).
-template <class Layout>
-__forceinline__ __device__ auto acc_layout_rowcol(Layout const& acc) {
-  static_assert(decltype(rank(acc))::value == 3);
-  static_assert(decltype(size<0>(acc))::value == 4);
-  auto vals = get<0>(acc);  // (2, 2): (column pair, row half)
-  return make_layout(make_layout(get<1>(vals), get<1>(acc)),
-                     make_layout(get<0>(vals), get<2>(acc)));
-}
+using namespace flashattn::gpu;  // the arch-neutral device components (src/common/*.cuh)
 
 // The A operand of m16n8k16 holds, per thread, (a0..a3) = the C values of one n8 column block and
 // (a4..a7) = those of the next one. So the S accumulator ((2, 2), MMA_M, MMA_N) read as
@@ -140,35 +131,6 @@ __forceinline__ __device__ int fresh_thread_idx() {
   int tid;
   asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
   return tid;
-}
-
-// The four lanes of a quad (lane / 4 equal) hold the same accumulator rows.
-__forceinline__ __device__ float quad_allreduce_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__forceinline__ __device__ float quad_allreduce_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
-// fp32 fragment -> 16-bit fragment of the same layout (paired cvt.rn.{bf16x2,f16x2}.f32).
-template <typename To, class Tensor>
-__forceinline__ __device__ auto convert_fragment(Tensor const& src) {
-  constexpr int kN = decltype(size(src))::value;
-  static_assert(kN % 2 == 0);
-  auto dst = make_tensor<To>(src.layout());
-  cutlass::NumericArrayConverter<To, float, 2> conv;
-  CUTE_UNROLL
-  for (int i = 0; i < kN; i += 2) {
-    cutlass::Array<float, 2> in;
-    in[0] = src(i);
-    in[1] = src(i + 1);
-    cutlass::Array<To, 2> out = conv(in);
-    dst(i) = out[0];
-    dst(i + 1) = out[1];
-  }
-  return dst;
 }
 
 // Tile copy gmem -> smem with cp.async, zero-filling every 16-byte vector whose row is

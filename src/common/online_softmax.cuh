@@ -1,4 +1,6 @@
-// Online softmax over the S tiles of one CTA, entirely in registers.
+// Online softmax over the S tiles of one CTA (or one warpgroup), entirely in registers. Shared by
+// every GPU arch: it sees an accumulator only through acc_layout_rowcol (common/accumulator.cuh),
+// so the same code runs on the m16n8k16 (SM80) and wgmma (Hopper) fragments.
 //
 // Scores arrive in "t units": the true score is s = t * unit (no softcap: t = q.k and
 // unit = softmax_scale; softcap: t = tanh(q.k * scale / cap) and unit = cap; ALiBi is added in t
@@ -23,20 +25,20 @@
 
 #include <cmath>
 
-#include "sm80/utils_sm80.cuh"
+#include "common/accumulator.cuh"
 
-namespace flashattn::sm80 {
+namespace flashattn::gpu {
 
 using namespace cute;
 
 template <int kNRows>
-struct OnlineSoftmaxSm80 {
+struct OnlineSoftmax {
   float row_max[kNRows];
   float row_sum[kNRows];
   float correction[kNRows];  // of the last update()
   float unit_log2;
 
-  __forceinline__ __device__ explicit OnlineSoftmaxSm80(float unit_log2_) : unit_log2(unit_log2_) {
+  __forceinline__ __device__ explicit OnlineSoftmax(float unit_log2_) : unit_log2(unit_log2_) {
     CUTE_UNROLL
     for (int i = 0; i < kNRows; ++i) {
       row_max[i] = -INFINITY;
@@ -56,7 +58,7 @@ struct OnlineSoftmaxSm80 {
     return update_with_max<kCheckInf>(acc_s, m);
   }
 
-  // The two halves of update(), for warps that share rows (row pairs, mainloop_fwd_sm80.cuh):
+  // The two halves of update(), for warps that share rows (row pairs, sm80/mainloop_fwd_sm80.cuh):
   // tile_max gives each row's max over the running max and this thread's quad's columns of the
   // tile; the pair combines its two maxima (fmaxf, so both warps get the same bits) and
   // update_with_max goes on with the combined max m (>= the running max).
@@ -149,4 +151,4 @@ struct OnlineSoftmaxSm80 {
   }
 };
 
-}  // namespace flashattn::sm80
+}  // namespace flashattn::gpu

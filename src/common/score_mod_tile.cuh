@@ -1,9 +1,10 @@
-// Score mods (softcap, ALiBi) and the visibility mask applied to an S = Q K^T register fragment.
+// Score mods (softcap, ALiBi) and the visibility mask applied to an S = Q K^T register fragment,
+// for every GPU arch (the fragment is seen through acc_layout_rowcol, common/accumulator.cuh).
 //
 // Each element's (query row, key column) comes from an identity tensor partitioned exactly like
 // the accumulator (thr_mma.partition_C), so the rules are the shared ones of src/common: the
 // VisibilityMask of mask.h decides visibility and the order of ScoreMod (score_mod.h) is kept:
-// scale, softcap, ALiBi, then the mask. Values stay in t units (see softmax_sm80.cuh):
+// scale, softcap, ALiBi, then the mask. Values stay in t units (see common/online_softmax.cuh):
 //   softcap:  t = tanh(q.k * scale / cap)            (unit = cap)
 //   ALiBi:    t -= slope / unit * |i + s_k - s_q - j|
 // kMasked = false is the hot path for tiles that VisibilityMask::tile_fully_visible proves fully
@@ -14,15 +15,15 @@
 
 #include <cmath>
 
+#include "common/accumulator.cuh"
 #include "common/mask.h"
-#include "sm80/utils_sm80.cuh"
 
-namespace flashattn::sm80 {
+namespace flashattn::gpu {
 
 using namespace cute;
 
 template <bool kHasSoftcap, bool kHasAlibi>
-struct ScoreModSm80 {
+struct ScoreModTile {
   float softcap_prescale = 0.f;  // scale / cap (softcap only)
   float alibi_coef = 0.f;        // -slope / unit (ALiBi only)
   int offset = 0;                // s_k - s_q of this sequence (ALiBi distance)
@@ -64,4 +65,4 @@ struct ScoreModSm80 {
   }
 };
 
-}  // namespace flashattn::sm80
+}  // namespace flashattn::gpu
