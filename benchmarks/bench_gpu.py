@@ -66,6 +66,21 @@ class FlashAttnCapi:
             ctypes.POINTER(ctypes.c_int64), ctypes.c_float, ctypes.c_int, ctypes.c_int,
             ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         self.err = ctypes.create_string_buffer(512)
+        self.has_paths = hasattr(self.lib, "flashattn_capi_set_gpu_path")
+        if self.has_paths:
+            self.lib.flashattn_capi_set_gpu_path.argtypes = [ctypes.c_int]
+            self.lib.flashattn_capi_last_gpu_path.restype = ctypes.c_int
+
+    PATHS = {"auto": 0, "sm80": 1, "sm90": 2}
+
+    def set_path(self, name):
+        if self.has_paths:
+            self.lib.flashattn_capi_set_gpu_path(self.PATHS[name])
+
+    def last_path(self):
+        if not self.has_paths:
+            return "sm80"
+        return {0: "none", 1: "sm80", 2: "sm90"}[self.lib.flashattn_capi_last_gpu_path()]
 
     def fwd(self, q, k, v, o, lse, causal):
         b, sq, h, d = q.shape
@@ -132,6 +147,7 @@ def measure(mode, fa, d, s, dtype, dtype_name, rep, rounds=1):
     for causal in (False, True):
         for st in sets:
             fa.fwd(*st[:5], causal)
+        path = fa.last_path()
         # Correctness of this very call against SDPA in fp32 before timing it.
         q, k, v, o, lse = sets[0][:5]
         err = float("nan")
@@ -154,6 +170,14 @@ def measure(mode, fa, d, s, dtype, dtype_name, rep, rounds=1):
 
         if mode == "fwd":
             impls = {"flashattn": lambda: fa.fwd(*next_set()[:5], causal)}
+            if fa.has_paths:
+                # The SM80 path on the same GPU, in the same process (the override is process-wide
+                # and costs an atomic store, so it is set around each call).
+                def run_sm80():
+                    fa.set_path("sm80")
+                    fa.fwd(*next_set()[:5], causal)
+                    fa.set_path("auto")
+                impls["flashattn_sm80"] = run_sm80
             for name, backend in SDPA_BACKENDS.items():
                 def run_sdpa(backend=backend):
                     q, k, v = next_set()[:3]
@@ -197,9 +221,9 @@ def measure(mode, fa, d, s, dtype, dtype_name, rep, rounds=1):
             tf = flops / (ms * 1e-3) / 1e12
             records.append({"impl": name, "mode": mode, "dtype": dtype_name, "d": d, "seqlen": s,
                             "causal": causal, "page_size": None, "ms": ms, "tflops": tf,
-                            **({"max_err_vs_fp32": err} if name == "flashattn" else {})})
+                            **({"max_err_vs_fp32": err, "path": path} if name == "flashattn" else {})})
             print(f"  {mode} {name:15s} d={d:3d} s={s:5d} causal={int(causal)} {ms:8.3f} ms {tf:7.1f} TFLOP/s"
-                  + (f"  err={err:.2e}" if name == "flashattn" else ""), flush=True)
+                  + (f"  err={err:.2e} path={path}" if name == "flashattn" else ""), flush=True)
     return records
 
 
@@ -262,8 +286,8 @@ def write_results(mode, records, args, gpu):
 
     how = f"; median of {rounds} interleaved rounds" if rounds > 1 else ""
     lines = [f"# {'Forward' if mode == 'fwd' else 'Backward'} TFLOP/s, {args.dtype}, {gpu} ({date}, commit {commit}{how})", "",
-             "| d | seqlen | causal | flashattn | sdpa_flash | sdpa_cudnn | sdpa_efficient | vs flash | vs cudnn |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| d | seqlen | causal | flashattn | path | flashattn sm80 | sdpa_flash | sdpa_cudnn | sdpa_efficient | vs flash | vs cudnn |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in sorted({r["d"] for r in records}):
         for c in (False, True):
             for s in sorted({r["seqlen"] for r in records}):
@@ -271,9 +295,12 @@ def write_results(mode, records, args, gpu):
                 if fa_t is None:
                     continue
                 fl, cu, ef = get("sdpa_flash", d, s, c), get("sdpa_cudnn", d, s, c), get("sdpa_efficient", d, s, c)
+                s80 = get("flashattn_sm80", d, s, c)
+                path = next((r.get("path", "-") for r in records if r["impl"] == "flashattn" and r["d"] == d
+                             and r["seqlen"] == s and r["causal"] == c), "-")
                 fmt = lambda x: f"{x:.1f}" if x else "-"
                 rat = lambda x: f"{fa_t / x:.2f}x" if x else "-"
-                lines.append(f"| {d} | {s} | {int(c)} | {fmt(fa_t)} | {fmt(fl)} | {fmt(cu)} | {fmt(ef)} | {rat(fl)} | {rat(cu)} |")
+                lines.append(f"| {d} | {s} | {int(c)} | {fmt(fa_t)} | {path} | {fmt(s80)} | {fmt(fl)} | {fmt(cu)} | {fmt(ef)} | {rat(fl)} | {rat(cu)} |")
     table = "\n".join(lines) + "\n"
     with open(stem + ".md", "w") as f:
         f.write(table)
@@ -286,7 +313,7 @@ def write_results(mode, records, args, gpu):
         for col, d in enumerate(ds):
             for row, c in enumerate((False, True)):
                 ax = axes[row][col]
-                for impl in ["flashattn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]:
+                for impl in ["flashattn", "flashattn_sm80", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"]:
                     pts = sorted((r["seqlen"], r["tflops"]) for r in records
                                  if r["impl"] == impl and r["d"] == d and r["causal"] == c)
                     if pts:

@@ -139,4 +139,11 @@ int flashattn_capi_fwd_kvcache(
   return report(flashattn::mha_fwd_kvcache(p), err, err_len);
 }
 
+// GPU kernel path for the calls that follow (flashattn::set_gpu_path): 0 = auto, 1 = sm80,
+// 2 = sm90. The path the calling thread's last GPU forward ran on, same numbering.
+void flashattn_capi_set_gpu_path(int path) {
+  flashattn::set_gpu_path(static_cast<flashattn::GpuPath>(path));
+}
+int flashattn_capi_last_gpu_path() { return static_cast<int>(flashattn::last_gpu_path()); }
+
 }  // extern "C"

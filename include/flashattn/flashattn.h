@@ -43,6 +43,21 @@ const char* backend_name(Backend b);
 // that does not. Host memory -> kCpu; CUDA device (or managed) memory -> kCuda.
 Status locate(const FwdParams& params, Backend* out);
 
+// GPU kernel paths. kSm80: the FlashAttention-2 kernels, every feature, every GPU of compute
+// capability 8.0+ (Hopper included). kSm90: the Hopper kernels (TMA, wgmma, warp
+// specialization; sm_90a code on a compute capability 9.0 GPU), for the requests they cover;
+// the rest runs on kSm80. Both are exact (docs/architecture.md has the coverage table).
+enum class GpuPath { kAuto, kSm80, kSm90 };
+const char* gpu_path_name(GpuPath p);  // "auto", "sm80", "sm90"
+// Process-wide override for the GPU calls that follow. kAuto (the default): the fastest path that
+// covers the request. kSm80: the SM80 path for everything. kSm90: the Hopper path wherever it
+// covers the request (a GPU that cannot run it gets NotSupported). The environment variable
+// FLASHATTN_GPU_PATH=auto|sm80|sm90 sets the initial value (read at the first GPU call).
+void set_gpu_path(GpuPath p);
+GpuPath gpu_path();
+// The path the calling thread's last successful GPU forward ran on (kAuto: none yet).
+GpuPath last_gpu_path();
+
 // What this build contains.
 struct BuildInfo {
   std::string version;

@@ -1,11 +1,13 @@
 // Runtime -> template dispatch of the GPU forward: checks that the request is inside what the
-// SM80-path kernels cover (returning kNotSupported, never different math, for the rest), rounds
-// the head dim up to a compiled kernel, chooses the split count and the kernel family:
+// GPU kernels cover (returning kNotSupported, never different math, for the rest), picks the
+// kernel path (api/route.h: the Hopper kernels where they cover the request, else the SM80
+// path), rounds the head dim up to a compiled kernel of that path and, on the SM80 path, chooses
+// the split count and the kernel family:
 //   dropout                                   -> run_fwd_dropout_sm80
 //   paged KV, KV-cache hooks or num_splits > 1, or any KV-cache call
 //                                             -> run_fwd_split_sm80 (split-capable)
 //   otherwise                                 -> run_fwd_sm80 (plain)
-// and, for p_ptr, runs the probabilities kernel after the forward (with the forward's LSE, into
+// For p_ptr it runs the probabilities kernel after the forward (with the forward's LSE, into
 // stream-ordered scratch when the caller passed no LSE buffer). The remaining compile-time
 // features (softcap, ALiBi) are picked inside each family.
 #include <cuda_runtime.h>
@@ -17,9 +19,13 @@
 #include "cuda/dispatch_checks.h"
 #include "cuda/fwd.h"
 #include "flashattn_build_config.h"
+#include "api/route.h"
 #include "flashattn_fwd_sm80_instances.h"
+#include "flashattn_fwd_sm90_instances.h"
 #include "sm80/fwd_sm80.h"
 #include "sm80/tile_size_sm80.h"
+#include "sm90/fwd_sm90.h"
+#include "sm90/tile_size_sm90.h"
 
 namespace flashattn::cuda {
 namespace {
@@ -68,6 +74,43 @@ Status run_compiled(const FwdParams& p, const FwdCacheArgs& cache, int hd, int s
                                dtype_name(p.dtype) +
                                " GPU forward kernels not compiled in this build " +
                                compiled_config_string());
+}
+
+Status run_compiled_sm90(const FwdParams& p, int hd) {
+#define FA_SM90_FWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return sm90::run_fwd_sm90<kDtype, kHeadDim>(p);
+  FA_SM90_FWD_FOR_EACH_INSTANCE(FA_SM90_FWD_CASE)
+#undef FA_SM90_FWD_CASE
+  return Status::internal("no Hopper forward kernel for a request the route gave the Hopper path");
+}
+
+bool compiled_sm90(DType t, int hd) {
+#define FA_SM90_FWD_IS(kDtype, kHeadDim) \
+  if (t == kDtype && hd == kHeadDim) return true;
+  FA_SM90_FWD_FOR_EACH_INSTANCE(FA_SM90_FWD_IS)
+#undef FA_SM90_FWD_IS
+  (void)t;
+  (void)hd;
+  return false;
+}
+
+// The forward on the path api/route.h picks, recorded for last_gpu_path().
+Status run_routed(const FwdParams& p, const FwdCacheArgs& cache, int hd, int splits) {
+  route::FwdRequest r;
+  r.device_runs_sm90 = device_runs_sm90_kernels();
+  r.sm90_compiled = compiled_sm90(p.dtype, sm90::round_head_dim_sm90(p.d));
+  r.kv_cache_hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
+  r.split_family = cache.split_family;
+  r.num_splits = splits;
+  if (gpu_path() == GpuPath::kSm90 && !r.device_runs_sm90)
+    return Status::not_supported(
+        "GPU path sm90 was asked for (FLASHATTN_GPU_PATH / set_gpu_path), but this device cannot "
+        "run the library's sm_90a kernels");
+  const GpuPath path = route::choose_fwd_path(p, r);
+  Status s = path == GpuPath::kSm90 ? run_compiled_sm90(p, sm90::round_head_dim_sm90(p.d))
+                                    : run_compiled(p, cache, hd, splits);
+  if (s.ok()) route::record_gpu_path(path);
+  return s;
 }
 
 bool compiled(DType t, int hd) {
@@ -123,7 +166,7 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
   int splits = 1;
   s = choose_splits(p, hd, &splits);
   if (!s.ok()) return s;
-  if (p.p_ptr == nullptr) return run_compiled(p, cache, hd, splits);
+  if (p.p_ptr == nullptr) return run_routed(p, cache, hd, splits);
 
   // p_ptr: the forward's LSE is needed; without a caller buffer it goes to scratch.
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
@@ -134,7 +177,7 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
                                   sizeof(float) * size_t(p.b) * p.h * p.seqlen_q, stream));
     fp.softmax_lse_ptr = lse_scratch;
   }
-  s = run_compiled(fp, cache, hd, splits);
+  s = run_routed(fp, cache, hd, splits);
   if (s.ok()) s = sm80::run_fwd_probs_sm80(fp, fp.softmax_lse_ptr);
   if (lse_scratch != nullptr) {
     const cudaError_t free_err = cudaFreeAsync(lse_scratch, stream);

@@ -1,0 +1,69 @@
+// Arch routing of the GPU kernels (route.h): the Hopper path's coverage table and the override.
+#include "api/route.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace flashattn {
+
+const char* gpu_path_name(GpuPath p) {
+  switch (p) {
+    case GpuPath::kSm80: return "sm80";
+    case GpuPath::kSm90: return "sm90";
+    default: return "auto";
+  }
+}
+
+namespace {
+
+// -1: not read yet; else a GpuPath. The environment is read once, at the first use.
+std::atomic<int> path_override{-1};
+thread_local GpuPath last_path = GpuPath::kAuto;
+
+GpuPath path_from_env() {
+  const char* v = std::getenv("FLASHATTN_GPU_PATH");
+  if (v == nullptr) return GpuPath::kAuto;
+  if (std::strcmp(v, "sm80") == 0) return GpuPath::kSm80;
+  if (std::strcmp(v, "sm90") == 0) return GpuPath::kSm90;
+  return GpuPath::kAuto;
+}
+
+}  // namespace
+
+void set_gpu_path(GpuPath p) { path_override.store(int(p)); }
+
+GpuPath gpu_path() {
+  int v = path_override.load(std::memory_order_relaxed);
+  if (v < 0) {
+    int expected = -1;
+    path_override.compare_exchange_strong(expected, int(path_from_env()));
+    v = path_override.load();
+  }
+  return GpuPath(v);
+}
+
+GpuPath last_gpu_path() { return last_path; }
+
+namespace route {
+
+std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
+  if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
+  if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
+  if (p.p_dropout > 0.f) return "dropout";
+  if (p.block_table != nullptr) return "paged KV";
+  if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
+  if (r.num_splits > 1) return "split-KV";
+  return "";
+}
+
+GpuPath choose_fwd_path(const FwdParams& p, const FwdRequest& r) {
+  if (gpu_path() == GpuPath::kSm80) return GpuPath::kSm80;
+  return fwd_sm90_uncovered(p, r).empty() ? GpuPath::kSm90 : GpuPath::kSm80;
+}
+
+void record_gpu_path(GpuPath path) { last_path = path; }
+
+}  // namespace route
+}  // namespace flashattn

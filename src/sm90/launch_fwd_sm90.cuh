@@ -1,0 +1,132 @@
+// Launch of the Hopper forward: picks the compile-time score mods from the params, builds the TMA
+// descriptors of Q, K and V over the caller's strides, sizes the persistent grid, and launches on
+// p.stream. Explicitly instantiated per (dtype, head dim) in generated TUs compiled for sm_90a
+// only (cmake/kernels.cmake).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "sm90/fwd_sm90.h"
+#include "sm90/kernel_fwd_sm90.cuh"
+#include "sm90/kernel_traits_fwd_sm90.cuh"
+
+namespace flashattn::sm90 {
+
+template <DType kDtype>
+using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
+
+// SM count of the current device, cached per device (the persistent grid's size).
+inline int device_sm_count() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < kMaxDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  if (device < kMaxDevices) cache[device].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+// The share of L2 a causal section's K + V may take (TileSchedulerSm90): about two thirds of the
+// H100's 50 MB, leaving room for the Q tiles and O stores streaming past.
+inline constexpr int64_t kL2BytesForKV = 32ll << 20;
+
+template <class Traits, class Features>
+Status launch_fwd_sm90(const FwdParams& p) {
+  using Kernel = FlashAttnFwdSm90<Traits, Features>;
+  using Args = FwdArgsSm90<Traits>;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM;
+  constexpr int kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim;
+
+  Args args;
+  args.p = p;
+  const bool has_softcap = p.softcap > 0.f;
+  args.unit = has_softcap ? p.softcap : p.softmax_scale;
+  args.unit_log2 = args.unit * float(M_LOG2E);
+  args.softcap_prescale = has_softcap ? p.softmax_scale / p.softcap : 0.f;
+  args.h_h_k_ratio = p.h / p.h_k;
+  args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  const bool varlen = p.cu_seqlens_q != nullptr;
+  args.kv_tail_in_tensor = varlen || p.seqused_k != nullptr;
+
+  const int64_t tiles = int64_t(args.num_m_blocks) * p.h * p.b;
+  if (tiles == 0) return Status::ok_status();
+  if (tiles > 0x7fffffff) return Status::not_supported("more than 2^31 query tiles");
+  const bool longest_first = p.is_causal || p.window_size_left >= 0 || p.window_size_right >= 0;
+  const int64_t kv_bytes_per_head =
+      2 * int64_t(p.seqlen_k) * kHeadDim * int64_t(sizeof(Element)) / args.h_h_k_ratio;
+  args.scheduler = TileSchedulerSm90::make(args.num_m_blocks, p.h, p.b, longest_first,
+                                           kv_bytes_per_head, kL2BytesForKV);
+
+  // TMA views (rows, d, heads, batch); varlen inputs are one batch of total rows. A dimension
+  // of 0 rows would be rejected by the descriptor: nothing is loaded from such a tensor (every
+  // tile is empty), so it is described as 1 row.
+  const int rows_q = std::max(1, varlen ? p.total_q : p.seqlen_q);
+  const int rows_kv = std::max(1, varlen ? p.total_k : p.seqlen_k);
+  const int batch = varlen ? 1 : p.b;
+  args.shape_q = make_shape(int32_t(rows_q), int32_t(p.d), int32_t(p.h), int32_t(batch));
+  args.shape_kv = make_shape(int32_t(rows_kv), int32_t(p.d), int32_t(p.h_k), int32_t(batch));
+  auto view = [&](const void* ptr, typename Traits::GmemShape const& shape, int64_t batch_stride,
+                  int64_t row_stride, int64_t head_stride) {
+    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                       make_layout(shape, make_stride(row_stride, _1{}, head_stride,
+                                                      varlen ? int64_t(0) : batch_stride)));
+  };
+  args.tma_q = make_tma_copy(
+      SM90_TMA_LOAD{},
+      view(p.q_ptr, args.shape_q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+      typename Traits::SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{});
+  // Without any key (seqlen_k = 0, or every varlen sequence empty) every tile only stores O = 0
+  // and LSE = +inf: K and V are never read and get no descriptor (their pointer may be null).
+  args.has_kv = (varlen ? p.total_k : p.seqlen_k) > 0;
+  if (args.has_kv) {
+    args.tma_k = make_tma_copy(
+        SM90_TMA_LOAD{},
+        view(p.k_ptr, args.shape_kv, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+        typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+    args.tma_v = make_tma_copy(
+        SM90_TMA_LOAD{},
+        view(p.v_ptr, args.shape_kv, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+        typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  }
+
+  const int sms = device_sm_count();
+  if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
+  const int grid = int(std::min<int64_t>(tiles, sms));
+  auto* kernel = &flash_fwd_sm90_kernel<Kernel>;
+  constexpr int kSmem = Kernel::kSmemSize;
+  FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(args);
+  FA_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+  return Status::ok_status();
+}
+
+template <DType kDtype, int kHeadDim>
+Status run_fwd_sm90(const FwdParams& p) {
+  using Traits = FwdTraitsSm90<kHeadDim, ElementOf<kDtype>>;
+  const bool softcap = p.softcap > 0.f;
+  if (p.alibi_slopes != nullptr) {
+    return softcap ? launch_fwd_sm90<Traits, FwdFeaturesSm90<true, true>>(p)
+                   : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, true>>(p);
+  }
+  return softcap ? launch_fwd_sm90<Traits, FwdFeaturesSm90<true, false>>(p)
+                 : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, false>>(p);
+}
+
+}  // namespace flashattn::sm90

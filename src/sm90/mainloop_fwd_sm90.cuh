@@ -1,0 +1,337 @@
+// The Hopper forward main loop: the producer's TMA loads and the consumer warpgroups' GEMMs and
+// online softmax for one tile (kBlockM query rows of one head). See kernel_fwd_sm90.cuh for the
+// CTA's roles and the tile loop.
+//
+// Key blocks are walked from the last visible one down to the first (as on the SM80 path: the
+// partial block and the causal diagonal come first). Pipelines (PipelineTmaAsync, one mbarrier
+// pair per stage): K and V, kStages each, advanced in lockstep (K[n] and V[n] share a stage
+// index); Q has one transaction barrier and is reloaded per tile.
+//
+// Producer (one thread), per tile, key blocks n_max - 1 = first, ..., n_min = last:
+//   K[first]; wait kQueryEmpty; Q; then K[n - 1], V[n] for each n; V[last]
+// (V of a block is issued after K of the next: the consumers need K[n] one step before V[n]).
+//
+// Consumer warpgroup (64 query rows), per tile, with "||" = in flight on the tensor cores
+// while the warpgroup's own threads run the softmax:
+//   S = Q K[first]^T; wait; score mods + mask; softmax; P = 16-bit(S)
+//   for n = first - 1 down to n_min:
+//     [ping-pong turn]  issue S = Q K[n]^T, issue O += P V[n + 1]  [pass the turn]
+//     wait S; release K[n]; score mods + mask; online softmax of S    || O += P V[n + 1]
+//     wait O; release V[n + 1]; O *= exp(m_old - m_new); P = 16-bit(S)
+//   O += P V[n_min]; wait; release V[n_min]
+// The softmax of block n runs while the P V GEMM of block n + 1 is on the tensor cores, and with
+// ping-pong the other warpgroups' GEMMs fill the tensor cores during this one's softmax.
+// Blocks that hold an invisible (row, key) pair (causal diagonal, window edges, the key tail)
+// run the per-element mask; the others skip it entirely.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "common/accumulator.cuh"
+#include "common/mask.h"
+#include "common/online_softmax.cuh"
+#include "common/score_mod_tile.cuh"
+#include "common/seqlen.h"
+#include "sm90/barriers_sm90.cuh"
+#include "sm90/kernel_traits_fwd_sm90.cuh"
+
+namespace flashattn::sm90 {
+
+using namespace cute;
+using namespace flashattn::gpu;
+
+// The compile-time feature set of one Hopper forward kernel (everything else is a runtime value).
+template <bool kSoftcap_, bool kAlibi_>
+struct FwdFeaturesSm90 {
+  static constexpr bool kSoftcap = kSoftcap_;
+  static constexpr bool kAlibi = kAlibi_;
+};
+
+// One tile's geometry, computed the same way by the producer and the consumers.
+struct TileWorkSm90 {
+  int m_block = 0, bidh = 0, bidb = 0, bidh_kv = 0;
+  SeqlenInfo seq;
+  VisibilityMask mask;
+  int n_block_min = 0, n_block_max = 0;
+  bool rows = false;  // some query row of the tile exists (m0 < seqlen_q)
+  bool keys = false;  // ... and some key is visible to some row: the tile loads and computes
+
+  template <int kBlockM, int kBlockN, class Args>
+  __forceinline__ __device__ static TileWorkSm90 make(Args const& args, int tile) {
+    TileWorkSm90 w;
+    const TileCoordSm90 c = args.scheduler.coord(tile);
+    w.m_block = c.m_block;
+    w.bidh = c.bidh;
+    w.bidb = c.bidb;
+    w.bidh_kv = c.bidh / args.h_h_k_ratio;
+    const FwdParams& p = args.p;
+    w.seq = SeqlenInfo::make(p, c.bidb);
+    const int m0 = c.m_block * kBlockM;
+    w.rows = m0 < w.seq.seqlen_q;
+    w.mask = VisibilityMask::make(w.seq.seqlen_q, w.seq.seqlen_k, p.is_causal, p.window_size_left,
+                                  p.window_size_right);
+    if (!w.rows) return w;
+    int n_lo = 0, n_hi = 0;
+    w.mask.key_range(m0, min(m0 + kBlockM, w.seq.seqlen_q), &n_lo, &n_hi);
+    w.keys = n_hi > n_lo;
+    w.n_block_min = n_lo / kBlockN;
+    w.n_block_max = (n_hi + kBlockN - 1) / kBlockN;
+    return w;
+  }
+};
+
+template <class Traits, class Features>
+struct MainloopFwdSm90 {
+  using Element = typename Traits::Element;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kStages = Traits::kStages;
+  static constexpr int kMmaWarpGroups = Traits::kMmaWarpGroups;
+  static constexpr int kMmaThreads = Traits::kMmaThreads;
+  using Args = FwdArgsSm90<Traits>;
+  using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename PipelineKV::PipelineState;
+  using ScoreMod = ScoreModTile<Features::kSoftcap, Features::kAlibi>;
+
+  // 1024-byte alignment: the 128-byte swizzle repeats every 1 KB, and TMA and wgmma apply it to
+  // absolute shared-memory addresses.
+  struct TensorStorage {
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutQ>, 1024> smem_q;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 1024> smem_k;
+    cute::array_aligned<Element, cute::cosize_v<typename Traits::SmemLayoutKV>, 1024> smem_v;
+  };
+  struct PipelineStorage {
+    typename PipelineKV::SharedStorage pipeline_k;
+    typename PipelineKV::SharedStorage pipeline_v;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;
+  };
+
+  // ---- Producer ---------------------------------------------------------------------------
+
+  // The TMA loads of one tile, issued by thread 0 of the CTA; the rest of warp 0 only joins the
+  // kQueryEmpty barrier (a named barrier counts whole warps).
+  __forceinline__ __device__ void load(Args const& args, TensorStorage& ts, PipelineStorage& ps,
+                                       PipelineKV& pipeline_k, PipelineKV& pipeline_v,
+                                       PipelineState& write, TileWorkSm90 const& w,
+                                       bool leader) const {
+    const bool varlen = args.p.cu_seqlens_q != nullptr;
+    const int bidb_q = varlen ? 0 : w.bidb;
+    Tensor mQ = args.tma_q.get_tma_tensor(args.shape_q)(_, _, w.bidh, bidb_q);     // (rows, d)
+    Tensor mK = args.tma_k.get_tma_tensor(args.shape_kv)(_, _, w.bidh_kv, bidb_q);  // (rows, d)
+    Tensor mV = args.tma_v.get_tma_tensor(args.shape_kv)(_, _, w.bidh_kv, bidb_q);
+    Tensor gQ = local_tile(domain_offset(make_coord(int(w.seq.q_row0), _0{}), mQ),
+                           Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(w.m_block, _0{}));
+    Tensor gK = local_tile(domain_offset(make_coord(int(w.seq.k_row0), _0{}), mK),
+                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (N, d, n)
+    Tensor gV = local_tile(domain_offset(make_coord(int(w.seq.k_row0), _0{}), mV),
+                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+    Tensor sQ = make_tensor(make_smem_ptr(ts.smem_q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ts.smem_k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(ts.smem_v.data()), typename Traits::SmemLayoutKV{});
+    auto q_part = tma_partition(args.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
+                                group_modes<0, 2>(gQ));
+    auto k_part = tma_partition(args.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
+                                group_modes<0, 2>(gK));
+    auto v_part = tma_partition(args.tma_v, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sV),
+                                group_modes<0, 2>(gV));
+    Tensor tQgQ = get<0>(q_part);  // (TMA)
+    Tensor tQsQ = get<1>(q_part);  // (TMA)
+    Tensor tKgK = get<0>(k_part);  // (TMA, n)
+    Tensor tKsK = get<1>(k_part);  // (TMA, stages)
+    Tensor tVgV = get<0>(v_part);
+    Tensor tVsV = get<1>(v_part);
+
+    // K / V are read by every query block of the head: keep them in L2; Q is read once.
+    auto load_k = [&](int n, PipelineState const& state) {
+      pipeline_k.producer_acquire(state);
+      copy(args.tma_k.with(*pipeline_k.producer_get_barrier(state), 0, TMA::CacheHintSm90::EVICT_LAST),
+           tKgK(_, n), tKsK(_, state.index()));
+    };
+    auto load_v = [&](int n, PipelineState const& state) {
+      pipeline_v.producer_acquire(state);
+      copy(args.tma_v.with(*pipeline_v.producer_get_barrier(state), 0, TMA::CacheHintSm90::EVICT_LAST),
+           tVgV(_, n), tVsV(_, state.index()));
+    };
+
+    int n = w.n_block_max - 1;
+    if (leader) load_k(n, write);
+    // K of the first block goes out before the wait: it does not touch smem_q, where the
+    // consumers may still be staging the previous tile's O.
+    named_barrier_sync(kQueryEmpty, kMmaThreads + 32);
+    if (leader) {
+      ps.barrier_q.arrive_and_expect_tx(Traits::kTmaBytesQ);
+      copy(args.tma_q.with(reinterpret_cast<uint64_t&>(ps.barrier_q), 0,
+                           TMA::CacheHintSm90::EVICT_FIRST),
+           tQgQ, tQsQ);
+    }
+#pragma unroll 1
+    for (; n > w.n_block_min; --n) {
+      PipelineState state_v = write;
+      ++write;
+      if (leader) {
+        load_k(n - 1, write);
+        load_v(n, state_v);
+      }
+    }
+    if (leader) load_v(w.n_block_min, write);
+    ++write;
+  }
+
+  // ---- Consumers --------------------------------------------------------------------------
+
+  // tCrC (+)= tCrA * tCrB on the tensor cores, issued asynchronously as one wgmma batch over the
+  // K steps; the caller waits (warpgroup_wait) before reading tCrC or changing tCrA (kRegsA: A
+  // is a register fragment, else shared-memory descriptors).
+  template <bool kZeroInit, bool kRegsA, class TiledMma, class TensorA, class TensorB,
+            class TensorC>
+  __forceinline__ __device__ static void wgmma_issue(TiledMma& tiled_mma, TensorA const& tCrA,
+                                                     TensorB const& tCrB, TensorC& tCrC) {
+    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
+    warpgroup_fence_operand(tCrC);
+    warpgroup_arrive();
+    tiled_mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
+    CUTE_UNROLL
+    for (int k = 0; k < size<2>(tCrA); ++k) {
+      cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+      tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+    warpgroup_fence_operand(tCrC);
+    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
+  }
+
+  // The S accumulator ((2, 2, N / 8), 1, 1) as the A operand of the P V wgmma,
+  // ((2, 2, 2), 1, N / 16): the two 8-column blocks of each 16-key slice are the A fragment's
+  // two k halves, in the same registers (no data movement).
+  template <class Layout>
+  __forceinline__ __device__ static auto acc_as_a_operand(Layout const& acc) {
+    static_assert(decltype(rank<0>(acc))::value == 3 && decltype(size<1>(acc))::value == 1 &&
+                  decltype(size<2>(acc))::value == 1);
+    auto halves = logical_divide(get<0>(acc), Shape<Underscore, Underscore, _2>{});  // (2, 2, (2, N/16))
+    return make_layout(make_layout(get<0>(halves), get<1>(halves), get<2, 0>(halves)),
+                       get<1>(acc), get<2, 1>(halves));
+  }
+
+  // The GEMMs and online softmax of one tile for consumer warpgroup wg (threads tid_wg of 128):
+  // accumulates this warpgroup's O (unnormalized) and softmax state.
+  template <class TensorO, class Softmax>
+  __forceinline__ __device__ void mma(Args const& args, TensorStorage& ts, PipelineKV& pipeline_k,
+                                      PipelineKV& pipeline_v, PipelineState& read,
+                                      TileWorkSm90 const& w, TensorO& tOrO, Softmax& softmax,
+                                      int wg, int tid_wg) const {
+    const FwdParams& p = args.p;
+    typename Traits::TiledMmaS tiled_mma_s;
+    typename Traits::TiledMmaO tiled_mma_o;
+    auto thr_mma_s = tiled_mma_s.get_thread_slice(tid_wg);
+    auto thr_mma_o = tiled_mma_o.get_thread_slice(tid_wg);
+    Tensor sQ = make_tensor(make_smem_ptr(ts.smem_q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sK = make_tensor(make_smem_ptr(ts.smem_k.data()), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(ts.smem_v.data()), typename Traits::SmemLayoutKV{});
+    Tensor sVt = make_tensor(make_smem_ptr(ts.smem_v.data()), typename Traits::SmemLayoutVt{});
+    Tensor sQ_wg = local_tile(sQ, Shape<_64, Int<kHeadDim>>{}, make_coord(wg, _0{}));  // (64, d)
+    Tensor tSrQ = thr_mma_s.partition_fragment_A(sQ_wg);  // (MMA, 1, K) descriptors
+    Tensor tSrK = thr_mma_s.partition_fragment_B(sK);     // (MMA, 1, K, stages)
+    Tensor tOrV = thr_mma_o.partition_fragment_B(sVt);    // (MMA, 1, N / 16, stages)
+    Tensor tScS = thr_mma_s.partition_C(make_identity_tensor(Shape<_64, Int<kBlockN>>{}));
+
+    const int m0 = w.m_block * kBlockM + wg * 64;  // this warpgroup's first query row
+    // Rows past the sequence end are never stored; they are left out of the "fully visible"
+    // test so that the last row block still takes the unmasked path.
+    const int m_end = min(m0 + 64, w.seq.seqlen_q);
+    auto needs_mask = [&](int n) {
+      return m_end <= m0 || !w.mask.tile_fully_visible(m0, m_end, n * kBlockN, (n + 1) * kBlockN);
+    };
+    ScoreMod score_mod;
+    score_mod.offset = w.seq.seqlen_k - w.seq.seqlen_q;
+    if constexpr (Features::kSoftcap) score_mod.softcap_prescale = args.softcap_prescale;
+    if constexpr (Features::kAlibi) {
+      const float slope = p.alibi_slopes[w.bidb * p.alibi_slopes_batch_stride + w.bidh];
+      score_mod.alibi_coef = -slope / args.unit;
+    }
+    auto score_mods_and_softmax = [&](auto& tSrS, int n) {
+      if (needs_mask(n)) {
+        score_mod.template apply<true>(tSrS, tScS, m0, n * kBlockN, w.mask);
+        softmax.template update</*kCheckInf=*/true>(tSrS);
+      } else {
+        score_mod.template apply<false>(tSrS, tScS, m0, n * kBlockN, w.mask);
+        softmax.template update</*kCheckInf=*/false>(tSrS);
+      }
+    };
+
+    // The key block holding the sequence end: V rows past it may be anything (see
+    // FwdArgsSm90::kv_tail_in_tensor); zero them in shared memory before the P V GEMM reads them.
+    // Every consumer warpgroup writes the same zeros, each before its own GEMM.
+    auto zero_v_tail = [&](int n, int stage) {
+      const int valid = w.seq.seqlen_k - n * kBlockN;
+      if (!args.kv_tail_in_tensor || valid >= kBlockN) return;
+      constexpr int kChunks = kHeadDim / 8;  // 16-byte vectors per row
+      Tensor sVs = sV(_, _, stage);
+      for (int i = tid_wg; i < (kBlockN - valid) * kChunks; i += 128) {
+        *reinterpret_cast<uint4*>(&sVs(valid + i / kChunks, (i % kChunks) * 8)) = make_uint4(0, 0, 0, 0);
+      }
+      cutlass::arch::fence_view_async_shared();  // generic-proxy stores -> wgmma (async proxy)
+      named_barrier_sync(kWarpGroup + wg, 128);
+    };
+
+    auto turn_wait = [&] {
+      if constexpr (Traits::kPingPong) named_barrier_sync(kTurn + wg, 256);
+    };
+    auto turn_pass = [&] {
+      if constexpr (Traits::kPingPong) {
+        named_barrier_arrive(kTurn + (wg + 1 == kMmaWarpGroups ? 0 : wg + 1), 256);
+      }
+    };
+
+    auto consumer_wait = [](PipelineKV& pipeline, PipelineState const& state) {
+      auto token = pipeline.consumer_try_wait(state);
+      pipeline.consumer_wait(state, token);
+    };
+
+    int n = w.n_block_max - 1;
+    const int n_first = n;
+    Tensor tSrS = partition_fragment_C(tiled_mma_s, Shape<_64, Int<kBlockN>>{});
+    consumer_wait(pipeline_k, read);
+    wgmma_issue</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_s, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+    warpgroup_wait<0>();
+    pipeline_k.consumer_release(read);
+    score_mods_and_softmax(tSrS, n);
+    Tensor rP = convert_fragment<Element>(tSrS);
+    Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+    clear(tOrO);
+
+#pragma unroll 1
+    for (--n; n >= w.n_block_min; --n) {
+      PipelineState read_v = read;  // V of block n + 1 shares K[n + 1]'s stage
+      ++read;
+      consumer_wait(pipeline_k, read);
+      turn_wait();
+      wgmma_issue</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_s, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+      consumer_wait(pipeline_v, read_v);
+      if (n + 1 == n_first) zero_v_tail(n + 1, read_v.index());
+      wgmma_issue</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_o, tOrP, tOrV(_, _, _, read_v.index()), tOrO);
+      turn_pass();
+      warpgroup_wait<1>();  // S done (the P V batch was committed after it)
+      pipeline_k.consumer_release(read);
+      score_mods_and_softmax(tSrS, n);
+      warpgroup_wait<0>();  // O += P V[n + 1] done: P and V[n + 1] are free
+      pipeline_v.consumer_release(read_v);
+      softmax.rescale_o(tOrO);
+      Tensor rP_next = convert_fragment<Element>(tSrS);
+      CUTE_UNROLL
+      for (int i = 0; i < size(rP); ++i) rP(i) = rP_next(i);
+    }
+
+    consumer_wait(pipeline_v, read);
+    if (w.n_block_min == n_first) zero_v_tail(n_first, read.index());
+    wgmma_issue</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_o, tOrP, tOrV(_, _, _, read.index()), tOrO);
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(read);
+    ++read;
+  }
+};
+
+}  // namespace flashattn::sm90
