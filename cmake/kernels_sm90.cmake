@@ -45,7 +45,9 @@ template Status run_fwd_sm90<${_fa_dt_enum}, ${hd}>(const FwdParams& p);
                         POSITION_INDEPENDENT_CODE ON CUDA_SEPARABLE_COMPILATION OFF)
   target_include_directories(flashattn_sm90 PRIVATE ${CMAKE_SOURCE_DIR}/include
                              ${CMAKE_SOURCE_DIR}/src "${_fa_gen_dir}" ${FA_CUTLASS_INCLUDE})
-  target_compile_definitions(flashattn_sm90 PRIVATE FA_WITH_CUDA=1)
+  # The wgmma N sizes that are not in CuTe's base set (80, 112: the d = 256 / 192 key blocks).
+  target_compile_definitions(flashattn_sm90 PRIVATE FA_WITH_CUDA=1
+                             CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
   target_compile_options(flashattn_sm90 PRIVATE
     --expt-relaxed-constexpr --use_fast_math -lineinfo -Xptxas=--warn-on-spills --threads=2)
   target_sources(flashattn PRIVATE $<TARGET_OBJECTS:flashattn_sm90>)

@@ -2,7 +2,8 @@
 // and persistent.
 //
 // Schedule: a grid of min(tiles, SMs) CTAs, one per SM (shared memory and registers are sized
-// for one), each walking tiles t = blockIdx.x, + gridDim.x, ... in TileSchedulerSm90's order.
+// for one), each walking its tiles wave by wave (TileSchedulerSm90::tile_of) in
+// TileSchedulerSm90's order.
 // A CTA is 1 + kMmaWarpGroups warpgroups:
 //  - warpgroup 0, the producer, drops to kLoadRegisters registers (setmaxnreg); its warp 0
 //    issues every TMA load of Q, K and V (thread 0) into the pipelines of mainloop_fwd_sm90.cuh,
@@ -11,8 +12,9 @@
 //    the tile, runs its GEMMs on the tensor cores (wgmma), its online softmax, and its epilogue
 //    (epilogue_fwd_sm90.cuh).
 // The producer runs ahead of the consumers by the pipeline depth, across tile boundaries: the
-// next tile's first K block loads while the consumers finish the current one; only its Q waits
-// until the consumers have stored their O (which is staged in Q's buffer).
+// next tile's Q (once every warpgroup's last S GEMM is done) and first K blocks load while the
+// consumers finish the current tile and store its O; its first V waits until that O, staged in
+// the V buffers, has been read out (barriers_sm90.cuh).
 // Tiles whose rows see no key store O = 0, LSE = +inf and load nothing; tiles past a sequence's
 // end (varlen grids are sized by the longest sequence) are skipped by every role alike.
 #pragma once
@@ -80,7 +82,9 @@ struct FlashAttnFwdSm90 {
       }
       auto write = cutlass::make_producer_start_state<PipelineKV>();
 #pragma unroll 1
-      for (int tile = blockIdx.x; tile < args.scheduler.num_tiles; tile += gridDim.x) {
+      for (int k = 0;; ++k) {
+        const int tile = TileSchedulerSm90::tile_of(blockIdx.x, gridDim.x, k);
+        if (tile >= args.scheduler.num_tiles) break;
         const TileWorkSm90 w = TileWorkSm90::make<kBlockM, kBlockN>(args, tile);
         if (!w.keys) continue;
         mainloop.load(args, storage.tensors, storage.pipelines, pipeline_k, pipeline_v, write, w,
@@ -91,14 +95,19 @@ struct FlashAttnFwdSm90 {
       const int wg = warp_group - 1;
       const int tid_wg = threadIdx.x % 128;
       Epilogue epilogue;
+      if (tid_wg == 0 && wg == 0 && args.o_by_tma)
+        cute::prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
       named_barrier_arrive(kQueryEmpty, Traits::kMmaThreads + 32);  // the first Q may load
+      named_barrier_arrive(kOEmpty, Traits::kMmaThreads + 32);      // and the first V
       if constexpr (Traits::kPingPong) {
         if (wg == 0) named_barrier_arrive(kTurn, 256);  // warpgroup 0 takes the first turn
       }
       typename Mainloop::PipelineState read;
       int q_phase = 0;
 #pragma unroll 1
-      for (int tile = blockIdx.x; tile < args.scheduler.num_tiles; tile += gridDim.x) {
+      for (int k = 0;; ++k) {
+        const int tile = TileSchedulerSm90::tile_of(blockIdx.x, gridDim.x, k);
+        if (tile >= args.scheduler.num_tiles) break;
         const TileWorkSm90 w = TileWorkSm90::make<kBlockM, kBlockN>(args, tile);
         if (!w.rows) continue;
         if (!w.keys) {
@@ -114,11 +123,7 @@ struct FlashAttnFwdSm90 {
                      tid_wg);
         float lse[2];
         softmax.finalize(tOrO, args.unit, lse);
-        epilogue.store(args, w, tOrO, lse, storage.tensors.smem_q.data(), wg, tid_wg);
-        // This warpgroup's reads of the staged O (generic proxy) are done before the next Q's
-        // TMA write (async proxy) into the same bytes.
-        cutlass::arch::fence_view_async_shared();
-        named_barrier_arrive(kQueryEmpty, Traits::kMmaThreads + 32);
+        epilogue.store(args, w, tOrO, lse, storage.tensors.smem_v.data(), wg, tid_wg);
       }
     }
   }

@@ -106,6 +106,16 @@ Status launch_fwd_sm90(const FwdParams& p) {
         typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   }
 
+  args.o_by_tma = !varlen;
+  if (args.o_by_tma) {
+    args.shape_o = args.shape_q;
+    Tensor mO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o_ptr)),
+                            make_layout(args.shape_o, make_stride(p.o_row_stride, _1{},
+                                                                  p.o_head_stride, p.o_batch_stride)));
+    args.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutOWg{},
+                               Shape<_64, Int<kHeadDim>>{}, _1{});
+  }
+
   const int sms = device_sm_count();
   if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
   const int grid = int(std::min<int64_t>(tiles, sms));

@@ -150,8 +150,18 @@ TEST_F(FwdSm90, EdgeTable) {
         DeviceFwdProblem dev(pr);
         EXPECT_TRUE(mha_varlen_fwd(dev.params).ok()) << "max_seqlen_q = 0";
       }
-      AttnConfig nk = base(t, 2, 70, 0, 2, 2, d);
-      small("seqlen_k = 0", nk);
+      // No key at all (dense seqlen_k = 0, K / V may be null): O = 0 and LSE = +inf everywhere.
+      {
+        FwdProblem pr = make_fwd_problem(base(t, 2, 70, 0, 2, 2, d), fresh_seed());
+        DeviceFwdProblem dev(pr);
+        const Status s0 = mha_fwd(dev.params);
+        ASSERT_TRUE(s0.ok()) << s0.to_string();
+        EXPECT_EQ(last_gpu_path(), GpuPath::kSm90) << "seqlen_k = 0";
+        FwdProblem out = pr;
+        dev.copy_back(out);
+        for (float x : gather_o(out)) ASSERT_EQ(x, 0.f) << "seqlen_k = 0: O";
+        for (float l : out.lse) ASSERT_EQ(l, kInf) << "seqlen_k = 0: LSE";
+      }
       // Padded strides and the score mods.
       AttnConfig s = base(t, 2, 150, 201, 4, 2, d);
       s.padded_strides = true;
