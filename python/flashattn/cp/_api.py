@@ -2,7 +2,7 @@
 ring (_ring.py) or Ulysses (_ulysses.py) schedules run over torch.distributed (_comm.py)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
