@@ -92,7 +92,7 @@ def ring_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     kv[1] = torch.empty_like(kv[0])
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     # dK/dV of the block being visited, in fp32: [0] starts as this rank's own block (zeros),
-    # later ones arrive from the previous rank; `step` holds one step's contribution while the
+    # later ones arrive from the previous rank; `step_dkv` holds one step's contribution while the
     # partial sum is still in flight.
     dkv = [torch.zeros(kv[0].shape, dtype=torch.float32, device=q.device), None]
     dkv[1] = torch.empty_like(dkv[0])
