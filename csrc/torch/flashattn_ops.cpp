@@ -11,6 +11,9 @@
 // Ops (schemas in TORCH_LIBRARY below; fake implementations live in python/flashattn/_ops.py):
 //   fwd, varlen_fwd         forward; return (out, softmax_lse, S_dmask, rng_state)
 //   bwd, varlen_bwd         backward; return (dq, dk, dv)
+//   bwd_into                dense backward into caller buffers dq, dk, dv (q's dtype or
+//                           float32), overwritten or added to (context parallelism sums
+//                           per-block gradients in fp32); returns nothing
 //   fwd_kvcache             inference against a KV cache, appending in place; (out, softmax_lse)
 // rng_state is a host int64 [2] tensor (Philox seed, offset) so the backward can pass it to the
 // library without reading device memory (no host synchronization).
@@ -419,15 +422,9 @@ void check_bwd_extra(const Tensor& dout, const Tensor& q, const Tensor& out, con
                     ": softmax_lse must be the forward's contiguous float32 LSE");
 }
 
-std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                       const Tensor& v, const Tensor& out,
-                                       const Tensor& softmax_lse,
-                                       const optional<Tensor>& alibi_slopes, double dropout_p,
-                                       double softmax_scale, bool causal,
-                                       int64_t window_size_left, int64_t window_size_right,
-                                       double softcap, bool deterministic,
-                                       const Tensor& rng_state) {
-  const char* op = "bwd";
+// Checks of a dense backward's inputs, shared by bwd and bwd_into.
+void check_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& out, const Tensor& softmax_lse, const char* op) {
   check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
   check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
   check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
@@ -438,21 +435,78 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
   TORCH_CHECK_VALUE(softmax_lse.sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(1)}),
                     "flashattn.", op, ": softmax_lse must have shape (batch, nheads, seqlen_q), got ",
                     shape_str(softmax_lse));
+}
 
+// The dense backward into dq, dk, dv (fresh or the caller's).
+void run_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& out, const Tensor& softmax_lse, const Tensor& dq,
+                   const Tensor& dk, const Tensor& dv, bool accumulate,
+                   const optional<Tensor>& alibi_slopes, double dropout_p, double softmax_scale,
+                   bool causal, int64_t window_size_left, int64_t window_size_right,
+                   double softcap, bool deterministic, const Tensor& rng_state, const char* op) {
   flashattn::BwdParams p;
   p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
   p.seqlen_k = k.size(1), p.h_k = k.size(2);
   DeviceScope scope(q, p);
-  Tensor dq = at::empty(q.sizes(), q.options());
-  Tensor dk = at::empty(k.sizes(), k.options());
-  Tensor dv = at::empty(v.sizes(), v.options());
   set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
+  p.dqkv_fp32 = dq.scalar_type() == at::kFloat;
+  p.dqkv_accumulate = accumulate;
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
   set_rng(p, dropout_p, rng_state, op);
   p.deterministic = deterministic;
   raise_if_error(flashattn::mha_bwd(p), op);
+}
+
+std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                       const Tensor& v, const Tensor& out,
+                                       const Tensor& softmax_lse,
+                                       const optional<Tensor>& alibi_slopes, double dropout_p,
+                                       double softmax_scale, bool causal,
+                                       int64_t window_size_left, int64_t window_size_right,
+                                       double softcap, bool deterministic,
+                                       const Tensor& rng_state) {
+  const char* op = "bwd";
+  check_dense_bwd(dout, q, k, v, out, softmax_lse, op);
+  Tensor dq = at::empty(q.sizes(), q.options());
+  Tensor dk = at::empty(k.sizes(), k.options());
+  Tensor dv = at::empty(v.sizes(), v.options());
+  run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, /*accumulate=*/false, alibi_slopes,
+                dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
+                deterministic, rng_state, op);
   return {dq, dk, dv};
+}
+
+// A caller's gradient buffer: on q's device, the shape of the tensor it is the gradient of, the
+// element type of dq (q's dtype or float32), a contiguous last dimension.
+void check_grad_buffer(const Tensor& q, const Tensor& g, const char* name, const Tensor& like,
+                       const char* like_name, const Tensor& dq, const char* op) {
+  check_device(q, g, name, op);
+  TORCH_CHECK_VALUE(g.sizes() == like.sizes(), "flashattn.", op, ": ", name, " must have ",
+                    like_name, "'s shape ", shape_str(like), ", got ", shape_str(g));
+  TORCH_CHECK_VALUE(g.scalar_type() == dq.scalar_type(), "flashattn.", op, ": ", name,
+                    " has dtype ", g.scalar_type(), " but dq has ", dq.scalar_type(),
+                    "; dq, dk, dv must share one dtype");
+  check_last_contiguous(g, name, op);
+}
+
+void bwd_into(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+              const Tensor& out, const Tensor& softmax_lse, Tensor& dq, Tensor& dk, Tensor& dv,
+              bool accumulate, const optional<Tensor>& alibi_slopes, double dropout_p,
+              double softmax_scale, bool causal, int64_t window_size_left,
+              int64_t window_size_right, double softcap, bool deterministic,
+              const Tensor& rng_state) {
+  const char* op = "bwd_into";
+  check_dense_bwd(dout, q, k, v, out, softmax_lse, op);
+  TORCH_CHECK_VALUE(dq.scalar_type() == q.scalar_type() || dq.scalar_type() == at::kFloat,
+                    "flashattn.", op, ": dq has dtype ", dq.scalar_type(),
+                    "; gradient buffers are q's dtype (", q.scalar_type(), ") or float32");
+  check_grad_buffer(q, dq, "dq", q, "q", dq, op);
+  check_grad_buffer(q, dk, "dk", k, "k", dq, op);
+  check_grad_buffer(q, dv, "dv", v, "v", dq, op);
+  run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, accumulate, alibi_slopes, dropout_p,
+                softmax_scale, causal, window_size_left, window_size_right, softcap,
+                deterministic, rng_state, op);
 }
 
 std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
@@ -655,6 +709,11 @@ TORCH_LIBRARY(flashattn, m) {
       "int window_size_left, int window_size_right, float softcap, bool deterministic, "
       "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "bwd_into(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
+      "Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, bool accumulate, Tensor? alibi_slopes, "
+      "float dropout_p, float softmax_scale, bool causal, int window_size_left, "
+      "int window_size_right, float softcap, bool deterministic, Tensor rng_state) -> ()");
+  m.def(
       "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? seqused_k, Tensor? alibi_slopes, "
       "int max_seqlen_q, int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
@@ -675,6 +734,7 @@ TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("fwd", &flashattn_torch::fwd);
   m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
   m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
 }
@@ -683,6 +743,7 @@ TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("fwd", &flashattn_torch::fwd);
   m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
   m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
 }

@@ -1,11 +1,11 @@
 """Loads the compiled adapter and registers the fake (meta) implementations of its ops.
 
 Importing `flashattn._C` runs the extension's TORCH_LIBRARY block, which defines
-`torch.ops.flashattn.{fwd, varlen_fwd, bwd, varlen_bwd, fwd_kvcache}` with CPU and CUDA kernels.
-The fake implementations below tell torch.compile (and FakeTensor tracing in general) the shape,
-dtype and device of every output without running anything, so compiled graphs contain the ops
-as single nodes instead of breaking around them. They must agree exactly with what
-csrc/torch/flashattn_ops.cpp allocates.
+`torch.ops.flashattn.{fwd, varlen_fwd, bwd, bwd_into, varlen_bwd, fwd_kvcache}` with CPU and
+CUDA kernels. The fake implementations below tell torch.compile (and FakeTensor tracing in
+general) the shape, dtype and device of every output without running anything, so compiled
+graphs contain the ops as single nodes instead of breaking around them. They must agree exactly
+with what csrc/torch/flashattn_ops.cpp allocates.
 """
 from __future__ import annotations
 
@@ -61,6 +61,16 @@ def _bwd_fake(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softma
               causal: bool, window_size_left: int, window_size_right: int, softcap: float,
               deterministic: bool, rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.register_fake("flashattn::bwd_into")
+def _bwd_into_fake(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                   softmax_lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, accumulate: bool,
+                   alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float,
+                   causal: bool, window_size_left: int, window_size_right: int, softcap: float,
+                   deterministic: bool, rng_state: Tensor) -> None:
+    # Writes (or adds to) dq, dk, dv in place; no outputs.
+    return None
 
 
 @torch.library.register_fake("flashattn::varlen_bwd")

@@ -413,18 +413,18 @@ struct Names {
 
 // A q-like tensor: dense [b, seqlen_q, h, d] or varlen [total_q, h, d].
 TensorArg q_like(const FwdParams& p, bool varlen, const Names& n, const void* ptr, int64_t bs,
-                 int64_t rs, int64_t hs, bool written) {
+                 int64_t rs, int64_t hs, bool written, DType t) {
   std::vector<Dim> dims;
   if (!varlen) dims.push_back({n.batch_stride, "batch", p.b, bs});
   dims.push_back({n.row_stride, "row", varlen ? p.total_q : p.seqlen_q, rs});
   dims.push_back({n.head_stride, "head", p.h, hs});
-  return strided(n.name, n.ptr, ptr, p.dtype, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
 }
 
 // A k-like tensor: paged [num_blocks, page_block_size, h_k, d], varlen [total_k, h_k, d], or
 // dense [batch, seqlen_k, h_k, d] with batch = b (b_cache for the KV cache).
 TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, const void* ptr,
-                 int64_t bs, int64_t rs, int64_t hs, bool written) {
+                 int64_t bs, int64_t rs, int64_t hs, bool written, DType t) {
   std::vector<Dim> dims;
   if (p.block_table != nullptr) {
     dims.push_back({n.batch_stride, "page", p.num_blocks, bs});
@@ -436,7 +436,7 @@ TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, con
     dims.push_back({n.row_stride, "row", p.seqlen_k, rs});
   }
   dims.push_back({n.head_stride, "head", p.h_k, hs});
-  return strided(n.name, n.ptr, ptr, p.dtype, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
 }
 
 // The arguments every forward-shaped call has. `k_batch` is the batch extent of a contiguous
@@ -446,16 +446,20 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
                      bool o_written, std::vector<TensorArg>* out) {
   out->push_back(q_like(p, varlen, {"q", "q_ptr", "q_batch_stride", "q_row_stride",
                                     "q_head_stride"},
-                        p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, false));
+                        p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, false,
+                        p.dtype));
   out->push_back(k_like(p, varlen, k_batch,
                         {"k", "k_ptr", "k_batch_stride", "k_row_stride", "k_head_stride"},
-                        p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, kv_written));
+                        p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, kv_written,
+                        p.dtype));
   out->push_back(k_like(p, varlen, k_batch,
                         {"v", "v_ptr", "v_batch_stride", "v_row_stride", "v_head_stride"},
-                        p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, kv_written));
+                        p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, kv_written,
+                        p.dtype));
   out->push_back(q_like(p, varlen, {"o", "o_ptr", "o_batch_stride", "o_row_stride",
                                     "o_head_stride"},
-                        p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written));
+                        p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written,
+                        p.dtype));
 
   const Int128 rows_q = varlen ? Int128(p.total_q) : Int128(p.b) * p.seqlen_q;
   if (p.softmax_lse_ptr != nullptr)
@@ -583,19 +587,25 @@ Status validate_bwd(const BwdParams& p, Backend be, bool varlen) {
                    " (the forward's LSE is an input of the backward)");
   std::vector<TensorArg> args;
   add_fwd_tensors(p, varlen, p.b, /*kv_written=*/false, /*o_written=*/false, &args);
-  // Each gradient has the geometry of the tensor it belongs to.
+  // Each gradient has the geometry of the tensor it belongs to; its elements are fp32 with
+  // dqkv_fp32, else dtype.
+  const DType grad_t = p.dqkv_fp32 ? DType::kFloat32 : p.dtype;
   args.push_back(q_like(p, varlen,
                         {"dout", "do_ptr", "do_batch_stride", "do_row_stride", "do_head_stride"},
-                        p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride, false));
+                        p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride, false,
+                        p.dtype));
   args.push_back(q_like(p, varlen,
                         {"dq", "dq_ptr", "dq_batch_stride", "dq_row_stride", "dq_head_stride"},
-                        p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, true));
+                        p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, true,
+                        grad_t));
   args.push_back(k_like(p, varlen, p.b,
                         {"dk", "dk_ptr", "dk_batch_stride", "dk_row_stride", "dk_head_stride"},
-                        p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, true));
+                        p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, true,
+                        grad_t));
   args.push_back(k_like(p, varlen, p.b,
                         {"dv", "dv_ptr", "dv_batch_stride", "dv_row_stride", "dv_head_stride"},
-                        p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, true));
+                        p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, true,
+                        grad_t));
   if (Status s = check_tensors(args, be); !s.ok()) return s;
   if (be == Backend::kCpu) return check_fwd_values(p, varlen);
   return Status::ok_status();
