@@ -37,7 +37,7 @@ assert abs(out - sum(math.exp(x) * y for x, y in zip(s, v)) / z) < 1e-12   # exa
 assert abs(lse - math.log(z)) < 1e-12
 assert abs(out - 3.898189) < 1e-6 and abs(lse - 3.793059) < 1e-6            # the page's values
 
-# ---- exp2 with the scale folded in (softmax_sm80.cuh) --------------------------------------
+# ---- exp2 with the scale folded in (common/online_softmax.cuh) -----------------------------
 # Kernel scores stay raw (t = q.k); p = exp(scale * (t - m_t)) is computed as
 # exp2(t * unit_log2 - m_t * unit_log2) with unit_log2 = scale * log2(e): one FFMA + one EX2.
 scale = 1 / math.sqrt(64)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Exercise 5 (docs/learn/05-fa2-map-and-call-chain.md): walk the call chain through the code.
 
-The page lists the hops from `flash_attn_func` to the CUDA kernel. This script checks every hop
+The page lists the hops from `flash_attn_func` to the CUDA kernel, on both kernel paths after
+`run_routed` (FORWARD: the SM80 path; FORWARD_SM90: the Hopper path). This script checks every hop
 against the sources: in file F, the body of function G calls H. If a refactor renames or
 re-routes a hop, this fails and the page must be updated with it.
 
@@ -27,7 +28,11 @@ FORWARD = [
     ("src/api/api.cpp", "fwd_entry", "detail::validate_fwd"),
     ("src/api/api.cpp", "fwd_entry", "FA_CUDA_FN(mha_fwd)"),
     ("src/cuda/dispatch.cu", "mha_fwd", "run_mha_fwd"),
-    ("src/cuda/fwd_dispatch.cu", "run_mha_fwd", "run_compiled"),
+    ("src/cuda/fwd_dispatch.cu", "run_mha_fwd", "run_routed"),
+    ("src/cuda/fwd_dispatch.cu", "run_routed", "route::choose_fwd_path"),
+    ("src/cuda/fwd_dispatch.cu", "run_routed", "run_compiled(p, cache, hd, splits)"),
+    ("src/cuda/fwd_dispatch.cu", "run_routed", "run_compiled_sm90("),
+    # The SM80 path, every GPU of compute capability 8.0+.
     ("src/cuda/fwd_dispatch.cu", "run_compiled", "run_family<kDtype, kHeadDim>"),
     ("src/cuda/fwd_dispatch.cu", "run_family", "sm80::run_fwd_sm80<kDtype, kHeadDim>"),
     ("src/sm80/launch_fwd_sm80.cuh", "run_fwd_sm80", "run_fwd_plain_sm80"),
@@ -37,6 +42,18 @@ FORWARD = [
     ("src/sm80/kernel_fwd_sm80.cuh", "flash_fwd_sm80_kernel", "Kernel{}(args, smem)"),
     ("src/sm80/kernel_fwd_sm80.cuh", "operator()", "Mainloop{}.run("),
     ("src/sm80/kernel_fwd_sm80.cuh", "operator()", "epilogue.store("),
+]
+
+# The Hopper path (docs/learn/09-hopper.md), where route::choose_fwd_path picks it.
+FORWARD_SM90 = [
+    ("src/api/route.cpp", "choose_fwd_path", "fwd_sm90_uncovered"),
+    ("src/cuda/fwd_dispatch.cu", "run_compiled_sm90", "sm90::run_fwd_sm90<kDtype, kHeadDim>"),
+    ("src/sm90/launch_fwd_sm90.cuh", "run_fwd_sm90", "launch_fwd_sm90<Traits"),
+    ("src/sm90/launch_fwd_sm90.cuh", "launch_fwd_sm90", "flash_fwd_sm90_kernel<Kernel>"),
+    ("src/sm90/kernel_fwd_sm90.cuh", "flash_fwd_sm90_kernel", "Kernel{}(args, smem)"),
+    ("src/sm90/kernel_fwd_sm90.cuh", "operator()", "mainloop.load("),
+    ("src/sm90/kernel_fwd_sm90.cuh", "operator()", "mainloop.mma("),
+    ("src/sm90/kernel_fwd_sm90.cuh", "operator()", "epilogue.store("),
 ]
 
 BACKWARD = [
@@ -90,5 +107,7 @@ def check(chain):
 
 
 check(FORWARD)
+check(FORWARD_SM90)
 check(BACKWARD)
-print(f"ex05: {len(FORWARD)} forward hops and {len(BACKWARD)} backward hops found in the code")
+print(f"ex05: {len(FORWARD)} forward hops (SM80 path), {len(FORWARD_SM90)} on the Hopper path and "
+      f"{len(BACKWARD)} backward hops found in the code")

@@ -77,7 +77,7 @@ for page_size in (1, 2, 3, 5, 16, 100, 256, 1000):
     for t in list(range(2000)) + [2 ** 31 - 1, 2 ** 31 - 2, 123456789]:
         assert fast_div(t, page_size) == t // page_size, (page_size, t)
 
-# ---- Score modifiers in "t units" (softmax_sm80.cuh, mask_sm80.cuh) -----------------------
+# ---- Score modifiers in "t units" (online_softmax.cuh, score_mod_tile.cuh) ---------------
 # Reference order (score_mod.h): s = scale q.k; s = cap tanh(s / cap); s -= slope |i + off - j|.
 # The kernel keeps t with s = t * unit: unit = cap, t = tanh(q.k * (scale / cap)), and ALiBi is
 # added in t units as alibi_coef = -slope / unit. Same s, one multiply by unit folded into exp2.

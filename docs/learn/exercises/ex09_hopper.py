@@ -4,8 +4,13 @@
 1. Register reallocation (setmaxnreg): the producer / consumer budgets fit the 64K registers.
 2. Ping-pong: a toy timeline of two consumer warpgroups sharing the tensor cores.
 3. FP8 (e4m3) probabilities: why P is scaled by 2^8 before it is rounded to 8 bits.
+4. flashattn's Hopper tile policy (src/sm90/tile_size_sm90.h), read from the source: every entry
+   fits the shared memory and the register file, and a consumer's live accumulators fit its
+   setmaxnreg budget.
 """
 import math
+import re
+from pathlib import Path
 
 # ---- 1. Registers per SM: 65536 32-bit registers, one CTA of 1 producer + N consumer WGs ----
 REGS = 64 * 1024
@@ -82,5 +87,32 @@ mass_shifted = sum(x for x, y in zip(p, shifted) if y == 0)
 assert mass_shifted < mass_plain / 100
 assert max(x * 2 ** 8 for x in p) <= 448               # the shifted maximum still fits e4m3
 
+
+# ---- 4. The tile policy of src/sm90/tile_size_sm90.h ------------------------------------------
+# Entries read as {block_m, block_n, stages, mma_registers, load_registers, pingpong}, one per
+# head-dim kernel (64, 96, 128, 192, 256: the bound of each `if`, the last entry serving 256).
+ROOT = Path(__file__).resolve().parents[3]
+src = (ROOT / "src/sm90/tile_size_sm90.h").read_text()
+body = src[src.index("constexpr FwdTileSm90 tile_size_fwd_sm90"):]
+body = body[:body.index("\n}\n")]
+entries = re.findall(r"(?:if \(head_dim <= (\d+)\) )?return \{(\d+), (\d+), (\d+), (\d+), (\d+), "
+                     r"(true|false)\};", body)
+assert [int(e[0] or 256) for e in entries] == [64, 96, 128, 192, 256], entries
+SMEM = 227 * 1024   # per CTA on H100 / H200
+for bound, bm, bn, stages, mma_regs, load_regs, pingpong in entries:
+    d, bm, bn, stages, mma_regs, load_regs = map(int, (bound or 256, bm, bn, stages, mma_regs,
+                                                       load_regs))
+    consumers = bm // 64                       # one warpgroup per 64 query rows (the wgmma M)
+    smem = 2 * (bm * d + 2 * stages * bn * d)  # Q + K and V stages, 2-byte elements
+    assert smem + 1024 <= SMEM, (d, smem)      # + the pipelines' barriers
+    assert load_regs * WG + consumers * mma_regs * WG <= REGS, d
+    # A consumer thread's share of its warpgroup's 64 rows, at the overlap of softmax(n) with
+    # P V(n + 1): O (64 x d fp32), S (64 x block_n fp32) and P (S in 16 bits, half the registers).
+    o, s = 64 * d // WG, 64 * bn // WG
+    assert o + s + s // 2 <= mma_regs, (d, o, s)
+    assert bn % 16 == 0 and d % 16 == 0        # wgmma K steps of 16
+    assert (pingpong == "true") == (d <= 128)  # off where P V alone outlasts a softmax
+
 print(f"ex09: budgets fit; tensor cores busy {alone:.0%} alone vs {pp:.0%} ping-pong; "
-      f"e4m3 zeros {lost_plain} -> {lost_shifted} with the 2^8 offset")
+      f"e4m3 zeros {lost_plain} -> {lost_shifted} with the 2^8 offset; "
+      f"{len(entries)} Hopper tiles fit smem and registers")
