@@ -52,7 +52,8 @@ constexpr TileSizeSm80 tile_size_fwd_sm80(int head_dim) {
   //  - swizzled K / V: padding costs 5-10 % wherever registers are not the limit;
   //  - K / V double-buffered, skipped rescale (s2k 332 / 320 vs s1k 326 / 313, s2a 322 / 312);
   //  - Q in registers (32 registers at d = 64): 32 instead of 40 ldmatrix.x4 per warp and key
-  //    block, +2-4 % at every length; 255 registers, no spill. 128 x 128 spills and runs 5 % slower.
+  //    block, +2-4 % at every length; 255 registers, no spill;
+  //  - 128 x 64: 128 x 128 spills and runs 5 % slower.
   if (head_dim <= 64) return {128, 64, 4, false, 2, true, 1, true};
   // d = 96, 128: 128 x 64 x 4, Qp s2k, streamed 1 chunk ahead. Registers are the limit (O 128
   // fp32 + S 64 per thread at d = 128):
