@@ -1,7 +1,7 @@
 """flash_attn 2.x's public functions over flashattn's custom ops.
 
 Every function here has flash_attn 2.x's name, parameter names, order, defaults and return values
-(shared/reference/flash_attn_interface.md), so `import flashattn as flash_attn` is the whole port.
+(the table in docs/python.md, "API"), so `import flashattn as flash_attn` is the whole port.
 The work happens in `torch.ops.flashattn.*` (csrc/torch/flashattn_ops.cpp), on the GPU for CUDA
 tensors and on the CPU backend for CPU tensors; this module adds what flash_attn's Python layer
 adds: the default softmax scale, head dims padded to a multiple of 8 on the GPU, packed-input

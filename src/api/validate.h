@@ -1,4 +1,4 @@
-// Host layer: argument validation. Every rule of DESIGN.md section 1 is checked here before any
+// Host layer: argument validation. Every rule of docs/validation.md is checked here before any
 // output is touched, and a failure names the argument and the rule, e.g.
 //   "k_row_stride: 100 is not a multiple of 8 (16-byte aligned rows required on the GPU)".
 // Value checks on index arrays (cu_seqlens, seqused_k, block_table, cache_seqlens, ...) need the
