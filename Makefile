@@ -44,7 +44,8 @@ demo: setup
 	  | tee $(DEMO_BUILD)/demo.txt
 	@status=$$(cat $(DEMO_BUILD)/demo.rc); [ "$$status" = 0 ] || exit $$status; \
 	if command -v $(PYTHON) >/dev/null 2>&1; then \
-	  $(PYTHON) tools/demo_peer.py $(DEMO_BUILD)/demo.txt || echo "peer: none available (tools/demo_peer.py failed)"; \
+	  $(PYTHON) tools/demo_peer.py $(DEMO_BUILD)/demo.txt \
+	    || echo "peer: none available (tools/demo_peer.py failed)"; \
 	else \
 	  echo "peer: none available ($(PYTHON) not found; the peer is torch SDPA)"; \
 	fi

@@ -8,11 +8,11 @@ It reads everything from the bench's own output (its first line names the mode, 
 shape; `device:` and `time:` the device and the median), so the two always measure the same
 problem with the same protocol: WARMUP untimed calls (the bench's default), then the median of
 as many timed calls as the bench made, each timed alone (CUDA events around the call on the GPU,
-wall clock on the CPU), no cache flushing. On the GPU every SDPA backend that accepts the problem is timed
-(FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and the fastest is the peer. Inputs are
-made in SDPA's preferred (b, h, s, d) layout. Without torch, or with features SDPA has no kernel
-for (sliding window, softcap, ALiBi), it says that there is no peer and exits 0: the demo itself
-does not depend on it.
+wall clock on the CPU), no cache flushing. On the GPU every SDPA backend that accepts the
+problem is timed (FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION) and the fastest is the
+peer. Inputs are made in SDPA's preferred (b, h, s, d) layout. Without torch, or with features
+SDPA has no kernel for (sliding window, softcap, ALiBi), it says that there is no peer and exits
+0: the demo itself does not depend on it.
 """
 from __future__ import annotations
 

@@ -963,7 +963,8 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
     const GpuResult skipped = run_gpu(broken);
     const GpuResult unchecked_good = run_gpu(good);
     unsetenv(cuda::kCheckIndicesEnv);
-    ASSERT_TRUE(skipped.status.ok()) << "unchecked mode must not fail: " << skipped.status.to_string();
+    ASSERT_TRUE(skipped.status.ok())
+        << "unchecked mode must not fail: " << skipped.status.to_string();
     expect_sequence_1_skipped(bad.c, skipped.out, ref_run.out, "FLASHATTN_CHECK_DEVICE_INDICES=0");
     ASSERT_TRUE(unchecked_good.status.ok()) << unchecked_good.status.to_string();
     EXPECT_EQ(0, std::memcmp(unchecked_good.out.o.data(), ref_run.out.o.data(),
