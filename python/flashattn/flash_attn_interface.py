@@ -297,6 +297,14 @@ def flash_attn_with_kvcache(
         return_softmax_lse: also return softmax_lse (batch, nheads, seqlen_q).
     Returns:
         out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse).
+    Raises:
+        flashattn.InvalidArgumentError (a RuntimeError and a ValueError) when an index value is
+        out of range: cache_seqlens (+ the new keys) past the cache, or past the block table's
+        max_blocks_per_seq * page_block_size, cache_leftpad, cache_batch_idx, a used block_table
+        entry, a rotary table too short. Nothing is appended then. CUDA tensors are checked too,
+        at the cost of one stream synchronization per call, except during CUDA graph capture or
+        with FLASHATTN_CHECK_DEVICE_INDICES=0, where such a sequence gets zeros instead
+        (docs/kvcache.md).
     """
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
