@@ -363,7 +363,7 @@ def test_opcheck(device):
 
 
 def test_ops_registered_for_both_devices():
-    names = ["fwd", "varlen_fwd", "bwd", "varlen_bwd", "fwd_kvcache"]
+    names = ["fwd", "varlen_fwd", "bwd", "bwd_into", "varlen_bwd", "fwd_kvcache"]
     for name in names:
         op = getattr(torch.ops.flashattn, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"), name
