@@ -273,11 +273,13 @@ def test_message_counts(world):
 
 def test_bwd_into_op():
     """bwd_into writes the same gradients as bwd (fp32 buffers: before rounding), adds with
-    accumulate=True, and rejects buffers of another shape or dtype."""
+    accumulate=True, and rejects buffers of another shape or dtype (InvalidArgumentError, as every
+    adapter check)."""
     g = torch.Generator().manual_seed(5)
     q = torch.randn(2, 19, 4, 32, generator=g).bfloat16()
     k, v = (torch.randn(2, 23, 2, 32, generator=g).bfloat16() for _ in range(2))
-    out, lse, _, rng = torch.ops.flashattn.fwd(q, k, v, None, 0.0, 0.2, True, -1, -1, 0.0, False)
+    out, lse, _, rng = torch.ops.flashattn.fwd(q, k, v, None, 0.0, 0.2, True, -1, -1, 0.0, False,
+                                               False)
     dout = torch.randn(q.shape, generator=g).bfloat16()
     args = (None, 0.0, 0.2, True, -1, -1, 0.0, False, rng)
     dq, dk, dv = torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *args)
@@ -295,13 +297,13 @@ def test_bwd_into_op():
     torch.ops.flashattn.bwd_into(dout, q, k, v, out, lse, *lowp, True, *args)
     for a, b in zip(lowp, want):
         assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="dk must have k's shape"):
+    with pytest.raises(flashattn.InvalidArgumentError, match="dk must have k's shape"):
         torch.ops.flashattn.bwd_into(dout, q, k, v, out, lse, f32[0], f32[0], f32[2], False,
                                      *args)
-    with pytest.raises(ValueError, match="q's dtype .* or float32"):
+    with pytest.raises(flashattn.InvalidArgumentError, match="q's dtype .* or float32"):
         torch.ops.flashattn.bwd_into(dout, q, k, v, out, lse, *(t.half() for t in f32), False,
                                      *args)
-    with pytest.raises(ValueError, match="dv has dtype"):
+    with pytest.raises(flashattn.InvalidArgumentError, match="dv has dtype"):
         torch.ops.flashattn.bwd_into(dout, q, k, v, out, lse, f32[0], f32[1], dv, False, *args)
     torch.library.opcheck(torch.ops.flashattn.bwd_into.default,
                           (dout, q, k, v, out, lse, *f32, True, *args))

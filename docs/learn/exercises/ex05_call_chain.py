@@ -6,10 +6,10 @@ The page lists the hops from `flash_attn_func` to the CUDA kernel, on both kerne
 against the sources: in file F, the body of function G calls H. If a refactor renames or
 re-routes a hop, this fails and the page must be updated with it.
 
-Your turn: add the backward chain (FORWARD is the model): `_FlashAttnFunc.backward` ->
-`torch.ops.flashattn.bwd` -> flashattn_torch::bwd -> flashattn::mha_bwd -> bwd_entry ->
-cuda::mha_bwd -> run_mha_bwd -> run_bwd_sm80 -> ... -> flash_bwd_sm80_kernel. The first hops are
-already in BACKWARD below.
+Your turn: add the backward chain (FORWARD is the model): `_fwd_backward` (the backward that
+python/flashattn/_ops.py registers on the fwd op) -> `torch.ops.flashattn.bwd` ->
+flashattn_torch::bwd -> flashattn::mha_bwd -> bwd_entry -> cuda::mha_bwd -> run_mha_bwd ->
+run_bwd_sm80 -> ... -> flash_bwd_sm80_kernel. The first hops are already in BACKWARD below.
 """
 import ast
 import re
@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 # (file, function whose body is searched, text that must appear in that body)
 FORWARD = [
     ("python/flashattn/flash_attn_interface.py", "flash_attn_func", "_attn_dense"),
-    ("python/flashattn/flash_attn_interface.py", "_attn_dense", "_FlashAttnFunc.apply"),
-    ("python/flashattn/flash_attn_interface.py", "_FlashAttnFunc.forward", "torch.ops.flashattn.fwd"),
+    ("python/flashattn/flash_attn_interface.py", "_attn_dense", "torch.ops.flashattn.fwd"),
     ("csrc/torch/flashattn_ops.cpp", "TORCH_LIBRARY_IMPL", 'm.impl("fwd", &flashattn_torch::fwd)'),
     ("csrc/torch/flashattn_ops.cpp", "fwd", "flashattn::mha_fwd(p)"),
     ("src/api/api.cpp", "mha_fwd", "fwd_entry"),
@@ -57,7 +56,8 @@ FORWARD_SM90 = [
 ]
 
 BACKWARD = [
-    ("python/flashattn/flash_attn_interface.py", "_FlashAttnFunc.backward", "torch.ops.flashattn.bwd"),
+    # Autograd is registered on the op (torch.library.register_autograd), not an autograd.Function.
+    ("python/flashattn/_ops.py", "_fwd_backward", "torch.ops.flashattn.bwd"),
     ("src/api/api.cpp", "mha_bwd", "bwd_entry"),
 ]
 

@@ -74,9 +74,11 @@ def ring_forward(q: Tensor, k: Tensor, v: Tensor, *, rank: int, world: int, layo
         step = ring_step(layout, causal, rank, (rank - i) % world, seqlen)
         if step is not None:
             qs, ks, step_causal = step
+            # The op's `deterministic` only configures the backward registered on it, which
+            # ring_backward does not use (it calls bwd_into per step).
             o_i, lse_i, _, _ = torch.ops.flashattn.fwd(
                 q[:, qs], cur[0][:, ks], cur[1][:, ks], None, 0.0, softmax_scale, step_causal,
-                -1, -1, softcap, False)
+                -1, -1, softcap, False, False)
             merge_(out[:, qs], lse[:, :, qs], o_i, lse_i)
         if i + 1 < world:
             yield Wait(handle)

@@ -72,8 +72,10 @@ def ulysses_forward(q: Tensor, k: Tensor, v: Tensor, *, world: int, causal: bool
     yield AllToAll(recv, send)
     full = _from_ranks(recv)
     qh, kh, vh = full.split((hq, hkv, hkv), dim=2)
+    # The op's `deterministic` only configures the backward registered on it, which
+    # ulysses_backward does not use (it calls bwd / bwd_into itself).
     out_h, lse_h, _, _ = torch.ops.flashattn.fwd(qh, kh, vh, None, 0.0, softmax_scale, causal,
-                                                 -1, -1, softcap, False)
+                                                 -1, -1, softcap, False, False)
     send = _to_tokens(out_h, world)
     recv = torch.empty_like(send)
     yield AllToAll(recv, send)
