@@ -1,5 +1,7 @@
 # Thin wrapper over CMake. The two commands of the README:
-#   make demo   build and run flashattn-bench (GPU if present, else the CPU backend)
+#   make demo   build and run flashattn-bench (GPU if present, else the CPU backend), then time
+#               the peer the user already has (torch SDPA, when $(PYTHON) imports torch) on the
+#               same problem: tools/demo_peer.py
 #   make test   build everything and run every test (GPU tests skip without a GPU)
 # Options pass through, e.g.  make test CMAKE_ARGS="-DFA_CUDA=OFF"
 #                             make test CMAKE_ARGS="-DFA_HDIMS=128 -DFA_DTYPES=bf16 -DFA_CUDA_ARCHS=80"
@@ -8,6 +10,7 @@ BUILD ?= build
 CMAKE_ARGS ?=
 DEMO_ARGS ?=
 JOBS ?= $(shell nproc)
+PYTHON ?= python3
 
 # Without a GPU the demo runs on the CPU backend, so it builds the CPU-only library (seconds)
 # instead of every CUDA kernel it could not run. `make test` always compiles the kernels.
@@ -36,7 +39,16 @@ build: configure
 demo: setup
 	@cmake -S . -B $(DEMO_BUILD) -G Ninja $(DEMO_CMAKE_ARGS) >/dev/null
 	@cmake --build $(DEMO_BUILD) -j $(JOBS) --target flashattn-bench
-	$(DEMO_BUILD)/flashattn-bench $(DEMO_ARGS)
+	@echo "$(DEMO_BUILD)/flashattn-bench $(DEMO_ARGS)"
+	@{ $(DEMO_BUILD)/flashattn-bench $(DEMO_ARGS); echo $$? > $(DEMO_BUILD)/demo.rc; } \
+	  | tee $(DEMO_BUILD)/demo.txt
+	@status=$$(cat $(DEMO_BUILD)/demo.rc); [ "$$status" = 0 ] || exit $$status; \
+	if command -v $(PYTHON) >/dev/null 2>&1; then \
+	  $(PYTHON) tools/demo_peer.py $(DEMO_BUILD)/demo.txt \
+	    || echo "peer: none available (tools/demo_peer.py failed)"; \
+	else \
+	  echo "peer: none available ($(PYTHON) not found; the peer is torch SDPA)"; \
+	fi
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

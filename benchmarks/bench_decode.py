@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """GPU decode benchmark: flashattn's mha_fwd_kvcache side by side with torch SDPA, one process.
 
-DESIGN.md section 4's decode shape: s_q = 1, b = 8, h = 32, h_k = 8, d = 128, bf16, KV length
-4k..128k, contiguous cache and paged caches (page 16, 64, 256). The figure of merit is GB/s of
-K+V read (the bytes of the whole cache, 2 * b * L * h_k * d * 2; one pass over it is the least
-any exact kernel must read), next to the device copy bandwidth measured in the same run (a
-device-to-device copy of 1 GiB, counted as bytes read + bytes written).
+The decode shape of docs/design.md (Performance protocol): s_q = 1, b = 8, h = 32, h_k = 8,
+d = 128, bf16, KV length 4k..128k, contiguous cache and paged caches (page 16, 64, 256). The
+figure of merit is GB/s of K+V read (the bytes of the whole cache, 2 * b * L * h_k * d * 2; one
+pass over it is the least any exact kernel must read), next to the device copy bandwidth
+measured in the same run (a device-to-device copy of 1 GiB, counted as bytes read + bytes
+written).
 
 Peers on the same tensors: SDPA's FLASH_ATTENTION (FlashAttention-2's kernels) and
 CUDNN_ATTENTION, with GQA through `enable_gqa=True` (K/V read as stored, h_k heads); a backend
@@ -29,7 +30,7 @@ its K/V in L2):
     call's inputs, as in a serving loop, and as in the device copy the ratio is taken against.
 
 Writes <out>/<date>-<gpu>-decode.{json,md} (and .png when matplotlib is present) in the
-DESIGN.md results format, records {"mode": "decode", "seqlen": KV length, "gbps", ...}.
+results format of docs/design.md, records {"mode": "decode", "seqlen": KV length, "gbps", ...}.
 
   python3 benchmarks/bench_decode.py --lib build/libflashattn_capi.so --out benchmarks/results
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU forward/backward benchmark: flashattn side by side with torch SDPA, one process, same inputs.
 
-Runs the standard grid of DESIGN.md section 4 (batch*seqlen = 16384, hidden 2048, h = 2048/d,
+Runs the standard grid of docs/design.md (batch*seqlen = 16384, hidden 2048, h = 2048/d,
 bf16, causal and not) against SDPA's FLASH_ATTENTION (FlashAttention-2's kernels),
 CUDNN_ATTENTION and EFFICIENT_ATTENTION backends. flashattn is called through the C ABI shim
 (build/libflashattn_capi.so, tools/capi.cpp) on the same torch tensors. Timing: median of

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """flashattn (the Python package) against torch's attention, one process, same inputs.
 
-GPU, on the DESIGN.md standard grid (bf16, batch*seqlen = 16384, hidden 2048, h = 2048/d,
+GPU, on the standard grid of docs/design.md (bf16, batch*seqlen = 16384, hidden 2048, h = 2048/d,
 d in {64, 128, 256}, seqlen 512..16384, causal and not), modes fwd, bwd, fwdbwd:
   flashattn        flashattn.flash_attn_func (autograd backward through torch.ops.flashattn.bwd)
   sdpa_flash       torch SDPA, FLASH_ATTENTION backend (FlashAttention-2's kernels)
@@ -19,7 +19,7 @@ after warm-up, rotating through several input sets so L2 does not serve them; CP
 medians of wall-clock repeats. Every flashattn point is first checked against SDPA in fp32.
 
 Writes <out>/<date>-<gpu>-torch-<mode>.{json,md,png} per GPU mode and
-<out>/<date>-<cpu>-torch-cpu.{json,md,png}, JSON as DESIGN.md section 4 describes.
+<out>/<date>-<cpu>-torch-cpu.{json,md,png}, JSON as docs/design.md describes.
 
   python3 benchmarks/bench_torch.py --out benchmarks/results           # everything
   python3 benchmarks/bench_torch.py --quick                            # a few points, fewer reps

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Peak device memory of torch SDPA FLASH_ATTENTION backward at DESIGN.md s = 16k (b = 1, h = 16, d = 128,
-bf16): torch allocator peak during autograd.grad minus what was allocated before the call.
-flashattn workspace is measured by benchmarks/cpp/bwd_bench_sm80.cu --mem (docs/sm80_backward.md).
+"""Peak device memory of torch SDPA FLASH_ATTENTION backward at the standard grid's s = 16k
+(b = 1, h = 16, d = 128, bf16; docs/design.md): torch allocator peak during autograd.grad minus
+what was allocated before the call. flashattn workspace is measured by
+benchmarks/cpp/bwd_bench_sm80.cu --mem (docs/sm80_backward.md).
 """
 import torch
 from torch.nn.attention import sdpa_kernel, SDPBackend

@@ -384,12 +384,13 @@ int main(int argc, char** argv) {
   if (bwd) flops *= 2.5;
   const double tflops = flops / (ms * 1e-3) / 1e12;
 
+  // tools/demo_peer.py reads this line to time torch SDPA on the same problem.
+  const std::string dropout = opt.dropout > 0 ? " dropout=" + std::to_string(opt.dropout) : "";
   std::printf("flashattn-bench %s: %s %s b=%d s_q=%d s_k=%d h=%d h_k=%d d=%d%s%s%s%s%s\n",
               info.version.c_str(), opt.mode.c_str(), flashattn::dtype_name(opt.dtype), opt.b,
               opt.seqlen_q, opt.seqlen_k, opt.h, opt.h_k, opt.d, opt.causal ? " causal" : "",
               (opt.window_left >= 0 || opt.window_right >= 0) ? " window" : "",
-              opt.softcap > 0 ? " softcap" : "", opt.alibi ? " alibi" : "",
-              opt.dropout > 0 ? " dropout" : "");
+              opt.softcap > 0 ? " softcap" : "", opt.alibi ? " alibi" : "", dropout.c_str());
   std::printf("device: %s\n", device_name.c_str());
   std::printf("time: %.3f ms (median of %d)  %.2f TFLOP/s  (%.1f GFLOP/s)\n", ms, opt.iters,
               tflops, tflops * 1e3);

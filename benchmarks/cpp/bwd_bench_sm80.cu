@@ -284,7 +284,7 @@ int main(int argc, char** argv) {
   }
 
   if (mem) {
-    // DESIGN.md grid shape at s = 16k, d = 128: b = 1, h = 16.
+    // The standard grid's shape (docs/design.md) at s = 16k, d = 128: b = 1, h = 16.
     fa::BwdParams p = make_params(buf, 1, 16384, 16, 128, false);
     if (!fa::mha_fwd(p).ok()) return 1;
     BENCH_CHECK(cudaDeviceSynchronize());

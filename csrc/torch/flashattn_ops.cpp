@@ -6,14 +6,23 @@
 // params struct of include/flashattn/params.h and calls the library, which validates everything
 // else and runs on the GPU or on the CPU backend depending on where the pointers live. A library
 // error becomes a Python exception carrying the library's message:
-//   kInvalidArgument -> ValueError, kNotSupported -> NotImplementedError, others -> RuntimeError.
+//   kInvalidArgument (and the adapter's own checks) -> flashattn.InvalidArgumentError, a
+//   subclass of both ValueError and RuntimeError; kNotSupported -> NotImplementedError; others
+//   -> RuntimeError.
 //
 // Ops (schemas in TORCH_LIBRARY below; fake implementations live in python/flashattn/_ops.py):
-//   fwd, varlen_fwd         forward; return (out, softmax_lse, S_dmask, rng_state)
+//   fwd, varlen_fwd         forward; return (out, softmax_lse, S_dmask, rng_state); their
+//                           `deterministic` is not used here but by the backward that
+//                           python/flashattn/_ops.py registers for them, which reads it from
+//                           the op's inputs
 //   bwd, varlen_bwd         backward; return (dq, dk, dv)
+//   bwd_into                dense backward into caller buffers dq, dk, dv (q's dtype or
+//                           float32), overwritten or added to (context parallelism sums
+//                           per-block gradients in fp32); returns nothing
 //   fwd_kvcache             inference against a KV cache, appending in place; (out, softmax_lse)
 // rng_state is a host int64 [2] tensor (Philox seed, offset) so the backward can pass it to the
 // library without reading device memory (no host synchronization).
+#include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
 #include <cmath>
@@ -38,13 +47,34 @@ using c10::optional;
 
 // ------------------------------------------------------------------------------- helpers --
 
+// The Python type of every bad-argument error: a subclass of both ValueError (this package's
+// documented exception for bad input) and RuntimeError (what flash_attn raises for every failed
+// check, so code and test suites written against flash_attn keep catching it). Created when the
+// module is imported (PYBIND11_MODULE below) and exported as flashattn.InvalidArgumentError.
+PyObject* g_invalid_argument_type = nullptr;
+
+// torch turns a PyTorchError into the Python type it names, wherever the op was called from.
+struct InvalidArgument : torch::PyTorchError {
+  using PyTorchError::PyTorchError;
+  PyObject* python_type() override {
+    return g_invalid_argument_type != nullptr ? g_invalid_argument_type : PyExc_ValueError;
+  }
+};
+
+// Raises InvalidArgument with the concatenated message parts unless `cond` holds.
+#define FA_CHECK_ARG(cond, ...)                                         \
+  do {                                                                  \
+    if (C10_UNLIKELY(!(cond)))                                          \
+      throw ::flashattn_torch::InvalidArgument(::c10::str(__VA_ARGS__)); \
+  } while (0)
+
 // Raises the Python exception matching a library status, with the library's message.
 void raise_if_error(const flashattn::Status& s, const char* op) {
   switch (s.code()) {
     case flashattn::StatusCode::kSuccess:
       return;
     case flashattn::StatusCode::kInvalidArgument:
-      TORCH_CHECK_VALUE(false, "flashattn.", op, ": ", s.message());
+      FA_CHECK_ARG(false, "flashattn.", op, ": ", s.message());
     case flashattn::StatusCode::kNotSupported:
       TORCH_CHECK_NOT_IMPLEMENTED(false, "flashattn.", op, ": ", s.message());
     default:
@@ -57,13 +87,13 @@ flashattn::DType to_dtype(const Tensor& t, const char* op) {
     case at::kHalf: return flashattn::DType::kFloat16;
     case at::kBFloat16: return flashattn::DType::kBFloat16;
     case at::kFloat:
-      TORCH_CHECK_VALUE(t.device().is_cpu(), "flashattn.", op,
-                        ": float32 inputs run on the CPU backend only; on the GPU use float16 or "
-                        "bfloat16");
+      FA_CHECK_ARG(t.device().is_cpu(), "flashattn.", op,
+                   ": float32 inputs run on the CPU backend only; on the GPU use float16 or "
+                   "bfloat16");
       return flashattn::DType::kFloat32;
     default:
-      TORCH_CHECK_VALUE(false, "flashattn.", op, ": dtype ", t.scalar_type(),
-                        " is not supported (float16, bfloat16; float32 on CPU)");
+      FA_CHECK_ARG(false, "flashattn.", op, ": dtype ", t.scalar_type(),
+                   " is not supported (float16, bfloat16; float32 on CPU)");
   }
   return flashattn::DType::kBFloat16;
 }
@@ -77,9 +107,9 @@ std::string shape_str(const Tensor& t) {
 // Every tensor argument of one call lives on the device of q (the library also checks host vs
 // device, but not which GPU, and ops need one device to pick the stream and the guard).
 void check_device(const Tensor& q, const Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK_VALUE(t.device() == q.device(), "flashattn.", op, ": ", name, " is on ",
-                    t.device(), " but q is on ", q.device(),
-                    "; all tensors of a call must be on one device");
+  FA_CHECK_ARG(t.device() == q.device(), "flashattn.", op, ": ", name, " is on ",
+               t.device(), " but q is on ", q.device(),
+               "; all tensors of a call must be on one device");
 }
 
 void check_opt_device(const Tensor& q, const optional<Tensor>& t, const char* name,
@@ -89,30 +119,30 @@ void check_opt_device(const Tensor& q, const optional<Tensor>& t, const char* na
 
 void check_rank(const Tensor& t, int64_t rank, const char* name, const char* layout,
                 const char* op) {
-  TORCH_CHECK_VALUE(t.dim() == rank, "flashattn.", op, ": ", name, " must have shape ", layout,
-                    ", got ", shape_str(t));
+  FA_CHECK_ARG(t.dim() == rank, "flashattn.", op, ": ", name, " must have shape ", layout,
+               ", got ", shape_str(t));
 }
 
 void check_last_contiguous(const Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK_VALUE(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, "flashattn.", op, ": ",
-                    name, " must have a contiguous last dimension (stride(-1) == 1), got strides ",
-                    t.strides());
+  FA_CHECK_ARG(t.dim() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, "flashattn.", op, ": ",
+               name, " must have a contiguous last dimension (stride(-1) == 1), got strides ",
+               t.strides());
 }
 
 void check_same_dtype(const Tensor& q, const Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK_VALUE(t.scalar_type() == q.scalar_type(), "flashattn.", op, ": ", name,
-                    " has dtype ", t.scalar_type(), " but q has ", q.scalar_type(),
-                    "; q, k, v (and dout) must share one dtype");
+  FA_CHECK_ARG(t.scalar_type() == q.scalar_type(), "flashattn.", op, ": ", name,
+               " has dtype ", t.scalar_type(), " but q has ", q.scalar_type(),
+               "; q, k, v (and dout) must share one dtype");
 }
 
 // int32 index arrays (cu_seqlens, seqused_k, block_table, cache_seqlens, ...).
 void check_index(const Tensor& q, const Tensor& t, const char* name, int64_t rank,
                  const char* op) {
   check_device(q, t, name, op);
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kInt, "flashattn.", op, ": ", name,
-                    " must be int32, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == rank, "flashattn.", op, ": ", name, " must have ", rank,
-                    " dimension(s), got ", shape_str(t));
+  FA_CHECK_ARG(t.scalar_type() == at::kInt, "flashattn.", op, ": ", name,
+               " must be int32, got ", t.scalar_type());
+  FA_CHECK_ARG(t.dim() == rank, "flashattn.", op, ": ", name, " must have ", rank,
+               " dimension(s), got ", shape_str(t));
   check_last_contiguous(t, name, op);
 }
 
@@ -122,12 +152,12 @@ void set_alibi(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>&
   if (!slopes.has_value()) return;
   const Tensor& s = *slopes;
   check_device(q, s, "alibi_slopes", op);
-  TORCH_CHECK_VALUE(s.scalar_type() == at::kFloat, "flashattn.", op,
-                    ": alibi_slopes must be float32, got ", s.scalar_type());
-  TORCH_CHECK_VALUE((s.dim() == 1 && s.size(0) == p.h) ||
-                        (s.dim() == 2 && s.size(0) == p.b && s.size(1) == p.h),
-                    "flashattn.", op, ": alibi_slopes must have shape (nheads,) = (", p.h,
-                    ",) or (batch, nheads) = (", p.b, ", ", p.h, "), got ", shape_str(s));
+  FA_CHECK_ARG(s.scalar_type() == at::kFloat, "flashattn.", op,
+               ": alibi_slopes must be float32, got ", s.scalar_type());
+  FA_CHECK_ARG((s.dim() == 1 && s.size(0) == p.h) ||
+                   (s.dim() == 2 && s.size(0) == p.b && s.size(1) == p.h),
+               "flashattn.", op, ": alibi_slopes must have shape (nheads,) = (", p.h,
+               ",) or (batch, nheads) = (", p.b, ", ", p.h, "), got ", shape_str(s));
   check_last_contiguous(s, "alibi_slopes", op);
   p.alibi_slopes = s.data_ptr<float>();
   p.alibi_slopes_batch_stride = s.dim() == 2 ? s.stride(0) : 0;
@@ -223,10 +253,10 @@ Tensor draw_rng_state(const Tensor& q, int64_t b, int64_t h, double dropout_p, c
 void set_rng(flashattn::FwdParams& p, double dropout_p, const Tensor& rng_state, const char* op) {
   p.p_dropout = static_cast<float>(dropout_p);
   if (dropout_p <= 0.0) return;
-  TORCH_CHECK_VALUE(rng_state.device().is_cpu() && rng_state.scalar_type() == at::kLong &&
-                        rng_state.numel() == 2,
-                    "flashattn.", op,
-                    ": rng_state must be the forward's host int64 tensor of 2 values");
+  FA_CHECK_ARG(rng_state.device().is_cpu() && rng_state.scalar_type() == at::kLong &&
+                   rng_state.numel() == 2,
+               "flashattn.", op,
+               ": rng_state must be the forward's host int64 tensor of 2 values");
   const Tensor r = rng_state.contiguous();
   p.philox_seed = static_cast<uint64_t>(r.data_ptr<int64_t>()[0]);
   p.philox_offset = static_cast<uint64_t>(r.data_ptr<int64_t>()[1]);
@@ -265,11 +295,11 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op
   check_last_contiguous(q, "q", op);
   check_last_contiguous(k, "k", op);
   check_last_contiguous(v, "v", op);
-  TORCH_CHECK_VALUE(k.sizes() == v.sizes(), "flashattn.", op, ": k and v must have one shape, got ",
-                    shape_str(k), " and ", shape_str(v));
-  TORCH_CHECK_VALUE(k.size(-1) == q.size(-1), "flashattn.", op,
-                    ": k and v must have q's head dim ", q.size(-1), ", got ", shape_str(k),
-                    " (flashattn needs head dim of v == head dim of q)");
+  FA_CHECK_ARG(k.sizes() == v.sizes(), "flashattn.", op, ": k and v must have one shape, got ",
+               shape_str(k), " and ", shape_str(v));
+  FA_CHECK_ARG(k.size(-1) == q.size(-1), "flashattn.", op,
+               ": k and v must have q's head dim ", q.size(-1), ", got ", shape_str(k),
+               " (flashattn needs head dim of v == head dim of q)");
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -277,14 +307,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k,
                                                double dropout_p, double softmax_scale,
                                                bool causal, int64_t window_size_left,
                                                int64_t window_size_right, double softcap,
-                                               bool return_softmax) {
+                                               bool return_softmax, bool deterministic) {
   const char* op = "fwd";
+  (void)deterministic;  // the registered backward's (see the file comment)
   check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
   check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
   check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
   check_qkv(q, k, v, op);
-  TORCH_CHECK_VALUE(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
-                    " but q has ", q.size(0));
+  FA_CHECK_ARG(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
+               " but q has ", q.size(0));
   check_opt_device(q, alibi_slopes, "alibi_slopes", op);
 
   flashattn::FwdParams p;
@@ -296,9 +327,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k,
   Tensor lse = at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
   Tensor probs;
   if (return_softmax) {
-    TORCH_CHECK_VALUE(dropout_p > 0.0, "flashattn.", op,
-                                ": return_softmax is only supported with dropout_p > 0 "
-                                "(flash_attn's rule)");
+    FA_CHECK_ARG(dropout_p > 0.0, "flashattn.", op,
+                 ": return_softmax is only supported with dropout_p > 0 (flash_attn's rule)");
     probs = at::empty({p.b, p.h, p.seqlen_q, p.seqlen_k}, q.options());
     p.p_ptr = probs.data_ptr();
   }
@@ -328,8 +358,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
     const optional<Tensor>& block_table, const optional<Tensor>& alibi_slopes,
     int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p, double softmax_scale,
     bool causal, int64_t window_size_left, int64_t window_size_right, double softcap,
-    bool return_softmax) {
+    bool return_softmax, bool deterministic) {
   const char* op = "varlen_fwd";
+  (void)deterministic;  // the registered backward's (see the file comment)
   const bool paged = block_table.has_value();
   check_rank(q, 3, "q", "(total_q, nheads, headdim)", op);
   if (paged) {
@@ -342,10 +373,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
   check_qkv(q, k, v, op);
   check_index(q, cu_seqlens_q, "cu_seqlens_q", 1, op);
   check_index(q, cu_seqlens_k, "cu_seqlens_k", 1, op);
-  TORCH_CHECK_VALUE(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
-                    "flashattn.", op,
-                    ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries, got ",
-                    cu_seqlens_q.numel(), " and ", cu_seqlens_k.numel());
+  FA_CHECK_ARG(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
+               "flashattn.", op,
+               ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries, got ",
+               cu_seqlens_q.numel(), " and ", cu_seqlens_k.numel());
   check_opt_device(q, alibi_slopes, "alibi_slopes", op);
   TORCH_CHECK_NOT_IMPLEMENTED(!(return_softmax && dropout_p > 0.0), "flashattn.", op,
                               ": return_attn_probs is not supported by the varlen functions "
@@ -410,13 +441,49 @@ void check_bwd_extra(const Tensor& dout, const Tensor& q, const Tensor& out, con
   check_device(q, lse, "softmax_lse", op);
   check_same_dtype(q, dout, "dout", op);
   check_same_dtype(q, out, "out", op);
-  TORCH_CHECK_VALUE(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flashattn.", op,
-                    ": dout and out must have q's shape ", shape_str(q), ", got ",
-                    shape_str(dout), " and ", shape_str(out));
+  FA_CHECK_ARG(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flashattn.", op,
+               ": dout and out must have q's shape ", shape_str(q), ", got ",
+               shape_str(dout), " and ", shape_str(out));
   check_last_contiguous(dout, "dout", op);
   check_last_contiguous(out, "out", op);
-  TORCH_CHECK_VALUE(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "flashattn.", op,
-                    ": softmax_lse must be the forward's contiguous float32 LSE");
+  FA_CHECK_ARG(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "flashattn.", op,
+               ": softmax_lse must be the forward's contiguous float32 LSE");
+}
+
+// Checks of a dense backward's inputs, shared by bwd and bwd_into.
+void check_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& out, const Tensor& softmax_lse, const char* op) {
+  check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
+  check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
+  check_qkv(q, k, v, op);
+  check_bwd_extra(dout, q, out, softmax_lse, op);
+  FA_CHECK_ARG(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
+               " but q has ", q.size(0));
+  FA_CHECK_ARG(softmax_lse.sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(1)}),
+               "flashattn.", op, ": softmax_lse must have shape (batch, nheads, seqlen_q), got ",
+               shape_str(softmax_lse));
+}
+
+// The dense backward into dq, dk, dv (fresh or the caller's).
+void run_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                   const Tensor& out, const Tensor& softmax_lse, const Tensor& dq,
+                   const Tensor& dk, const Tensor& dv, bool accumulate,
+                   const optional<Tensor>& alibi_slopes, double dropout_p, double softmax_scale,
+                   bool causal, int64_t window_size_left, int64_t window_size_right,
+                   double softcap, bool deterministic, const Tensor& rng_state, const char* op) {
+  flashattn::BwdParams p;
+  p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+  p.seqlen_k = k.size(1), p.h_k = k.size(2);
+  DeviceScope scope(q, p);
+  set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
+  p.dqkv_fp32 = dq.scalar_type() == at::kFloat;
+  p.dqkv_accumulate = accumulate;
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  set_rng(p, dropout_p, rng_state, op);
+  p.deterministic = deterministic;
+  raise_if_error(flashattn::mha_bwd(p), op);
 }
 
 std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
@@ -428,31 +495,46 @@ std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, cons
                                        double softcap, bool deterministic,
                                        const Tensor& rng_state) {
   const char* op = "bwd";
-  check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
-  check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
-  check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
-  check_qkv(q, k, v, op);
-  check_bwd_extra(dout, q, out, softmax_lse, op);
-  TORCH_CHECK_VALUE(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
-                    " but q has ", q.size(0));
-  TORCH_CHECK_VALUE(softmax_lse.sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(1)}),
-                    "flashattn.", op, ": softmax_lse must have shape (batch, nheads, seqlen_q), got ",
-                    shape_str(softmax_lse));
-
-  flashattn::BwdParams p;
-  p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
-  p.seqlen_k = k.size(1), p.h_k = k.size(2);
-  DeviceScope scope(q, p);
+  check_dense_bwd(dout, q, k, v, out, softmax_lse, op);
   Tensor dq = at::empty(q.sizes(), q.options());
   Tensor dk = at::empty(k.sizes(), k.options());
   Tensor dv = at::empty(v.sizes(), v.options());
-  set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
-  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
-  set_alibi(p, q, alibi_slopes, op);
-  set_rng(p, dropout_p, rng_state, op);
-  p.deterministic = deterministic;
-  raise_if_error(flashattn::mha_bwd(p), op);
+  run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, /*accumulate=*/false, alibi_slopes,
+                dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
+                deterministic, rng_state, op);
   return {dq, dk, dv};
+}
+
+// A caller's gradient buffer: on q's device, the shape of the tensor it is the gradient of, the
+// element type of dq (q's dtype or float32), a contiguous last dimension.
+void check_grad_buffer(const Tensor& q, const Tensor& g, const char* name, const Tensor& like,
+                       const char* like_name, const Tensor& dq, const char* op) {
+  check_device(q, g, name, op);
+  FA_CHECK_ARG(g.sizes() == like.sizes(), "flashattn.", op, ": ", name, " must have ",
+               like_name, "'s shape ", shape_str(like), ", got ", shape_str(g));
+  FA_CHECK_ARG(g.scalar_type() == dq.scalar_type(), "flashattn.", op, ": ", name,
+               " has dtype ", g.scalar_type(), " but dq has ", dq.scalar_type(),
+               "; dq, dk, dv must share one dtype");
+  check_last_contiguous(g, name, op);
+}
+
+void bwd_into(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+              const Tensor& out, const Tensor& softmax_lse, Tensor& dq, Tensor& dk, Tensor& dv,
+              bool accumulate, const optional<Tensor>& alibi_slopes, double dropout_p,
+              double softmax_scale, bool causal, int64_t window_size_left,
+              int64_t window_size_right, double softcap, bool deterministic,
+              const Tensor& rng_state) {
+  const char* op = "bwd_into";
+  check_dense_bwd(dout, q, k, v, out, softmax_lse, op);
+  FA_CHECK_ARG(dq.scalar_type() == q.scalar_type() || dq.scalar_type() == at::kFloat,
+               "flashattn.", op, ": dq has dtype ", dq.scalar_type(),
+               "; gradient buffers are q's dtype (", q.scalar_type(), ") or float32");
+  check_grad_buffer(q, dq, "dq", q, "q", dq, op);
+  check_grad_buffer(q, dk, "dk", k, "k", dq, op);
+  check_grad_buffer(q, dv, "dv", v, "v", dq, op);
+  run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, accumulate, alibi_slopes, dropout_p,
+                softmax_scale, causal, window_size_left, window_size_right, softcap,
+                deterministic, rng_state, op);
 }
 
 std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
@@ -470,12 +552,12 @@ std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
   check_bwd_extra(dout, q, out, softmax_lse, op);
   check_index(q, cu_seqlens_q, "cu_seqlens_q", 1, op);
   check_index(q, cu_seqlens_k, "cu_seqlens_k", 1, op);
-  TORCH_CHECK_VALUE(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
-                    "flashattn.", op,
-                    ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries");
-  TORCH_CHECK_VALUE(softmax_lse.sizes() == at::IntArrayRef({q.size(1), q.size(0)}), "flashattn.",
-                    op, ": softmax_lse must have shape (nheads, total_q), got ",
-                    shape_str(softmax_lse));
+  FA_CHECK_ARG(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
+               "flashattn.", op,
+               ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 entries");
+  FA_CHECK_ARG(softmax_lse.sizes() == at::IntArrayRef({q.size(1), q.size(0)}), "flashattn.",
+               op, ": softmax_lse must have shape (nheads, total_q), got ",
+               shape_str(softmax_lse));
 
   flashattn::BwdParams p;
   p.b = cu_seqlens_q.numel() - 1;
@@ -521,10 +603,10 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
              op);
   check_rank(v_cache, 4, "v_cache", "like k_cache", op);
   check_qkv(q, k_cache, v_cache, op);
-  TORCH_CHECK_VALUE(k.has_value() == v.has_value(), "flashattn.", op,
-                    ": k and v must be given together (both or neither)");
-  TORCH_CHECK_VALUE(rotary_cos.has_value() == rotary_sin.has_value(), "flashattn.", op,
-                    ": rotary_cos and rotary_sin must be given together (both or neither)");
+  FA_CHECK_ARG(k.has_value() == v.has_value(), "flashattn.", op,
+               ": k and v must be given together (both or neither)");
+  FA_CHECK_ARG(rotary_cos.has_value() == rotary_sin.has_value(), "flashattn.", op,
+               ": rotary_cos and rotary_sin must be given together (both or neither)");
   check_opt_device(q, alibi_slopes, "alibi_slopes", op);
 
   flashattn::KVCacheParams p;
@@ -533,9 +615,9 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
   p.h_k = k_cache.size(2);
   if (paged) {
     check_index(q, *block_table, "block_table", 2, op);
-    TORCH_CHECK_VALUE(block_table->size(0) == p.b, "flashattn.", op,
-                      ": block_table must have one row per batch entry (", p.b, "), got ",
-                      shape_str(*block_table));
+    FA_CHECK_ARG(block_table->size(0) == p.b, "flashattn.", op,
+                 ": block_table must have one row per batch entry (", p.b, "), got ",
+                 shape_str(*block_table));
     p.block_table = block_table->data_ptr<int>();
     p.block_table_batch_stride = block_table->stride(0);
     p.max_blocks_per_seq = block_table->size(1);
@@ -582,11 +664,11 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
     check_same_dtype(q, *v, "v", op);
     check_last_contiguous(*k, "k", op);
     check_last_contiguous(*v, "v", op);
-    TORCH_CHECK_VALUE(k->sizes() == v->sizes() && k->size(0) == p.b && k->size(2) == p.h_k &&
-                          k->size(3) == p.d,
-                      "flashattn.", op, ": k and v must have shape (batch, seqlen_new, nheads_k, "
-                      "headdim) = (", p.b, ", *, ", p.h_k, ", ", p.d, "), got ", shape_str(*k),
-                      " and ", shape_str(*v));
+    FA_CHECK_ARG(k->sizes() == v->sizes() && k->size(0) == p.b && k->size(2) == p.h_k &&
+                     k->size(3) == p.d,
+                 "flashattn.", op, ": k and v must have shape (batch, seqlen_new, nheads_k, "
+                 "headdim) = (", p.b, ", *, ", p.h_k, ", ", p.d, "), got ", shape_str(*k),
+                 " and ", shape_str(*v));
     p.knew_ptr = k->data_ptr();
     FA_SET_STRIDES(p, knew, *k);
     p.vnew_ptr = v->data_ptr();
@@ -599,10 +681,10 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
       check_device(q, *t, name, op);
       check_same_dtype(q, *t, name, op);
       check_rank(*t, 2, name, "(seqlen_ro, rotary_dim / 2)", op);
-      TORCH_CHECK_VALUE(t->is_contiguous(), "flashattn.", op, ": ", name, " must be contiguous");
+      FA_CHECK_ARG(t->is_contiguous(), "flashattn.", op, ": ", name, " must be contiguous");
     }
-    TORCH_CHECK_VALUE(rotary_cos->sizes() == rotary_sin->sizes(), "flashattn.", op,
-                      ": rotary_cos and rotary_sin must have one shape");
+    FA_CHECK_ARG(rotary_cos->sizes() == rotary_sin->sizes(), "flashattn.", op,
+                 ": rotary_cos and rotary_sin must have one shape");
     p.rotary_cos = rotary_cos->data_ptr();
     p.rotary_sin = rotary_sin->data_ptr();
     p.seqlen_ro = rotary_cos->size(0);
@@ -642,18 +724,24 @@ TORCH_LIBRARY(flashattn, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? alibi_slopes, float dropout_p, "
       "float softmax_scale, bool causal, int window_size_left, int window_size_right, "
-      "float softcap, bool return_softmax) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float softcap, bool return_softmax, bool deterministic) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
       "Tensor? seqused_k, Tensor? block_table, Tensor? alibi_slopes, int max_seqlen_q, "
       "int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
-      "int window_size_left, int window_size_right, float softcap, bool return_softmax) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "int window_size_left, int window_size_right, float softcap, bool return_softmax, "
+      "bool deterministic) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor? alibi_slopes, float dropout_p, float softmax_scale, bool causal, "
       "int window_size_left, int window_size_right, float softcap, bool deterministic, "
       "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "bwd_into(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
+      "Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, bool accumulate, Tensor? alibi_slopes, "
+      "float dropout_p, float softmax_scale, bool causal, int window_size_left, "
+      "int window_size_right, float softcap, bool deterministic, Tensor rng_state) -> ()");
   m.def(
       "varlen_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? seqused_k, Tensor? alibi_slopes, "
@@ -675,6 +763,7 @@ TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("fwd", &flashattn_torch::fwd);
   m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
   m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
 }
@@ -683,11 +772,22 @@ TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("fwd", &flashattn_torch::fwd);
   m.impl("varlen_fwd", &flashattn_torch::varlen_fwd);
   m.impl("bwd", &flashattn_torch::bwd);
+  m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashattn torch extension: registers torch.ops.flashattn.*";
+  PyObject* bases = PyTuple_Pack(2, PyExc_ValueError, PyExc_RuntimeError);
+  if (bases == nullptr) throw pybind11::error_already_set();
+  flashattn_torch::g_invalid_argument_type = PyErr_NewExceptionWithDoc(
+      "flashattn.InvalidArgumentError",
+      "A flashattn call broke an argument rule; the message names the argument and the rule. "
+      "Both a ValueError and a RuntimeError (flash_attn raises RuntimeError for bad input).",
+      bases, nullptr);
+  Py_DECREF(bases);
+  if (flashattn_torch::g_invalid_argument_type == nullptr) throw pybind11::error_already_set();
+  m.attr("InvalidArgumentError") = pybind11::handle(flashattn_torch::g_invalid_argument_type);
   m.def("build_info", &flashattn_torch::build_info, "What the linked flashattn library contains");
 }

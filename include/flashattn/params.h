@@ -116,6 +116,14 @@ struct BwdParams : FwdParams {
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
   // Bitwise identical gradients across runs (the CPU backend always is).
   bool deterministic = false;
+  // Gradient outputs for callers that sum gradients over several calls (context parallelism:
+  // one call per KV block). dqkv_fp32: dq_ptr, dk_ptr, dv_ptr hold fp32 elements (strides in
+  // fp32 elements) whatever `dtype` is. dqkv_accumulate: the gradients are ADDED to what
+  // dq/dk/dv hold (read, add in fp32, round once to their element type) instead of overwriting
+  // them; rows no query sees (and rows past seqused_k) are then left unchanged. CPU backend and
+  // reference; the GPU backward returns kNotSupported for either.
+  bool dqkv_fp32 = false;
+  bool dqkv_accumulate = false;
 };
 
 // Inference against a KV cache (flash_attn_with_kvcache). k_ptr/v_ptr are the cache:

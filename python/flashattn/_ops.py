@@ -1,11 +1,17 @@
-"""Loads the compiled adapter and registers the fake (meta) implementations of its ops.
+"""Loads the compiled adapter and tells torch what it needs to know about its ops.
 
 Importing `flashattn._C` runs the extension's TORCH_LIBRARY block, which defines
-`torch.ops.flashattn.{fwd, varlen_fwd, bwd, varlen_bwd, fwd_kvcache}` with CPU and CUDA kernels.
-The fake implementations below tell torch.compile (and FakeTensor tracing in general) the shape,
-dtype and device of every output without running anything, so compiled graphs contain the ops
-as single nodes instead of breaking around them. They must agree exactly with what
-csrc/torch/flashattn_ops.cpp allocates.
+`torch.ops.flashattn.{fwd, varlen_fwd, bwd, bwd_into, varlen_bwd, fwd_kvcache}` with CPU and CUDA kernels.
+This module registers, for each op:
+- a fake (meta) implementation: the shape, dtype and device of every output without running
+  anything, so torch.compile (and FakeTensor tracing in general) keeps the op as one graph node.
+  They must agree exactly with what csrc/torch/flashattn_ops.cpp allocates;
+- for the two forwards, the backward formula (torch.library.register_autograd), which calls the
+  backward ops. Autograd on the ops themselves, rather than a torch.autograd.Function around
+  them, is what torch.compile traces on every torch release: Dynamo in torch 2.15 refuses an
+  autograd.Function that receives one tensor twice ("duplicate tensor input"), which every
+  self-attention varlen call does (cu_seqlens_q is cu_seqlens_k), and flash_attn_func(x, x, x)
+  too, while an op may take the same tensor for several arguments.
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ import torch
 from flashattn import _C  # noqa: F401  (registers the ops)
 
 Tensor = torch.Tensor
+
+# Raised for every broken argument rule: both a ValueError and a RuntimeError (flash_attn's type).
+InvalidArgumentError = _C.InvalidArgumentError
 
 
 def _round_up_128(x):
@@ -30,7 +39,8 @@ def _rng_state_like() -> Tensor:
 @torch.library.register_fake("flashattn::fwd")
 def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, alibi_slopes: Optional[Tensor], dropout_p: float,
               softmax_scale: float, causal: bool, window_size_left: int, window_size_right: int,
-              softcap: float, return_softmax: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+              softcap: float, return_softmax: bool,
+              deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     b, seqlen_q, h, _ = q.shape
     seqlen_k = k.shape[1]
     out = q.new_empty(q.shape)
@@ -47,8 +57,8 @@ def _varlen_fwd_fake(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
                      seqused_k: Optional[Tensor], block_table: Optional[Tensor],
                      alibi_slopes: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                      dropout_p: float, softmax_scale: float, causal: bool, window_size_left: int,
-                     window_size_right: int, softcap: float,
-                     return_softmax: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                     window_size_right: int, softcap: float, return_softmax: bool,
+                     deterministic: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     total_q, h, _ = q.shape
     out = q.new_empty(q.shape)
     lse = q.new_empty((h, total_q), dtype=torch.float32)
@@ -61,6 +71,16 @@ def _bwd_fake(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, softma
               causal: bool, window_size_left: int, window_size_right: int, softcap: float,
               deterministic: bool, rng_state: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@torch.library.register_fake("flashattn::bwd_into")
+def _bwd_into_fake(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                   softmax_lse: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, accumulate: bool,
+                   alibi_slopes: Optional[Tensor], dropout_p: float, softmax_scale: float,
+                   causal: bool, window_size_left: int, window_size_right: int, softcap: float,
+                   deterministic: bool, rng_state: Tensor) -> None:
+    # Writes (or adds to) dq, dk, dv in place; no outputs.
+    return None
 
 
 @torch.library.register_fake("flashattn::varlen_bwd")
@@ -85,6 +105,66 @@ def _fwd_kvcache_fake(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[T
                       rotary_interleaved: bool, num_splits: int) -> Tuple[Tensor, Tensor]:
     b, seqlen_q, h, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((b, h, seqlen_q), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------ autograd --
+# setup_context runs inside the forward with the op's inputs (every argument, in schema order)
+# and outputs; backward gets one gradient per output and returns one per input (None for the
+# non-tensor arguments and the index arrays). The LSE and S_dmask are marked non-differentiable:
+# a gradient through them would be silently dropped otherwise.
+
+def _fwd_setup_context(ctx, inputs, output):
+    (q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size_left,
+     window_size_right, softcap, _return_softmax, deterministic) = inputs
+    out, lse, s_dmask, rng_state = output
+    ctx.save_for_backward(q, k, v, out, lse, rng_state, alibi_slopes)
+    ctx.options = (dropout_p, softmax_scale, causal, window_size_left, window_size_right,
+                   softcap, deterministic)
+    ctx.mark_non_differentiable(lse, s_dmask)
+
+
+def _fwd_backward(ctx, dout, *_unused):
+    q, k, v, out, lse, rng_state, alibi_slopes = ctx.saved_tensors
+    (dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
+     deterministic) = ctx.options
+    # The kernels need a contiguous last dimension; autograd does not promise one.
+    dq, dk, dv = torch.ops.flashattn.bwd(
+        dout.contiguous(), q, k, v, out, lse, alibi_slopes, dropout_p, softmax_scale, causal,
+        window_size_left, window_size_right, softcap, deterministic, rng_state)
+    return (dq, dk, dv) + (None,) * 9
+
+
+def _varlen_fwd_setup_context(ctx, inputs, output):
+    (q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, block_table, alibi_slopes, max_seqlen_q,
+     max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left, window_size_right,
+     softcap, _return_softmax, deterministic) = inputs
+    out, lse, s_dmask, rng_state = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, rng_state,
+                          alibi_slopes)
+    ctx.paged = block_table is not None
+    ctx.options = (max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                   window_size_left, window_size_right, softcap, deterministic)
+    ctx.mark_non_differentiable(lse, s_dmask)
+
+
+def _varlen_fwd_backward(ctx, dout, *_unused):
+    if ctx.paged:
+        raise NotImplementedError("flashattn: paged KV (block_table) has no backward")
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, rng_state, alibi_slopes = (
+        ctx.saved_tensors)
+    (max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left,
+     window_size_right, softcap, deterministic) = ctx.options
+    dq, dk, dv = torch.ops.flashattn.varlen_bwd(
+        dout.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k,
+        alibi_slopes, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+        window_size_left, window_size_right, softcap, deterministic, rng_state)
+    return (dq, dk, dv) + (None,) * 15
+
+
+torch.library.register_autograd("flashattn::fwd", _fwd_backward,
+                                setup_context=_fwd_setup_context)
+torch.library.register_autograd("flashattn::varlen_fwd", _varlen_fwd_backward,
+                                setup_context=_varlen_fwd_setup_context)
 
 
 def build_info() -> dict:

@@ -1,11 +1,11 @@
 """flash_attn 2.x's public functions over flashattn's custom ops.
 
 Every function here has flash_attn 2.x's name, parameter names, order, defaults and return values
-(shared/reference/flash_attn_interface.md), so `import flashattn as flash_attn` is the whole port.
+(the table in docs/python.md, "API"), so `import flashattn as flash_attn` is the whole port.
 The work happens in `torch.ops.flashattn.*` (csrc/torch/flashattn_ops.cpp), on the GPU for CUDA
 tensors and on the CPU backend for CPU tensors; this module adds what flash_attn's Python layer
-adds: the default softmax scale, head dims padded to a multiple of 8 on the GPU, packed-input
-unpacking, and autograd through torch.autograd.Function.
+adds: the default softmax scale, head dims padded to a multiple of 8 on the GPU and packed-input
+unpacking. Autograd is registered on the forward ops themselves (flashattn/_ops.py).
 
 Nothing here reads device memory (no .item(), no data-dependent Python branches), so the
 functions run under torch.compile(fullgraph=True) and inside CUDA graph capture.
@@ -61,75 +61,6 @@ def _check_softmax_scale(softmax_scale: Optional[float], head_dim: int) -> float
     return head_dim ** (-0.5) if softmax_scale is None else float(softmax_scale)
 
 
-class _FlashAttnFunc(torch.autograd.Function):
-    """Dense attention: torch.ops.flashattn.fwd forward, torch.ops.flashattn.bwd backward."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, softmax_scale: float,
-                causal: bool, window_size: Tuple[int, int], softcap: float,
-                alibi_slopes: Optional[Tensor], deterministic: bool, return_softmax: bool):
-        out, lse, s_dmask, rng_state = torch.ops.flashattn.fwd(
-            q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size[0],
-            window_size[1], softcap, return_softmax)
-        ctx.save_for_backward(q, k, v, out, lse, rng_state, alibi_slopes)
-        ctx.dropout_p = dropout_p
-        ctx.softmax_scale = softmax_scale
-        ctx.causal = causal
-        ctx.window_size = window_size
-        ctx.softcap = softcap
-        ctx.deterministic = deterministic
-        ctx.mark_non_differentiable(lse, s_dmask)
-        return out, lse, s_dmask
-
-    @staticmethod
-    def backward(ctx, dout: Tensor, *unused):
-        q, k, v, out, lse, rng_state, alibi_slopes = ctx.saved_tensors
-        dq, dk, dv = torch.ops.flashattn.bwd(
-            dout.contiguous(), q, k, v, out, lse, alibi_slopes, ctx.dropout_p, ctx.softmax_scale,
-            ctx.causal, ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.deterministic,
-            rng_state)
-        return dq, dk, dv, None, None, None, None, None, None, None, None
-
-
-class _FlashAttnVarlenFunc(torch.autograd.Function):
-    """Varlen attention: torch.ops.flashattn.varlen_fwd / varlen_bwd."""
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
-                max_seqlen_q: int, max_seqlen_k: int, dropout_p: float, softmax_scale: float,
-                causal: bool, window_size: Tuple[int, int], softcap: float,
-                alibi_slopes: Optional[Tensor], deterministic: bool, return_softmax: bool,
-                block_table: Optional[Tensor]):
-        out, lse, s_dmask, rng_state = torch.ops.flashattn.varlen_fwd(
-            q, k, v, cu_seqlens_q, cu_seqlens_k, None, block_table, alibi_slopes, max_seqlen_q,
-            max_seqlen_k, dropout_p, softmax_scale, causal, window_size[0], window_size[1],
-            softcap, return_softmax)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state,
-                              alibi_slopes)
-        ctx.paged = block_table is not None
-        ctx.max_seqlen_q = max_seqlen_q
-        ctx.max_seqlen_k = max_seqlen_k
-        ctx.dropout_p = dropout_p
-        ctx.softmax_scale = softmax_scale
-        ctx.causal = causal
-        ctx.window_size = window_size
-        ctx.softcap = softcap
-        ctx.deterministic = deterministic
-        ctx.mark_non_differentiable(lse, s_dmask)
-        return out, lse, s_dmask
-
-    @staticmethod
-    def backward(ctx, dout: Tensor, *unused):
-        if ctx.paged:
-            raise NotImplementedError("flashattn: paged KV (block_table) has no backward")
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, rng_state, alibi_slopes = ctx.saved_tensors
-        dq, dk, dv = torch.ops.flashattn.varlen_bwd(
-            dout.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, None, alibi_slopes,
-            ctx.max_seqlen_q, ctx.max_seqlen_k, ctx.dropout_p, ctx.softmax_scale, ctx.causal,
-            ctx.window_size[0], ctx.window_size[1], ctx.softcap, ctx.deterministic, rng_state)
-        return (dq, dk, dv) + (None,) * 13
-
-
 def _attn_dense(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
                 softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
                 softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
@@ -140,10 +71,10 @@ def _attn_dense(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
     padded = _needs_padding(q)
     if padded:
         q, k, v = (_pad_head_dim(x) for x in (q, k, v))
-    out, lse, s_dmask = _FlashAttnFunc.apply(
-        q, k, v, float(dropout_p), softmax_scale, bool(causal), _window(window_size),
-        float(softcap), alibi_slopes, bool(deterministic),
-        bool(return_attn_probs and dropout_p > 0))
+    window = _window(window_size)
+    out, lse, s_dmask, _ = torch.ops.flashattn.fwd(
+        q, k, v, alibi_slopes, float(dropout_p), softmax_scale, bool(causal), window[0],
+        window[1], float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic))
     if padded:
         out = out[..., :head_dim]
     return (out, lse, s_dmask) if return_attn_probs else out
@@ -160,11 +91,11 @@ def _attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqle
     padded = _needs_padding(q)
     if padded:
         q, k, v = (_pad_head_dim(x) for x in (q, k, v))
-    out, lse, s_dmask = _FlashAttnVarlenFunc.apply(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-        float(dropout_p), softmax_scale, bool(causal), _window(window_size), float(softcap),
-        alibi_slopes, bool(deterministic), bool(return_attn_probs and dropout_p > 0),
-        block_table)
+    window = _window(window_size)
+    out, lse, s_dmask, _ = torch.ops.flashattn.varlen_fwd(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, None, block_table, alibi_slopes, int(max_seqlen_q),
+        int(max_seqlen_k), float(dropout_p), softmax_scale, bool(causal), window[0], window[1],
+        float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic))
     if padded:
         out = out[..., :head_dim]
     return (out, lse, s_dmask) if return_attn_probs else out
@@ -366,6 +297,14 @@ def flash_attn_with_kvcache(
         return_softmax_lse: also return softmax_lse (batch, nheads, seqlen_q).
     Returns:
         out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse).
+    Raises:
+        flashattn.InvalidArgumentError (a RuntimeError and a ValueError) when an index value is
+        out of range: cache_seqlens (+ the new keys) past the cache, or past the block table's
+        max_blocks_per_seq * page_block_size, cache_leftpad, cache_batch_idx, a used block_table
+        entry, a rotary table too short. Nothing is appended then. CUDA tensors are checked too,
+        at the cost of one stream synchronization per call, except during CUDA graph capture or
+        with FLASHATTN_CHECK_DEVICE_INDICES=0, where such a sequence gets zeros instead
+        (docs/kvcache.md).
     """
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:

@@ -413,18 +413,18 @@ struct Names {
 
 // A q-like tensor: dense [b, seqlen_q, h, d] or varlen [total_q, h, d].
 TensorArg q_like(const FwdParams& p, bool varlen, const Names& n, const void* ptr, int64_t bs,
-                 int64_t rs, int64_t hs, bool written) {
+                 int64_t rs, int64_t hs, bool written, DType t) {
   std::vector<Dim> dims;
   if (!varlen) dims.push_back({n.batch_stride, "batch", p.b, bs});
   dims.push_back({n.row_stride, "row", varlen ? p.total_q : p.seqlen_q, rs});
   dims.push_back({n.head_stride, "head", p.h, hs});
-  return strided(n.name, n.ptr, ptr, p.dtype, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
 }
 
 // A k-like tensor: paged [num_blocks, page_block_size, h_k, d], varlen [total_k, h_k, d], or
 // dense [batch, seqlen_k, h_k, d] with batch = b (b_cache for the KV cache).
 TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, const void* ptr,
-                 int64_t bs, int64_t rs, int64_t hs, bool written) {
+                 int64_t bs, int64_t rs, int64_t hs, bool written, DType t) {
   std::vector<Dim> dims;
   if (p.block_table != nullptr) {
     dims.push_back({n.batch_stride, "page", p.num_blocks, bs});
@@ -436,7 +436,7 @@ TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, con
     dims.push_back({n.row_stride, "row", p.seqlen_k, rs});
   }
   dims.push_back({n.head_stride, "head", p.h_k, hs});
-  return strided(n.name, n.ptr, ptr, p.dtype, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
 }
 
 // The arguments every forward-shaped call has. `k_batch` is the batch extent of a contiguous
@@ -446,16 +446,20 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
                      bool o_written, std::vector<TensorArg>* out) {
   out->push_back(q_like(p, varlen, {"q", "q_ptr", "q_batch_stride", "q_row_stride",
                                     "q_head_stride"},
-                        p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, false));
+                        p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, false,
+                        p.dtype));
   out->push_back(k_like(p, varlen, k_batch,
                         {"k", "k_ptr", "k_batch_stride", "k_row_stride", "k_head_stride"},
-                        p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, kv_written));
+                        p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, kv_written,
+                        p.dtype));
   out->push_back(k_like(p, varlen, k_batch,
                         {"v", "v_ptr", "v_batch_stride", "v_row_stride", "v_head_stride"},
-                        p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, kv_written));
+                        p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, kv_written,
+                        p.dtype));
   out->push_back(q_like(p, varlen, {"o", "o_ptr", "o_batch_stride", "o_row_stride",
                                     "o_head_stride"},
-                        p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written));
+                        p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written,
+                        p.dtype));
 
   const Int128 rows_q = varlen ? Int128(p.total_q) : Int128(p.b) * p.seqlen_q;
   if (p.softmax_lse_ptr != nullptr)
@@ -583,19 +587,25 @@ Status validate_bwd(const BwdParams& p, Backend be, bool varlen) {
                    " (the forward's LSE is an input of the backward)");
   std::vector<TensorArg> args;
   add_fwd_tensors(p, varlen, p.b, /*kv_written=*/false, /*o_written=*/false, &args);
-  // Each gradient has the geometry of the tensor it belongs to.
+  // Each gradient has the geometry of the tensor it belongs to; its elements are fp32 with
+  // dqkv_fp32, else dtype.
+  const DType grad_t = p.dqkv_fp32 ? DType::kFloat32 : p.dtype;
   args.push_back(q_like(p, varlen,
                         {"dout", "do_ptr", "do_batch_stride", "do_row_stride", "do_head_stride"},
-                        p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride, false));
+                        p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride, false,
+                        p.dtype));
   args.push_back(q_like(p, varlen,
                         {"dq", "dq_ptr", "dq_batch_stride", "dq_row_stride", "dq_head_stride"},
-                        p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, true));
+                        p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, true,
+                        grad_t));
   args.push_back(k_like(p, varlen, p.b,
                         {"dk", "dk_ptr", "dk_batch_stride", "dk_row_stride", "dk_head_stride"},
-                        p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, true));
+                        p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, true,
+                        grad_t));
   args.push_back(k_like(p, varlen, p.b,
                         {"dv", "dv_ptr", "dv_batch_stride", "dv_row_stride", "dv_head_stride"},
-                        p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, true));
+                        p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, true,
+                        grad_t));
   if (Status s = check_tensors(args, be); !s.ok()) return s;
   if (be == Backend::kCpu) return check_fwd_values(p, varlen);
   return Status::ok_status();
@@ -684,62 +694,111 @@ Status validate_kvcache(const KVCacheParams& p, Backend be) {
     args.push_back(array("cache_leftpad", "cache_leftpad", p.cache_leftpad, 4, p.b, false));
   if (Status s = check_tensors(args, be); !s.ok()) return s;
 
-  // Rotary positions: new key t at cache_seqlens[i] + t; query r at cache_seqlens[i] + r when
-  // causal or local, else every query at cache_seqlens[i]. All must be rows of the table.
-  const bool q_advances = p.is_causal || p.window_size_left >= 0 || p.window_size_right >= 0;
-  const int64_t q_positions = q_advances ? p.seqlen_q : std::min(p.seqlen_q, 1);
-  const int64_t ro_needed = std::max<int64_t>(knew, q_positions);
+  const KVIndexLimits lim = kvcache_index_limits(p);
 
   // With one scalar length for every sequence the value checks need no index array.
   if (p.cache_seqlens == nullptr) {
-    if (int64_t(p.cache_seqlen) + knew > p.seqlen_k)
-      return invalid("cache_seqlen: ", p.cache_seqlen, " + seqlen_knew ", knew,
-                     " exceeds the cache capacity seqlen_k = ", p.seqlen_k);
-    if (rotary && p.cache_seqlen + ro_needed > p.seqlen_ro)
-      return invalid("seqlen_ro: ", p.seqlen_ro, " is too short: positions up to cache_seqlen ",
-                     p.cache_seqlen, " + ", ro_needed, " - 1 are rotated");
+    const KVIndexViolation v = check_kv_scalars(lim, 0, p.cache_seqlen, nullptr, nullptr);
+    if (v.rule != kKVIndexOk) return kvcache_index_error(p, v);
   }
   if (be != Backend::kCpu) return Status::ok_status();
 
-  // Host memory: the index arrays' values.
+  // Host memory: the index arrays' values, sequence by sequence in the order the GPU's
+  // device-side check reports them (common/kvcache_index.h).
   std::vector<char> row_taken;
   if (p.cache_batch_idx != nullptr && knew > 0) row_taken.assign(size_t(p.b_cache), 0);
   for (int i = 0; i < p.b; ++i) {
-    const int64_t cs = p.cache_seqlens != nullptr ? p.cache_seqlens[i] : p.cache_seqlen;
-    if (p.cache_seqlens != nullptr) {
-      if (cs < 0) return invalid("cache_seqlens[", i, "]: ", cs, " is negative");
-      if (cs + knew > p.seqlen_k)
-        return invalid("cache_seqlens[", i, "]: ", cs, " + seqlen_knew ", knew,
-                       " exceeds the cache capacity seqlen_k = ", p.seqlen_k);
-      if (rotary && cs + ro_needed > p.seqlen_ro)
-        return invalid("seqlen_ro: ", p.seqlen_ro, " is too short: sequence ", i,
-                       " rotates positions up to cache_seqlens[", i, "] = ", cs, " + ",
-                       ro_needed, " - 1");
-    }
-    if (p.cache_leftpad != nullptr) {
-      const int lp = p.cache_leftpad[i];
-      if (lp < 0 || lp > cs)
-        return invalid("cache_leftpad[", i, "]: ", lp, " is out of range [0, cache_seqlens[", i,
-                       "] = ", cs, "]");
-    }
-    if (p.cache_batch_idx != nullptr) {
+    const int cs = p.cache_seqlens != nullptr ? p.cache_seqlens[i] : p.cache_seqlen;
+    const KVIndexViolation v = check_kv_scalars(lim, i, cs, p.cache_leftpad, p.cache_batch_idx);
+    if (v.rule != kKVIndexOk) return kvcache_index_error(p, v);
+    if (p.cache_batch_idx != nullptr && knew > 0) {
+      // Two sequences appending into one cache row would race and overwrite each other. (Not
+      // checked on the GPU: it would need a b_cache-sized table per call; docs/kvcache.md.)
       const int row = p.cache_batch_idx[i];
-      if (row < 0 || row >= p.b_cache)
-        return invalid("cache_batch_idx[", i, "]: ", row, " is out of range [0, b_cache = ",
-                       p.b_cache, ")");
-      if (knew > 0) {
-        // Two sequences appending into one cache row would race and overwrite each other.
-        if (row_taken[row])
-          return invalid("cache_batch_idx[", i, "]: ", row,
-                         " repeats an earlier entry; sequences that append new keys need "
-                         "distinct cache rows");
-        row_taken[row] = 1;
-      }
+      if (row_taken[row])
+        return invalid("cache_batch_idx[", i, "]: ", row,
+                       " repeats an earlier entry; sequences that append new keys need "
+                       "distinct cache rows");
+      row_taken[row] = 1;
     }
-    if (paged)
-      if (Status s = check_pages_used(p, i, cs + knew); !s.ok()) return s;
+    if (paged) {
+      const int64_t used = kv_pages_used(int64_t(cs) + knew, p.page_block_size);
+      const int* row = p.block_table + int64_t(i) * p.block_table_batch_stride;
+      for (int64_t j = 0; j < used; ++j)
+        if (row[j] < 0 || row[j] >= p.num_blocks) {
+          KVIndexViolation bad;
+          bad.rule = kKVBlockTableRange;
+          bad.seq = i;
+          bad.value = row[j];
+          bad.cache_len = cs;
+          bad.column = int(j);
+          return kvcache_index_error(p, bad);
+        }
+    }
   }
   return Status::ok_status();
+}
+
+KVIndexLimits kvcache_index_limits(const KVCacheParams& p) {
+  const int knew = p.knew_ptr != nullptr ? p.seqlen_knew : 0;
+  const bool q_advances = p.is_causal || p.window_size_left >= 0 || p.window_size_right >= 0;
+  const int64_t q_positions = q_advances ? p.seqlen_q : std::min(p.seqlen_q, 1);
+  KVIndexLimits lim;
+  lim.capacity = p.seqlen_k;
+  lim.seqlen_knew = knew;
+  lim.rotary = p.rotary_cos != nullptr;
+  // Rotary positions: new key t at cache_seqlens[i] + t; query r at cache_seqlens[i] + r when
+  // causal or local, else every query at cache_seqlens[i]. All must be rows of the table.
+  lim.ro_needed = std::max<int64_t>(knew, q_positions);
+  lim.seqlen_ro = p.seqlen_ro;
+  lim.b_cache = p.b_cache;
+  return lim;
+}
+
+Status kvcache_index_error(const KVCacheParams& p, const KVIndexViolation& v) {
+  const KVIndexLimits lim = kvcache_index_limits(p);
+  const bool scalar = p.cache_seqlens == nullptr;
+  const std::string len_name = scalar ? std::string("cache_seqlen")
+                                      : cat("cache_seqlens[", v.seq, "]");
+  const int64_t keys = int64_t(v.cache_len) + lim.seqlen_knew;
+  switch (v.rule) {
+    case kKVSeqlenNegative:
+      return invalid(len_name, ": ", v.value, " is negative");
+    case kKVOverCapacity:
+      if (p.block_table != nullptr) {
+        // flash_attn names the block table here: it is the argument that must grow.
+        const int64_t held = int64_t(p.max_blocks_per_seq) * p.page_block_size;
+        return invalid("block_table: ", scalar ? std::string("every sequence")
+                                               : cat("sequence ", v.seq),
+                       " needs ", len_name, " + seqlen_knew = ", v.cache_len, " + ",
+                       lim.seqlen_knew, " = ", keys, " keys, more than the paged capacity of ",
+                       lim.capacity, " (max_blocks_per_seq ", p.max_blocks_per_seq,
+                       " x page_block_size ", p.page_block_size, " = ", held,
+                       "); give block_table more columns");
+      }
+      return invalid(len_name, ": ", v.value, " + seqlen_knew ", lim.seqlen_knew,
+                     " exceeds the cache capacity seqlen_k = ", lim.capacity);
+    case kKVRotaryTooShort:
+      if (scalar)
+        return invalid("seqlen_ro: ", p.seqlen_ro, " is too short: positions up to cache_seqlen ",
+                       v.cache_len, " + ", lim.ro_needed, " - 1 are rotated");
+      return invalid("seqlen_ro: ", p.seqlen_ro, " is too short: sequence ", v.seq,
+                     " rotates positions up to cache_seqlens[", v.seq, "] = ", v.cache_len, " + ",
+                     lim.ro_needed, " - 1");
+    case kKVLeftpadRange:
+      return invalid("cache_leftpad[", v.seq, "]: ", v.value, " is out of range [0, ", len_name,
+                     " = ", v.cache_len, "]");
+    case kKVBatchIdxRange:
+      return invalid("cache_batch_idx[", v.seq, "]: ", v.value, " is out of range [0, b_cache = ",
+                     p.b_cache, ")");
+    case kKVBlockTableRange:
+      return invalid("block_table[", v.seq, "][", v.column, "]: ", v.value,
+                     " is out of range [0, num_blocks = ", p.num_blocks, ") (sequence ", v.seq,
+                     " uses ", kv_pages_used(keys, p.page_block_size), " pages for ", keys,
+                     " keys)");
+    default:
+      return Status::internal(cat("mha_fwd_kvcache: unknown index rule ", v.rule));
+  }
 }
 
 Status validate_combine(const CombineParams& p, Backend be) {

@@ -1,13 +1,16 @@
-// Host layer: argument validation. Every rule of DESIGN.md section 1 is checked here before any
+// Host layer: argument validation. Every rule of docs/validation.md is checked here before any
 // output is touched, and a failure names the argument and the rule, e.g.
 //   "k_row_stride: 100 is not a multiple of 8 (16-byte aligned rows required on the GPU)".
 // Value checks on index arrays (cu_seqlens, seqused_k, block_table, cache_seqlens, ...) need the
 // values: they run here when the arrays are host memory (Backend::kCpu); for device memory they
-// are the kernels' job (docs/validation.md lists which checks need device values and their cost).
+// are the GPU path's job (mha_fwd_kvcache checks its values on the device before anything is
+// written; the other entry points' kernels skip bad sequences), docs/validation.md lists which
+// checks need device values and their cost.
 #pragma once
 
 #include <cmath>
 
+#include "common/kvcache_index.h"
 #include "flashattn/flashattn.h"
 
 namespace flashattn::detail {
@@ -26,5 +29,14 @@ Status validate_fwd(const FwdParams& p, Backend be, bool varlen);
 Status validate_bwd(const BwdParams& p, Backend be, bool varlen);
 Status validate_kvcache(const KVCacheParams& p, Backend be);
 Status validate_combine(const CombineParams& p, Backend be);
+
+// What mha_fwd_kvcache's per-sequence index rules (common/kvcache_index.h) compare against, for
+// the resolved params `p`.
+KVIndexLimits kvcache_index_limits(const KVCacheParams& p);
+
+// The InvalidArgument status of a broken mha_fwd_kvcache index-value rule (common/kvcache_index.h)
+// for the resolved params `p`: what validate_kvcache returns for host arrays and what the GPU
+// path returns when its device-side check finds the violation, so both say the same.
+Status kvcache_index_error(const KVCacheParams& p, const KVIndexViolation& v);
 
 }  // namespace flashattn::detail

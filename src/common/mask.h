@@ -3,7 +3,7 @@
 //  - block face:   the key range any row of a row block can see, and whether a whole
 //                  (row block x key block) tile is visible, so kernels run the common tile with
 //                  no per-element masking and apply visible() only on boundary tiles.
-// Rule (DESIGN.md section 1): with off = s_k - s_q (bottom-right alignment),
+// Rule (docs/semantics.md): with off = s_k - s_q (bottom-right alignment),
 //   j visible to i  iff  0 <= j < s_k  and  i + off - left <= j <= i + off + right,
 // left/right = -1 meaning unbounded, causal meaning right = 0. Both limits grow with i, which is
 // what makes the block face exact.

@@ -129,7 +129,7 @@ struct OnlineSoftmax {
   }
 
   // O /= l and the natural-log LSE per row (s units): lse = m_t * unit + ln(l). Rows that saw no
-  // visible key (l == 0) get O = 0 and lse = +inf (DESIGN.md section 1). o_scale multiplies O
+  // visible key (l == 0) get O = 0 and lse = +inf (docs/semantics.md). o_scale multiplies O
   // on top (dropout's 1 / (1 - p), folded into the one division by l).
   template <class TensorO>
   __forceinline__ __device__ void finalize(TensorO& acc_o, float unit, float (&lse)[kNRows]) {

@@ -1,4 +1,4 @@
-// Score modifiers applied between q.k and the softmax, in the order DESIGN.md fixes:
+// Score modifiers applied between q.k and the softmax, in the order docs/semantics.md fixes:
 //   s = scale * qk;  s = softcap * tanh(s / softcap) if softcap > 0;  s -= slope * |i + off - j|.
 // Templated on the accumulation type so the reference runs it in double and kernels in float.
 #pragma once

@@ -15,6 +15,9 @@
 //       dK_j += dS^T Q_i;  dQ_i += dS K_j                               (both times scale)
 //     write dK_j (times scale) and dV_j
 //   write dQ (times scale). Keys no query sees get zero gradients; so do rows beyond seqused_k.
+// Gradients are stored in dtype, or fp32 with dqkv_fp32; with dqkv_accumulate each row is added
+// to what the output holds (one rounding of the fp32 sum), and rows with nothing to add are
+// left alone.
 // Products use the same gemm micro-kernel as the forward; transposed operands are strides.
 #include <algorithm>
 #include <cmath>
@@ -39,7 +42,7 @@ struct Scratch {
   // Per query block mb (stride per block below): rows/panels of Q and dO, dQ accumulator, LSE, D.
   std::vector<float> qr, qt, dor, dot, dq, lse, dsum;
   // Per key block.
-  std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, dummy;
+  std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, old, dummy;
 };
 
 class Backward {
@@ -51,7 +54,8 @@ class Backward {
         d_(p.d),
         dp_(padded_dim(p.d)),
         rows_(std::max(1, kBlockM / g_)),
-        ld_max_(round_up(g_ * rows_, 8)) {
+        ld_max_(round_up(g_ * rows_, 8)),
+        grad_t_(p.dqkv_fp32 ? DType::kFloat32 : p.dtype) {
     dropout_ = p.p_dropout > 0.f;
     rng_.seed = p.philox_seed;
     rng_.offset = p.philox_offset;
@@ -84,6 +88,7 @@ class Backward {
     for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(kBlockN) * ld_max_, 0.f);
     w.row.assign(size_t(dp_), 0.f);
     w.orow.assign(size_t(dp_), 0.f);
+    w.old.assign(size_t(dp_), 0.f);
     w.dummy.assign(size_t(ld_max_), 0.f);
   }
 
@@ -93,6 +98,16 @@ class Backward {
   }
   void* row_ptr(void* base, int i, int64_t rs, int hh, int64_t hs) const {
     return static_cast<char*>(base) + (int64_t(i) * rs + int64_t(hh) * hs) * dtype_size(p_.dtype);
+  }
+
+  // One gradient row (d fp32 values, clobbered) into dq/dk/dv: stored in the gradient element
+  // type, or added to the row already there.
+  void store_grad(float* row, void* dst, Scratch& w) const {
+    if (p_.dqkv_accumulate) {
+      k_.load_row(dst, grad_t_, d_, w.old.data());
+      for (int x = 0; x < d_; ++x) row[x] += w.old[size_t(x)];
+    }
+    store_row(row, grad_t_, d_, dst);
   }
 
   ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
@@ -168,15 +183,18 @@ class Backward {
       for (int j = 0; j < n; ++j) {
         float* dkj = w.dk.data() + size_t(j) * dp_;
         k_.scale_row(dkj, d_, scale);
-        store_row(dkj, p_.dtype, d_, dk_row(sv, si, varlen, n0 + j, hk));
-        store_row(w.dv.data() + size_t(j) * dp_, p_.dtype, d_, dv_row(sv, si, varlen, n0 + j, hk));
+        store_grad(dkj, dk_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(w.dv.data() + size_t(j) * dp_, dv_row(sv, si, varlen, n0 + j, hk), w);
       }
     }
-    // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too.
-    std::fill(w.row.begin(), w.row.end(), 0.f);
-    for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
-      store_row(w.row.data(), p_.dtype, d_, dk_row(sv, si, varlen, j, hk));
-      store_row(w.row.data(), p_.dtype, d_, dv_row(sv, si, varlen, j, hk));
+    // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too (nothing
+    // to add when accumulating).
+    if (!p_.dqkv_accumulate) {
+      std::fill(w.row.begin(), w.row.end(), 0.f);
+      for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
+        store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
+        store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
+      }
     }
 
     for (int mb = 0; mb < num_mb; ++mb) {
@@ -186,9 +204,7 @@ class Backward {
         for (int r = 0; r < rows; ++r) {
           const int c = hg * rows + r;
           for (int x = 0; x < d_; ++x) w.row[size_t(x)] = dq[size_t(c) * dp_ + x] * scale;
-          store_row(w.row.data(), p_.dtype, d_,
-                    row_ptr(dq_base(sv, si, varlen), m0 + r, p_.dq_row_stride, hk * g_ + hg,
-                            p_.dq_head_stride));
+          store_grad(w.row.data(), dq_row(sv, si, varlen, m0 + r, hk * g_ + hg), w);
         }
     }
   }
@@ -280,27 +296,29 @@ class Backward {
            si.q_offset(p_.do_batch_stride, p_.do_row_stride, 0, sv.bidb, 0, 0, varlen) *
                dtype_size(p_.dtype);
   }
-  void* dq_base(const SeqView& sv, const SeqlenInfo& si, bool varlen) const {
+  void* dq_row(const SeqView& sv, const SeqlenInfo& si, bool varlen, int i, int hq) const {
     return static_cast<char*>(p_.dq_ptr) +
-           si.q_offset(p_.dq_batch_stride, p_.dq_row_stride, 0, sv.bidb, 0, 0, varlen) *
-               dtype_size(p_.dtype);
+           si.q_offset(p_.dq_batch_stride, p_.dq_row_stride, p_.dq_head_stride, sv.bidb, i, hq,
+                       varlen) *
+               dtype_size(grad_t_);
   }
   void* dk_row(const SeqView& sv, const SeqlenInfo& si, bool varlen, int j, int hk) const {
     return static_cast<char*>(p_.dk_ptr) +
            si.k_offset(p_.dk_batch_stride, p_.dk_row_stride, p_.dk_head_stride, sv.bidb, j, hk,
                        varlen) *
-               dtype_size(p_.dtype);
+               dtype_size(grad_t_);
   }
   void* dv_row(const SeqView& sv, const SeqlenInfo& si, bool varlen, int j, int hk) const {
     return static_cast<char*>(p_.dv_ptr) +
            si.k_offset(p_.dv_batch_stride, p_.dv_row_stride, p_.dv_head_stride, sv.bidb, j, hk,
                        varlen) *
-               dtype_size(p_.dtype);
+               dtype_size(grad_t_);
   }
 
   const BwdParams& p_;
   const Kernels& k_;
   const int g_, d_, dp_, rows_, ld_max_;
+  const DType grad_t_;  // element type of dq/dk/dv
   bool dropout_ = false;
   DropoutRng rng_;
   float rp_dropout_ = 1.f;

@@ -76,6 +76,21 @@ void scatter_rows(void* ptr, DType t, const Mat& m, int r0, int r1, OffsetOf off
   }
 }
 
+// Rows [0, m.rows) of a gradient into one head of dq/dk/dv: rounded once to the gradient's
+// element type (fp32 with dqkv_fp32, else dtype), added to the stored value with dqkv_accumulate.
+template <typename OffsetOf>
+void scatter_grad(const BwdParams& p, void* ptr, const Mat& m, OffsetOf offset_of) {
+  const DType t = p.dqkv_fp32 ? DType::kFloat32 : p.dtype;
+  for (int r = 0; r < m.rows; ++r) {
+    const int64_t off = offset_of(r);
+    for (int x = 0; x < m.cols; ++x) {
+      double g = m.row(r)[x];
+      if (p.dqkv_accumulate) g += load_as_float(ptr, t, off + x);
+      store_from_float(ptr, t, off + x, float(g));
+    }
+  }
+}
+
 // Dropout of one (sequence, query head): the keep mask Z_ij, from the Philox stream (the
 // documented counter layout of common/philox.h) or from an explicit mask.
 struct Dropout {
@@ -389,7 +404,7 @@ Status mha_bwd(const BwdParams& params, const Options& opt) {
         });
         Mat dq, dk_h(info.seqlen_k, p.d), dv_h(info.seqlen_k, p.d);
         attention_backward(hd, dout, &dq, &dk_h, &dv_h);
-        scatter_rows(p.dq_ptr, p.dtype, dq, 0, dq.rows, [&](int r) {
+        scatter_grad(p, p.dq_ptr, dq, [&](int r) {
           return info.q_offset(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, bidb, r,
                                bidh, varlen);
         });
@@ -400,11 +415,11 @@ Status mha_bwd(const BwdParams& params, const Options& opt) {
             dv.row(t)[x] += dv_h.row(t)[x];
           }
       }
-      scatter_rows(p.dk_ptr, p.dtype, dk, 0, dk.rows, [&](int t) {
+      scatter_grad(p, p.dk_ptr, dk, [&](int t) {
         return info.k_offset(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bidb, t, hk,
                              varlen);
       });
-      scatter_rows(p.dv_ptr, p.dtype, dv, 0, dv.rows, [&](int t) {
+      scatter_grad(p, p.dv_ptr, dv, [&](int t) {
         return info.k_offset(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bidb, t, hk,
                              varlen);
       });

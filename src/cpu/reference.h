@@ -41,6 +41,7 @@ struct Options {
 Status mha_fwd(const FwdParams& p, const Options& opt = {});
 // Recomputes P, the LSE and O from q, k, v in double: the given o and softmax_lse are not read,
 // so the gradients are those of the exact function, whatever rounding the forward did.
+// dqkv_fp32 / dqkv_accumulate are honoured (the double gradient is rounded once, after the add).
 Status mha_bwd(const BwdParams& p, const Options& opt = {});
 // Appends knew/vnew into the cache in place (k rotated at its absolute cache positions, then
 // rounded to dtype: the cache holds dtype values), then attends with q rotated in double (a

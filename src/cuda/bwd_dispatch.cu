@@ -26,6 +26,8 @@ Status not_implemented(const std::string& what) {
 
 Status run_mha_bwd(const BwdParams& p) {
   if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
+  if (p.dqkv_fp32) return not_implemented("dqkv_fp32 (fp32 gradient outputs)");
+  if (p.dqkv_accumulate) return not_implemented("dqkv_accumulate (adding into dq/dk/dv)");
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +
                                  " has no GPU backward kernel (fp16 and bf16 only)");

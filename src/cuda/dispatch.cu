@@ -1,7 +1,9 @@
 // The CUDA side of the public API: device discovery, which memory a pointer lives in, and the
 // entry points api.cpp calls for device memory (params already resolved and validated there).
-// Forward goes to the SM80 kernels behind run_mha_fwd, combine to the merge kernel; backward and
-// KV-cache inference have no GPU kernel yet and say so (never a silent fallback).
+// Forward goes to run_mha_fwd (fwd_dispatch.cu: the SM80 or the Hopper kernels, api/route.h),
+// backward to run_mha_bwd (bwd_dispatch.cu), KV-cache inference to run_mha_fwd_kvcache
+// (kvcache.cu), combine to the merge kernel. What no kernel covers returns kNotSupported naming
+// it (never a silent fallback).
 #include <cuda_runtime.h>
 
 #include <atomic>

@@ -1,7 +1,13 @@
 // GPU mha_fwd_kvcache (flash_attn_with_kvcache): host orchestration and the prepare kernel.
 //
-// One call is two launches on p.stream, with no host synchronization and no device value read
-// back on the host:
+// Device-resident index values (cache_seqlens, cache_leftpad, cache_batch_idx, the block-table
+// entries a sequence uses, the rotary table length) are first checked on the device by a
+// check-only launch of the prepare kernel; the host reads the per-sequence verdicts back (one
+// small copy and a stream synchronization) and returns kInvalidArgument, naming the argument,
+// the sequence and the rule in host validation's words, before anything is written. Where the
+// host cannot wait (CUDA graph capture, or FLASHATTN_CHECK_DEVICE_INDICES=0) there is no check
+// launch and no synchronization, and the launches below skip each sequence with a bad value.
+// Then up to two launches on p.stream:
 //   1. kvcache_prepare_kernel, grid (work blocks, b):
 //      - block x = 0 of sequence i checks that sequence's device-resident index values
 //        (cache_seqlens, cache_leftpad, cache_batch_idx, the block-table entries it will use,
@@ -22,10 +28,8 @@
 // leftpad) skips the prepare kernel: the forward reads per-sequence cache_seqlens as its
 // seqused_k (one out of range makes the sequence empty, common/seqlen.h) and the paged forward
 // checks the block-table entries it will use (same rule, kernel_fwd_sm80.cuh), the outcomes the
-// prepare kernel's sanitizing gives; a scalar cache_seqlen was validated on the host. With
-// FLASHATTN_CHECK_DEVICE_INDICES set, a check-only launch of the prepare kernel and a stream
-// synchronization come first, and out-of-range values return kInvalidArgument before anything
-// is written (docs/kvcache.md).
+// prepare kernel's sanitizing gives; a scalar cache_seqlen was validated on the host
+// (docs/kvcache.md).
 //
 // Rotary arithmetic: fp32 from the stored dtype, cos/sin from the dtype tables, one rounding to
 // the dtype at the end, through the shared apply_rotary (src/common/rotary.h) on one pair. The
@@ -47,11 +51,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
+#include "api/validate.h"
 #include "common/host_device.h"
+#include "common/kvcache_index.h"
 #include "common/numeric.h"
 #include "common/paged_kv.h"
 #include "common/rotary.h"
@@ -70,22 +78,6 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kVec = 8;               // elements per 16-byte piece (fp16 / bf16)
 constexpr int kMaxWorkBlocks = 4096;  // per sequence; a grid-stride loop covers the rest
-
-// Why a sequence's device-resident values were rejected (0 = in range).
-enum IndexError : int {
-  kIndexOk = 0,
-  kSeqlenNegative,
-  kOverCapacity,
-  kRotaryTooShort,
-  kLeftpadRange,
-  kBatchIdxRange,
-  kBlockTableRange,
-};
-
-// The first rejection seen by the check kernel: {code, sequence, value, extra}.
-struct IndexErrorRecord {
-  int code, seq, value, extra;
-};
 
 // fp32 value whose arithmetic is never contracted into an FMA, so the rotary formula rounds the
 // two products and the sum separately, exactly as the CPU backend's fp32 code does.
@@ -121,48 +113,28 @@ struct PrepareArgs {
   bool rotate_q = false;     // write the rotated q copy
   bool q_advances = false;   // q row r at cache_seqlens + r (causal / local), else all at + 0
   int seqlen_knew = 0;       // 0 when no new tokens
-  int ro_needed = 0;         // rotary table rows each sequence needs past cache_seqlens
   int64_t append_items = 0;  // 8-element pieces per sequence: seqlen_knew * h_k * d / 8
   int64_t q_items = 0;       // seqlen_q * h * d / 8 when rotate_q
-  bool check_only = false;   // the synchronous check: block x = 0 checks, nothing is written
+  KVIndexLimits limits;      // what the index rules compare against (common/kvcache_index.h)
+  bool check_only = false;   // the host-visible check: block x = 0 checks, nothing is written
   // Scratch outputs (device).
-  int* seqused = nullptr;          // [b]
-  int* leftpad = nullptr;          // [b] or null
-  int* batch_idx = nullptr;        // [b] or null
-  IndexErrorRecord* error = nullptr;  // or null
-  void* q_rot = nullptr;           // [b, seqlen_q, h, d] contiguous, dtype
+  int* seqused = nullptr;                // [b]
+  int* leftpad = nullptr;                // [b] or null
+  int* batch_idx = nullptr;              // [b] or null
+  KVIndexViolation* verdicts = nullptr;  // [b], check_only: every sequence's verdict
+  void* q_rot = nullptr;                 // [b, seqlen_q, h, d] contiguous, dtype
 };
 
 __device__ __forceinline__ int cache_len(const KVCacheParams& p, int i) {
   return p.cache_seqlens != nullptr ? p.cache_seqlens[i] : p.cache_seqlen;
 }
 
-// The scalar index values of sequence i (everything but the block-table entries). Cheap: a few
-// loads that every block of the sequence repeats from L1/L2.
-__device__ IndexErrorRecord check_scalars(const PrepareArgs& a, int i) {
-  const KVCacheParams& p = a.p;
-  const int cs = cache_len(p, i);
-  if (cs < 0) return {kSeqlenNegative, i, cs, 0};
-  if (int64_t(cs) + a.seqlen_knew > p.seqlen_k) return {kOverCapacity, i, cs, 0};
-  if (a.rotary && int64_t(cs) + a.ro_needed > p.seqlen_ro) return {kRotaryTooShort, i, cs, 0};
-  if (p.cache_leftpad != nullptr) {
-    const int lp = p.cache_leftpad[i];
-    if (lp < 0 || lp > cs) return {kLeftpadRange, i, lp, cs};
-  }
-  if (p.cache_batch_idx != nullptr) {
-    const int bi = p.cache_batch_idx[i];
-    if (bi < 0 || bi >= p.b_cache) return {kBatchIdxRange, i, bi, 0};
-  }
-  return {kIndexOk, i, 0, 0};
-}
-
-__device__ void record_error(IndexErrorRecord* rec, const IndexErrorRecord& e) {
-  if (rec == nullptr || e.code == kIndexOk) return;
-  if (atomicCAS(&rec->code, kIndexOk, e.code) == kIndexOk) {
-    rec->seq = e.seq;
-    rec->value = e.value;
-    rec->extra = e.extra;
-  }
+// The scalar index values of sequence i (everything but the block-table entries), by the rules
+// host validation applies. Cheap: a few loads that every block of the sequence repeats from
+// L1/L2.
+__device__ KVIndexViolation check_scalars(const PrepareArgs& a, int i) {
+  return check_kv_scalars(a.limits, i, cache_len(a.p, i), a.p.cache_leftpad,
+                          a.p.cache_batch_idx);
 }
 
 template <DType kT>
@@ -234,25 +206,32 @@ __global__ void __launch_bounds__(kThreads)
   if (blockIdx.x == 0) {
     // Sequence i's verdict: the scalar values, then every block-table entry its keys (old and
     // appended) live in. The forward reads only pages below seqused_k, so checking those is
-    // enough to keep its reads in bounds.
-    IndexErrorRecord e = check_scalars(a, i);
-    bool bad = e.code != kIndexOk;
+    // enough to keep its reads in bounds. The check-only launch reports the lowest bad column,
+    // as host validation does.
+    __shared__ int first_bad_column;
+    KVIndexViolation e = check_scalars(a, i);
+    bool bad = e.rule != kKVIndexOk;
     if (!bad && a.paged) {
-      const int64_t keys = int64_t(cache_len(p, i)) + a.seqlen_knew;
-      const int used = int((keys + p.page_block_size - 1) / p.page_block_size);
+      if (threadIdx.x == 0) first_bad_column = INT_MAX;
+      __syncthreads();
+      const int64_t used = kv_pages_used(int64_t(e.cache_len) + a.seqlen_knew, p.page_block_size);
       const int* row = p.block_table + int64_t(i) * p.block_table_batch_stride;
       bool mine = false;
-      for (int j = threadIdx.x; j < used; j += blockDim.x) {
+      for (int64_t j = threadIdx.x; j < used; j += blockDim.x) {
         const int page = row[j];
         if (page < 0 || page >= p.num_blocks) {
-          if (!mine) record_error(a.error, {kBlockTableRange, i, page, j});
+          if (!mine) atomicMin(&first_bad_column, int(j));
           mine = true;
         }
       }
       bad = __syncthreads_or(mine) != 0;
-    } else if (threadIdx.x == 0) {
-      record_error(a.error, e);
+      if (bad) {
+        e.rule = kKVBlockTableRange;
+        e.column = first_bad_column;
+        e.value = row[e.column];
+      }
     }
+    if (threadIdx.x == 0 && a.check_only) a.verdicts[i] = e;
     if (threadIdx.x == 0 && !a.check_only) {
       a.seqused[i] = bad ? 0 : cache_len(p, i) + a.seqlen_knew;
       if (a.leftpad != nullptr) a.leftpad[i] = bad ? 0 : p.cache_leftpad[i];
@@ -266,7 +245,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   if (first >= total) return;
-  const bool scalars_ok = check_scalars(a, i).code == kIndexOk;
+  const bool scalars_ok = check_scalars(a, i).rule == kKVIndexOk;
   const int cs = scalars_ok ? cache_len(p, i) : 0;
 
   for (int64_t w = first; w < total; w += step) {
@@ -345,44 +324,20 @@ class StreamScratch {
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-bool check_indices_requested() {
+// Whether this call may wait for the device-side verdicts before it writes anything. Not when
+// the caller opted out (FLASHATTN_CHECK_DEVICE_INDICES=0), and not while `stream` is being
+// captured into a CUDA graph: a synchronization there is illegal, and the values a replay reads
+// are not the ones present at capture time anyway. A failed capture query means a capture this
+// thread must not disturb (the legacy stream during another thread's capture).
+bool host_check_possible(cudaStream_t stream) {
   const char* env = std::getenv(kCheckIndicesEnv);
-  return env != nullptr && env[0] != '\0' && std::string(env) != "0";
-}
-
-// The message of a device-side rejection, in the words of the host validation.
-Status index_error_status(const IndexErrorRecord& e, const KVCacheParams& p, int seqlen_knew,
-                          int ro_needed) {
-  const std::string i = std::to_string(e.seq), v = std::to_string(e.value);
-  const std::string where = " (device-side check, " + std::string(kCheckIndicesEnv) + ")";
-  switch (e.code) {
-    case kSeqlenNegative:
-      return Status::invalid("cache_seqlens[" + i + "]: " + v + " is negative" + where);
-    case kOverCapacity:
-      return Status::invalid((p.cache_seqlens ? "cache_seqlens[" + i + "]: " : "cache_seqlen: ") +
-                             v + " + seqlen_knew " + std::to_string(seqlen_knew) +
-                             " exceeds the cache capacity seqlen_k = " +
-                             std::to_string(p.seqlen_k) + where);
-    case kRotaryTooShort:
-      return Status::invalid("seqlen_ro: " + std::to_string(p.seqlen_ro) +
-                             " is too short: sequence " + i + " rotates positions up to " +
-                             "cache_seqlens[" + i + "] = " + v + " + " +
-                             std::to_string(ro_needed) + " - 1" + where);
-    case kLeftpadRange:
-      return Status::invalid("cache_leftpad[" + i + "]: " + v + " is out of range [0, " +
-                             "cache_seqlens[" + i + "] = " + std::to_string(e.extra) + "]" + where);
-    case kBatchIdxRange:
-      return Status::invalid("cache_batch_idx[" + i + "]: " + v +
-                             " is out of range [0, b_cache = " + std::to_string(p.b_cache) + ")" +
-                             where);
-    case kBlockTableRange:
-      return Status::invalid("block_table[" + i + "][" + std::to_string(e.extra) + "]: " + v +
-                             " is out of range [0, num_blocks = " + std::to_string(p.num_blocks) +
-                             ")" + where);
-    default:
-      return Status::internal("mha_fwd_kvcache: unknown device-side check code " +
-                              std::to_string(e.code));
+  if (env != nullptr && std::string(env) == "0") return false;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();  // the query's error is not the caller's: do not leave it behind
+    return false;
   }
+  return status == cudaStreamCaptureStatusNone;
 }
 
 // What the forward dispatch would refuse, asked before anything is written: the compute
@@ -436,7 +391,6 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   const bool rotary = p.rotary_cos != nullptr && p.rotary_dim > 0;
   const bool rotate_q = rotary && p.seqlen_q > 0;
   const bool q_advances = p.is_causal || p.window_size_left >= 0 || p.window_size_right >= 0;
-  const int ro_needed = std::max(seqlen_knew, q_advances ? p.seqlen_q : std::min(p.seqlen_q, 1));
   // The prepare kernel runs only for what must happen on the device before the forward:
   // appends, rotary, and the sanitized copies of cache_batch_idx / cache_leftpad (the forward
   // trusts those two). Per-sequence cache_seqlens alone are read by the forward as its seqused_k
@@ -447,12 +401,18 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   // the dependent launch).
   const bool need_prepare = seqlen_knew > 0 || rotate_q || p.cache_batch_idx != nullptr ||
                             p.cache_leftpad != nullptr;
+  // Index values in device memory are checked before anything is written, with the verdicts
+  // read back (one small launch, a b * 20-byte copy and a stream synchronization: see
+  // docs/kvcache.md for the cost), unless the call cannot wait for them (host_check_possible).
+  // Then each sequence with a bad value is skipped on the device, as the paragraph above says.
   const bool device_values = need_prepare || p.cache_seqlens != nullptr || paged;
-  const bool check_mode = device_values && check_indices_requested();
+  const bool check_mode = device_values && host_check_possible(stream);
 
-  // Scratch: seqused_k, leftpad and batch-index copies, the check record, the rotated q.
+  // Scratch: seqused_k, leftpad and batch-index copies, the verdicts, the rotated q.
   const size_t ints = size_t(p.b) * (1 + (p.cache_leftpad ? 1 : 0) + (p.cache_batch_idx ? 1 : 0));
-  const size_t q_off = align_up(ints * sizeof(int) + sizeof(IndexErrorRecord), 256);
+  const size_t verdicts_off = align_up(ints * sizeof(int), alignof(KVIndexViolation));
+  const size_t verdicts_bytes = check_mode ? size_t(p.b) * sizeof(KVIndexViolation) : 0;
+  const size_t q_off = align_up(verdicts_off + verdicts_bytes, 256);
   const size_t q_bytes =
       rotate_q ? size_t(p.b) * p.seqlen_q * p.h * p.d * size_t(dtype_size(p.dtype)) : 0;
   StreamScratch scratch(stream);
@@ -463,7 +423,7 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   a.rotate_q = rotate_q;
   a.q_advances = q_advances;
   a.seqlen_knew = seqlen_knew;
-  a.ro_needed = ro_needed;
+  a.limits = detail::kvcache_index_limits(p);
   a.append_items = int64_t(seqlen_knew) * p.h_k * (p.d / kVec);
   a.q_items = rotate_q ? int64_t(p.seqlen_q) * p.h * (p.d / kVec) : 0;
 
@@ -486,7 +446,8 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
       a.batch_idx = next;
       next += p.b;
     }
-    a.error = reinterpret_cast<IndexErrorRecord*>(next);
+    if (check_mode)
+      a.verdicts = reinterpret_cast<KVIndexViolation*>(scratch.get() + verdicts_off);
     a.q_rot = rotate_q ? scratch.get() + q_off : nullptr;
   }
   if (need_prepare) {
@@ -521,17 +482,19 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
   if (Status s = forward_supported(fp, cache); !s.ok()) return s;
 
   if (check_mode) {
+    // Every sequence writes its verdict (no memset needed); the lowest bad sequence is the one
+    // host validation would have named first.
     PrepareArgs check = a;
     check.check_only = true;
-    FA_CUDA_CHECK(cudaMemsetAsync(check.error, 0, sizeof(IndexErrorRecord), stream));
     if (Status s = launch_prepare(check, p.b, stream); !s.ok()) return s;
-    IndexErrorRecord rec{};
-    FA_CUDA_CHECK(cudaMemcpyAsync(&rec, check.error, sizeof(rec), cudaMemcpyDeviceToHost, stream));
+    std::vector<KVIndexViolation> verdicts(size_t(p.b));
+    FA_CUDA_CHECK(cudaMemcpyAsync(verdicts.data(), check.verdicts, verdicts_bytes,
+                                  cudaMemcpyDeviceToHost, stream));
     FA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    if (rec.code != kIndexOk) return index_error_status(rec, p, seqlen_knew, ro_needed);
+    for (const KVIndexViolation& v : verdicts)
+      if (v.rule != kKVIndexOk) return detail::kvcache_index_error(p, v);
   }
   if (need_prepare) {
-    a.error = nullptr;  // unchecked mode: sanitize silently, nobody reads a record
     if (Status s = launch_prepare(a, p.b, stream); !s.ok()) return s;
   }
   return run_mha_fwd(fp, cache);

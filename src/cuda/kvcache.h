@@ -16,10 +16,11 @@ struct KVCacheRunOptions {
   bool pack_gqa = true;
 };
 
-// Environment variable that turns on the synchronous device-side index check (docs/kvcache.md):
-// set to anything but "0", each call first checks cache_seqlens / cache_leftpad /
+// Environment variable that turns off the host-visible index check (docs/kvcache.md). By
+// default, outside CUDA graph capture, each call first checks the cache_seqlens / cache_leftpad /
 // cache_batch_idx / block_table values on the device, waits for the answer and returns
-// kInvalidArgument, touching nothing, when one is out of range.
+// kInvalidArgument, touching nothing, when one is out of range. Set to "0", calls never wait:
+// a sequence with a bad value is skipped on the device (o = 0, LSE = +inf), as under capture.
 inline constexpr const char* kCheckIndicesEnv = "FLASHATTN_CHECK_DEVICE_INDICES";
 
 Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& options = {});

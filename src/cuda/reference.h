@@ -1,5 +1,5 @@
 // A naive GPU attention forward with fp32 accumulation: the smoke test of the CUDA plumbing and
-// the fp32 oracle for shapes too large for the CPU reference (DESIGN.md section 3).
+// the fp32 oracle for shapes too large for the CPU reference (docs/design.md, Correctness).
 //
 // Same params and semantics as the public mha_fwd (dense, varlen, seqused_k, paged KV, GQA/MQA,
 // free strides, causal/local window, softcap, ALiBi, dropout with the shared Philox mask, LSE,

@@ -32,7 +32,7 @@ struct EpilogueFwdSm80 {
   static constexpr int kHeadDim = Traits::kHeadDim;
   using TiledMma = typename Traits::TiledMma;
 
-  // acc_o: (MMA, MMA_M, MMA_K) normalized O; lse[i]: LSE of the i-th row this thread owns (in the
+  // acc_o: (MMA, MMA_M, MMA_N) normalized O; lse[i]: LSE of the i-th row this thread owns (in the
   // acc_layout_rowcol order). smem_o: kBlockM x kHeadDim elements no warp reads any more.
   template <class TensorO, int kNRows>
   __forceinline__ __device__ void store(FwdArgsSm80 const& args, SeqlenInfo const& seq,

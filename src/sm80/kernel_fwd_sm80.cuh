@@ -178,7 +178,7 @@ struct FlashAttnFwdSm80 {
     }
 
     typename Traits::TiledMma tiled_mma;
-    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+    Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_N)
     clear(acc_o);
     constexpr int kNRows = 2 * decltype(size<1>(acc_o))::value;
     OnlineSoftmax<kNRows> softmax(args.unit_log2);

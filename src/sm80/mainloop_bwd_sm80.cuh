@@ -298,9 +298,9 @@ struct MainloopBwdSm80 {
     // The LSE and D of this thread's rows of block m; rows past the end get lse = +inf (P = 0).
     // Loaded one block ahead and consumed (scaled to log2 units) a step later: the loads are
     // predicated into registers that already hold the defaults, so no instruction of this step
-    // waits for them. (Scaling or selecting right after the load, as a first version did, put
-    // an instruction that waits the whole global-load latency at the top of every step, with all
-    // 8 warps in the same place: ncu at d = 256 attributed ~11 % of the stall samples to it.)
+    // waits for them. (Scaling or selecting right after the load would put an instruction that
+    // waits the whole global-load latency at the top of every step, with all 8 warps in the same
+    // place: ncu at d = 256 attributed ~11 % of the stall samples to it.)
     Tensor c = make_tensor(tScS.data(), acc_layout_rowcol(tScS.layout()));  // (rows, keys) coords
     constexpr int kNRows = decltype(size<0>(c))::value;
     float lse_next[kNRows], dsum_next[kNRows];

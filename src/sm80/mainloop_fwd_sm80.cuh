@@ -294,7 +294,7 @@ struct MainloopFwdSm80 {
     auto thr_mma = tiled_mma.get_thread_slice(tid);
     Tensor tSrQ = thr_mma.partition_fragment_A(sQ);               // (MMA, MMA_M, MMA_K)
     Tensor tSrK = thr_mma.partition_fragment_B(sK(_, _, 0));      // (MMA, MMA_N, MMA_K)
-    Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0));    // (MMA, MMA_K=d, MMA_N=keys)
+    Tensor tOrVt = thr_mma.partition_fragment_B(sVt(_, _, 0));    // (MMA, MMA_N=d, MMA_K=keys)
 
     auto smem_tiled_copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
     auto smem_thr_copy_q = smem_tiled_copy_q.get_thread_slice(tid);

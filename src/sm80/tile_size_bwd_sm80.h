@@ -26,24 +26,14 @@
 //    after the step's first barrier);
 //  - 2 + 1: Q as above; dO, dead after the dV gemm, reloads behind the dQ and dK gemms;
 //  - 1 + 1: both load after the step's dK gemm, hidden only behind the dQ gemm.
-// Measured on the H100 (s = 16k): 2 + 2 is +5 % at d = 128 (289 vs 274 TFLOP/s), and beats
-// 2 + 1 there at s >= 4k (bwd_bench_sm80, TFLOP/s non-causal / causal, s = 1k / 4k / 16k:
-// 261.5 / 200.7, 308.7 / 280.2, 325.4 / 323.9 vs 260.6 / 199.7, 311.9 / 278.6, 314.4 / 314.5).
-// At d = 256 two buffers each take 208 KB (more than the A100's 163 KB per block) and ran slower
-// than 1 + 1 (227.2 / 219.9 vs 245.1 / 231.5 at 4k, 76 bytes spilled); 32 x 64 tiles (dQ 32 fp32
-// instead of 64) ran 212.7 / 196.5. d = 64: 2 + 1 (144 KB) over 1 + 1: 241.5 / 183.8 vs
-// 237.8 / 185.3, 284.5 / 258.7 vs 276.9 / 256.8, 293.6 / 293.9 vs 289.6 / 290.6.
+// d = 128: 2 + 2, +5 % over 1 + 1 and +3 % over 2 + 1 at s = 16k on the H100. d = 192 / 256: 1 + 1,
+// since two buffers each take 208 KB at d = 256 (more than the A100's 163 KB per block) and ran
+// slower with 76 bytes spilled. d = 64: 2 + 1, up to +3 % over 1 + 1 (2 + 2 spills 60 bytes).
 //
-// dq_parts: at d = 256 (1 + 1) the dQ gemm ends the step, and its 64 fp32 per thread went out as
-// one burst of 16 red.global.add.v4 (ncu: LG-throttle stalls there, where FlashAttention-2 has
-// none). In 64-column slices each slice's 4 atomics drain while the next slice's MMAs run; the
-// dS fragments are re-read per slice. s = 1k / 4k / 16k, non-causal / causal: whole 214.3 /
-// 174.3, 244.9 / 229.8, 256.4 / 259.6; halves 224.9 / 181.6, 260.3 / 240.1, 267.2 / 269.0;
-// quarters 229.0 / 184.5, 265.6 / 245.0, 271.5 / 275.0 (2 + 1 with quarters: 224.6 / 180.6,
-// 259.6 / 238.1, 265.3 / 268.3; 176 KB). Spills do not explain it: 16 / 24 / 28 bytes. Where
-// the dQ gemm sits between dV and dK (d = 128, 2 + 2) dK already hides the atomics and halves
-// lost 3-5 % (253.5 / 193.6, 300.0 / 267.0, 309.9 / 308.1); at d = 64 (k = 128, 32 fp32 per
-// thread) halves lost 4-6 %. d = 192 follows d = 256 (three 64-column slices; not timed).
+// dq_parts: where the dQ gemm ends the step (1 + 1, d = 192 / 256), its atomics go out per
+// 64-column slice and drain while the next slice's MMAs run (one burst of 16 red.global.add.v4
+// showed LG-throttle stalls in ncu): quarters +6-8 % at d = 256 (halves +4-7 %). Where the dK gemm
+// follows dQ (2 + 2, 2 + 1) it already hides the atomics, and slices lost 3-6 %.
 // Shared memory:
 //   d = 64 (128 x 128): Q 2 x 16 KB, dO 16 KB,  K, V 2 x 16 KB, P, dS 2 x 32 KB = 144 KB
 //   d = 128:            Q, dO 2 x 2 x 16 KB,    K, V 2 x 32 KB, P, dS 2 x 16 KB = 160 KB
@@ -51,32 +41,15 @@
 //   d = 256 (64 x 64):  Q, dO 2 x 32 KB,        K, V 2 x 32 KB, P, dS 2 x 8 KB  = 144 KB
 //
 // d = 64 takes 128 x 128 tiles: with 64 x 128 the S / dP and dQ gemms have k = 64 only, and the
-// ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md).
-// The price is registers: S + dP 128 fp32 next to dK + dV 64. With 2 + 2 buffers ptxas spilled
-// 60 bytes (the second stage's addresses), with 1 + 1 16, with 2 + 1 32; measured on the H100
-// after the row-statistics fix (TFLOP/s non-causal / causal): s = 1k 219.8 / 172.2 (2 + 2) vs
-// 237.1 / 184.9 (1 + 1), 4k 262.5 / 243.8 vs 280.5 / 257.5, 16k 272.1 / 269.6 vs 286.1 / 289.6;
-// 64 x 128 with 2 + 2 236.2 / 180.8, 273.1 / 254.1, 282.2 / 281.9. (FA2's S / dP layout, 2 x 4
-// warps, spilled 192 bytes and ran 1-3 % slower.) With 2 + 1 (policy: 240.2 / 185.1 at 1k,
-// 284.4 / 260.6 at 4k, 292.8 / 292.7 at 16k): FA2's 2 x 4 S / dP layout spills 148 bytes and
-// runs 219.5 / 170.6, 265.1 / 241.5, 271.3 / 269.6; 64 x 128 tiles 225.0 / 174.2, 261.9 / 241.2,
-// 268.5 / 269.3.
-//
-// gemm_chunks_ahead (sixth session): the five gemms load B in 16-column chunks 1 or 2 steps
-// ahead instead of a whole k-slice (gemm_ss_streamed, utils_sm80.cuh, which let the d = 128
-// forward drop its spill). bwd_bench_sm80, H100, two runs each, TFLOP/s non-causal / causal at
-// s = 1k / 4k / 16k:
-//   d = 64:  policy 241.7 / 185.1, 280.5 / 262.7, 296.0 / 292.6 (32 bytes spilled);
-//            1 ahead 243.7 / 187.5, 289.2 / 264.5, 298.1 / 294.8 (no spill; taken);
-//            2 ahead 244.1 / 187.7, 288.3 / 265.4, 294.9 / 295.8 (8 bytes);
-//   d = 128: policy 265.0 / 201.6, 308.8 / 276.5, 321.6 / 322.3; 1 ahead 264.9 / 202.4, 310.8 /
-//            277.8, 323.7 / 321.6; 2 ahead 266.4 / 202.7, 314.9 / 279.5, 325.0 / 318.9 (16 B);
-//   d = 256: policy 230.7 / 184.4, 262.3 / 242.0, 271.5 / 270.5; 1 and 2 ahead within 1 %
-//            (24 bytes spilled instead of 28).
-// At d = 128 / 256 the gain is at most 2 % and not at every point, so they keep whole slices.
-// Streaming does not rescue d = 64's 2 + 2 buffers either (4 bytes spilled with 1 ahead, 12
-// with 2): non-causal 1k / 4k / 16k 237.9 / 277.7 / 285.9 (1 ahead) and 240.5 / 282.0 / 290.6 (2
-// ahead) vs the policy's 242.7 / 280.4 / 293.4; 1 + 1 with 1 ahead 243.9 / 283.2 / 294.1.
+// ldmatrix traffic per flop is 77 KB / MFLOP against 64 at 128 x 128 (docs/sm80_backward.md);
+// 64 x 128 ran 6-9 % slower. The price is registers (S + dP 128 fp32 next to dK + dV 64), hence
+// 2 + 1 buffers, and the 4 x 2 S / dP layout (FlashAttention-2's 2 x 4 spills 148 bytes, -7-9 %).
+// gemm_chunks_ahead: the five gemms load B in 16-column chunks this many steps ahead instead of a
+// whole k-slice (gemm_ss_streamed, utils_sm80.cuh). d = 64 takes 1 ahead: no spill instead of 32
+// bytes, +1-3 % at s = 1k / 4k. At d = 128 / 256 it gains at most 2 % and not at every point, so
+// they keep whole slices.
+// The measurements behind these numbers (bwd_bench_sm80, H100, bf16, TFLOP/s per variant):
+// docs/sm80_backward.md, "Measurements behind the tile policy".
 #pragma once
 
 namespace flashattn::sm80 {

@@ -10,7 +10,7 @@
 namespace flashattn::sm90 {
 
 // Runs the forward for params p (resolved, validated, and inside the Hopper path's coverage,
-// cuda/route.h: kDtype matches, d <= kHeadDim, d % 8 == 0, 16-byte aligned rows and strides, no
+// api/route.h: kDtype matches, d <= kHeadDim, d % 8 == 0, 16-byte aligned rows and strides, no
 // dropout, paging, split or KV-cache hooks) on p.stream. Picks the compile-time score mods
 // (softcap, ALiBi) from p.
 template <DType kDtype, int kHeadDim>

@@ -1,6 +1,9 @@
-"""Bad arguments raise ValueError (or NotImplementedError for valid requests with no kernel)
-carrying a message that names the problem, and never crash; the library's own validation
-messages come through unchanged."""
+"""Bad arguments raise flashattn.InvalidArgumentError, both a ValueError and a RuntimeError (the
+type flash_attn raises), or NotImplementedError for valid requests with no kernel, carrying a
+message that names the problem, and never crash; the library's own validation messages come
+through unchanged."""
+import re
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -95,7 +98,7 @@ def test_strides(device):
     qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)
     assert qt.stride(-1) != 1
     with pytest.raises(ValueError, match="contiguous last dimension"):
-        ops.fwd(qt, k, v, None, 0.0, 0.125, False, -1, -1, 0.0, False)
+        ops.fwd(qt, k, v, None, 0.0, 0.125, False, -1, -1, 0.0, False, False)
     # ... while the public function copies such inputs, as flash_attn does.
     torch.testing.assert_close(flashattn.flash_attn_func(qt, k, v),
                                flashattn.flash_attn_func(q, k, v), atol=0, rtol=0)
@@ -151,6 +154,96 @@ def test_kvcache_errors(device):
         seqlens = torch.tensor([32, 3], dtype=torch.int32)  # 32 + 1 new > 32 slots
         with pytest.raises(ValueError, match="cache_seqlens\\[0\\]"):
             flashattn.flash_attn_with_kvcache(q, kc, kc.clone(), kn, kn, cache_seqlens=seqlens)
+
+
+def test_invalid_argument_is_value_and_runtime_error():
+    # flash_attn raises RuntimeError for every failed check; code written against it catches that.
+    assert issubclass(flashattn.InvalidArgumentError, ValueError)
+    assert issubclass(flashattn.InvalidArgumentError, RuntimeError)
+    q, k, v = _qkv("cpu", h=6, h_k=4)
+    with pytest.raises(RuntimeError, match="h: 6 is not a multiple of h_k = 4") as info:
+        flashattn.flash_attn_func(q, k, v)
+    assert type(info.value) is flashattn.InvalidArgumentError
+    with pytest.raises(RuntimeError, match="must share one dtype"):  # the adapter's own checks
+        flashattn.flash_attn_func(q, k.double(), v)
+
+
+def _paged_cache(device, b=3, page=16, blocks=4, h_k=2, d=64):
+    dtype = _dtype(device)
+    num_blocks = b * blocks + 2
+    k_cache = torch.randn(num_blocks, page, h_k, d, device=device, dtype=dtype)
+    v_cache = torch.randn(num_blocks, page, h_k, d, device=device, dtype=dtype)
+    table = torch.randperm(num_blocks)[: b * blocks].view(b, blocks).to(device, torch.int32)
+    return k_cache, v_cache, table
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("new_keys", [0, 1, 3])
+def test_paged_kvcache_beyond_block_table_raises(device, new_keys):
+    """cache_seqlens (+ the appended keys) past block_table.shape[1] * page_block_size raises
+    naming block_table, the sequence and the capacity, and writes nothing (flash_attn's issue
+    2709; it raises RuntimeError). On the GPU the call checks the device values before any
+    write (docs/kvcache.md)."""
+    if device == "cuda":
+        skip_unless_gpu_kernel(64, torch.bfloat16)
+    k_cache, v_cache, table = _paged_cache(device)  # capacity 4 pages x 16 = 64 keys
+    q = torch.randn(3, 1, 4, 64, device=device, dtype=k_cache.dtype)
+    kn = torch.randn(3, new_keys, 2, 64, device=device, dtype=k_cache.dtype) if new_keys else None
+    vn = torch.randn_like(kn) if new_keys else None
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    for length in (64 - new_keys + 1, 64 + 1, 1 << 20):
+        seqlens = torch.tensor([5, length, 9], dtype=torch.int32, device=device)
+        expected = re.escape(f"block_table: sequence 1 needs cache_seqlens[1] + seqlen_knew = "
+                             f"{length} + {new_keys} = {length + new_keys} keys, more than the "
+                             f"paged capacity of 64")
+        with pytest.raises(RuntimeError, match=expected):
+            flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, kn, vn, cache_seqlens=seqlens,
+                                              block_table=table)
+        with pytest.raises(ValueError, match=expected):
+            flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, kn, vn, cache_seqlens=seqlens,
+                                              block_table=table, causal=True)
+        assert torch.equal(k_cache, k_before) and torch.equal(v_cache, v_before), \
+            "a rejected call appended to the cache"
+    # One length for all sequences (an int) is checked the same way.
+    with pytest.raises(RuntimeError, match="block_table: every sequence needs cache_seqlen"):
+        flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, kn, vn,
+                                          cache_seqlens=64 - new_keys + 1, block_table=table)
+    assert torch.equal(k_cache, k_before) and torch.equal(v_cache, v_before)
+    # Exactly full after the append is fine.
+    seqlens = torch.tensor([5, 64 - new_keys, 9], dtype=torch.int32, device=device)
+    out = flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, kn, vn, cache_seqlens=seqlens,
+                                            block_table=table)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kvcache_device_index_values_raise(device):
+    """The other index values flash_attn_with_kvcache reads (docs/kvcache.md's table): a bad one
+    raises naming it, and nothing is appended."""
+    if device == "cuda":
+        skip_unless_gpu_kernel(64, torch.bfloat16)
+    dtype = _dtype(device)
+    q = torch.randn(2, 1, 4, 64, device=device, dtype=dtype)
+    k_cache = torch.randn(3, 32, 2, 64, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    kn, vn = (torch.randn(2, 1, 2, 64, device=device, dtype=dtype) for _ in range(2))
+    i32 = lambda *x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    k_before = k_cache.clone()
+    bad = [
+        (dict(cache_seqlens=i32(4, -1)), "cache_seqlens[1]: -1 is negative"),
+        (dict(cache_seqlens=i32(4, 32)), "cache_seqlens[1]: 32 + seqlen_knew 1 exceeds"),
+        (dict(cache_seqlens=i32(4, 7), cache_batch_idx=i32(0, 3)), "cache_batch_idx[1]: 3 is"),
+        (dict(cache_seqlens=i32(4, 7), cache_leftpad=i32(0, 8)), "cache_leftpad[1]: 8 is"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            flashattn.flash_attn_with_kvcache(q, k_cache, v_cache, kn, vn, **kwargs)
+        assert torch.equal(k_cache, k_before), "a rejected call appended to the cache"
+    k_paged, v_paged, table = _paged_cache(device, b=2)
+    table[1, 1] = k_paged.shape[0]
+    with pytest.raises(RuntimeError, match=r"block_table\[1\]\[1\]: \d+ is out of range"):
+        flashattn.flash_attn_with_kvcache(q, k_paged, v_paged, kn, vn, cache_seqlens=i32(4, 20),
+                                          block_table=table)
 
 
 @requires_cuda

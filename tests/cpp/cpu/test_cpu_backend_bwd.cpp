@@ -2,7 +2,8 @@
 // ways, causal and windows, GQA/MQA (gradients summed over a group), varlen with empty
 // sequences and seqused_k, dropout (the forward's Philox mask regenerated), softcap's chain
 // rule, ALiBi, fp16/bf16 (3x rule), padded strides, both micro-kernel paths; every gradient
-// element written (exact zeros for keys no query sees) and bitwise determinism.
+// element written (exact zeros for keys no query sees) and bitwise determinism; fp32 and
+// accumulated gradient outputs (dqkv_fp32, dqkv_accumulate).
 #include <gtest/gtest.h>
 
 #include "test_cpu_backend_util.h"
@@ -173,6 +174,81 @@ TEST(CpuBwd, BitwiseDeterministic) {
   EXPECT_EQ(a.dq.bytes, one.dq.bytes);
   EXPECT_EQ(a.dk.bytes, one.dk.bytes);
   EXPECT_EQ(a.dv.bytes, one.dv.bytes);
+}
+
+// dqkv_fp32 and dqkv_accumulate (context parallelism sums per-KV-block gradients in fp32).
+// Bitwise properties of one backward: the fp32 gradients rounded to dtype are the dtype run's
+// gradients; accumulating adds them to what the buffers hold with one rounding (fp32 buffers:
+// fl(old + g); dtype buffers: round(old + g)); padding is never written, and the key rows past
+// seqused_k keep their old values when accumulating.
+TEST(CpuBwd, Fp32AndAccumulatedGradients) {
+  std::mt19937_64 rng(fresh_seed());
+  for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+    for (bool varlen : {false, true}) {
+      AttnConfig c = cfg(t, 3, 37, 53, 6, 2, 40);
+      c.causal = true;
+      c.padded_strides = true;
+      if (varlen) {
+        c.seqlens_q = {20, 0, 31};
+        c.seqlens_k = {40, 9, 31};
+        c.seqused_k = {17, 0, 31};
+      }
+      const uint64_t seed = fresh_seed();
+      SCOPED_TRACE(c.str() + " seed=" + std::to_string(seed));
+      BwdProblem plain = testing::make_bwd_problem(c, seed);
+      FA_ASSERT_OK(run_fwd(plain.fwd.params));
+      plain.bind();
+      BwdProblem f32 = plain, acc32 = plain, acc = plain;
+      for (BwdProblem* bp : {&f32, &acc32})
+        for (Buffer* g : {&bp->dq, &bp->dk, &bp->dv}) *g = g->converted(DType::kFloat32);
+      // Accumulation targets: random values in the logical elements, NaN in the padding.
+      const BwdParams& lp = plain.params;
+      const auto qo = q_like_offsets(plain.fwd, lp.dq_batch_stride, lp.dq_row_stride, lp.dq_head_stride);
+      const auto ko = k_like_offsets(plain.fwd, lp.dk_batch_stride, lp.dk_row_stride, lp.dk_head_stride);
+      std::uniform_real_distribution<float> u(-2.f, 2.f);
+      for (BwdProblem* bp : {&acc32, &acc}) {
+        for (auto [g, offs] : {std::pair{&bp->dq, &qo}, std::pair{&bp->dk, &ko}, std::pair{&bp->dv, &ko}})
+          for (int64_t o : *offs) g->set(o, u(rng));
+      }
+      const BwdProblem acc32_before = acc32, acc_before = acc;
+      for (BwdProblem* bp : {&plain, &f32, &acc32, &acc}) bp->bind();
+      f32.params.dqkv_fp32 = true;
+      acc32.params.dqkv_fp32 = true;
+      acc32.params.dqkv_accumulate = true;
+      acc.params.dqkv_accumulate = true;
+      for (BwdProblem* bp : {&plain, &f32, &acc32, &acc}) FA_ASSERT_OK(run_bwd(bp->params));
+
+      struct G {
+        const char* name;
+        Buffer BwdProblem::*buf;
+        const std::vector<int64_t>* offs;
+      };
+      for (const G& g : {G{"dq", &BwdProblem::dq, &qo}, G{"dk", &BwdProblem::dk, &ko},
+                         G{"dv", &BwdProblem::dv, &ko}}) {
+        SCOPED_TRACE(g.name);
+        for (int64_t o : *g.offs) {
+          const float g32 = (f32.*g.buf).get(o);
+          ASSERT_EQ(round_to_dtype(g32, t), (plain.*g.buf).get(o)) << o;
+          ASSERT_EQ((acc32.*g.buf).get(o), (acc32_before.*g.buf).get(o) + g32) << o;
+          ASSERT_EQ((acc.*g.buf).get(o), round_to_dtype((acc_before.*g.buf).get(o) + g32, t)) << o;
+        }
+        expect_padding_untouched(f32.*g.buf, *g.offs, "f32");
+        expect_padding_untouched(acc32.*g.buf, *g.offs, "acc32");
+        expect_padding_untouched(acc.*g.buf, *g.offs, "acc");
+      }
+      if (varlen) {
+        // Sequence 0 uses 17 of its 40 keys: the plain call writes zeros there, accumulating
+        // leaves the old values (bitwise, not merely + 0).
+        for (int j = 17; j < 40; ++j)
+          for (int x = 0; x < c.d; ++x) {
+            const int64_t o = j * lp.dk_row_stride + x;
+            ASSERT_EQ(plain.dk.get(o), 0.f);
+            ASSERT_EQ(acc32.dk.get(o), acc32_before.dk.get(o));
+            ASSERT_EQ(acc.dv.get(o), acc_before.dv.get(o));
+          }
+      }
+    }
+  }
 }
 
 }  // namespace

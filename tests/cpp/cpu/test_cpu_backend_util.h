@@ -2,9 +2,9 @@
 // public API (which dispatches host memory to the CPU backend) and through the CPU reference,
 // and compare with the project's error rule. Header-only; each test binary includes it.
 //
-// Error rule (DESIGN.md section 3). For fp16/bf16 the reference runs on fp32 copies of the SAME
-// rounded inputs, so it gives the exact result R of the backend's inputs; the backend's output
-// B (in dtype) must satisfy
+// Error rule (docs/design.md, Correctness). For fp16/bf16 the reference runs on fp32 copies of
+// the SAME rounded inputs, so it gives the exact result R of the backend's inputs; the backend's
+// output B (in dtype) must satisfy
 //     max |B - R| <= kFactor * max |round_dtype(R) - R| + kSlack
 // i.e. at most kFactor times the error of the best possible dtype result, plus a small stated
 // slack for fp32 accumulation. fp32 outputs use the slack alone (scaled by the magnitude of R).

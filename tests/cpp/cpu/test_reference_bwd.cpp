@@ -2,7 +2,8 @@
 // differences of the reference forward (computed in double) for plain, causal, window, softcap,
 // ALiBi, GQA/MQA, varlen (zero-length sequences, seqused_k) and dropout (explicit mask and the
 // Philox stream); plus structural properties: GQA gradients are sums over the group, keys no
-// query sees get exact zeros, the given o/lse are not trusted, closed form for one key.
+// query sees get exact zeros, the given o/lse are not trusted, closed form for one key; fp32
+// and accumulated gradient outputs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -438,6 +439,56 @@ TEST(RefBwd, LowPrecisionGradientsAreTheRoundedExactResult) {
     f32.fwd.params.dtype = DType::kFloat32;
     const auto a = grads(lp), b = grads(f32);
     for (size_t n = 0; n < a.size(); ++n) ASSERT_EQ(a[n], round_to_dtype(b[n], t)) << n;
+  }
+}
+
+// dqkv_fp32: a low-precision problem's gradients come out in fp32, bitwise those of the same
+// problem stored in fp32 (the reference rounds its double gradient once, to the output's type).
+// dqkv_accumulate: the stored values grow by the gradient (one rounding of the double sum).
+TEST(RefBwd, Fp32AndAccumulatedGradients) {
+  for (DType t : {DType::kBFloat16, DType::kFloat16}) {
+    AttnConfig c = small(7, 9, 4, 2);
+    c.dtype = t;
+    c.d = 16;
+    c.causal = true;
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE(c.str() + " " + seed_str(seed));
+    BwdProblem lp = make_bwd_problem(c, seed);
+    BwdProblem f32 = lp;
+    for (testing::Buffer* b : {&f32.fwd.q, &f32.fwd.k, &f32.fwd.v, &f32.fwd.o, &f32.dout, &f32.dq, &f32.dk, &f32.dv})
+      *b = b->converted(DType::kFloat32);
+    f32.fwd.cfg.dtype = DType::kFloat32;
+    f32.fwd.params.dtype = DType::kFloat32;
+    const std::vector<float> want = grads(f32);
+
+    BwdProblem wide = lp;
+    for (testing::Buffer* b : {&wide.dq, &wide.dk, &wide.dv}) *b = b->converted(DType::kFloat32);
+    wide.params.dqkv_fp32 = true;
+    const std::vector<float> got = grads(wide);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t n = 0; n < got.size(); ++n) ASSERT_EQ(got[n], want[n]) << n;
+
+    // Accumulate twice onto random starting values: old + 2 g, within the two roundings.
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> u(-1.f, 1.f);
+    for (testing::Buffer* b : {&wide.dq, &wide.dk, &wide.dv})
+      for (int64_t i = 0; i < b->numel; ++i) b->set(i, u(rng));
+    wide.bind();
+    std::vector<float> old = read(wide.dq, q_offsets(wide.fwd));
+    for (const testing::Buffer* g : {&wide.dk, &wide.dv}) {
+      const std::vector<float> x = read(*g, k_offsets(wide.fwd));
+      old.insert(old.end(), x.begin(), x.end());
+    }
+    wide.params.dqkv_accumulate = true;
+    ASSERT_OK(ref::mha_bwd(wide.params));
+    ASSERT_OK(ref::mha_bwd(wide.params));
+    std::vector<float> sum = read(wide.dq, q_offsets(wide.fwd));
+    for (const testing::Buffer* g : {&wide.dk, &wide.dv}) {
+      const std::vector<float> x = read(*g, k_offsets(wide.fwd));
+      sum.insert(sum.end(), x.begin(), x.end());
+    }
+    for (size_t n = 0; n < sum.size(); ++n)
+      ASSERT_NEAR(sum[n], double(old[n]) + 2.0 * want[n], 1e-6 * (2.0 + std::fabs(want[n]))) << n;
   }
 }
 

@@ -72,7 +72,7 @@ inline float lse_at(const testing::FwdProblem& pr, int b, int h, int i) {
   return pr.lse[(size_t(b) * pr.cfg.h + h) * pr.cfg.seqlen_q + i];
 }
 
-// DESIGN.md's visibility rule, written independently of common/mask.h.
+// The visibility rule of docs/semantics.md, written independently of common/mask.h.
 inline bool design_visible(int i, int j, int s_q, int s_k, bool causal, int left, int right) {
   if (causal) right = 0;
   if (i < 0 || i >= s_q || j < 0 || j >= s_k) return false;

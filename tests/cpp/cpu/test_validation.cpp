@@ -728,6 +728,33 @@ TEST(ValidationBwd, PackedGradientsPass) {
   EXPECT_TRUE(Rejected(validate(p, Backend::kCpu, false), "dq_ptr"));
 }
 
+// dqkv_fp32: the gradient tensors are checked as fp32 tensors (alignment, span, overlap).
+TEST(ValidationBwd, Fp32GradientsAreFp32Tensors) {
+  const AttnConfig c = gpu_cfg();  // bf16
+  BwdProblem bp = bwd_problem(c);
+  for (Buffer* g : {&bp.dq, &bp.dk, &bp.dv}) *g = g->converted(DType::kFloat32);
+  bp.bind();
+  bp.params.dqkv_fp32 = true;
+  bp.params.dqkv_accumulate = true;
+  Status s = validate(bp.params, Backend::kCpu, false);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  // A 2-byte offset is a valid bf16 address but not a float's.
+  BwdParams p = bp.params;
+  p.dk_ptr = shift(bp.dk.data(), 2);
+  s = validate(p, Backend::kCpu, false);
+  EXPECT_TRUE(Rejected(s, "dk_ptr"));
+  EXPECT_NE(s.message().find("4-byte element size"), std::string::npos) << s.message();
+  // dv starting in the second half of dq's fp32 bytes overlaps it (in bf16 units it would not).
+  p = bp.params;
+  const int64_t dq_bytes = bp.dq.numel * 4;
+  Buffer both = Buffer::make(DType::kFloat32, bp.dq.numel + bp.dv.numel);
+  p.dq_ptr = both.data();
+  p.dv_ptr = shift(both.data(), dq_bytes / 2 / 4 * 4);
+  EXPECT_TRUE(Rejected(validate(p, Backend::kCpu, false), "dq_ptr"));
+  p.dv_ptr = shift(both.data(), dq_bytes);
+  EXPECT_TRUE(validate(p, Backend::kCpu, false).ok());
+}
+
 TEST(ValidationBwd, NullDout) {
   expect_bwd_rejected(small_cfg(), "do_ptr", [](BwdProblem& bp) { bp.params.do_ptr = nullptr; });
 }

@@ -95,21 +95,28 @@ KVCacheConfig paged_cfg() {
   return kc;
 }
 
-void expect_kv_rejected(const KVCacheConfig& kc, const std::string& arg,
-                        const std::function<void(KVCacheProblem&)>& brk) {
+// Returns the status of the rejected call, for tests that check more of its message.
+Status expect_kv_rejected(const KVCacheConfig& kc, const std::string& arg,
+                          const std::function<void(KVCacheProblem&)>& brk) {
   const uint64_t seed = fresh_seed();
   SCOPED_TRACE(kc.attn.str() + " seed=" + std::to_string(seed));
   KVCacheProblem pr = make_kvcache_problem(kc, seed);
-  ASSERT_TRUE(validate(pr.params, Backend::kCpu).ok());
+  EXPECT_TRUE(validate(pr.params, Backend::kCpu).ok());
   brk(pr);
   const auto kcache = pr.k_cache.bytes, vcache = pr.v_cache.bytes, q = pr.q.bytes,
              knew = pr.knew.bytes;
-  EXPECT_TRUE(Rejected(flashattn::mha_fwd_kvcache(pr.params), arg));
+  const Status s = flashattn::mha_fwd_kvcache(pr.params);
+  EXPECT_TRUE(Rejected(s, arg));
   EXPECT_TRUE(all_nan(pr.o)) << "o was written by a rejected call";
   EXPECT_TRUE(all_nan(pr.lse)) << "softmax_lse was written by a rejected call";
   EXPECT_TRUE(kcache == pr.k_cache.bytes && vcache == pr.v_cache.bytes)
       << "a rejected call modified the cache";
   EXPECT_TRUE(q == pr.q.bytes && knew == pr.knew.bytes) << "an input changed";
+  return s;
+}
+
+bool contains(const Status& s, const std::string& part) {
+  return s.message().find(part) != std::string::npos;
 }
 
 void expect_gpu_rejected(const KVCacheConfig& kc, const std::string& arg,
@@ -327,6 +334,39 @@ TEST(ValidationKVCache, CacheSeqlensOverCapacity) {
                      [](KVCacheProblem& pr) { pr.cache_seqlens[1] = 38; });
 }
 
+// A paged cache holds max_blocks_per_seq * page_block_size keys per sequence (here 5 x 8 = 40).
+// Lengths past that raise naming the block table, the sequence and the capacity, as flash_attn
+// does (its issue 2709), whether the cache itself or the appended keys overflow it.
+TEST(ValidationKVCache, PagedLengthBeyondBlockTable) {
+  KVCacheConfig kc = paged_cfg();
+  kc.cache_seqlens = {4, 30, 9};
+  for (int len : {38, 40, 1 << 20}) {  // 38 + 3 new, 40 (full) + 3 new, far beyond
+    SCOPED_TRACE(len);
+    const Status s = expect_kv_rejected(kc, "block_table",
+                                        [len](KVCacheProblem& pr) { pr.cache_seqlens[1] = len; });
+    EXPECT_TRUE(contains(s, "sequence 1 needs cache_seqlens[1] + seqlen_knew")) << s.message();
+    EXPECT_TRUE(contains(s, "more than the paged capacity of 40")) << s.message();
+    EXPECT_TRUE(contains(s, "max_blocks_per_seq 5 x page_block_size 8")) << s.message();
+  }
+  // Exactly full after the append is valid.
+  KVCacheConfig full = kc;
+  full.cache_seqlens = {4, 37, 9};
+  KVCacheProblem pr = make_kvcache_problem(full, fresh_seed());
+  EXPECT_TRUE(validate(pr.params, Backend::kCpu).ok());
+}
+
+TEST(ValidationKVCache, PagedScalarLengthBeyondBlockTable) {
+  // One length for every sequence is a host value: the GPU path rejects it before any launch.
+  auto brk = [](KVCacheProblem& pr) {
+    pr.params.cache_seqlens = nullptr;
+    pr.params.cache_seqlen = 38;  // 38 + 3 > 40
+  };
+  const Status s = expect_kv_rejected(paged_cfg(), "block_table", brk);
+  EXPECT_TRUE(contains(s, "every sequence needs cache_seqlen + seqlen_knew = 38 + 3 = 41 keys"))
+      << s.message();
+  expect_gpu_rejected(gpu_cfg(paged_cfg()), "block_table", brk);
+}
+
 // ============================================================================= new keys ==
 
 TEST(ValidationKVCache, KnewWithoutVnew) {
@@ -463,6 +503,63 @@ TEST(ValidationKVCache, LeftpadOutOfRange) {
   kc.cache_seqlens = {10, 4, 0};
   expect_kv_rejected(kc, "cache_leftpad", [](KVCacheProblem& pr) { pr.cache_leftpad[1] = 5; });
   expect_kv_rejected(kc, "cache_leftpad", [](KVCacheProblem& pr) { pr.cache_leftpad[0] = -1; });
+}
+
+// ========================================================= device verdicts ==
+
+// The GPU path reports a violation its device-side check found through kvcache_index_error; the
+// verdict it builds (common/kvcache_index.h) must give host validation's message word for word.
+TEST(ValidationKVCache, DeviceVerdictsGiveTheHostMessages) {
+  struct Case {
+    KVCacheConfig kc;
+    std::function<void(KVCacheProblem&)> brk;
+  };
+  KVCacheConfig lp = base_cfg();
+  lp.leftpad = true;
+  lp.cache_seqlens = {10, 4, 0};
+  KVCacheConfig table = paged_cfg();
+  table.cache_seqlens = {10, 20, 30};
+  const std::vector<Case> cases = {
+      {base_cfg(), [](KVCacheProblem& pr) { pr.cache_seqlens[2] = -1; }},
+      {base_cfg(), [](KVCacheProblem& pr) { pr.cache_seqlens[1] = 38; }},
+      {paged_cfg(), [](KVCacheProblem& pr) { pr.cache_seqlens[1] = 38; }},
+      {rotary_cfg(), [](KVCacheProblem& pr) { pr.params.seqlen_ro = pr.cache_seqlens[0] + 2; }},
+      {lp, [](KVCacheProblem& pr) { pr.cache_leftpad[1] = 5; }},
+      {batch_idx_cfg(), [](KVCacheProblem& pr) { pr.cache_batch_idx[1] = 5; }},
+      {table, [](KVCacheProblem& pr) {
+         pr.block_table[pr.params.block_table_batch_stride + 3] = -2;
+         pr.block_table[pr.params.block_table_batch_stride + 1] = pr.params.num_blocks;
+       }},
+  };
+  for (const Case& c : cases) {
+    KVCacheProblem pr = make_kvcache_problem(c.kc, fresh_seed());
+    c.brk(pr);
+    const KVCacheParams p = detail::resolve(pr.params);
+    const Status host = detail::validate_kvcache(p, Backend::kCpu);
+    ASSERT_EQ(host.code(), StatusCode::kInvalidArgument) << host.to_string();
+    // What the check kernel computes for the first bad sequence: the scalar rules, then the
+    // lowest bad block-table column.
+    const flashattn::KVIndexLimits lim = detail::kvcache_index_limits(p);
+    flashattn::KVIndexViolation v;
+    for (int i = 0; i < p.b && v.rule == flashattn::kKVIndexOk; ++i) {
+      v = flashattn::check_kv_scalars(lim, i, p.cache_seqlens[i], p.cache_leftpad,
+                                      p.cache_batch_idx);
+      if (v.rule != flashattn::kKVIndexOk || p.block_table == nullptr) continue;
+      const int64_t used =
+          flashattn::kv_pages_used(int64_t(v.cache_len) + lim.seqlen_knew, p.page_block_size);
+      for (int64_t j = 0; j < used && v.rule == flashattn::kKVIndexOk; ++j) {
+        const int page = p.block_table[i * p.block_table_batch_stride + j];
+        if (page < 0 || page >= p.num_blocks) {
+          v.rule = flashattn::kKVBlockTableRange;
+          v.value = page;
+          v.column = int(j);
+        }
+      }
+    }
+    const Status device = detail::kvcache_index_error(p, v);
+    EXPECT_EQ(device.code(), host.code());
+    EXPECT_EQ(device.message(), host.message());
+  }
 }
 
 }  // namespace

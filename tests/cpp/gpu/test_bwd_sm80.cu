@@ -504,5 +504,31 @@ TEST_F(BwdSm80, BadInputRejectedWithoutWriting) {
   EXPECT_EQ(count_nan(bp.dv), bp.dv.numel) << "dv written";
 }
 
+// fp32 and accumulated gradient outputs (BwdParams::dqkv_fp32, dqkv_accumulate: context
+// parallelism) are CPU-only for now: the GPU backward returns kNotSupported naming the field and
+// writes nothing.
+TEST_F(BwdSm80, Fp32AndAccumulatedGradientsAreNotSupported) {
+  AttnConfig c = cfg(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
+  for (bool fp32 : {true, false}) {
+    BwdProblem bp = make_bwd_problem(c, fresh_seed());
+    ASSERT_TRUE(mha_fwd(bp.fwd.params).ok());
+    if (fp32)
+      for (Buffer* g : {&bp.dq, &bp.dk, &bp.dv}) *g = g->converted(DType::kFloat32);
+    bp.bind();
+    DeviceBwdProblem dev(bp);
+    BwdParams p = dev.params;
+    const char* field = fp32 ? "dqkv_fp32" : "dqkv_accumulate";
+    p.dqkv_fp32 = fp32;
+    p.dqkv_accumulate = !fp32;
+    const Status s = mha_bwd(p);
+    EXPECT_EQ(s.code(), StatusCode::kNotSupported) << s.to_string();
+    EXPECT_NE(s.message().find(field), std::string::npos) << s.message();
+    dev.copy_back(bp);
+    EXPECT_EQ(count_nan(bp.dq), bp.dq.numel) << field << ": dq written";
+    EXPECT_EQ(count_nan(bp.dk), bp.dk.numel) << field << ": dk written";
+    EXPECT_EQ(count_nan(bp.dv), bp.dv.numel) << field << ": dv written";
+  }
+}
+
 }  // namespace
 }  // namespace flashattn::testing

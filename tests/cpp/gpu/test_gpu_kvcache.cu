@@ -810,16 +810,74 @@ TEST_F(KVCacheGpu, EmptySequencesAndNullLse) {
   }
 }
 
-// Index arrays in device memory cannot be checked on the host (docs/kvcache.md). Unchecked, a
-// sequence with out-of-range values is skipped (no key read, no write outside the cache: o = 0,
-// LSE = +inf) and every other sequence is computed exactly as without it; with the environment
-// check on, the call fails naming the argument and touches nothing.
+// Index values in device memory (docs/kvcache.md). By default the call checks them on the device
+// and waits for the verdict: a bad value fails the call with InvalidArgument naming the argument
+// (host validation's message) and nothing is touched. Where it cannot wait (CUDA graph capture,
+// or FLASHATTN_CHECK_DEVICE_INDICES=0) a sequence with a bad value is skipped (no key read, no
+// write outside the cache: o = 0, LSE = +inf) and every other sequence is computed exactly as
+// without it.
+
+// Runs the call while a fresh stream is captured into a CUDA graph, then replays the graph once.
+GpuResult run_gpu_captured(const KVCacheProblem& pr) {
+  struct Graph {
+    cudaStream_t stream = nullptr;
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ~Graph() {
+      if (exec != nullptr) cudaGraphExecDestroy(exec);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      if (stream != nullptr) cudaStreamDestroy(stream);
+    }
+  };
+  return run_gpu_with(pr, [](KVCacheParams p) {
+    Graph g;
+    cuda_or_throw(cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    p.stream = g.stream;
+    cuda_or_throw(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal),
+                  "cudaStreamBeginCapture");
+    const Status s = mha_fwd_kvcache(p);
+    cuda_or_throw(cudaStreamEndCapture(g.stream, &g.graph), "cudaStreamEndCapture");
+    if (!s.ok()) return s;
+    cuda_or_throw(cudaGraphInstantiate(&g.exec, g.graph, 0), "cudaGraphInstantiate");
+    cuda_or_throw(cudaGraphLaunch(g.exec, g.stream), "cudaGraphLaunch");
+    cuda_or_throw(cudaStreamSynchronize(g.stream), "cudaStreamSynchronize (graph replay)");
+    return s;
+  });
+}
+
+// Sequence 1 of `got` was skipped (o = 0, LSE = +inf); every other sequence equals `ref`.
+void expect_sequence_1_skipped(const Case& c, const KVCacheProblem& got, const KVCacheProblem& ref,
+                               const char* how) {
+  SCOPED_TRACE(how);
+  const AttnConfig& a = c.kc.attn;
+  const int64_t per_seq = int64_t(a.seqlen_q) * a.h * a.d;
+  const std::vector<float> o = gather_o(got), o_ref = gather_o(ref);
+  for (int bb = 0; bb < a.b; ++bb) {
+    for (int64_t x = bb * per_seq; x < (bb + 1) * per_seq; ++x) {
+      if (bb == 1) {
+        ASSERT_EQ(o[x], 0.f) << "skipped sequence's output";
+      } else {
+        ASSERT_EQ(o[x], o_ref[x]) << "a valid sequence changed (b=" << bb << ")";
+      }
+    }
+    for (int hh = 0; hh < a.h; ++hh)
+      for (int i = 0; i < a.seqlen_q; ++i) {
+        const int64_t li = (int64_t(bb) * a.h + hh) * a.seqlen_q + i;
+        if (bb == 1) {
+          ASSERT_EQ(got.lse[li], std::numeric_limits<float>::infinity());
+        } else {
+          ASSERT_EQ(got.lse[li], ref.lse[li]);
+        }
+      }
+  }
+}
+
 TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   const DType t = compiled_dtypes().empty() ? DType::kBFloat16 : compiled_dtypes().front();
   const int d = hdim_compiled(64) ? 64 : 128;
   if (!hdim_compiled(d) || compiled_dtypes().empty()) GTEST_SKIP() << "no kernel compiled";
   struct Bad {
-    const char* what;    // the argument named in the error
+    const char* what;    // what the error message must contain (the argument named first)
     Case c;
     std::vector<int>* (*array)(KVCacheProblem&);
     int index;
@@ -830,6 +888,7 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   contiguous.kc.batch_idx = true;
   contiguous.kc.leftpad = true;
   contiguous.kc.rotary_dim = d;
+  // Capacity 8 pages x 16 = 128 keys per sequence.
   Case paged = make_case(t, 3, 1, 4, 2, d, 120, 1);
   paged.kc.page_size = 16;
   paged.kc.cache_seqlens = {50, 100, 70};
@@ -846,60 +905,41 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
   auto seqlens = [](KVCacheProblem& p) { return &p.cache_seqlens; };
   auto table = [](KVCacheProblem& p) { return &p.block_table; };
   const std::vector<Bad> cases = {
-      {"cache_seqlens[1]", lengths_only, seqlens, 1, 121},
-      {"cache_seqlens[1]", lengths_only, seqlens, 1, -1},
+      {"cache_seqlens[1]: 121 + seqlen_knew 0 exceeds", lengths_only, seqlens, 1, 121},
+      {"cache_seqlens[1]: -1 is negative", lengths_only, seqlens, 1, -1},
       {"cache_seqlens[1]", lengths_only_rows, seqlens, 1, 1 << 30},
       {"cache_seqlens[1]", contiguous, seqlens, 1, 119},
       {"cache_seqlens[1]", contiguous, seqlens, 1, -4},
-      {"cache_batch_idx[1]", contiguous,
+      {"cache_batch_idx[1]: 4 is out of range", contiguous,
        [](KVCacheProblem& p) { return &p.cache_batch_idx; }, 1, 4},
-      {"cache_leftpad[1]", contiguous, [](KVCacheProblem& p) { return &p.cache_leftpad; }, 1, 1000},
-      {"block_table[1][", paged, table, -1, 1 << 20},
-      {"block_table[1][", paged_lengths_only, table, -1, 1 << 20},
-      {"block_table[1][", paged_lengths_only, table, -1, -7},
-      {"cache_seqlens[1]", paged_lengths_only, seqlens, 1, 1 << 20},
+      {"cache_leftpad[1]: 1000", contiguous, [](KVCacheProblem& p) { return &p.cache_leftpad; }, 1,
+       1000},
+      {"block_table[1][6]: 1048576 is out of range", paged, table, -1, 1 << 20},
+      {"block_table[1][6]: 1048576 is out of range", paged_lengths_only, table, -1, 1 << 20},
+      {"block_table[1][6]: -7", paged_lengths_only, table, -1, -7},
+      // Lengths beyond the block table (flash_attn's issue 2709): the cache itself, or the
+      // appended key of a full cache.
+      {"block_table: sequence 1 needs cache_seqlens[1] + seqlen_knew = 1048576 + 0",
+       paged_lengths_only, seqlens, 1, 1 << 20},
+      {"block_table: sequence 1 needs cache_seqlens[1] + seqlen_knew = 128 + 1 = 129 keys, more "
+       "than the paged capacity of 128",
+       paged, seqlens, 1, 128},
   };
   for (const Bad& bad : cases) {
     SCOPED_TRACE(std::string(bad.what) + " " + describe(bad.c));
     const KVCacheProblem good = make_problem(bad.c, fresh_seed());
     KVCacheProblem broken = good;
     std::vector<int>& arr = *bad.array(broken);
-    // The block table: the last page sequence 1 uses.
+    // The block table: the last page sequence 1 uses (its 100 keys fill columns 0..6).
     const int index = bad.index >= 0 ? bad.index
                                      : int(good.params.block_table_batch_stride) + 100 / 16;
     arr[index] = bad.value;
     rebind(broken, good.params);
 
+    // Default: the device-side verdict is read back and the call fails, touching nothing.
     const GpuResult ref_run = run_gpu(good);
     ASSERT_TRUE(ref_run.status.ok()) << ref_run.status.to_string();
-    const GpuResult g = run_gpu(broken);
-    ASSERT_TRUE(g.status.ok()) << "unchecked mode must not fail: " << g.status.to_string();
-    const AttnConfig& a = bad.c.kc.attn;
-    const int64_t per_seq = int64_t(a.seqlen_q) * a.h * a.d;
-    const std::vector<float> o = gather_o(g.out), o_ref = gather_o(ref_run.out);
-    for (int bb = 0; bb < a.b; ++bb) {
-      for (int64_t x = bb * per_seq; x < (bb + 1) * per_seq; ++x) {
-        if (bb == 1) {
-          ASSERT_EQ(o[x], 0.f) << "skipped sequence's output";
-        } else {
-          ASSERT_EQ(o[x], o_ref[x]) << "a valid sequence changed (b=" << bb << ")";
-        }
-      }
-      for (int hh = 0; hh < a.h; ++hh)
-        for (int i = 0; i < a.seqlen_q; ++i) {
-          const int64_t li = (int64_t(bb) * a.h + hh) * a.seqlen_q + i;
-          if (bb == 1) {
-            ASSERT_EQ(g.out.lse[li], std::numeric_limits<float>::infinity());
-          } else {
-            ASSERT_EQ(g.out.lse[li], ref_run.out.lse[li]);
-          }
-        }
-    }
-
-    ASSERT_EQ(0, setenv(cuda::kCheckIndicesEnv, "1", 1));
     const GpuResult checked = run_gpu(broken);
-    const GpuResult checked_good = run_gpu(good);
-    unsetenv(cuda::kCheckIndicesEnv);
     EXPECT_EQ(checked.status.code(), StatusCode::kInvalidArgument) << checked.status.to_string();
     EXPECT_NE(checked.status.message().find(bad.what), std::string::npos)
         << checked.status.to_string();
@@ -908,10 +948,39 @@ TEST_F(KVCacheGpu, DeviceIndexValuesOutOfRange) {
     EXPECT_EQ(0, std::memcmp(checked.out.k_cache.data(), broken.k_cache.data(),
                              broken.k_cache.bytes.size()))
         << "cache touched";
-    ASSERT_TRUE(checked_good.status.ok()) << checked_good.status.to_string();
-    EXPECT_EQ(0, std::memcmp(checked_good.out.o.data(), ref_run.out.o.data(),
+    EXPECT_EQ(0, std::memcmp(checked.out.v_cache.data(), broken.v_cache.data(),
+                             broken.v_cache.bytes.size()))
+        << "cache touched";
+
+    // The same values in host memory fail on the CPU backend with the same message.
+    KVCacheProblem host = broken;
+    rebind(host, good.params);
+    const Status cpu = mha_fwd_kvcache(host.params);
+    EXPECT_EQ(cpu.message(), checked.status.message()) << "CPU and GPU name different errors";
+
+    // Opted out of the wait: the bad sequence is skipped on the device.
+    ASSERT_EQ(0, setenv(cuda::kCheckIndicesEnv, "0", 1));
+    const GpuResult skipped = run_gpu(broken);
+    const GpuResult unchecked_good = run_gpu(good);
+    unsetenv(cuda::kCheckIndicesEnv);
+    ASSERT_TRUE(skipped.status.ok())
+        << "unchecked mode must not fail: " << skipped.status.to_string();
+    expect_sequence_1_skipped(bad.c, skipped.out, ref_run.out, "FLASHATTN_CHECK_DEVICE_INDICES=0");
+    ASSERT_TRUE(unchecked_good.status.ok()) << unchecked_good.status.to_string();
+    EXPECT_EQ(0, std::memcmp(unchecked_good.out.o.data(), ref_run.out.o.data(),
                              ref_run.out.o.bytes.size()))
-        << "the checked mode changed a valid call's result";
+        << "the unchecked mode changed a valid call's result";
+
+    // Under CUDA graph capture the host cannot wait: the replay skips the bad sequence.
+    const GpuResult captured = run_gpu_captured(broken);
+    ASSERT_TRUE(captured.status.ok()) << "a captured call must not fail on device values: "
+                                      << captured.status.to_string();
+    expect_sequence_1_skipped(bad.c, captured.out, ref_run.out, "CUDA graph capture");
+    const GpuResult captured_good = run_gpu_captured(good);
+    ASSERT_TRUE(captured_good.status.ok()) << captured_good.status.to_string();
+    EXPECT_EQ(0, std::memcmp(captured_good.out.o.data(), ref_run.out.o.data(),
+                             ref_run.out.o.bytes.size()))
+        << "a captured and replayed call differs from the direct one";
   }
 }
 
