@@ -104,6 +104,8 @@ struct EpilogueFwdSm90 {
               *reinterpret_cast<uint4 const*>(&sO_wg(r, col));
         }
       }
+      // These generic-proxy reads of smem_v come before the next tile's TMA writes into it.
+      cutlass::arch::fence_view_async_shared();
     }
     named_barrier_arrive(kOEmpty, Traits::kMmaThreads + 32);
   }

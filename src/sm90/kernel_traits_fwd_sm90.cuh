@@ -115,6 +115,8 @@ struct FwdArgsSm90 {
   bool kv_tail_in_tensor = false;
   bool has_kv = true;  // some key exists (else tma_k / tma_v are left unset and never used)
   TileSchedulerSm90 scheduler;
+  int* tile_counter = nullptr;  // zeroed per launch: tiles taken after each CTA's first
+
   typename Traits::GmemShape shape_q;  // (rows, d, h, batch) as the TMA descriptors were built
   typename Traits::GmemShape shape_kv;
   typename Traits::TmaQ tma_q;

@@ -109,16 +109,25 @@ struct MainloopFwdSm90 {
     typename PipelineKV::SharedStorage pipeline_k;
     typename PipelineKV::SharedStorage pipeline_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;
+    // The next tile index, producer -> consumers, double-buffered: slot k % 2 carries the tile
+    // after the CTA's k-th; tile_full[s] completes when the producer wrote slot s, tile_empty[s]
+    // when every consumer thread has read it.
+    cutlass::arch::ClusterBarrier tile_full[2];
+    cutlass::arch::ClusterBarrier tile_empty[2];
+    int tile_slot[2];
   };
 
   // ---- Producer ---------------------------------------------------------------------------
 
   // The TMA loads of one tile, issued by thread 0 of the CTA; the rest of warp 0 only joins the
   // kQueryEmpty barrier (a named barrier counts whole warps).
+  // after_q runs (on the whole warp) once Q is issued: the producer takes its next tile there, an
+  // atomic whose latency the tile's loads then hide.
+  template <class AfterQ>
   __forceinline__ __device__ void load(Args const& args, TensorStorage& ts, PipelineStorage& ps,
                                        PipelineKV& pipeline_k, PipelineKV& pipeline_v,
-                                       PipelineState& write, TileWorkSm90 const& w,
-                                       bool leader) const {
+                                       PipelineState& write, TileWorkSm90 const& w, bool leader,
+                                       AfterQ&& after_q) const {
     const bool varlen = args.p.cu_seqlens_q != nullptr;
     const int bidb_q = varlen ? 0 : w.bidb;
     Tensor mQ = args.tma_q.get_tma_tensor(args.shape_q)(_, _, w.bidh, bidb_q);     // (rows, d)
@@ -169,6 +178,7 @@ struct MainloopFwdSm90 {
                            TMA::CacheHintSm90::EVICT_FIRST),
            tQgQ, tQsQ);
     }
+    after_q();
     // The first V of the tile overwrites the O the consumers staged for the previous tile.
     bool first_v = true;
     auto wait_o_read = [&] {

@@ -179,6 +179,25 @@ TEST_F(FwdSm90, EdgeTable) {
   }
 }
 
+// A few tiny problems that cover every barrier of the kernel (several tiles per CTA, masked and
+// unmasked blocks, the V tail zeroing, both O stores): scripts/gpu-check runs this test under
+// compute-sanitizer memcheck, racecheck and synccheck (GPU_CHECK_SANITIZE=1).
+TEST_F(FwdSm90, SanitizerSmall) {
+  for (DType t : compiled_dtypes()) {
+    for (int d : {64, 128}) {
+      if (!sm90_hdim_compiled(d) || !hdim_compiled(d)) continue;
+      AttnConfig c = base(t, 1, 300, 257, 2, 1, d);
+      c.causal = true;
+      small("sanitize causal", c);
+      AttnConfig v = base(t, 3, 0, 0, 2, 2, d);
+      v.seqlens_q = {130, 0, 65};
+      v.seqlens_k = {70, 9, 200};
+      v.seqused_k = {50, 9, 130};
+      small("sanitize varlen seqused_k", v);
+    }
+  }
+}
+
 // More tiles than SMs, so every CTA of the persistent grid runs several tiles (the producer runs
 // ahead into the next tile while the consumers store O), causal tiles in the longest-first order
 // with heads grouped in L2 sections, and long key runs with masked and unmasked blocks.
