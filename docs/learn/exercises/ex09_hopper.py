@@ -11,11 +11,15 @@
    warpgroups, the K / V pipelines and the named barriers of src/sm90/barriers_sm90.cuh across a
    few tiles. It finds no hazard, and removing (or moving) each barrier makes the hazard the page
    names appear.
-6. The persistent tile order (src/sm90/tile_scheduler_sm90.h, tile_of): per-CTA work of the snake
-   against plain striding and a dynamic scheduler, for causal tiles in longest-first order.
+6. Tile scheduling (src/sm90/tile_scheduler_sm90.h, kernel_fwd_sm90.cuh): the counter and the
+   handoff checked in the source; per-CTA work of a static snake, plain striding, the first free
+   CTA and the kernel's counter for causal tiles in longest-first order; and the producer ->
+   consumers handoff of each tile index over random interleavings, against the variants that
+   fail (no tile_empty, named barriers in place of the mbarriers) or serialize (one slot).
 """
 import heapq
 import math
+import random
 import re
 from pathlib import Path
 
@@ -383,24 +387,52 @@ print("ex09 5: the tile boundary is hazard free; kQueryEmpty (and its place), kO
       "tma_store_wait, kEpilogue and kWarpGroup are each needed")
 
 
-# ---- 6. The persistent tile order: the snake of TileSchedulerSm90::tile_of -------------------
-# Causal, d = 128 (128 x 128 tiles, equal query and key lengths): query block m costs m + 1 key
-# blocks. The model mirrors src/sm90/tile_scheduler_sm90.h (checked below against the source) and
-# src/sm90/launch_fwd_sm90.cuh (heads_per_section from kL2BytesForKV = 32 MB, 132 SMs). A static
-# persistent schedule takes as long as its busiest CTA: the sum of its tiles' key blocks.
+# ---- 6. Tile scheduling: CTAs take tiles from a counter ------------------------------------
+# src/sm90/: CTA c runs tile c first, then the producer warp takes each next tile from a
+# per-launch counter right after issuing a tile's Q, and hands the index to the consumer
+# warpgroups through a double-buffered shared-memory slot guarded by mbarriers. First the source,
+# then (a) why a counter: a cost model of the causal tile order, and (b) why the handoff is built
+# the way it is: a model of the producer and the consumers over random interleavings.
 
+kernel_src = (ROOT / "src/sm90/kernel_fwd_sm90.cuh").read_text()
+mainloop_src = (ROOT / "src/sm90/mainloop_fwd_sm90.cuh").read_text()
+launch_src = (ROOT / "src/sm90/launch_fwd_sm90.cuh").read_text()
 sched = (ROOT / "src/sm90/tile_scheduler_sm90.h").read_text()
-assert "return k * grid + ((k & 1) ? grid - 1 - cta : cta);" in sched   # tile_of
+for s in ["if (leader) v = atomicAdd(args.tile_counter, 1);",               # the take
+          "next = __shfl_sync(0xffffffffu, v, 0) + int(gridDim.x);",        # tile = G + counter
+          "storage.pipelines.tile_empty[slot].wait(((k >> 1) & 1) ^ 1);",   # producer: slot free
+          "storage.pipelines.tile_slot[slot] = next;",
+          "storage.pipelines.tile_full[slot].arrive();",
+          "storage.pipelines.tile_full[slot].wait((k >> 1) & 1);",          # consumers: slot full
+          "tile = storage.pipelines.tile_slot[slot];",
+          "storage.pipelines.tile_empty[slot].arrive();",
+          "storage.pipelines.tile_full[i].init(1);",                        # the producer's thread 0
+          "storage.pipelines.tile_empty[i].init(Traits::kMmaThreads);"]:   # every consumer thread
+    assert s in kernel_src, s
+assert kernel_src.count("const int slot = k & 1;") == 2               # slot k % 2, both roles
+assert kernel_src.count("int tile = blockIdx.x;") == 2                # CTA c starts with tile c
+assert "int tile_slot[2];" in mainloop_src
+# MainloopFwdSm90::load: the take (after_q) comes after Q is issued, before the V loads.
+i_q = mainloop_src.index("TMA::CacheHintSm90::EVICT_FIRST")
+i_take = mainloop_src.index("after_q();")
+i_v = mainloop_src.index("named_barrier_sync(kOEmpty")
+assert i_q < i_take < i_v
+assert "cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream)" in launch_src
+assert "tile_of" not in sched and "tile_of" not in kernel_src     # no static assignment left
 assert "c.m_block = num_m_blocks - 1 - in_section / heads;" in sched    # coord, masked order
-assert "kL2BytesForKV = 32ll << 20;" in (ROOT / "src/sm90/launch_fwd_sm90.cuh").read_text()
+assert "kL2BytesForKV = 32ll << 20;" in launch_src
+
+# (a) Causal, d = 128 (128 x 128 tiles, equal query and key lengths): query block m costs m + 1
+# key blocks, a tile's time. heads_per_section as launch_fwd_sm90 computes it (kL2BytesForKV =
+# 32 MB), 132 SMs. A schedule takes as long as its busiest CTA.
 SMS = 132
 
 
-def tile_of(cta, grid, k):
+def snake(cta, grid, k):                   # the static assignment of an earlier version
     return k * grid + (grid - 1 - cta if k & 1 else cta)
 
 
-def strided(cta, grid, k):                 # the order before the snake
+def strided(cta, grid, k):
     return k * grid + cta
 
 
@@ -410,20 +442,36 @@ def m_block(tile, num_m, total_heads, per_section):   # TileSchedulerSm90::coord
     return num_m - 1 - in_section // heads
 
 
-def busiest(seqlen, total_heads, order=None):
-    """Key blocks of the busiest CTA (order None: a dynamic scheduler handing the next tile to
-    the first free CTA), the ideal (total / grid), and heads per section."""
+def busiest(seqlen, total_heads, order):
+    """Key blocks of the busiest CTA, the ideal (total / grid), and heads per section. order: a
+    static assignment (cta, grid, k) -> tile, "free" (the next tile to the CTA that finishes a
+    tile first) or "counter" (the kernel: CTA c starts with tile c and takes the next tile from
+    the counter when it starts a tile)."""
     num_m = seqlen // 128
     per_section = max(1, min(total_heads, (32 << 20) // (2 * seqlen * 128 * 2)))
     tiles = num_m * total_heads
     cost = [m_block(t, num_m, total_heads, per_section) + 1 for t in range(tiles)]
     grid = min(tiles, SMS)
-    if order is None:
+    if order == "free":
         free = [(0, c) for c in range(grid)]
         for c_t in cost:
             load, c = heapq.heappop(free)
             heapq.heappush(free, (load + c_t, c))
         return max(l for l, _ in free), sum(cost) / grid, per_section
+    if order == "counter":
+        counter, runs, end = 0, [], [0] * grid
+        starts = [(0, c, c) for c in range(grid)]        # (start time, CTA, tile)
+        while starts:
+            t, c, tile = heapq.heappop(starts)
+            runs.append(tile)
+            end[c] = t + cost[tile]
+            nxt = grid + counter                         # atomicAdd(tile_counter, 1) + G
+            counter += 1
+            if nxt < tiles:
+                heapq.heappush(starts, (end[c], c, nxt))
+        assert sorted(runs) == list(range(tiles))         # every tile runs exactly once
+        assert counter == tiles                           # each CTA took one index past the end
+        return max(end), sum(cost) / grid, per_section
     load = [0] * grid
     for c in range(grid):
         k = 0
@@ -433,29 +481,203 @@ def busiest(seqlen, total_heads, order=None):
     return max(load), sum(cost) / grid, per_section
 
 
-for tiles in (1, 7, 132, 133, 264, 1000):  # every tile runs once (test_route.cpp checks the same)
-    for grid in (1, 5, 132):
-        if grid <= tiles:
-            runs = sorted(t for c in range(grid) for t in (tile_of(c, grid, k) for k in range(tiles))
-                          if t < tiles)
-            assert runs == list(range(tiles))
+ORDERS = (("snake", snake), ("strided", strided), ("free", "free"), ("counter", "counter"))
+CASES = {(2048, 32): (32, 34, 40, 34, 34, 33),       # heads per section, busiest CTA per order,
+         (8192, 64): (8, 1247, 1040, 1009, 1017, 1008),   # ideal
+         (16384, 16): (4, 1303, 1160, 1003, 1011, 1001)}
+model = {}
+for (seqlen, heads), want in CASES.items():
+    r = {name: busiest(seqlen, heads, o) for name, o in ORDERS}
+    got = (r["snake"][2],) + tuple(r[name][0] for name, _ in ORDERS) + (round(r["snake"][1]),)
+    assert got == want, (seqlen, heads, got)
+    model[seqlen, heads] = got
+# One section (2048 keys): the cost falls over the whole run and the snake matches list
+# scheduling. Several sections: the cost jumps back to the longest at each section start, and the
+# snake gives the tiles on both sides of a wave boundary to the same CTAs (CTA 0 ends every odd
+# wave and starts every even one), section after section: worse than striding. List scheduling
+# stays within a tile of the ideal; taking the next tile a tile early (the counter) costs little.
+for (seqlen, heads), (_, sn, st, fr, co, ideal) in model.items():
+    assert fr - ideal <= seqlen // 128 and co - ideal <= 2 * (seqlen // 128)
+    assert co <= st and co <= sn
+assert model[8192, 64][1] > model[8192, 64][2] and model[16384, 16][1] > 1.25 * model[16384, 16][5]
 
-# One L2 section (2048 keys, 32 heads): the cost falls monotonically over the run, and the snake
-# cancels the spread of every wave against the next.
-ORDERS = (("snake", tile_of), ("strided", strided), ("dynamic", None))
-one = {o: busiest(2048, 32, f) for o, f in ORDERS}
-assert one["snake"][2] == 32                             # all 32 heads in one section
-assert (one["snake"][0], one["strided"][0], one["dynamic"][0]) == (34, 40, 34)
-assert round(one["snake"][1]) == 33
-# Several sections (8192 keys, 64 heads, 8 heads per section of 512 tiles, about 3.9 waves): the
-# cost jumps back to the longest at every section start, and the snake gives the tiles on both
-# sides of a wave boundary to the same CTAs: CTA 0 gets the first tile of a section both at an
-# even wave's start and at an odd wave's end, section after section.
-many = {o: busiest(8192, 64, f) for o, f in ORDERS}
-assert many["snake"][2] == 8
-assert (many["snake"][0], many["strided"][0], many["dynamic"][0]) == (1247, 1040, 1009)
-assert round(many["snake"][1]) == 1008
-print(f"ex09 6: busiest CTA in key blocks (snake / strided / dynamic / ideal): "
-      f"2048 keys x 32 heads {one['snake'][0]} / {one['strided'][0]} / {one['dynamic'][0]} / "
-      f"{one['snake'][1]:.0f}; 8192 keys x 64 heads {many['snake'][0]} / {many['strided'][0]} / "
-      f"{many['dynamic'][0]} / {many['snake'][1]:.0f}")
+
+# (b) The handoff. One CTA of the d = 128 kernel (grid 1, so the counter hands it every tile
+# after tile 0): the producer ("P", its thread 0 and warp as one actor) and two consumer
+# warpgroups ("C0", "C1", one actor each), with the barriers that couple them across tiles:
+# kQueryEmpty and kOEmpty (named), Q's transaction barrier and, standing for the V pipeline, one
+# "last V landed" mbarrier per tile (the consumers' epilogue needs the tile's last V, which loads
+# after kOEmpty). A tile without keys loads nothing: the producer only takes the next index, the
+# consumers store zeros. A random scheduler runs one enabled actor at a time.
+class MBar:                      # mbarrier: pending arrivals and a phase bit
+    def __init__(self, count):
+        self.count, self.pending, self.parity = count, count, 0
+
+    def arrive(self):
+        self.pending -= 1
+        if self.pending == 0:
+            self.parity ^= 1
+            self.pending = self.count
+
+    def done(self, parity):      # try_wait.parity: the phase of this parity has completed
+        return self.parity != parity
+
+
+class NBar:                      # named barrier: one count of arrivals, no phase
+    def __init__(self, count):
+        self.count, self.arrived, self.gen = count, 0, 0
+
+    def arrive(self):            # bar.arrive; bar.sync is arrive, then wait for the completion
+        g = self.gen
+        self.arrived += 1
+        if self.arrived == self.count:
+            self.gen += 1
+            self.arrived = 0
+        return g
+
+    def done(self, g):
+        return self.gen > g
+
+
+HANDOFFS = ("kernel", "no tile_empty", "one named barrier", "named barriers, one slot")
+
+
+def handoff(variant, keys, rng):
+    """Returns (outcome, producer's largest lead in indices, producer blocked on the slot)."""
+    T = len(keys)
+    st = {"slot": [None, None], "writes": 0, "reads": [0, 0], "lead": 0, "blocked": 0}
+    b = {"QE": NBar(3), "OE": NBar(3), "Q": MBar(1), "V": MBar(1), "F": NBar(3), "E": NBar(3),
+         "full": [MBar(1), MBar(1)], "empty": [MBar(2), MBar(2)]}
+    mbar = variant in ("kernel", "no tile_empty")
+
+    def put(k, s, nxt):
+        st["slot"][s] = (k, nxt)
+        st["writes"] += 1
+        st["lead"] = max(st["lead"], st["writes"] - min(st["reads"]))
+
+    def take_next(k):            # FlashAttnFwdSm90's take_next, on P
+        nxt = k + 1              # grid 1: atomicAdd(tile_counter, 1) + 1 is the next tile
+        yield None
+        if mbar:
+            s = k & 1
+            if variant == "kernel":
+                wait = (b["empty"][s], ((k >> 1) & 1) ^ 1)
+                st["blocked"] += not wait[0].done(wait[1])
+                yield wait
+            put(k, s, nxt)
+            yield None
+            b["full"][s].arrive()
+        else:                    # E / F used like kQueryEmpty: sync before writing, arrive after
+            s = k & 1 if variant == "one named barrier" else 0
+            if variant != "one named barrier" or k >= 2:  # two slots: the first two are free
+                g = b["E"].arrive()
+                st["blocked"] += not b["E"].done(g)
+                yield (b["E"], g)
+            put(k, s, nxt)
+            yield None
+            b["F"].arrive()
+        return nxt
+
+    def producer():
+        tile, k = 0, 0
+        while tile < T:
+            if keys[tile]:
+                g = b["QE"].arrive()
+                yield (b["QE"], g)                         # wait kQueryEmpty
+                b["Q"].arrive()                            # Q
+                nxt = yield from take_next(k)              # after_q
+                g = b["OE"].arrive()
+                yield (b["OE"], g)                         # wait kOEmpty
+                b["V"].arrive()                            # the tile's V
+            else:
+                nxt = yield from take_next(k)
+            tile, k = nxt, k + 1
+
+    def consumer(w):
+        b["QE"].arrive()                                   # the first Q may load
+        b["OE"].arrive()                                   # and the first V
+        if variant == "named barriers, one slot":
+            b["E"].arrive()                                # and the first index be written
+        yield None
+        tile, k, q_phase, v_phase, seen = 0, 0, 0, 0, []
+        while tile < T:
+            seen.append(tile)
+            if keys[tile]:
+                yield (b["Q"], q_phase)
+                q_phase ^= 1
+                b["QE"].arrive()                           # last S GEMM done
+                yield None
+                yield (b["V"], v_phase)
+                v_phase ^= 1
+                b["OE"].arrive()                           # O stored
+                yield None
+            if mbar:
+                s = k & 1
+                yield (b["full"][s], (k >> 1) & 1)
+            else:
+                s = k & 1 if variant == "one named barrier" else 0
+                g = b["F"].arrive()
+                yield (b["F"], g)
+            got = st["slot"][s]
+            st["reads"][w] += 1
+            if got is None or got[0] != k:                 # a stale or overwritten slot
+                return None
+            tile = got[1]
+            if mbar:
+                b["empty"][s].arrive()
+            else:
+                b["E"].arrive()
+            k += 1
+            yield None
+        return seen
+
+    actors = {"P": producer(), "C0": consumer(0), "C1": consumer(1)}
+    waiting = dict.fromkeys(actors)
+    seen = {}
+    while actors:
+        ready = [a for a in actors if waiting[a] is None or waiting[a][0].done(waiting[a][1])]
+        if not ready:
+            return "deadlock", st["lead"], st["blocked"]
+        a = rng.choice(ready)
+        try:
+            waiting[a] = next(actors[a])
+        except StopIteration as stop:
+            seen[a] = stop.value
+            del actors[a]
+    ok = seen["C0"] == seen["C1"] == list(range(T))
+    return ("ok" if ok else "wrong tiles"), st["lead"], st["blocked"]
+
+
+rng = random.Random(9)
+outcomes = {}
+for variant in HANDOFFS:
+    for keyed in ("all keyed", "some keyless"):
+        res = [handoff(variant, [True] * 8 if keyed == "all keyed" else
+                       [rng.random() < 0.5 for _ in range(8)], rng) for _ in range(300)]
+        outcomes[variant, keyed] = ({o for o, _, _ in res}, max(l for _, l, _ in res),
+                                    sum(bl > 0 for _, _, bl in res))
+# The kernel: every warpgroup runs every tile, in every interleaving; the producer is at times two
+# indices ahead of the consumers (both slots in use). With keyed tiles only, kQueryEmpty keeps it
+# there and the wait on tile_empty never blocks; across tiles without keys it does.
+assert outcomes["kernel", "all keyed"] == ({"ok"}, 2, 0)
+assert outcomes["kernel", "some keyless"][:2] == ({"ok"}, 2)
+assert outcomes["kernel", "some keyless"][2] > 0
+# Without tile_empty: fine while kQueryEmpty bounds the producer, wrong once keyless tiles let it
+# run on and overwrite a slot not read yet.
+assert outcomes["no tile_empty", "all keyed"][0] == {"ok"}
+assert "wrong tiles" in outcomes["no tile_empty", "some keyless"][0]
+assert outcomes["no tile_empty", "some keyless"][1] > 2
+# One named barrier per direction (two slots): the producer's arrival for the next index counts
+# toward the completion meant for the previous one, and the CTA deadlocks (in all but the few
+# interleavings where the producer happens not to run ahead).
+assert "deadlock" in outcomes["one named barrier", "all keyed"][0]
+assert "deadlock" in outcomes["one named barrier", "some keyless"][0]
+# Named barriers kept alternating (one slot, the consumers arrive once at start): correct, but the
+# producer never gets ahead by more than one index.
+assert outcomes["named barriers, one slot", "all keyed"][:2] == ({"ok"}, 1)
+assert outcomes["named barriers, one slot", "some keyless"][:2] == ({"ok"}, 1)
+
+print("ex09 6: busiest CTA in key blocks (snake / strided / first free / counter / ideal): " +
+      "; ".join(f"{s} keys x {h} heads {' / '.join(map(str, v[1:]))}" for (s, h), v in model.items()) +
+      "; handoff: kernel always right, 2 indices ahead at most; " +
+      ", ".join(f"{v} {'/'.join(sorted(outcomes[v, 'some keyless'][0]))}" for v in HANDOFFS[1:]))
