@@ -203,8 +203,8 @@ TEST(CpuBwd, Fp32AndAccumulatedGradients) {
         for (Buffer* g : {&bp->dq, &bp->dk, &bp->dv}) *g = g->converted(DType::kFloat32);
       // Accumulation targets: random values in the logical elements, NaN in the padding.
       const BwdParams& lp = plain.params;
-      const auto qo = q_like_offsets(plain.fwd, lp.dq_batch_stride, lp.dq_row_stride, lp.dq_head_stride);
-      const auto ko = k_like_offsets(plain.fwd, lp.dk_batch_stride, lp.dk_row_stride, lp.dk_head_stride);
+      const auto qo = q_like_offsets(plain.fwd, lp.dq_batch_stride, lp.dq_row_stride, lp.dq_head_stride, c.d);
+      const auto ko = k_like_offsets(plain.fwd, lp.dk_batch_stride, lp.dk_row_stride, lp.dk_head_stride, c.d);
       std::uniform_real_distribution<float> u(-2.f, 2.f);
       for (BwdProblem* bp : {&acc32, &acc}) {
         for (auto [g, offs] : {std::pair{&bp->dq, &qo}, std::pair{&bp->dk, &ko}, std::pair{&bp->dv, &ko}})

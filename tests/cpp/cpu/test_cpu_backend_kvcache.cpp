@@ -114,7 +114,7 @@ void check_kvcache(const KVCacheConfig& kc, uint64_t seed, const std::string& wh
   }
   const KVCacheParams& p = pr.params;
   const auto oo = offsets(p.o_batch_stride, p.o_row_stride, p.o_head_stride, kc.attn.b,
-                          kc.attn.seqlen_q, kc.attn.h, kc.attn.d);
+                          kc.attn.seqlen_q, kc.attn.h, kc.attn.v_dim());
   expect_close(read(pr.o, oo), read(ref.o, oo), kc.attn.dtype, 2.0, kFwdSlack, "o");
   double lse_mag = 1;
   for (float x : ref.lse)
