@@ -240,6 +240,90 @@ TEST(RefBwd, FiniteDifferencesDropoutVarlen) {
   check_fd(c, opt);
 }
 
+// ------------------------------------------------------------- sinks and dv != d --
+
+AttnConfig with_sinks(AttnConfig c) {
+  c.sinks = true;
+  return c;
+}
+
+TEST(RefBwd, FiniteDifferencesSinks) {
+  check_fd(with_sinks(small(7, 9)));
+  check_fd(with_sinks(small(9, 4)));
+  check_fd(with_sinks(small(1, 13, 3, 1)));
+}
+
+TEST(RefBwd, FiniteDifferencesSinksWithMasks) {
+  AttnConfig c = with_sinks(small(9, 5));  // causal: the first 4 rows have only the sink
+  c.causal = true;
+  check_fd(c);
+  c = with_sinks(small(8, 11));
+  c.window_left = 2;
+  c.window_right = 1;
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksWithScoreMods) {
+  AttnConfig c = with_sinks(small(7, 9));
+  c.softmax_scale = 1.5f;
+  c.softcap = 0.8f;
+  check_fd(c);
+  c = with_sinks(small(7, 10, 4, 2));
+  c.alibi = true;
+  c.alibi_per_batch = true;
+  c.causal = true;
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksVarlen) {
+  AttnConfig c = with_sinks(small(0, 0, 4, 2));
+  c.b = 4;
+  c.seqlens_q = {5, 0, 7, 3};
+  c.seqlens_k = {6, 3, 0, 8};
+  c.causal = true;
+  check_fd(c);
+  c.causal = false;
+  c.seqused_k = {4, 3, 0, 5};
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksDropout) {
+  AttnConfig c = with_sinks(small(7, 9));
+  c.p_dropout = 0.3f;
+  c.causal = true;
+  std::vector<uint8_t> mask = random_keep_mask(c, c.p_dropout, fresh_seed());
+  ref::Options opt;
+  opt.keep_mask = mask.data();
+  check_fd(c, opt);
+  c.causal = false;
+  c.philox_seed = fresh_seed();
+  check_fd(c);
+}
+
+// V with a head dim of its own, smaller and larger than d, with and without sinks.
+TEST(RefBwd, FiniteDifferencesValueHeadDim) {
+  AttnConfig c = small(7, 9);
+  c.dv = 3;
+  check_fd(c);
+  c = small(6, 7, 6, 2);
+  c.dv = 9;
+  c.causal = true;
+  check_fd(c);
+  c = with_sinks(small(0, 0, 4, 2));
+  c.b = 3;
+  c.seqlens_q = {5, 0, 7};
+  c.seqlens_k = {6, 3, 4};
+  c.dv = 8;
+  c.softcap = 2.f;
+  check_fd(c);
+  c = with_sinks(small(8, 6));
+  c.dv = 2;
+  c.alibi = true;
+  c.p_dropout = 0.25f;
+  c.philox_seed = fresh_seed();
+  check_fd(c);
+}
+
 // Runs the reference backward on a copy of bp with the given options and returns the logical
 // gradients (dq, dk, dv concatenated).
 std::vector<float> grads(BwdProblem bp, const ref::Options& opt = {}) {
