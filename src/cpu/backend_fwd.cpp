@@ -286,8 +286,9 @@ class Forward {
         float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
         // The sink joins whole rows only; a split's partial leaves it to the merge. O_i holds
         // sum_j e^(s_ij - m_i) v_j, so dividing by e^(LSE_i - m_i) normalizes it over the keys
-        // and the sink (m_i - LSE_i <= -log l_i <= 0: no overflow).
-        if (has_sinks_ && splits_ == 1) {
+        // and the sink (m_i - LSE_i <= -log l_i <= 0: no overflow). A sink of -inf is skipped,
+        // so it gives the bits of no sink.
+        if (has_sinks_ && splits_ == 1 && sink(hq) != -kInf) {
           lse = logaddexp(lse, sink(hq));
           if (l[c] > 0.f) inv = rp_dropout_ * std::exp(m[c] - lse);
         }

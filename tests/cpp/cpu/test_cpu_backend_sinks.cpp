@@ -261,6 +261,38 @@ TEST(CpuSinks, BackwardIsBitwiseIndependentOfTheThreadCount) {
   }
 }
 
+// A sink of -inf is no sink: the same bits as a call without sinks, forward and backward, split
+// or not, and a zero gradient for it.
+TEST(CpuSinks, MinusInfinitySinkIsNoSink) {
+  for (int splits : {1, 3}) {
+    AttnConfig c = cfg(DType::kBFloat16, 2, 37, 300, 4, 2, 32, 48, true);
+    c.causal = true;
+    c.num_splits = splits;
+    const uint64_t seed = fresh_seed();
+    SCOPED_TRACE(c.str() + " seed=" + std::to_string(seed));
+    BwdProblem with = testing::make_bwd_problem(c, seed);
+    std::fill(with.fwd.sinks.begin(), with.fwd.sinks.end(), -kInf);
+    BwdProblem without = with;
+    without.bind();
+    without.fwd.params.sinks = nullptr;
+    FA_ASSERT_OK(run_fwd(with.fwd.params));
+    FA_ASSERT_OK(run_fwd(without.fwd.params));
+    EXPECT_EQ(with.fwd.o.bytes, without.fwd.o.bytes);
+    EXPECT_EQ(0, std::memcmp(with.fwd.lse.data(), without.fwd.lse.data(),
+                             with.fwd.lse.size() * 4));
+    with.bind();
+    without.bind();
+    without.params.sinks = nullptr;
+    without.params.dsinks = nullptr;
+    FA_ASSERT_OK(run_bwd(with.params));
+    FA_ASSERT_OK(run_bwd(without.params));
+    EXPECT_EQ(with.dq.bytes, without.dq.bytes);
+    EXPECT_EQ(with.dk.bytes, without.dk.bytes);
+    EXPECT_EQ(with.dv.bytes, without.dv.bytes);
+    for (float g : with.dsinks) EXPECT_EQ(g, 0.f);
+  }
+}
+
 // dsinks is always overwritten (never added to) and comes out in fp32 whatever dqkv_fp32 and
 // dqkv_accumulate say about dq, dk, dv.
 TEST(CpuSinks, DsinksIgnoreTheGradientOutputOptions) {
