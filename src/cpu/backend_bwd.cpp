@@ -15,6 +15,12 @@
 //       dK_j += dS^T Q_i;  dQ_i += dS K_j                               (both times scale)
 //     write dK_j (times scale) and dV_j
 //   write dQ (times scale). Keys no query sees get zero gradients; so do rows beyond seqused_k.
+// Sinks change none of the above: the forward's LSE includes them, so P = exp(S - LSE) is already
+// normalized over keys and sink, and the sink contributes no value, so D keeps its form. Their
+// gradient is dsink_h = -sum_i P_sink,i D_i with P_sink,i = exp(sink_h - LSE_i), summed per
+// (sequence, query head) in double by the item that owns the head, then over the sequences in
+// order after the items: deterministic like the rest.
+// Q, K, dQ, dK have head dim d; V, dO, O, dV have dv.
 // Gradients are stored in dtype, or fp32 with dqkv_fp32; with dqkv_accumulate each row is added
 // to what the output holds (one rounding of the fp32 sum), and rows with nothing to add are
 // left alone.
@@ -41,7 +47,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 struct Scratch {
   // Per query block mb (stride per block below): rows/panels of Q and dO, dQ accumulator, LSE, D.
   std::vector<float> qr, qt, dor, dot, dq, lse, dsum;
-  // Per key block.
+  // Per key block. row and old hold one gradient row of either head dim.
   std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, old, dummy;
 };
 
@@ -53,6 +59,8 @@ class Backward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
+        dv_(p.dv),
+        dvp_(padded_dim(p.dv)),
         rows_(std::max(1, kBlockM / g_)),
         ld_max_(round_up(g_ * rows_, 8)),
         grad_t_(p.dqkv_fp32 ? DType::kFloat32 : p.dtype) {
@@ -71,24 +79,35 @@ class Backward {
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), items)));
     std::vector<Scratch> scratch(static_cast<size_t>(threads));
     for (Scratch& w : scratch) allocate(w, max_mb);
+    if (p_.dsinks != nullptr) dsink_part_.assign(seqs_.size() * size_t(p_.h), 0.0);
     ThreadPool::instance().parallel_for(items, threads, [&](int64_t i, int worker) {
       run_item(int(i / p_.h_k), int(i % p_.h_k), scratch[size_t(worker)]);
     });
+    if (p_.dsinks != nullptr) {
+      for (int hq = 0; hq < p_.h; ++hq) {
+        double sum = 0;
+        for (size_t sq = 0; sq < seqs_.size(); ++sq) sum += dsink_part_[sq * size_t(p_.h) + hq];
+        p_.dsinks[hq] = float(sum);
+      }
+    }
   }
 
  private:
-  size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
+  // Rows of the widest head dim: every panel (d or dv columns, or d x ld transposed) fits.
+  size_t panel_stride() const { return size_t(ld_max_) * std::max(dp_, dvp_); }
 
   void allocate(Scratch& w, int max_mb) const {
     const size_t panels = size_t(max_mb) * panel_stride();
     for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot, &w.dq}) v->assign(panels, 0.f);
     w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
     w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
-    for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(kBlockN) * dp_, 0.f);
+    for (auto* v : {&w.kb, &w.dk}) v->assign(size_t(kBlockN) * dp_, 0.f);
+    for (auto* v : {&w.vb, &w.dv}) v->assign(size_t(kBlockN) * dvp_, 0.f);
     for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(kBlockN) * ld_max_, 0.f);
-    w.row.assign(size_t(dp_), 0.f);
-    w.orow.assign(size_t(dp_), 0.f);
-    w.old.assign(size_t(dp_), 0.f);
+    const size_t widest = size_t(std::max(dp_, dvp_));
+    w.row.assign(widest, 0.f);
+    w.orow.assign(size_t(dvp_), 0.f);
+    w.old.assign(widest, 0.f);
     w.dummy.assign(size_t(ld_max_), 0.f);
   }
 
@@ -100,14 +119,14 @@ class Backward {
     return static_cast<char*>(base) + (int64_t(i) * rs + int64_t(hh) * hs) * dtype_size(p_.dtype);
   }
 
-  // One gradient row (d fp32 values, clobbered) into dq/dk/dv: stored in the gradient element
-  // type, or added to the row already there.
-  void store_grad(float* row, void* dst, Scratch& w) const {
+  // One gradient row (n fp32 values, clobbered; n = d for dq/dk, dv for dv) into dq/dk/dv:
+  // stored in the gradient element type, or added to the row already there.
+  void store_grad(float* row, int n, void* dst, Scratch& w) const {
     if (p_.dqkv_accumulate) {
-      k_.load_row(dst, grad_t_, d_, w.old.data());
-      for (int x = 0; x < d_; ++x) row[x] += w.old[size_t(x)];
+      k_.load_row(dst, grad_t_, n, w.old.data());
+      for (int x = 0; x < n; ++x) row[x] += w.old[size_t(x)];
     }
-    store_row(row, grad_t_, d_, dst);
+    store_row(row, grad_t_, n, dst);
   }
 
   ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
@@ -120,7 +139,7 @@ class Backward {
     return mod;
   }
 
-  void run_item(int seq, int hk, Scratch& w) const {
+  void run_item(int seq, int hk, Scratch& w) {
     const SeqView& sv = seqs_[size_t(seq)];
     const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
     const bool varlen = p_.cu_seqlens_q != nullptr;
@@ -138,28 +157,32 @@ class Backward {
       float* dor = w.dor.data() + mb * panel_stride();
       float* dot = w.dot.data() + mb * panel_stride();
       std::fill(qt, qt + size_t(d_) * ld, 0.f);
-      std::fill(dot, dot + size_t(d_) * ld, 0.f);
+      std::fill(dot, dot + size_t(dv_) * ld, 0.f);
       std::fill(w.dq.data() + mb * panel_stride(), w.dq.data() + (mb + 1) * panel_stride(), 0.f);
       for (int hg = 0; hg < g_; ++hg) {
         const int hq = hk * g_ + hg;
+        double dsink = 0;
         for (int r = 0; r < rows; ++r) {
           const int i = m0 + r, c = hg * rows + r;
           float* qc = qr + size_t(c) * dp_;
-          float* dc = dor + size_t(c) * dp_;
+          float* dc = dor + size_t(c) * dvp_;
           k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
           k_.load_row(row_ptr(do_base(sv, si, varlen), i, p_.do_row_stride, hq, p_.do_head_stride),
-                      p_.dtype, d_, dc);
-          k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_,
+                      p_.dtype, dv_, dc);
+          k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, dv_,
                       w.orow.data());
+          for (int x = 0; x < d_; ++x) qt[size_t(x) * ld + c] = qc[x];
           float dsum = 0.f;
-          for (int x = 0; x < d_; ++x) {
-            qt[size_t(x) * ld + c] = qc[x];
+          for (int x = 0; x < dv_; ++x) {
             dot[size_t(x) * ld + c] = dc[x];
             dsum += dc[x] * w.orow[size_t(x)];
           }
+          const float lse = sv.lse[hq * sv.lse_head_stride + i];
           w.dsum[size_t(mb) * ld_max_ + c] = dsum;
-          w.lse[size_t(mb) * ld_max_ + c] = sv.lse[hq * sv.lse_head_stride + i];
+          w.lse[size_t(mb) * ld_max_ + c] = lse;
+          if (p_.dsinks != nullptr) dsink -= std::exp(double(p_.sinks[hq]) - lse) * dsum;
         }
+        if (p_.dsinks != nullptr) dsink_part_[size_t(seq) * p_.h + hq] += dsink;
       }
     }
 
@@ -167,7 +190,7 @@ class Backward {
       const int n = std::min(kBlockN, sv.seqlen_k - n0);
       for (int j = 0; j < n; ++j) {
         k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
-        k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+        k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, dv_, w.vb.data() + size_t(j) * dvp_);
       }
       std::fill(w.dk.begin(), w.dk.end(), 0.f);
       std::fill(w.dv.begin(), w.dv.end(), 0.f);
@@ -183,8 +206,8 @@ class Backward {
       for (int j = 0; j < n; ++j) {
         float* dkj = w.dk.data() + size_t(j) * dp_;
         k_.scale_row(dkj, d_, scale);
-        store_grad(dkj, dk_row(sv, si, varlen, n0 + j, hk), w);
-        store_grad(w.dv.data() + size_t(j) * dp_, dv_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(dkj, d_, dk_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(w.dv.data() + size_t(j) * dvp_, dv_, dv_row(sv, si, varlen, n0 + j, hk), w);
       }
     }
     // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too (nothing
@@ -193,7 +216,7 @@ class Backward {
       std::fill(w.row.begin(), w.row.end(), 0.f);
       for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
         store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
-        store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
+        store_row(w.row.data(), grad_t_, dv_, dv_row(sv, si, varlen, j, hk));
       }
     }
 
@@ -204,7 +227,7 @@ class Backward {
         for (int r = 0; r < rows; ++r) {
           const int c = hg * rows + r;
           for (int x = 0; x < d_; ++x) w.row[size_t(x)] = dq[size_t(c) * dp_ + x] * scale;
-          store_grad(w.row.data(), dq_row(sv, si, varlen, m0 + r, hk * g_ + hg), w);
+          store_grad(w.row.data(), d_, dq_row(sv, si, varlen, m0 + r, hk * g_ + hg), w);
         }
     }
   }
@@ -243,7 +266,7 @@ class Backward {
     k_.col_exp_sum(st, ld, n, cols, lse, w.dummy.data());
 
     // dP^T = V_j dO_i^T.
-    k_.gemm(n, ld, d_, w.vb.data(), dp_, 1, dot, ld, dpt, ld, false);
+    k_.gemm(n, ld, dv_, w.vb.data(), dvp_, 1, dot, ld, dpt, ld, false);
 
     // dV_j += (P Z)^T dO_i, and dP *= Z, with Z the dropout keep mask over (1 - p).
     const float* pv = st;
@@ -266,7 +289,7 @@ class Backward {
       }
       pv = pdt;
     }
-    k_.gemm(n, dp_, cols, pv, ld, 1, dor, dp_, w.dv.data(), dp_, true);
+    k_.gemm(n, dvp_, cols, pv, ld, 1, dor, dvp_, w.dv.data(), dvp_, true);
 
     // dS = P * (dP - D), in place of dP^T; softcap: times d softcap(x)/dx = 1 - tanh^2.
     for (int j = 0; j < n; ++j) {
@@ -317,12 +340,15 @@ class Backward {
 
   const BwdParams& p_;
   const Kernels& k_;
-  const int g_, d_, dp_, rows_, ld_max_;
+  const int g_, d_, dp_, dv_, dvp_, rows_, ld_max_;
   const DType grad_t_;  // element type of dq/dk/dv
   bool dropout_ = false;
   DropoutRng rng_;
   float rp_dropout_ = 1.f;
   std::vector<SeqView> seqs_;
+  // dsinks partial sums, [sequence][query head]: each entry written by the one item that owns
+  // the head's kv group, then reduced in a fixed order.
+  std::vector<double> dsink_part_;
 };
 
 }  // namespace

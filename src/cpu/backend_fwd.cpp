@@ -16,6 +16,10 @@
 //     m_new = max(m_i, colmax S_ij^T);  P = exp(S - m_new);  l_i = e^(m_i - m_new) l_i + colsum P
 //     O_i = diag(e^(m_i - m_new)) O_i + P^T V_j   (dropout zeroes dropped P entries first)
 //   O_i / l_i (times 1/(1-p) with dropout), LSE_i = m_i + log l_i; empty rows: 0 and +inf.
+//   With sinks the sink joins at this last step: LSE_i = logaddexp(m_i + log l_i, sink_h) and
+//   O_i = O_i e^(m_i - LSE_i), so the main loop is the same with or without them; an empty row
+//   gets O_i = 0 and LSE_i = sink_h.
+// Q and K have head dim d, V and O dv (padded to dp and dvp in the fp32 buffers).
 //
 // Why scores are transposed (keys x queries): the softmax statistics of a query are then a
 // column, and the micro-kernels update 8 queries' max/sum per AVX register with vertical ops
@@ -24,7 +28,8 @@
 //
 // Split-KV: with num_splits > 1 each item covers one chunk of key blocks and writes an fp32
 // partial (O_s normalized, LSE_s; empty chunk: LSE_s = -inf); a merge pass combines them exactly
-// with the LSE rule of common/lse_merge.h (the same math as mha_combine).
+// with the LSE rule of common/lse_merge.h (the same math as mha_combine), the sink joining there
+// as one more partial with LSE = sink_h and no output.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -64,9 +69,9 @@ struct WorkItem {
 struct Scratch {
   std::vector<float> qt;     // [d][ld]      Q_i^T, column c = hg * rows + r
   std::vector<float> kb;     // [kBlockN][dp] K_j in fp32
-  std::vector<float> vb;     // [kBlockN][dp] V_j in fp32, padding columns zero
+  std::vector<float> vb;     // [kBlockN][dvp] V_j in fp32, padding columns zero
   std::vector<float> st;     // [kBlockN][ld] S_ij^T, then P_ij^T in place
-  std::vector<float> o;      // [cols][dp]   O_i (unnormalized)
+  std::vector<float> o;      // [cols][dvp]  O_i (unnormalized)
   std::vector<float> m, m_prev, l, ref, row;
 };
 
@@ -79,12 +84,15 @@ class Forward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
+        dv_(p.dv),
+        dvp_(padded_dim(p.dv)),
         rows_(std::max(1, kBlockM / g_)),
         max_cols_(g_ * rows_),
         max_ld_(round_up(max_cols_, 8)),
         threads_(threads) {
     plain_ = p.softcap <= 0.f && p.alibi_slopes == nullptr;
     dropout_ = p.p_dropout > 0.f;
+    has_sinks_ = p.sinks != nullptr;
     rng_.seed = p.philox_seed;
     rng_.offset = p.philox_offset;
     rng_.threshold = dropout_threshold(p.p_dropout);
@@ -103,7 +111,7 @@ class Forward {
         for (int m0 = round_up(seqs_[s].seqlen_q, rows_) - rows_; m0 >= 0; m0 -= rows_)
           for (int sp = 0; sp < splits_; ++sp) items.push_back({s, hk, m0, sp});
     if (splits_ > 1) {
-      o_part_.assign(size_t(splits_) * total_rows_ * p_.h * dp_, 0.f);
+      o_part_.assign(size_t(splits_) * total_rows_ * p_.h * dvp_, 0.f);
       lse_part_.assign(size_t(splits_) * total_rows_ * p_.h, -kInf);
     }
     // No more workers (and scratch buffers) than items.
@@ -122,9 +130,9 @@ class Forward {
   void allocate(Scratch& w) const {
     w.qt.assign(size_t(d_) * max_ld_, 0.f);
     w.kb.assign(size_t(kBlockN) * dp_, 0.f);
-    w.vb.assign(size_t(kBlockN) * dp_, 0.f);
+    w.vb.assign(size_t(kBlockN) * dvp_, 0.f);
     w.st.assign(size_t(kBlockN) * max_ld_, 0.f);
-    w.o.assign(size_t(max_ld_) * dp_, 0.f);
+    w.o.assign(size_t(max_ld_) * dvp_, 0.f);
     for (auto* v : {&w.m, &w.m_prev, &w.l, &w.ref}) v->assign(size_t(max_ld_), 0.f);
     w.row.assign(size_t(dp_), 0.f);
   }
@@ -141,6 +149,8 @@ class Forward {
     if (p_.alibi_slopes == nullptr) return 0.f;
     return p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq];
   }
+  // The sink of query head hq as an LSE term: -inf (the identity of logaddexp) without sinks.
+  float sink(int hq) const { return p_.sinks != nullptr ? p_.sinks[hq] : -kInf; }
   VisibilityMask mask_of(const SeqView& sv) const {
     return VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal, p_.window_size_left,
                                 p_.window_size_right);
@@ -238,7 +248,7 @@ class Forward {
     float* o = w.o.data();
     std::fill(m, m + cols, -kInf);
     std::fill(l, l + cols, 0.f);
-    std::fill(o, o + size_t(cols) * dp_, 0.f);
+    std::fill(o, o + size_t(cols) * dvp_, 0.f);
 
     for (int n0 = n_begin; n0 < n_end; n0 += kBlockN) {
       const int n = std::min(kBlockN, n_end - n0);
@@ -255,32 +265,40 @@ class Forward {
         if (m[c] != w.m_prev[size_t(c)]) {
           const float alpha = std::exp(w.m_prev[size_t(c)] - m[c]);
           l[c] *= alpha;
-          k_.scale_row(o + size_t(c) * dp_, d_, alpha);
+          k_.scale_row(o + size_t(c) * dvp_, dv_, alpha);
         }
       }
       k_.col_exp_sum(st, ld, n, cols, w.ref.data(), l);  // l_i includes dropped entries
       if (dropout_) apply_dropout(sv, it.hk, m0, rows, ld, n0, n, st);
 
-      // V_j into the zero-padded fp32 block (the gemm's B operand needs rows of dp floats).
+      // V_j into the zero-padded fp32 block (the gemm's B operand needs rows of dvp floats).
       for (int j = 0; j < n; ++j)
-        k_.load_row(sv.keys.v_row(n0 + j, it.hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+        k_.load_row(sv.keys.v_row(n0 + j, it.hk), p_.dtype, dv_, w.vb.data() + size_t(j) * dvp_);
       // O_i += P_ij V_j, with P read through the transposed tile (A(c, j) = st[j * ld + c]).
-      k_.gemm(cols, dp_, n, st, 1, ld, w.vb.data(), dp_, o, dp_, true);
+      k_.gemm(cols, dvp_, n, st, 1, ld, w.vb.data(), dvp_, o, dvp_, true);
     }
 
     for (int hg = 0; hg < g_; ++hg) {
       const int hq = it.hk * g_ + hg;
       for (int r = 0; r < rows; ++r) {
         const int c = hg * rows + r, i = m0 + r;
-        const float lse = l[c] > 0.f ? m[c] + std::log(l[c]) : -kInf;
-        const float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
-        float* oc = o + size_t(c) * dp_;
-        k_.scale_row(oc, d_, inv);
+        float lse = l[c] > 0.f ? m[c] + std::log(l[c]) : -kInf;
+        float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
+        // The sink joins whole rows only; a split's partial leaves it to the merge. O_i holds
+        // sum_j e^(s_ij - m_i) v_j, so dividing by e^(LSE_i - m_i) normalizes it over the keys
+        // and the sink (m_i - LSE_i <= -log l_i <= 0: no overflow). A sink of -inf is skipped,
+        // so it gives the bits of no sink.
+        if (has_sinks_ && splits_ == 1 && sink(hq) != -kInf) {
+          lse = logaddexp(lse, sink(hq));
+          if (l[c] > 0.f) inv = rp_dropout_ * std::exp(m[c] - lse);
+        }
+        float* oc = o + size_t(c) * dvp_;
+        k_.scale_row(oc, dv_, inv);
         if (splits_ > 1) {
-          std::copy(oc, oc + d_, part_o(it.split, sv.row0 + i, hq));
+          std::copy(oc, oc + dv_, part_o(it.split, sv.row0 + i, hq));
           part_lse(it.split, sv.row0 + i, hq) = lse;
         } else {
-          store_row(oc, p_.dtype, d_, o_row(sv, i, hq));
+          store_row(oc, p_.dtype, dv_, o_row(sv, i, hq));
           if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
         }
       }
@@ -288,20 +306,21 @@ class Forward {
   }
 
   float* part_o(int split, int64_t row, int hq) {
-    return o_part_.data() + ((size_t(split) * total_rows_ + row) * p_.h + hq) * dp_;
+    return o_part_.data() + ((size_t(split) * total_rows_ + row) * p_.h + hq) * dvp_;
   }
   float& part_lse(int split, int64_t row, int hq) {
     return lse_part_[(size_t(split) * total_rows_ + row) * p_.h + hq];
   }
 
-  // O = sum_s e^(LSE_s - LSE) O_s with LSE = logsumexp_s LSE_s; empty splits weigh 0.
+  // O = sum_s e^(LSE_s - LSE) O_s with LSE = logaddexp(sink_h, logsumexp_s LSE_s); empty splits
+  // weigh 0, and so does the sink (it has no output).
   void merge_splits() {
     constexpr int kRowsPerTask = 64;
     std::vector<std::pair<int, int>> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
     std::vector<std::vector<float>> rows(size_t(std::max(1, threads_)),
-                                         std::vector<float>(size_t(dp_)));
+                                         std::vector<float>(size_t(dvp_)));
     ThreadPool::instance().parallel_for(
         int64_t(tasks.size()), threads_, [&](int64_t t, int worker) {
           const SeqView& sv = seqs_[size_t(tasks[size_t(t)].first)];
@@ -309,16 +328,16 @@ class Forward {
           float* acc = rows[size_t(worker)].data();
           for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i)
             for (int hq = 0; hq < p_.h; ++hq) {
-              float lse = -kInf;
+              float lse = sink(hq);
               for (int s = 0; s < splits_; ++s) lse = logaddexp(lse, part_lse(s, sv.row0 + i, hq));
-              std::fill(acc, acc + d_, 0.f);
+              std::fill(acc, acc + dv_, 0.f);
               for (int s = 0; s < splits_; ++s) {
                 const float wgt = merge_weight(part_lse(s, sv.row0 + i, hq), lse);
                 if (wgt == 0.f) continue;
                 const float* os = part_o(s, sv.row0 + i, hq);
-                for (int x = 0; x < d_; ++x) acc[x] += wgt * os[x];
+                for (int x = 0; x < dv_; ++x) acc[x] += wgt * os[x];
               }
-              store_row(acc, p_.dtype, d_, o_row(sv, i, hq));
+              store_row(acc, p_.dtype, dv_, o_row(sv, i, hq));
               if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
             }
         });
@@ -376,14 +395,14 @@ class Forward {
   const FwdParams& p_;
   const std::vector<SeqView>& seqs_;
   const Kernels& k_;
-  const int g_, d_, dp_, rows_, max_cols_, max_ld_;
+  const int g_, d_, dp_, dv_, dvp_, rows_, max_cols_, max_ld_;
   int threads_;
-  bool plain_ = true, dropout_ = false;
+  bool plain_ = true, dropout_ = false, has_sinks_ = false;
   DropoutRng rng_;
   float rp_dropout_ = 1.f;
   int splits_ = 1;
   int64_t total_rows_ = 0;
-  std::vector<float> o_part_;    // [splits][total_rows][h][dp] normalized partial O
+  std::vector<float> o_part_;    // [splits][total_rows][h][dvp] normalized partial O
   std::vector<float> lse_part_;  // [splits][total_rows][h] partial LSE (-inf: empty)
 };
 
