@@ -19,6 +19,10 @@
 // to what the output holds (one rounding of the fp32 sum), and rows with nothing to add are
 // left alone.
 // Products use the same gemm micro-kernel as the forward; transposed operands are strides.
+// bf16 calls on a table with bf16 products (use_bf16_products) run all five on bf16 operands
+// with fp32 accumulation: Q, K, V, dO are exact in bf16, P and dS are rounded to bf16 as the
+// GPU backward does; D, the softmax and dS itself are computed in fp32. Each operand is laid out
+// once in the word form its product reads (kernels.h: pack_pairs, pack_rows).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -40,9 +44,17 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 struct Scratch {
   // Per query block mb (stride per block below): rows/panels of Q and dO, dQ accumulator, LSE, D.
+  // With bf16 products the fp32 rows/panels hold one block at a time (they are only the source
+  // of the word panels and of D).
   std::vector<float> qr, qt, dor, dot, dq, lse, dsum;
+  // bf16 products, per query block: Q^T and dO^T with dims paired ([dp/2][ld]), Q and dO rows
+  // with stacked rows paired ([ld/2][dp]).
+  std::vector<uint32_t> qtw, dotw, qrw, dorw;
   // Per key block.
   std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, old, dummy;
+  // bf16 products, per key block: K and V rows ([bn][dp/2]), K with keys paired ([bn/2][dp]);
+  // per tile: P^T or dS^T rows ([bn][ld/2]), dS^T with keys paired ([bn/2][ld]).
+  std::vector<uint32_t> kw, vw, kpw, prw, dsw;
 };
 
 class Backward {
@@ -53,9 +65,11 @@ class Backward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
-        rows_(std::max(1, kBlockM / g_)),
+        bn_(k_.block_n),
+        rows_(std::max(1, k_.block_m / g_)),
         ld_max_(round_up(g_ * rows_, 8)),
-        grad_t_(p.dqkv_fp32 ? DType::kFloat32 : p.dtype) {
+        grad_t_(p.dqkv_fp32 ? DType::kFloat32 : p.dtype),
+        bf16_(use_bf16_products(p.dtype, k_)) {
     dropout_ = p.p_dropout > 0.f;
     rng_.seed = p.philox_seed;
     rng_.offset = p.philox_offset;
@@ -78,14 +92,24 @@ class Backward {
 
  private:
   size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
+  size_t word_stride() const { return panel_stride() / 2; }       // ld_max and dp are even
+  // Offset of query block mb's fp32 rows/panels (one block's buffer reused with bf16 products).
+  size_t fp32_panel(int mb) const { return bf16_ ? 0 : size_t(mb) * panel_stride(); }
 
   void allocate(Scratch& w, int max_mb) const {
     const size_t panels = size_t(max_mb) * panel_stride();
-    for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot, &w.dq}) v->assign(panels, 0.f);
+    const size_t src_panels = bf16_ ? panel_stride() : panels;
+    for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot}) v->assign(src_panels, 0.f);
+    w.dq.assign(panels, 0.f);
     w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
     w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
-    for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(kBlockN) * dp_, 0.f);
-    for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(kBlockN) * ld_max_, 0.f);
+    for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(bn_) * dp_, 0.f);
+    for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(bn_) * ld_max_, 0.f);
+    if (bf16_) {
+      for (auto* v : {&w.qtw, &w.dotw, &w.qrw, &w.dorw}) v->assign(size_t(max_mb) * word_stride(), 0);
+      for (auto* v : {&w.kw, &w.vw, &w.kpw}) v->assign(size_t(bn_ + 1) * dp_ / 2, 0);
+      for (auto* v : {&w.prw, &w.dsw}) v->assign(size_t(bn_ + 1) * ld_max_ / 2, 0);
+    }
     w.row.assign(size_t(dp_), 0.f);
     w.orow.assign(size_t(dp_), 0.f);
     w.old.assign(size_t(dp_), 0.f);
@@ -133,10 +157,10 @@ class Backward {
     for (int mb = 0; mb < num_mb; ++mb) {
       const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
       const int cols = g_ * rows, ld = round_up(cols, 8);
-      float* qr = w.qr.data() + mb * panel_stride();
-      float* qt = w.qt.data() + mb * panel_stride();
-      float* dor = w.dor.data() + mb * panel_stride();
-      float* dot = w.dot.data() + mb * panel_stride();
+      float* qr = w.qr.data() + fp32_panel(mb);
+      float* qt = w.qt.data() + fp32_panel(mb);
+      float* dor = w.dor.data() + fp32_panel(mb);
+      float* dot = w.dot.data() + fp32_panel(mb);
       std::fill(qt, qt + size_t(d_) * ld, 0.f);
       std::fill(dot, dot + size_t(d_) * ld, 0.f);
       std::fill(w.dq.data() + mb * panel_stride(), w.dq.data() + (mb + 1) * panel_stride(), 0.f);
@@ -161,13 +185,25 @@ class Backward {
           w.lse[size_t(mb) * ld_max_ + c] = sv.lse[hq * sv.lse_head_stride + i];
         }
       }
+      if (bf16_) {
+        const size_t wo = size_t(mb) * word_stride();
+        k_.pack_pairs(qt, ld, d_, ld, w.qtw.data() + wo, ld);
+        k_.pack_pairs(dot, ld, d_, ld, w.dotw.data() + wo, ld);
+        k_.pack_pairs(qr, dp_, cols, dp_, w.qrw.data() + wo, dp_);
+        k_.pack_pairs(dor, dp_, cols, dp_, w.dorw.data() + wo, dp_);
+      }
     }
 
-    for (int n0 = 0; n0 < sv.seqlen_k; n0 += kBlockN) {
-      const int n = std::min(kBlockN, sv.seqlen_k - n0);
+    for (int n0 = 0; n0 < sv.seqlen_k; n0 += bn_) {
+      const int n = std::min(bn_, sv.seqlen_k - n0);
       for (int j = 0; j < n; ++j) {
         k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
         k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+      }
+      if (bf16_) {
+        k_.pack_rows(w.kb.data(), dp_, n, dp_, w.kw.data(), dp_ / 2);
+        k_.pack_rows(w.vb.data(), dp_, n, dp_, w.vw.data(), dp_ / 2);
+        k_.pack_pairs(w.kb.data(), dp_, n, dp_, w.kpw.data(), dp_);
       }
       std::fill(w.dk.begin(), w.dk.end(), 0.f);
       std::fill(w.dv.begin(), w.dv.end(), 0.f);
@@ -199,7 +235,7 @@ class Backward {
 
     for (int mb = 0; mb < num_mb; ++mb) {
       const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
-      const float* dq = w.dq.data() + mb * panel_stride();
+      const float* dq = w.dq.data() + size_t(mb) * panel_stride();
       for (int hg = 0; hg < g_; ++hg)
         for (int r = 0; r < rows; ++r) {
           const int c = hg * rows + r;
@@ -213,11 +249,12 @@ class Backward {
   void block(const SeqView& sv, const VisibilityMask& mask, int hk, int mb, int m0, int rows,
              int n0, int n, Scratch& w) const {
     const int cols = g_ * rows, ld = round_up(cols, 8);
-    const float* qr = w.qr.data() + mb * panel_stride();
-    const float* qt = w.qt.data() + mb * panel_stride();
-    const float* dor = w.dor.data() + mb * panel_stride();
-    const float* dot = w.dot.data() + mb * panel_stride();
-    float* dq = w.dq.data() + mb * panel_stride();
+    const float* qr = w.qr.data() + fp32_panel(mb);
+    const float* qt = w.qt.data() + fp32_panel(mb);
+    const float* dor = w.dor.data() + fp32_panel(mb);
+    const float* dot = w.dot.data() + fp32_panel(mb);
+    const size_t wo = size_t(mb) * word_stride();
+    float* dq = w.dq.data() + size_t(mb) * panel_stride();
     const float* lse = w.lse.data() + size_t(mb) * ld_max_;
     const float* dsum = w.dsum.data() + size_t(mb) * ld_max_;
     float* st = w.st.data();
@@ -225,7 +262,11 @@ class Backward {
     const bool softcap = p_.softcap > 0.f;
 
     // P^T = exp(S^T - LSE), recomputed exactly as the forward scored it.
-    k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, qt, ld, st, ld, false);
+    if (bf16_)
+      k_.gemm_bf16(n, ld, ceil_div(d_, 2), w.kw.data(), dp_ / 2, 1, w.qtw.data() + wo, ld, st, ld,
+                   false);
+    else
+      k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, qt, ld, st, ld, false);
     if (softcap) std::copy(st, st + size_t(n) * ld, w.raw.data());
     const bool full = mask.tile_fully_visible(m0, m0 + rows, n0, n0 + n);
     if (!softcap && p_.alibi_slopes == nullptr) {
@@ -243,7 +284,11 @@ class Backward {
     k_.col_exp_sum(st, ld, n, cols, lse, w.dummy.data());
 
     // dP^T = V_j dO_i^T.
-    k_.gemm(n, ld, d_, w.vb.data(), dp_, 1, dot, ld, dpt, ld, false);
+    if (bf16_)
+      k_.gemm_bf16(n, ld, ceil_div(d_, 2), w.vw.data(), dp_ / 2, 1, w.dotw.data() + wo, ld, dpt,
+                   ld, false);
+    else
+      k_.gemm(n, ld, d_, w.vb.data(), dp_, 1, dot, ld, dpt, ld, false);
 
     // dV_j += (P Z)^T dO_i, and dP *= Z, with Z the dropout keep mask over (1 - p).
     const float* pv = st;
@@ -266,7 +311,13 @@ class Backward {
       }
       pv = pdt;
     }
-    k_.gemm(n, dp_, cols, pv, ld, 1, dor, dp_, w.dv.data(), dp_, true);
+    if (bf16_) {
+      k_.pack_rows(pv, ld, n, cols, w.prw.data(), ld / 2);
+      k_.gemm_bf16(n, dp_, ceil_div(cols, 2), w.prw.data(), ld / 2, 1, w.dorw.data() + wo, dp_,
+                   w.dv.data(), dp_, true);
+    } else {
+      k_.gemm(n, dp_, cols, pv, ld, 1, dor, dp_, w.dv.data(), dp_, true);
+    }
 
     // dS = P * (dP - D), in place of dP^T; softcap: times d softcap(x)/dx = 1 - tanh^2.
     for (int j = 0; j < n; ++j) {
@@ -286,8 +337,17 @@ class Backward {
     }
 
     // dK_j += dS^T Q_i;  dQ_i += dS K_j  (the softmax scale is applied once, at the end).
-    k_.gemm(n, dp_, cols, dpt, ld, 1, qr, dp_, w.dk.data(), dp_, true);
-    k_.gemm(cols, dp_, n, dpt, 1, ld, w.kb.data(), dp_, dq, dp_, true);
+    if (bf16_) {
+      k_.pack_rows(dpt, ld, n, cols, w.prw.data(), ld / 2);
+      k_.gemm_bf16(n, dp_, ceil_div(cols, 2), w.prw.data(), ld / 2, 1, w.qrw.data() + wo, dp_,
+                   w.dk.data(), dp_, true);
+      k_.pack_pairs(dpt, ld, n, cols, w.dsw.data(), ld);
+      k_.gemm_bf16(cols, dp_, ceil_div(n, 2), w.dsw.data(), 1, ld, w.kpw.data(), dp_, dq, dp_,
+                   true);
+    } else {
+      k_.gemm(n, dp_, cols, dpt, ld, 1, qr, dp_, w.dk.data(), dp_, true);
+      k_.gemm(cols, dp_, n, dpt, 1, ld, w.kb.data(), dp_, dq, dp_, true);
+    }
   }
 
   // Row 0 bases of the gradient/dout tensors of a sequence (head 0).
@@ -317,8 +377,9 @@ class Backward {
 
   const BwdParams& p_;
   const Kernels& k_;
-  const int g_, d_, dp_, rows_, ld_max_;
+  const int g_, d_, dp_, bn_, rows_, ld_max_;
   const DType grad_t_;  // element type of dq/dk/dv
+  const bool bf16_;     // block products on bf16 operands
   bool dropout_ = false;
   DropoutRng rng_;
   float rp_dropout_ = 1.f;

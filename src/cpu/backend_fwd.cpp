@@ -2,8 +2,8 @@
 //
 // Work items. One item is a tile of query rows [m0, m0 + rows) of one sequence for ALL the
 // h/h_k query heads that share kv head hk (stacked, like FlashAttention's pack-GQA), times one
-// split of the key range. rows = kBlockM / (h/h_k), so every item has about kBlockM
-// (row, head) pairs whatever the GQA ratio. Items run on the thread pool; each is independent
+// split of the key range. rows = block_m / (h/h_k), so every item has about block_m
+// (row, head) pairs whatever the GQA ratio (block sizes: the kernel table, backend_common.h). Items run on the thread pool; each is independent
 // and deterministic, so results do not depend on scheduling.
 //
 // Per item, in the paper's notation (i indexes query rows, j key blocks):
@@ -21,6 +21,11 @@
 // column, and the micro-kernels update 8 queries' max/sum per AVX register with vertical ops
 // only (no horizontal reductions), while K rows are used as the gemm's A operand directly, with
 // no transposition of each key block. Q is transposed once per item instead.
+//
+// bf16 calls on a table with bf16 products (use_bf16_products) run both block products on bf16
+// operands with fp32 accumulation: K and Q are exact in bf16 (a rotated KV-cache q is fp32 and
+// keeps the fp32 product for S), P is rounded to bf16 for P V as on the GPU; the softmax
+// statistics stay fp32.
 //
 // Split-KV: with num_splits > 1 each item covers one chunk of key blocks and writes an fp32
 // partial (O_s normalized, LSE_s; empty chunk: LSE_s = -inf); a merge pass combines them exactly
@@ -63,11 +68,16 @@ struct WorkItem {
 // One worker's buffers, allocated before dispatch (items never allocate).
 struct Scratch {
   std::vector<float> qt;     // [d][ld]      Q_i^T, column c = hg * rows + r
-  std::vector<float> kb;     // [kBlockN][dp] K_j in fp32
-  std::vector<float> vb;     // [kBlockN][dp] V_j in fp32, padding columns zero
-  std::vector<float> st;     // [kBlockN][ld] S_ij^T, then P_ij^T in place
+  std::vector<float> kb;     // [bn][dp]     K_j in fp32
+  std::vector<float> vb;     // [bn][dp]     V_j in fp32, padding columns zero
+  std::vector<float> st;     // [bn][ld]     S_ij^T, then P_ij^T in place
   std::vector<float> o;      // [cols][dp]   O_i (unnormalized)
   std::vector<float> m, m_prev, l, ref, row;
+  // bf16 products only (32-bit words = two bf16 of consecutive reduction indices):
+  std::vector<uint32_t> qw;  // [dp/2][ld]   Q_i^T, dims (2x, 2x + 1) per word
+  std::vector<uint32_t> kw;  // [bn][dp/2]   K_j rows in bf16, dims (2x, 2x + 1) per word
+  std::vector<uint32_t> pw;  // [bn/2][ld]   P_ij^T, keys (2q, 2q + 1) per word
+  std::vector<uint32_t> vw;  // [bn/2][dp]   V_j, keys (2q, 2q + 1) per word
 };
 
 class Forward {
@@ -79,7 +89,8 @@ class Forward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
-        rows_(std::max(1, kBlockM / g_)),
+        bn_(k_.block_n),
+        rows_(std::max(1, k_.block_m / g_)),
         max_cols_(g_ * rows_),
         max_ld_(round_up(max_cols_, 8)),
         threads_(threads) {
@@ -89,8 +100,12 @@ class Forward {
     rng_.offset = p.philox_offset;
     rng_.threshold = dropout_threshold(p.p_dropout);
     rp_dropout_ = dropout_ ? 1.f / (1.f - p.p_dropout) : 1.f;
-    splits_ = choose_num_splits(p, seqs, threads);
+    splits_ = choose_num_splits(p, seqs, threads, k_);
     total_rows_ = total_q_rows(p, seqs);
+    bf16_pv_ = use_bf16_products(p.dtype, k_);
+    bf16_s_ = bf16_pv_ && std::all_of(seqs.begin(), seqs.end(), [](const SeqView& sv) {
+      return sv.q_dtype == DType::kBFloat16;
+    });
   }
 
   void run() {
@@ -121,12 +136,20 @@ class Forward {
  private:
   void allocate(Scratch& w) const {
     w.qt.assign(size_t(d_) * max_ld_, 0.f);
-    w.kb.assign(size_t(kBlockN) * dp_, 0.f);
-    w.vb.assign(size_t(kBlockN) * dp_, 0.f);
-    w.st.assign(size_t(kBlockN) * max_ld_, 0.f);
+    w.kb.assign(size_t(bn_) * dp_, 0.f);
+    w.vb.assign(size_t(bn_) * dp_, 0.f);
+    w.st.assign(size_t(bn_) * max_ld_, 0.f);
     w.o.assign(size_t(max_ld_) * dp_, 0.f);
     for (auto* v : {&w.m, &w.m_prev, &w.l, &w.ref}) v->assign(size_t(max_ld_), 0.f);
     w.row.assign(size_t(dp_), 0.f);
+    if (bf16_s_) {
+      w.qw.assign(size_t(dp_ / 2) * max_ld_, 0);
+      w.kw.assign(size_t(bn_) * dp_ / 2, 0);  // padding stays zero: rows copy d values
+    }
+    if (bf16_pv_) {
+      w.pw.assign(size_t(ceil_div(bn_, 2)) * max_ld_, 0);
+      w.vw.assign(size_t(ceil_div(bn_, 2)) * dp_, 0);
+    }
   }
 
   const void* q_row(const SeqView& sv, int i, int hq) const {
@@ -147,9 +170,9 @@ class Forward {
   }
   // Keys [*n_begin, *n_end) of split `split` of a sequence with seqlen_k keys.
   void split_range(int seqlen_k, int split, int* n_begin, int* n_end) const {
-    const int blocks_per_split = ceil_div(ceil_div(seqlen_k, kBlockN), splits_);
-    *n_begin = std::min(seqlen_k, split * blocks_per_split * kBlockN);
-    *n_end = std::min(seqlen_k, (split + 1) * blocks_per_split * kBlockN);
+    const int blocks_per_split = ceil_div(ceil_div(seqlen_k, bn_), splits_);
+    *n_begin = std::min(seqlen_k, split * blocks_per_split * bn_);
+    *n_end = std::min(seqlen_k, (split + 1) * blocks_per_split * bn_);
   }
 
   // Q_i^T: qt[x * ld + hg * rows + r] = q[m0 + r][hk * g + hg][x]; padding columns zero.
@@ -161,6 +184,7 @@ class Forward {
         const int c = hg * rows + r;
         for (int x = 0; x < d_; ++x) w.qt[size_t(x) * ld + c] = w.row[size_t(x)];
       }
+    if (bf16_s_) k_.pack_pairs(w.qt.data(), ld, d_, ld, w.qw.data(), ld);
   }
 
   // S^T = K_j Q_i^T for keys [n0, n0 + n) into w.st (row j = key n0 + j, column c = stacked
@@ -170,12 +194,19 @@ class Forward {
   // its column-max pass.
   bool scores(const SeqView& sv, const VisibilityMask& mask, int hk, int m0, int rows, int ld,
               int n0, int n, Scratch& w) const {
-    // K_j is copied (converted) into a dense fp32 block even when it is fp32 already: in place,
-    // rows h * d floats apart (8 KiB at h = 16, d = 128) alias in L1/L2 sets, and the copy
+    // K_j is copied (converted) into a dense block even when it is in the right type already: in
+    // place, rows h * d floats apart (8 KiB at h = 16, d = 128) alias in L1/L2 sets, and the copy
     // measured faster (92% vs 81% of the per-core FMA peak at h = 16, equal at h = 1..4).
-    for (int j = 0; j < n; ++j)
-      k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
-    k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, w.qt.data(), ld, w.st.data(), ld, false);
+    if (bf16_s_) {
+      for (int j = 0; j < n; ++j)
+        std::memcpy(w.kw.data() + size_t(j) * dp_ / 2, sv.keys.k_row(n0 + j, hk), size_t(d_) * 2);
+      k_.gemm_bf16(n, ld, ceil_div(d_, 2), w.kw.data(), dp_ / 2, 1, w.qw.data(), ld, w.st.data(),
+                   ld, false);
+    } else {
+      for (int j = 0; j < n; ++j)
+        k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
+      k_.gemm(n, ld, d_, w.kb.data(), dp_, 1, w.qt.data(), ld, w.st.data(), ld, false);
+    }
     const bool full = mask.tile_fully_visible(m0, m0 + rows, n0, n0 + n);
     if (plain_ && full) return true;
     if (plain_) {
@@ -240,8 +271,8 @@ class Forward {
     std::fill(l, l + cols, 0.f);
     std::fill(o, o + size_t(cols) * dp_, 0.f);
 
-    for (int n0 = n_begin; n0 < n_end; n0 += kBlockN) {
-      const int n = std::min(kBlockN, n_end - n0);
+    for (int n0 = n_begin; n0 < n_end; n0 += bn_) {
+      const int n = std::min(bn_, n_end - n0);
       const bool fast = scores(sv, mask, it.hk, m0, rows, ld, n0, n, w);
       float* st = w.st.data();
       std::copy(m, m + cols, w.m_prev.data());
@@ -265,7 +296,14 @@ class Forward {
       for (int j = 0; j < n; ++j)
         k_.load_row(sv.keys.v_row(n0 + j, it.hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
       // O_i += P_ij V_j, with P read through the transposed tile (A(c, j) = st[j * ld + c]).
-      k_.gemm(cols, dp_, n, st, 1, ld, w.vb.data(), dp_, o, dp_, true);
+      if (bf16_pv_) {
+        k_.pack_pairs(st, ld, n, cols, w.pw.data(), ld);
+        k_.pack_pairs(w.vb.data(), dp_, n, dp_, w.vw.data(), dp_);
+        k_.gemm_bf16(cols, dp_, ceil_div(n, 2), w.pw.data(), 1, ld, w.vw.data(), dp_, o, dp_,
+                     true);
+      } else {
+        k_.gemm(cols, dp_, n, st, 1, ld, w.vb.data(), dp_, o, dp_, true);
+      }
     }
 
     for (int hg = 0; hg < g_; ++hg) {
@@ -349,8 +387,8 @@ class Forward {
             }
           int n_begin, n_end;
           mask.key_range(m0, m0 + rows, &n_begin, &n_end);
-          for (int n0 = n_begin; n0 < n_end; n0 += kBlockN) {
-            const int n = std::min(kBlockN, n_end - n0);
+          for (int n0 = n_begin; n0 < n_end; n0 += bn_) {
+            const int n = std::min(bn_, n_end - n0);
             const bool fast = scores(sv, mask, it.hk, m0, rows, ld, n0, n, w);
             for (int hg = 0; hg < g_; ++hg) {
               const int hq = it.hk * g_ + hg;
@@ -376,9 +414,10 @@ class Forward {
   const FwdParams& p_;
   const std::vector<SeqView>& seqs_;
   const Kernels& k_;
-  const int g_, d_, dp_, rows_, max_cols_, max_ld_;
+  const int g_, d_, dp_, bn_, rows_, max_cols_, max_ld_;
   int threads_;
   bool plain_ = true, dropout_ = false;
+  bool bf16_s_ = false, bf16_pv_ = false;  // S = Q K^T, O += P V on bf16 operands
   DropoutRng rng_;
   float rp_dropout_ = 1.f;
   int splits_ = 1;
@@ -422,14 +461,15 @@ int64_t total_q_rows(const FwdParams& p, const std::vector<SeqView>& seqs) {
   return int64_t(p.b) * p.seqlen_q;
 }
 
-int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads) {
+int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads,
+                      const Kernels& k) {
   if (p.num_splits >= 1) return p.num_splits;
-  const int rows = std::max(1, kBlockM / (p.h / p.h_k));
+  const int rows = std::max(1, k.block_m / (p.h / p.h_k));
   int64_t items = 0;
   int max_blocks = 0;
   for (const SeqView& sv : seqs) {
     items += int64_t(ceil_div(sv.seqlen_q, rows)) * p.h_k;
-    max_blocks = std::max(max_blocks, ceil_div(sv.seqlen_k, kBlockN));
+    max_blocks = std::max(max_blocks, ceil_div(sv.seqlen_k, k.block_n));
   }
   const int64_t want = int64_t(kItemsPerThread) * threads;
   if (items == 0 || items >= want) return 1;

@@ -115,6 +115,31 @@ TEST(CpuBwd, HalfAndBFloat16) {
   }
 }
 
+// bf16 on every table: with AVX-512 BF16 all five block products run on bf16 operands (P and dS
+// rounded to bf16), so the word layouts meet odd head dims, odd stacked-row and key counts,
+// GQA, windows, softcap, dropout and varlen here.
+TEST(CpuBwd, BFloat16ProductsAcrossFeatures) {
+  for_each_isa([&] {
+    for (int d : {5, 40, 128}) {
+      AttnConfig c = cfg(DType::kBFloat16, 2, 37, 101, 6, 2, d);
+      check_bwd(c, fresh_seed(), "d=" + std::to_string(d));
+    }
+    AttnConfig g = cfg(DType::kBFloat16, 1, 29, 211, 12, 2, 64);
+    g.causal = true;
+    check_bwd(g, fresh_seed(), "gqa 6:1 causal");
+    AttnConfig w = cfg(DType::kBFloat16, 2, 113, 97, 2, 1, 64);
+    w.window_left = 12;
+    w.window_right = 3;
+    w.softcap = 2.f;
+    check_bwd(w, fresh_seed(), "window softcap");
+    AttnConfig v = cfg(DType::kBFloat16, 3, 0, 0, 2, 2, 80);
+    v.seqlens_q = {1, 99, 31};
+    v.seqlens_k = {33, 97, 7};
+    v.p_dropout = 0.1f;
+    check_bwd(v, fresh_seed(), "varlen dropout");
+  });
+}
+
 TEST(CpuBwd, PaddedStrides) {
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
     AttnConfig c = cfg(t, 2, 30, 43, 4, 2, 72);

@@ -237,6 +237,32 @@ TEST(CpuFwd, HalfAndBFloat16) {
   });
 }
 
+// bf16 on every table: with AVX-512 BF16 both block products run on bf16 operands (P rounded
+// to bf16), so the operand layouts meet every shape and feature here: odd and padded head dims,
+// odd key counts, stacked GQA heads, windows, dropout, splits, pages, varlen.
+TEST(CpuFwd, BFloat16ProductsAcrossFeatures) {
+  for_each_isa([&] {
+    for (int d : {3, 40, 72, 128}) {
+      AttnConfig c = cfg(DType::kBFloat16, 2, 37, 101, 6, 2, d);
+      check_fwd(c, fresh_seed(), "d=" + std::to_string(d));
+    }
+    AttnConfig g = cfg(DType::kBFloat16, 1, 29, 211, 12, 2, 64);
+    g.causal = true;
+    check_fwd(g, fresh_seed(), "gqa 6:1 causal");
+    AttnConfig w = cfg(DType::kBFloat16, 2, 113, 97, 2, 1, 64);
+    w.window_left = 12;
+    w.window_right = 3;
+    check_fwd(w, fresh_seed(), "window paged", 16);
+    AttnConfig dr = cfg(DType::kBFloat16, 2, 50, 61, 2, 2, 32);
+    dr.p_dropout = 0.15f;
+    dr.return_probs = true;
+    check_fwd(dr, fresh_seed(), "dropout probs");
+    AttnConfig sp = cfg(DType::kBFloat16, 1, 9, 700, 4, 1, 64);
+    sp.num_splits = 3;
+    check_fwd(sp, fresh_seed(), "splits");
+  });
+}
+
 TEST(CpuFwd, PaddedStrides) {
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
     AttnConfig c = cfg(t, 2, 45, 31, 4, 2, 72);
