@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <thread>
 #include <vector>
@@ -43,6 +44,44 @@ void rotate(float* x, const KVCacheParams& p, int pos) {
 }
 
 }  // namespace
+
+struct Workspace::Store {
+  struct Buffer {
+    std::unique_ptr<char[]> mem;
+    size_t bytes = 0;
+    char* aligned = nullptr;
+  };
+  std::vector<Buffer> slots;
+  bool in_use = false;
+};
+
+Workspace::Workspace() {
+  static thread_local Store per_thread;
+  Store* mine = &per_thread;
+  owned_ = mine->in_use;
+  store_ = owned_ ? new Store() : mine;
+  store_->in_use = true;
+}
+
+Workspace::~Workspace() {
+  if (owned_)
+    delete store_;
+  else
+    store_->in_use = false;
+}
+
+void* Workspace::raw(int slot, size_t bytes) {
+  if (store_->slots.size() <= size_t(slot)) store_->slots.resize(size_t(slot) + 1);
+  Store::Buffer& b = store_->slots[size_t(slot)];
+  if (b.bytes < bytes || b.mem == nullptr) {
+    b.mem.reset();  // release first: old and new need not both be held
+    b.mem.reset(new char[bytes + 64]);
+    b.bytes = bytes;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(b.mem.get());
+    b.aligned = reinterpret_cast<char*>((p + 63) & ~uintptr_t(63));
+  }
+  return b.aligned;
+}
 
 int num_threads() {
   if (const char* env = std::getenv("FLASHATTN_NUM_THREADS")) {
