@@ -182,7 +182,7 @@ Status mha_fwd_kvcache(const KVCacheParams& p) {
               if (rotary) {
                 kern.load_row(kn, p.dtype, p.d, row);
                 rotate(row, p, pos);
-                store_row(row, p.dtype, p.d, kd);
+                kern.store_row(row, p.dtype, p.d, kd);
               } else {
                 std::memcpy(kd, kn, size_t(p.d) * es);
               }
@@ -231,6 +231,7 @@ Status mha_combine(const CombineParams& p) {
   return guarded("mha_combine", [&] {
     const int64_t rows = int64_t(p.b) * p.seqlen_q;
     const int threads = num_threads();
+    const Kernels& kern = active_kernels();
     std::vector<std::vector<float>> accs(size_t(threads), std::vector<float>(size_t(p.d)));
     ThreadPool::instance().parallel_for(rows, threads, [&](int64_t idx, int worker) {
       const int b = int(idx / p.seqlen_q), i = int(idx % p.seqlen_q);
@@ -252,7 +253,7 @@ Status mha_combine(const CombineParams& p) {
         char* out = static_cast<char*>(p.out) +
                     (int64_t(b) * p.out_batch_stride + int64_t(i) * p.out_row_stride +
                      int64_t(hh) * p.out_head_stride) * dtype_size(p.dtype);
-        store_row(acc, p.dtype, p.d, out);
+        kern.store_row(acc, p.dtype, p.d, out);
         if (p.lse != nullptr) p.lse[(int64_t(b) * p.h + hh) * p.seqlen_q + i] = finalize_lse(lse);
       }
     });

@@ -1,12 +1,17 @@
 // The FlashAttention-2 backward on the CPU (Dao, "FlashAttention-2", 2023, Algorithm 2).
 //
-// Work items are (sequence, kv head): an item owns dK_j, dV_j of its kv head and dQ of the h/h_k
-// query heads that share it, so no two items write the same output and no atomics are needed:
-// the CPU backward is deterministic, bitwise, whatever the thread count and scheduling.
+// Work items are (sequence, kv head, key chunk): an item owns dK_j, dV_j of its chunk's key
+// blocks for its kv head, and adds the chunk's share of dQ, for the h/h_k query heads that share
+// the kv head, into its own fp32 partial. A pass in memory order of dq then sums the partials of
+// each row in chunk order, scales and stores it. No two items write the same output and no
+// atomics are needed, and the number of chunks depends on the problem's shape only (enough items
+// to keep many cores busy when b * h_k is small: choose_chunks), so the CPU backward is
+// deterministic, bitwise, whatever the thread count and scheduling. Items run heaviest first
+// (most visible tiles: under a causal mask the first key chunks), so the pool's tail is short.
 //
 // Per item (query heads of the group stacked as in the forward, columns c = hg * rows + r):
 //   D_i = rowsum(dO_i * O_i); Q_i, dO_i (rows and transposed panels) converted once
-//   for each key block j (outer loop; dK_j, dV_j stay in a local fp32 accumulator):
+//   for each key block j of the chunk (outer loop; dK_j, dV_j stay in a local fp32 accumulator):
 //     for each query block i that sees some key of block j:
 //       S^T = K_j Q_i^T, score modifiers + mask, P^T = exp(S^T - LSE_i)   (recomputed, not stored)
 //       dP^T = V_j dO_i^T
@@ -14,7 +19,8 @@
 //       dS = P * (dP - D_i), times the softcap chain rule (1 - tanh^2) when softcap > 0
 //       dK_j += dS^T Q_i;  dQ_i += dS K_j                               (both times scale)
 //     write dK_j (times scale) and dV_j
-//   write dQ (times scale). Keys no query sees get zero gradients; so do rows beyond seqused_k.
+//   dQ partial of the chunk (the scale is applied when the partials are summed). Keys no query
+//   sees get zero gradients; so do rows beyond seqused_k.
 // Gradients are stored in dtype, or fp32 with dqkv_fp32; with dqkv_accumulate each row is added
 // to what the output holds (one rounding of the fp32 sum), and rows with nothing to add are
 // left alone.
@@ -42,11 +48,24 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
+// Key chunks per (sequence, kv head): as many as bring the item count to kTargetItems (a few per
+// core of a 16-core host), but at least kMinBlocksPerChunk key blocks each, so the dQ partials
+// (one fp32 copy of dq per chunk) and their sum stay a small part of the work.
+constexpr int kTargetItems = 64;
+constexpr int kMinBlocksPerChunk = 2;
+
+struct WorkItem {
+  int seq = 0;
+  int hk = 0;
+  int chunk = 0;
+  int64_t tiles = 0;  // visible (key block, query block) tiles: the item's cost
+};
+
 struct Scratch {
-  // Per query block mb (stride per block below): rows/panels of Q and dO, dQ accumulator, LSE, D.
-  // With bf16 products the fp32 rows/panels hold one block at a time (they are only the source
-  // of the word panels and of D).
-  std::vector<float> qr, qt, dor, dot, dq, lse, dsum;
+  // Per query block mb (stride per block below): rows/panels of Q and dO, LSE, D. With bf16
+  // products the fp32 rows/panels hold one block at a time (they are only the source of the
+  // word panels and of D).
+  std::vector<float> qr, qt, dor, dot, lse, dsum;
   // bf16 products, per query block: Q^T and dO^T with dims paired ([dp/2][ld]), Q and dO rows
   // with stacked rows paired ([ld/2][dp]).
   std::vector<uint32_t> qtw, dotw, qrw, dorw;
@@ -80,27 +99,92 @@ class Backward {
   void run() {
     seqs_ = make_seq_views(p_);
     int max_mb = 1;
-    for (const SeqView& sv : seqs_) max_mb = std::max(max_mb, ceil_div(sv.seqlen_q, rows_));
-    const int64_t items = int64_t(seqs_.size()) * p_.h_k;
-    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), items)));
+    for (const SeqView& sv : seqs_) max_mb = std::max(max_mb, m_blocks(sv));
+    choose_chunks();
+    // dQ partial panels: per chunk, one [ld][dp] fp32 panel per (sequence, kv head, query block).
+    mb_base_.assign(seqs_.size(), 0);
+    int64_t panels = 0;
+    for (size_t s = 0; s < seqs_.size(); ++s) {
+      mb_base_[s] = panels;
+      panels += int64_t(p_.h_k) * m_blocks(seqs_[s]);
+    }
+    panels_ = panels;
+    dq_part_ = ws_.get<float>(kSlotDq, size_t(chunks_) * panels * panel_stride());
+    touched_ = ws_.zeros<uint8_t>(kSlotTouched, size_t(chunks_) * panels);
+
+    std::vector<WorkItem> items;
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int hk = 0; hk < p_.h_k; ++hk)
+        for (int c = 0; c < chunks_; ++c) items.push_back({s, hk, c, item_tiles(s, c)});
+    // Heaviest first; ties keep (sequence, kv head, chunk) order, so the order is deterministic.
+    std::stable_sort(items.begin(), items.end(),
+                     [](const WorkItem& a, const WorkItem& b) { return a.tiles > b.tiles; });
+    const int threads =
+        int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), int64_t(items.size()))));
     std::vector<Scratch> scratch(static_cast<size_t>(threads));
     for (Scratch& w : scratch) allocate(w, max_mb);
-    ThreadPool::instance().parallel_for(items, threads, [&](int64_t i, int worker) {
-      run_item(int(i / p_.h_k), int(i % p_.h_k), scratch[size_t(worker)]);
+    ThreadPool::instance().parallel_for(int64_t(items.size()), threads, [&](int64_t i, int worker) {
+      run_item(items[size_t(i)], scratch[size_t(worker)]);
     });
+    write_dq(threads, scratch);
   }
 
  private:
+  int m_blocks(const SeqView& sv) const { return ceil_div(sv.seqlen_q, rows_); }
   size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
   size_t word_stride() const { return panel_stride() / 2; }       // ld_max and dp are even
   // Offset of query block mb's fp32 rows/panels (one block's buffer reused with bf16 products).
   size_t fp32_panel(int mb) const { return bf16_ ? 0 : size_t(mb) * panel_stride(); }
 
+  void choose_chunks() {
+    int max_kb = 1;
+    for (const SeqView& sv : seqs_) max_kb = std::max(max_kb, ceil_div(sv.seqlen_k, bn_));
+    const int64_t pairs = std::max<int64_t>(1, int64_t(seqs_.size()) * p_.h_k);
+    const int64_t want = (kTargetItems + pairs - 1) / pairs;
+    chunks_ = int(std::max<int64_t>(1, std::min<int64_t>(want, max_kb / kMinBlocksPerChunk)));
+  }
+  // Keys [*n_begin, *n_end) of chunk c of a sequence (whole key blocks; may be empty).
+  void chunk_range(const SeqView& sv, int c, int* n_begin, int* n_end) const {
+    const int per = ceil_div(ceil_div(sv.seqlen_k, bn_), chunks_);
+    *n_begin = std::min(sv.seqlen_k, c * per * bn_);
+    *n_end = std::min(sv.seqlen_k, (c + 1) * per * bn_);
+  }
+  VisibilityMask mask_of(const SeqView& sv) const {
+    return VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal, p_.window_size_left,
+                                p_.window_size_right);
+  }
+  // Whether query block mb sees a key of [n_begin, n_end).
+  bool block_sees(const SeqView& sv, const VisibilityMask& mask, int mb, int n_begin,
+                  int n_end) const {
+    const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
+    int kb_begin, kb_end;
+    mask.key_range(m0, m0 + rows, &kb_begin, &kb_end);
+    return std::max(kb_begin, n_begin) < std::min(kb_end, n_end);
+  }
+  int64_t item_tiles(int seq, int c) const {
+    const SeqView& sv = seqs_[size_t(seq)];
+    const VisibilityMask mask = mask_of(sv);
+    int n_begin, n_end;
+    chunk_range(sv, c, &n_begin, &n_end);
+    int64_t tiles = 0;
+    for (int n0 = n_begin; n0 < n_end; n0 += bn_)
+      for (int mb = 0; mb < m_blocks(sv); ++mb)
+        tiles += block_sees(sv, mask, mb, n0, std::min(n_end, n0 + bn_)) ? 1 : 0;
+    return tiles;
+  }
+  float* dq_panel(int chunk, int seq, int hk, int mb) const {
+    const int64_t panel = mb_base_[size_t(seq)] + int64_t(hk) * m_blocks(seqs_[size_t(seq)]) + mb;
+    return dq_part_ + (size_t(chunk) * panels_ + size_t(panel)) * panel_stride();
+  }
+  uint8_t& touched(int chunk, int seq, int hk, int mb) const {
+    const int64_t panel = mb_base_[size_t(seq)] + int64_t(hk) * m_blocks(seqs_[size_t(seq)]) + mb;
+    return touched_[size_t(chunk) * panels_ + size_t(panel)];
+  }
+
   void allocate(Scratch& w, int max_mb) const {
     const size_t panels = size_t(max_mb) * panel_stride();
     const size_t src_panels = bf16_ ? panel_stride() : panels;
     for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot}) v->assign(src_panels, 0.f);
-    w.dq.assign(panels, 0.f);
     w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
     w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
     for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(bn_) * dp_, 0.f);
@@ -131,7 +215,7 @@ class Backward {
       k_.load_row(dst, grad_t_, d_, w.old.data());
       for (int x = 0; x < d_; ++x) row[x] += w.old[size_t(x)];
     }
-    store_row(row, grad_t_, d_, dst);
+    k_.store_row(row, grad_t_, d_, dst);
   }
 
   ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
@@ -144,17 +228,22 @@ class Backward {
     return mod;
   }
 
-  void run_item(int seq, int hk, Scratch& w) const {
+  void run_item(const WorkItem& it, Scratch& w) const {
+    const int seq = it.seq, hk = it.hk;
     const SeqView& sv = seqs_[size_t(seq)];
     const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
     const bool varlen = p_.cu_seqlens_q != nullptr;
-    const VisibilityMask mask = VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal,
-                                                     p_.window_size_left, p_.window_size_right);
-    const int num_mb = ceil_div(sv.seqlen_q, rows_);
+    const VisibilityMask mask = mask_of(sv);
+    const int num_mb = m_blocks(sv);
     const float scale = p_.softmax_scale;
+    int n_begin, n_end;
+    chunk_range(sv, it.chunk, &n_begin, &n_end);
+    const int bytes = d_ * dtype_size(p_.dtype);
 
-    // Per query block: Q and dO as rows and as transposed panels, LSE, D = rowsum(dO * O).
+    // Per query block that sees the chunk: Q and dO as rows and as transposed panels, LSE,
+    // D = rowsum(dO * O), and a zeroed dQ partial.
     for (int mb = 0; mb < num_mb; ++mb) {
+      if (!block_sees(sv, mask, mb, n_begin, n_end)) continue;
       const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
       const int cols = g_ * rows, ld = round_up(cols, 8);
       float* qr = w.qr.data() + fp32_panel(mb);
@@ -163,16 +252,24 @@ class Backward {
       float* dot = w.dot.data() + fp32_panel(mb);
       std::fill(qt, qt + size_t(d_) * ld, 0.f);
       std::fill(dot, dot + size_t(d_) * ld, 0.f);
-      std::fill(w.dq.data() + mb * panel_stride(), w.dq.data() + (mb + 1) * panel_stride(), 0.f);
+      float* dq = dq_panel(it.chunk, seq, hk, mb);
+      std::fill(dq, dq + size_t(cols) * dp_, 0.f);
+      touched(it.chunk, seq, hk, mb) = 1;
+      const void* dob = do_base(sv, si, varlen);
       for (int hg = 0; hg < g_; ++hg) {
         const int hq = hk * g_ + hg;
         for (int r = 0; r < rows; ++r) {
           const int i = m0 + r, c = hg * rows + r;
+          if (r + kPrefetchRows < rows) {
+            const int ip = i + kPrefetchRows;
+            prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), bytes);
+            prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), bytes);
+            prefetch_row(row_ptr(sv.o, ip, sv.o_row_stride, hq, sv.o_head_stride), bytes);
+          }
           float* qc = qr + size_t(c) * dp_;
           float* dc = dor + size_t(c) * dp_;
           k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
-          k_.load_row(row_ptr(do_base(sv, si, varlen), i, p_.do_row_stride, hq, p_.do_head_stride),
-                      p_.dtype, d_, dc);
+          k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_, dc);
           k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_,
                       w.orow.data());
           float dsum = 0.f;
@@ -194,9 +291,13 @@ class Backward {
       }
     }
 
-    for (int n0 = 0; n0 < sv.seqlen_k; n0 += bn_) {
-      const int n = std::min(bn_, sv.seqlen_k - n0);
+    for (int n0 = n_begin; n0 < n_end; n0 += bn_) {
+      const int n = std::min(bn_, n_end - n0);
       for (int j = 0; j < n; ++j) {
+        if (j + kPrefetchRows < n) {
+          prefetch_row(sv.keys.k_row(n0 + j + kPrefetchRows, hk), bytes);
+          prefetch_row(sv.keys.v_row(n0 + j + kPrefetchRows, hk), bytes);
+        }
         k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
         k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
       }
@@ -209,11 +310,9 @@ class Backward {
       std::fill(w.dv.begin(), w.dv.end(), 0.f);
 
       for (int mb = 0; mb < num_mb; ++mb) {
+        if (!block_sees(sv, mask, mb, n0, n0 + n)) continue;
         const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
-        int kb_begin, kb_end;
-        mask.key_range(m0, m0 + rows, &kb_begin, &kb_end);
-        if (std::max(kb_begin, n0) >= std::min(kb_end, n0 + n)) continue;
-        block(sv, mask, hk, mb, m0, rows, n0, n, w);
+        block(sv, mask, it.chunk, seq, hk, mb, m0, rows, n0, n, w);
       }
 
       for (int j = 0; j < n; ++j) {
@@ -224,37 +323,60 @@ class Backward {
       }
     }
     // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too (nothing
-    // to add when accumulating).
-    if (!p_.dqkv_accumulate) {
+    // to add when accumulating); chunk 0 writes them.
+    if (!p_.dqkv_accumulate && it.chunk == 0) {
       std::fill(w.row.begin(), w.row.end(), 0.f);
       for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
-        store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
-        store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
+        k_.store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
+        k_.store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
       }
-    }
-
-    for (int mb = 0; mb < num_mb; ++mb) {
-      const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
-      const float* dq = w.dq.data() + size_t(mb) * panel_stride();
-      for (int hg = 0; hg < g_; ++hg)
-        for (int r = 0; r < rows; ++r) {
-          const int c = hg * rows + r;
-          for (int x = 0; x < d_; ++x) w.row[size_t(x)] = dq[size_t(c) * dp_ + x] * scale;
-          store_grad(w.row.data(), dq_row(sv, si, varlen, m0 + r, hk * g_ + hg), w);
-        }
     }
   }
 
+  // dq = scale * (sum over chunks, in chunk order, of the partials), in memory order of dq (row
+  // i, all heads): dq rows of one head are a page apart, see backend_fwd.cpp's pack_q. Rows no
+  // chunk touched (no visible key) are 0.
+  void write_dq(int threads, std::vector<Scratch>& scratch) const {
+    constexpr int kRowsPerTask = 32;
+    std::vector<std::pair<int, int>> tasks;
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
+    ThreadPool::instance().parallel_for(
+        int64_t(tasks.size()), threads, [&](int64_t t, int worker) {
+          const int seq = tasks[size_t(t)].first, i0 = tasks[size_t(t)].second;
+          const SeqView& sv = seqs_[size_t(seq)];
+          const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
+          const bool varlen = p_.cu_seqlens_q != nullptr;
+          Scratch& w = scratch[size_t(worker)];
+          float* acc = w.row.data();
+          for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i) {
+            const int mb = i / rows_, r = i % rows_;
+            const int rows = std::min(rows_, sv.seqlen_q - mb * rows_);
+            for (int hq = 0; hq < p_.h; ++hq) {
+              const int hk = hq / g_, c = (hq % g_) * rows + r;
+              std::fill(acc, acc + d_, 0.f);
+              for (int ch = 0; ch < chunks_; ++ch) {
+                if (!touched(ch, seq, hk, mb)) continue;
+                const float* part = dq_panel(ch, seq, hk, mb) + size_t(c) * dp_;
+                for (int x = 0; x < d_; ++x) acc[x] += part[x];
+              }
+              k_.scale_row(acc, d_, p_.softmax_scale);
+              store_grad(acc, dq_row(sv, si, varlen, i, hq), w);
+            }
+          }
+        });
+  }
+
   // One (key block, query block) tile of the backward.
-  void block(const SeqView& sv, const VisibilityMask& mask, int hk, int mb, int m0, int rows,
-             int n0, int n, Scratch& w) const {
+  void block(const SeqView& sv, const VisibilityMask& mask, int chunk, int seq, int hk, int mb,
+             int m0, int rows, int n0, int n, Scratch& w) const {
     const int cols = g_ * rows, ld = round_up(cols, 8);
     const float* qr = w.qr.data() + fp32_panel(mb);
     const float* qt = w.qt.data() + fp32_panel(mb);
     const float* dor = w.dor.data() + fp32_panel(mb);
     const float* dot = w.dot.data() + fp32_panel(mb);
     const size_t wo = size_t(mb) * word_stride();
-    float* dq = w.dq.data() + size_t(mb) * panel_stride();
+    float* dq = dq_panel(chunk, seq, hk, mb);
     const float* lse = w.lse.data() + size_t(mb) * ld_max_;
     const float* dsum = w.dsum.data() + size_t(mb) * ld_max_;
     float* st = w.st.data();
@@ -384,6 +506,14 @@ class Backward {
   DropoutRng rng_;
   float rp_dropout_ = 1.f;
   std::vector<SeqView> seqs_;
+  int chunks_ = 1;
+  // The call's large buffers, from the workspace.
+  enum { kSlotDq, kSlotTouched };
+  Workspace ws_;
+  std::vector<int64_t> mb_base_;  // per sequence: its first (kv head, query block) panel
+  int64_t panels_ = 0;            // panels per chunk
+  float* dq_part_ = nullptr;      // [chunk][panel][ld_max][dp] dQ partials (unscaled)
+  uint8_t* touched_ = nullptr;    // [chunk][panel]: the chunk wrote that partial
 };
 
 }  // namespace

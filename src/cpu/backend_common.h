@@ -136,9 +136,6 @@ struct SeqView {
 void mask_tile(const VisibilityMask& mask, int g, int m0, int rows, int64_t ld, int n0, int n,
                float* st);
 
-// dst[0..n) = src[0..n) rounded to dtype t (nearest even, as common/numeric.h).
-void store_row(const float* src, DType t, int n, void* dst);
-
 // Views of every sequence of a dense/varlen/paged forward or backward call.
 std::vector<SeqView> make_seq_views(const FwdParams& p);
 

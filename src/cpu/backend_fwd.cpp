@@ -526,7 +526,7 @@ class Forward {
                 }
                 out = acc;
               }
-              store_row(out, p_.dtype, d_, o_row(sv, i, hq));
+              k_.store_row(out, p_.dtype, d_, o_row(sv, i, hq));
               if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
             }
         });
@@ -622,18 +622,6 @@ void mask_tile(const VisibilityMask& mask, int g, int m0, int rows, int64_t ld, 
       for (int j = 0; j < lo; ++j) col[j * ld] = kNegInf;
       for (int j = hi; j < n; ++j) col[j * ld] = kNegInf;
     }
-  }
-}
-
-void store_row(const float* src, DType t, int n, void* dst) {
-  switch (t) {
-    case DType::kFloat32: std::memcpy(dst, src, sizeof(float) * size_t(n)); break;
-    case DType::kFloat16:
-      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_fp16(src[x]);
-      break;
-    default:
-      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_bf16(src[x]);
-      break;
   }
 }
 

@@ -12,6 +12,7 @@
 //   col_exp_sum    softmax row of a query is a column: these run the online-softmax steps on
 //                  columns, one vector of queries at a time.
 //   load_row       fp32/fp16/bf16 -> fp32 conversion of one head vector.
+//   store_row      fp32 -> fp32/fp16/bf16, nearest even (outputs and gradients).
 //   scale_row      x *= a (rescaling O when a row's running max grows).
 //   gemm_bf16      the same block products on bf16 operands with fp32 accumulation (AVX-512 BF16
 //   pack_pairs     `vdpbf16ps`, two multiply-adds per fp32 lane), and the conversions that lay
@@ -59,6 +60,10 @@ struct Kernels {
 
   // dst[0..n) = src[0..n) converted from dtype t to fp32 (exact for every dtype).
   void (*load_row)(const void* src, DType t, int n, float* dst);
+
+  // dst[0..n) = src[0..n) rounded to dtype t, bit for bit as float_to_fp16 / float_to_bf16 of
+  // common/numeric.h (nearest even, subnormals kept, NaN to the canonical quiet NaN).
+  void (*store_row)(const float* src, DType t, int n, void* dst);
 
   // x[0..n) *= a.
   void (*scale_row)(float* x, int n, float a);

@@ -102,9 +102,9 @@ void gemm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs, const
 }
 
 // exp(x) for 16 lanes, the same method and constants as exp256 in kernels_avx2.cpp: x = n ln2 + r
-// with |r| <= ln2/2, exp(r) by the Cephes degree-7 polynomial (about 1 ulp), 2^n by adding n to
-// the exponent field. Inputs below log(FLT_MIN) give exactly 0, so masked (-inf) scores
-// contribute nothing; NaN propagates.
+// with |r| <= ln2/2, exp(r) by the Cephes degree-7 polynomial (about 1 ulp), and 2^n applied by
+// vscalefps, which also zeroes (through its mask) the lanes below log(FLT_MIN): masked (-inf)
+// scores contribute exactly 0; NaN propagates.
 __m512 exp512(__m512 x) {
   const __m512 hi = _mm512_set1_ps(88.3762626647949f);
   const __m512 lo = _mm512_set1_ps(-87.3365447504019f);
@@ -113,6 +113,7 @@ __m512 exp512(__m512 x) {
   x = _mm512_max_ps(lo, x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2 with ln2 split in two so n * ln2_hi is exact.
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -122,8 +123,7 @@ __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-  return _mm512_maskz_mov_ps(keep, _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e)));
+  return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
 void col_scale_max(float* s, int64_t lds, int rows, int cols, float scale, float* col_max) {
@@ -191,6 +191,38 @@ void load_row(const void* src, DType t, int n, float* dst) {
   }
 }
 
+// Nearest-even fp32 -> bf16 bits in each 32-bit lane, as float_to_bf16 (common/numeric.h): NaN
+// becomes its top half with the quiet bit set. (vcvtneps2bf16 would flush subnormals.)
+__m512i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                        _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+}
+
+void store_row(const float* src, DType t, int n, void* dst) {
+  uint16_t* d16 = static_cast<uint16_t*>(dst);
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 mk = lanes(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(mk, src + i);
+    if (t == DType::kFloat32) {
+      _mm512_mask_storeu_ps(static_cast<float*>(dst) + i, mk, v);
+    } else if (t == DType::kFloat16) {
+      // IEEE conversion (subnormals, overflow to inf); NaN lanes as float_to_fp16: sign | 0x7e00.
+      __m256i h = _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      const __m256i canon = _mm256_or_si256(_mm256_and_si256(h, _mm256_set1_epi16(int16_t(0x8000))),
+                                            _mm256_set1_epi16(0x7e00));
+      h = _mm256_mask_mov_epi16(h, nan, canon);
+      _mm256_mask_storeu_epi16(d16 + i, mk, h);
+    } else {
+      _mm256_mask_storeu_epi16(d16 + i, mk, _mm512_cvtepi32_epi16(bf16_bits(v)));
+    }
+  }
+}
+
 void scale_row(float* x, int n, float a) {
   const __m512 av = _mm512_set1_ps(a);
   for (int i = 0; i < n; i += 16) {
@@ -201,8 +233,8 @@ void scale_row(float* x, int n, float a) {
 
 // 96 x 96 as for AVX2 (backend_common.h): the 12 x 32 tiles divide it, and one item's working
 // set stays in a Zen 4 core's 1 MiB L2 with room to spare.
-const Kernels kAvx512 = {"avx512", 96, 96, gemm, col_scale_max, col_exp_sum, load_row, scale_row,
-                         nullptr, nullptr, nullptr};
+const Kernels kAvx512 = {"avx512",   96,        96,        gemm,    col_scale_max, col_exp_sum,
+                         load_row,   store_row, scale_row, nullptr, nullptr,       nullptr};
 
 }  // namespace
 

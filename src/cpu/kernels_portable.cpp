@@ -57,13 +57,25 @@ void load_row(const void* src, DType t, int n, float* dst) {
   for (int i = 0; i < n; ++i) dst[i] = load_as_float(src, t, i);
 }
 
+void store_row(const float* src, DType t, int n, void* dst) {
+  switch (t) {
+    case DType::kFloat32: std::memcpy(dst, src, sizeof(float) * size_t(n)); break;
+    case DType::kFloat16:
+      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_fp16(src[x]);
+      break;
+    default:
+      for (int x = 0; x < n; ++x) static_cast<uint16_t*>(dst)[x] = float_to_bf16(src[x]);
+      break;
+  }
+}
+
 void scale_row(float* x, int n, float a) {
   for (int i = 0; i < n; ++i) x[i] *= a;
 }
 
 // 96 x 96 as the vector tables: the loops are the same shape, only slower.
-const Kernels kPortable = {"portable", 96,      96,       gemm,    col_scale_max, col_exp_sum,
-                           load_row,   scale_row, nullptr, nullptr, nullptr};
+const Kernels kPortable = {"portable", 96,        96,        gemm,    col_scale_max, col_exp_sum,
+                           load_row,   store_row, scale_row, nullptr, nullptr,       nullptr};
 
 // The tables from narrowest to widest, each with the CPU features it needs. __builtin_cpu_supports
 // also checks that the OS saves the registers (XCR0), so "avx512f" means zmm state is usable.

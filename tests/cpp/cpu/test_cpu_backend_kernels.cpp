@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -167,6 +168,53 @@ TEST(CpuKernels, LoadRowConvertsExactlyWithTails) {
             ASSERT_EQ(got[size_t(i)], want) << dtype_name(t) << " n=" << n << " i=" << i;
         }
         ASSERT_EQ(got[size_t(n)], 123.f) << "wrote past n";
+      }
+  }
+}
+
+// store_row is bit for bit float_to_fp16 / float_to_bf16 on any fp32 pattern: ties, subnormals
+// of both sizes, overflow, infinities, NaNs (canonical quiet NaN), with tails.
+TEST(CpuKernels, StoreRowRoundsExactlyWithTails) {
+  std::mt19937_64 rng(fresh_seed());
+  std::vector<float> special = {0.f, -0.f, 65504.f, 65519.f, 65520.f, -70000.f, 1e-8f, -3e-5f,
+                                6.1e-5f, 1e-40f, -1e-45f, kInf, -kInf,
+                                std::numeric_limits<float>::quiet_NaN(), 1.00390625f,
+                                1.01171875f, 3.4e38f};
+  uint32_t nan_bits = 0xffc12345u, snan_bits = 0x7f800001u;
+  float nan2, snan;
+  std::memcpy(&nan2, &nan_bits, 4);
+  std::memcpy(&snan, &snan_bits, 4);
+  special.push_back(nan2);
+  special.push_back(snan);
+  for (const Kernels* kt : tables()) {
+    SCOPED_TRACE(kt->name);
+    for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+      for (int n : {1, 7, 8, 17, 40, 256}) {
+        std::vector<float> src(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) {
+          const uint32_t bits = uint32_t(rng());
+          std::memcpy(&src[size_t(i)], &bits, 4);
+          if (i % 3 == 0) src[size_t(i)] = special[size_t(i / 3) % special.size()];
+          if (i % 3 == 1) src[size_t(i)] = float(int(rng() % 2001) - 1000) / 64.f;  // ties
+        }
+        const size_t es = dtype_size(t);
+        std::vector<uint8_t> got(size_t(n + 1) * es, 0xab), want(size_t(n) * es);
+        kt->store_row(src.data(), t, n, got.data());
+        for (int i = 0; i < n; ++i) store_from_float(want.data(), t, i, src[size_t(i)]);
+        for (int i = 0; i < n; ++i) {
+          if (t == DType::kFloat32) {
+            ASSERT_EQ(std::memcmp(&got[size_t(i) * 4], &src[size_t(i)], 4), 0) << i;
+            continue;
+          }
+          uint16_t g, w;
+          std::memcpy(&g, &got[size_t(i) * 2], 2);
+          std::memcpy(&w, &want[size_t(i) * 2], 2);
+          uint32_t bits;
+          std::memcpy(&bits, &src[size_t(i)], 4);
+          ASSERT_EQ(g, w) << dtype_name(t) << " n=" << n << " i=" << i << " bits=0x" << std::hex
+                          << bits;
+        }
+        for (size_t b = size_t(n) * es; b < got.size(); ++b) ASSERT_EQ(got[b], 0xab) << "wrote past n";
       }
   }
 }
