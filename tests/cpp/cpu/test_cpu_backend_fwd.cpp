@@ -263,6 +263,31 @@ TEST(CpuFwd, BFloat16ProductsAcrossFeatures) {
   });
 }
 
+// Sequences with many query blocks per kv head (here 8 stacked heads: 12 rows per block) read
+// K and V from the per-call packed copy: odd key counts, windows that start blocks at odd keys
+// (bf16 V is packed in key pairs), causal with splits, pages, varlen mixing packed and unpacked
+// sequences, fp32 and bf16.
+TEST(CpuFwd, PackedKeysAcrossFeatures) {
+  for_each_isa([&] {
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      const std::string dt = dtype_name(t);
+      AttnConfig w = cfg(t, 2, 100, 203, 8, 1, 40);
+      w.window_left = 17;
+      w.window_right = 4;
+      check_fwd(w, fresh_seed(), dt + " packed window");
+      AttnConfig c = cfg(t, 1, 120, 203, 8, 1, 64);
+      c.causal = true;
+      c.num_splits = 3;
+      check_fwd(c, fresh_seed(), dt + " packed causal splits", 16);
+      AttnConfig v = cfg(t, 3, 0, 0, 8, 1, 72);
+      v.seqlens_q = {100, 5, 130};
+      v.seqlens_k = {203, 77, 130};
+      v.causal = true;
+      check_fwd(v, fresh_seed(), dt + " packed varlen");
+    }
+  });
+}
+
 TEST(CpuFwd, PaddedStrides) {
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
     AttnConfig c = cfg(t, 2, 45, 31, 4, 2, 72);
