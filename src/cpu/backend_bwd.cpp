@@ -10,7 +10,8 @@
 // (most visible tiles: under a causal mask the first key chunks), so the pool's tail is short.
 //
 // Per item (query heads of the group stacked as in the forward, columns c = hg * rows + r):
-//   D_i = rowsum(dO_i * O_i); Q_i, dO_i (rows and transposed panels) converted once
+//   D_i = rowsum(dO_i * O_i) (compute_d, once per call); Q_i, dO_i (rows and transposed panels)
+//   converted once per item
 //   for each key block j of the chunk (outer loop; dK_j, dV_j stay in a local fp32 accumulator):
 //     for each query block i that sees some key of block j:
 //       S^T = K_j Q_i^T, score modifiers + mask, P^T = exp(S^T - LSE_i)   (recomputed, not stored)
@@ -48,10 +49,12 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Key chunks per (sequence, kv head): as many as bring the item count to kTargetItems (a few per
+// Key chunks per (sequence, kv head): as many as bring the item count to kTargetItems (two per
 // core of a 16-core host), but at least kMinBlocksPerChunk key blocks each, so the dQ partials
-// (one fp32 copy of dq per chunk) and their sum stay a small part of the work.
-constexpr int kTargetItems = 64;
+// (one fp32 copy of dq per chunk) and their sum stay a small part of the work. Each chunk item
+// converts the Q and dO panels of its query blocks again, which measured ~2 % per extra chunk
+// (fp32, d = 128, s = 1024, Zen 4): more chunks than needed for balance cost time.
+constexpr int kTargetItems = 32;
 constexpr int kMinBlocksPerChunk = 2;
 
 struct WorkItem {
@@ -70,7 +73,7 @@ struct Scratch {
   // with stacked rows paired ([ld/2][dp]).
   std::vector<uint32_t> qtw, dotw, qrw, dorw;
   // Per key block.
-  std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, orow, old, dummy;
+  std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, old, dummy;
   // bf16 products, per key block: K and V rows ([bn][dp/2]), K with keys paired ([bn/2][dp]);
   // per tile: P^T or dS^T rows ([bn][ld/2]), dS^T with keys paired ([bn/2][ld]).
   std::vector<uint32_t> kw, vw, kpw, prw, dsw;
@@ -109,6 +112,7 @@ class Backward {
       panels += int64_t(p_.h_k) * m_blocks(seqs_[s]);
     }
     panels_ = panels;
+    compute_d();
     dq_part_ = ws_.get<float>(kSlotDq, size_t(chunks_) * panels * panel_stride());
     touched_ = ws_.zeros<uint8_t>(kSlotTouched, size_t(chunks_) * panels);
 
@@ -195,7 +199,6 @@ class Backward {
       for (auto* v : {&w.prw, &w.dsw}) v->assign(size_t(bn_ + 1) * ld_max_ / 2, 0);
     }
     w.row.assign(size_t(dp_), 0.f);
-    w.orow.assign(size_t(dp_), 0.f);
     w.old.assign(size_t(dp_), 0.f);
     w.dummy.assign(size_t(ld_max_), 0.f);
   }
@@ -264,21 +267,16 @@ class Backward {
             const int ip = i + kPrefetchRows;
             prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), bytes);
             prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), bytes);
-            prefetch_row(row_ptr(sv.o, ip, sv.o_row_stride, hq, sv.o_head_stride), bytes);
           }
           float* qc = qr + size_t(c) * dp_;
           float* dc = dor + size_t(c) * dp_;
           k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
           k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_, dc);
-          k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_,
-                      w.orow.data());
-          float dsum = 0.f;
           for (int x = 0; x < d_; ++x) {
             qt[size_t(x) * ld + c] = qc[x];
             dot[size_t(x) * ld + c] = dc[x];
-            dsum += dc[x] * w.orow[size_t(x)];
           }
-          w.dsum[size_t(mb) * ld_max_ + c] = dsum;
+          w.dsum[size_t(mb) * ld_max_ + c] = d_all_[size_t(hq) * total_q_ + size_t(sv.row0 + i)];
           w.lse[size_t(mb) * ld_max_ + c] = sv.lse[hq * sv.lse_head_stride + i];
         }
       }
@@ -331,6 +329,45 @@ class Backward {
         k_.store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
       }
     }
+  }
+
+  // D = rowsum(dO * O) of every (row, query head), once per call in memory order (row i, all
+  // heads; the reason is at backend_fwd.cpp's pack_q) instead of in every chunk item:
+  // d_all_[hq * total_q + row].
+  void compute_d() {
+    total_q_ = 0;
+    for (const SeqView& sv : seqs_) total_q_ = std::max<int64_t>(total_q_, sv.row0 + sv.seqlen_q);
+    d_all_ = ws_.get<float>(kSlotD, size_t(p_.h) * size_t(total_q_));
+    constexpr int kRowsPerTask = 32;
+    std::vector<std::pair<int, int>> tasks;
+    for (int s = 0; s < int(seqs_.size()); ++s)
+      for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
+    const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), int64_t(tasks.size()))));
+    std::vector<std::vector<float>> rows(size_t(threads), std::vector<float>(size_t(2 * dp_)));
+    ThreadPool::instance().parallel_for(
+        int64_t(tasks.size()), threads, [&](int64_t t, int worker) {
+          const SeqView& sv = seqs_[size_t(tasks[size_t(t)].first)];
+          const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
+          const void* dob = do_base(sv, si, p_.cu_seqlens_q != nullptr);
+          float* o = rows[size_t(worker)].data();
+          float* dout = o + dp_;
+          const int i0 = tasks[size_t(t)].second;
+          for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i)
+            for (int hq = 0; hq < p_.h; ++hq) {
+              k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_, o);
+              k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_,
+                          dout);
+              // Eight partial sums: independent adds instead of one chain of d dependent ones.
+              float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              int x = 0;
+              for (; x + 8 <= d_; x += 8)
+                for (int u = 0; u < 8; ++u) part[u] += o[x + u] * dout[x + u];
+              for (; x < d_; ++x) part[0] += o[x] * dout[x];
+              d_all_[size_t(hq) * total_q_ + size_t(sv.row0 + i)] =
+                  ((part[0] + part[1]) + (part[2] + part[3])) +
+                  ((part[4] + part[5]) + (part[6] + part[7]));
+            }
+        });
   }
 
   // dq = scale * (sum over chunks, in chunk order, of the partials), in memory order of dq (row
@@ -508,12 +545,14 @@ class Backward {
   std::vector<SeqView> seqs_;
   int chunks_ = 1;
   // The call's large buffers, from the workspace.
-  enum { kSlotDq, kSlotTouched };
+  enum { kSlotDq, kSlotTouched, kSlotD };
   Workspace ws_;
   std::vector<int64_t> mb_base_;  // per sequence: its first (kv head, query block) panel
   int64_t panels_ = 0;            // panels per chunk
   float* dq_part_ = nullptr;      // [chunk][panel][ld_max][dp] dQ partials (unscaled)
   uint8_t* touched_ = nullptr;    // [chunk][panel]: the chunk wrote that partial
+  int64_t total_q_ = 0;           // rows of q over the batch
+  float* d_all_ = nullptr;        // [h][total_q] D = rowsum(dO * O)
 };
 
 }  // namespace
