@@ -65,13 +65,12 @@ struct WorkItem {
 };
 
 struct Scratch {
-  // Per query block mb (stride per block below): rows/panels of Q and dO, LSE, D. With bf16
-  // products the fp32 rows/panels hold one block at a time (they are only the source of the
-  // word panels and of D).
+  // Per query block mb (stride per block below): rows/panels of Q and dO (fp32 products only),
+  // LSE, D.
   std::vector<float> qr, qt, dor, dot, lse, dsum;
   // bf16 products, per query block: Q^T and dO^T with dims paired ([dp/2][ld]), Q and dO rows
-  // with stacked rows paired ([ld/2][dp]).
-  std::vector<uint32_t> qtw, dotw, qrw, dorw;
+  // with stacked rows paired ([ld/2][dp]); qrow: one q and one dO row as words.
+  std::vector<uint32_t> qtw, dotw, qrw, dorw, qrow;
   // Per key block.
   std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, old, dummy;
   // bf16 products, per key block: K and V rows ([bn][dp/2]), K with keys paired ([bn/2][dp]);
@@ -137,8 +136,7 @@ class Backward {
   int m_blocks(const SeqView& sv) const { return ceil_div(sv.seqlen_q, rows_); }
   size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
   size_t word_stride() const { return panel_stride() / 2; }       // ld_max and dp are even
-  // Offset of query block mb's fp32 rows/panels (one block's buffer reused with bf16 products).
-  size_t fp32_panel(int mb) const { return bf16_ ? 0 : size_t(mb) * panel_stride(); }
+  size_t fp32_panel(int mb) const { return size_t(mb) * panel_stride(); }
 
   void choose_chunks() {
     int max_kb = 1;
@@ -187,14 +185,15 @@ class Backward {
 
   void allocate(Scratch& w, int max_mb) const {
     const size_t panels = size_t(max_mb) * panel_stride();
-    const size_t src_panels = bf16_ ? panel_stride() : panels;
-    for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot}) v->assign(src_panels, 0.f);
+    if (!bf16_)
+      for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot}) v->assign(panels, 0.f);
     w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
     w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
     for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(bn_) * dp_, 0.f);
     for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(bn_) * ld_max_, 0.f);
     if (bf16_) {
       for (auto* v : {&w.qtw, &w.dotw, &w.qrw, &w.dorw}) v->assign(size_t(max_mb) * word_stride(), 0);
+      w.qrow.assign(size_t(dp_), 0);
       for (auto* v : {&w.kw, &w.vw, &w.kpw}) v->assign(size_t(bn_ + 1) * dp_ / 2, 0);
       for (auto* v : {&w.prw, &w.dsw}) v->assign(size_t(bn_ + 1) * ld_max_ / 2, 0);
     }
@@ -248,13 +247,7 @@ class Backward {
     for (int mb = 0; mb < num_mb; ++mb) {
       if (!block_sees(sv, mask, mb, n_begin, n_end)) continue;
       const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
-      const int cols = g_ * rows, ld = round_up(cols, 8);
-      float* qr = w.qr.data() + fp32_panel(mb);
-      float* qt = w.qt.data() + fp32_panel(mb);
-      float* dor = w.dor.data() + fp32_panel(mb);
-      float* dot = w.dot.data() + fp32_panel(mb);
-      std::fill(qt, qt + size_t(d_) * ld, 0.f);
-      std::fill(dot, dot + size_t(d_) * ld, 0.f);
+      const int cols = g_ * rows;
       float* dq = dq_panel(it.chunk, seq, hk, mb);
       std::fill(dq, dq + size_t(cols) * dp_, 0.f);
       touched(it.chunk, seq, hk, mb) = 1;
@@ -263,30 +256,14 @@ class Backward {
         const int hq = hk * g_ + hg;
         for (int r = 0; r < rows; ++r) {
           const int i = m0 + r, c = hg * rows + r;
-          if (r + kPrefetchRows < rows) {
-            const int ip = i + kPrefetchRows;
-            prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), bytes);
-            prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), bytes);
-          }
-          float* qc = qr + size_t(c) * dp_;
-          float* dc = dor + size_t(c) * dp_;
-          k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
-          k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_, dc);
-          for (int x = 0; x < d_; ++x) {
-            qt[size_t(x) * ld + c] = qc[x];
-            dot[size_t(x) * ld + c] = dc[x];
-          }
           w.dsum[size_t(mb) * ld_max_ + c] = d_all_[size_t(hq) * total_q_ + size_t(sv.row0 + i)];
           w.lse[size_t(mb) * ld_max_ + c] = sv.lse[hq * sv.lse_head_stride + i];
         }
       }
-      if (bf16_) {
-        const size_t wo = size_t(mb) * word_stride();
-        k_.pack_pairs(qt, ld, d_, ld, w.qtw.data() + wo, ld);
-        k_.pack_pairs(dot, ld, d_, ld, w.dotw.data() + wo, ld);
-        k_.pack_pairs(qr, dp_, cols, dp_, w.qrw.data() + wo, dp_);
-        k_.pack_pairs(dor, dp_, cols, dp_, w.dorw.data() + wo, dp_);
-      }
+      if (bf16_)
+        words_of_block(sv, dob, hk, mb, rows, w);
+      else
+        panels_of_block(sv, dob, hk, mb, rows, w);
     }
 
     for (int n0 = n_begin; n0 < n_end; n0 += bn_) {
@@ -327,6 +304,87 @@ class Backward {
       for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
         k_.store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
         k_.store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
+      }
+    }
+  }
+
+  // fp32 Q and dO of query block mb as rows (qr, dor: [cols][dp]) and transposed (qt, dot:
+  // [d][ld], padding columns zero).
+  void panels_of_block(const SeqView& sv, const void* dob, int hk, int mb, int rows,
+                       Scratch& w) const {
+    const int m0 = mb * rows_, cols = g_ * rows, ld = round_up(cols, 8);
+    const int bytes = d_ * dtype_size(p_.dtype);
+    float* qr = w.qr.data() + fp32_panel(mb);
+    float* qt = w.qt.data() + fp32_panel(mb);
+    float* dor = w.dor.data() + fp32_panel(mb);
+    float* dot = w.dot.data() + fp32_panel(mb);
+    std::fill(qt, qt + size_t(d_) * ld, 0.f);
+    std::fill(dot, dot + size_t(d_) * ld, 0.f);
+    for (int hg = 0; hg < g_; ++hg) {
+      const int hq = hk * g_ + hg;
+      for (int r = 0; r < rows; ++r) {
+        const int i = m0 + r, c = hg * rows + r;
+        if (r + kPrefetchRows < rows) {
+          const int ip = i + kPrefetchRows;
+          prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), bytes);
+          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), bytes);
+        }
+        float* qc = qr + size_t(c) * dp_;
+        float* dc = dor + size_t(c) * dp_;
+        k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
+        k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_, dc);
+        for (int x = 0; x < d_; ++x) {
+          qt[size_t(x) * ld + c] = qc[x];
+          dot[size_t(x) * ld + c] = dc[x];
+        }
+      }
+    }
+  }
+
+  // The same operands as bf16 words, built from the bf16 rows directly (no fp32 round trip):
+  // Q^T, dO^T with dims paired ([ceil(d/2)][ld], the words of a row are already dim pairs) and
+  // Q, dO with stacked rows paired ([ceil(cols/2)][dp]); everything not written is zero.
+  void words_of_block(const SeqView& sv, const void* dob, int hk, int mb, int rows,
+                      Scratch& w) const {
+    const int m0 = mb * rows_, cols = g_ * rows, ld = round_up(cols, 8);
+    const int dw = ceil_div(d_, 2);
+    const size_t wo = size_t(mb) * word_stride();
+    uint32_t* qtw = w.qtw.data() + wo;
+    uint32_t* dotw = w.dotw.data() + wo;
+    uint32_t* qrw = w.qrw.data() + wo;
+    uint32_t* dorw = w.dorw.data() + wo;
+    std::fill(qtw, qtw + size_t(dw) * ld, 0u);
+    std::fill(dotw, dotw + size_t(dw) * ld, 0u);
+    std::fill(qrw, qrw + size_t(ceil_div(cols, 2)) * dp_, 0u);
+    std::fill(dorw, dorw + size_t(ceil_div(cols, 2)) * dp_, 0u);
+    uint32_t* qrow = w.qrow.data();
+    uint32_t* drow = qrow + dp_ / 2;
+    for (int hg = 0; hg < g_; ++hg) {
+      const int hq = hk * g_ + hg;
+      for (int r = 0; r < rows; ++r) {
+        const int i = m0 + r, c = hg * rows + r;
+        if (r + kPrefetchRows < rows) {
+          const int ip = i + kPrefetchRows;
+          prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), 2 * d_);
+          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), 2 * d_);
+        }
+        // Whole words of the row (the half past an odd d stays 0 from the allocation).
+        std::memcpy(qrow, row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), size_t(d_) * 2);
+        std::memcpy(drow, row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), size_t(d_) * 2);
+        for (int x = 0; x < dw; ++x) {
+          qtw[size_t(x) * ld + c] = qrow[x];
+          dotw[size_t(x) * ld + c] = drow[x];
+        }
+        // Row c is the low (even c) or high (odd c) half of the words of row pair c / 2.
+        const int shift = 16 * (c & 1);
+        uint32_t* qp = qrw + size_t(c / 2) * dp_;
+        uint32_t* dp = dorw + size_t(c / 2) * dp_;
+        for (int x = 0; x < dw; ++x) {
+          qp[2 * x] |= (qrow[x] & 0xffffu) << shift;
+          qp[2 * x + 1] |= (qrow[x] >> 16) << shift;
+          dp[2 * x] |= (drow[x] & 0xffffu) << shift;
+          dp[2 * x + 1] |= (drow[x] >> 16) << shift;
+        }
       }
     }
   }
@@ -408,10 +466,11 @@ class Backward {
   void block(const SeqView& sv, const VisibilityMask& mask, int chunk, int seq, int hk, int mb,
              int m0, int rows, int n0, int n, Scratch& w) const {
     const int cols = g_ * rows, ld = round_up(cols, 8);
-    const float* qr = w.qr.data() + fp32_panel(mb);
-    const float* qt = w.qt.data() + fp32_panel(mb);
-    const float* dor = w.dor.data() + fp32_panel(mb);
-    const float* dot = w.dot.data() + fp32_panel(mb);
+    // The fp32 panels exist only without bf16 products.
+    const float* qr = bf16_ ? nullptr : w.qr.data() + fp32_panel(mb);
+    const float* qt = bf16_ ? nullptr : w.qt.data() + fp32_panel(mb);
+    const float* dor = bf16_ ? nullptr : w.dor.data() + fp32_panel(mb);
+    const float* dot = bf16_ ? nullptr : w.dot.data() + fp32_panel(mb);
     const size_t wo = size_t(mb) * word_stride();
     float* dq = dq_panel(chunk, seq, hk, mb);
     const float* lse = w.lse.data() + size_t(mb) * ld_max_;

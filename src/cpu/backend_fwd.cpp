@@ -463,14 +463,20 @@ class Forward {
           k_.scale_row(o + size_t(c) * dp_, d_, alpha);
         }
       }
-      k_.col_exp_sum(st, ld, n, cols, w.ref.data(), l);  // l_i includes dropped entries
+      // P = exp(S - m); l_i includes dropped entries. With bf16 products and no dropout, P goes
+      // straight into the key-pair words of the P V product; an odd n pairs the last key with a
+      // zero P row (its V partner may be the next key).
+      const bool pairs_now = bf16_pv_ && !dropout_;
+      if (pairs_now)
+        k_.col_exp_sum_pairs(st, ld, n, cols, w.ref.data(), l, w.pw.data(), ld);
+      else
+        k_.col_exp_sum(st, ld, n, cols, w.ref.data(), l);
       if (dropout_) apply_dropout(sv, it.hk, m0, rows, ld, n0, n, st);
 
       // O_i += P_ij V_j, with P read through the transposed tile (A(c, j) = st[j * ld + c]).
       v_block(it.seq, it.hk, n0, n, w, &kv);
       if (kv.vw != nullptr) {
-        // An odd n pairs the last key with a zero P row (its V partner may be the next key).
-        k_.pack_pairs(st, ld, n, cols, w.pw.data(), ld);
+        if (!pairs_now) k_.pack_pairs(st, ld, n, cols, w.pw.data(), ld);
         k_.gemm_bf16(cols, dp_, ceil_div(n, 2), w.pw.data(), 1, ld, kv.vw, dp_, o, dp_, true);
       } else {
         k_.gemm(cols, dp_, n, st, 1, ld, kv.vf, dp_, o, dp_, true);

@@ -16,7 +16,8 @@
 //   scale_row      x *= a (rescaling O when a row's running max grows).
 //   gemm_bf16      the same block products on bf16 operands with fp32 accumulation (AVX-512 BF16
 //   pack_pairs     `vdpbf16ps`, two multiply-adds per fp32 lane), and the conversions that lay
-//   pack_rows      the operands out for it. Only bf16 calls use them: their Q, K, V, dO are
+//   pack_rows      the operands out for it (col_exp_sum_pairs: the softmax step that writes P in
+//                  that layout directly). Only bf16 calls use them: their Q, K, V, dO are
 //                  exact in bf16, and P, dS are rounded to bf16 before their products, as the
 //                  GPU kernels do.
 //
@@ -86,6 +87,12 @@ struct Kernels {
   // for q < ceil(cols / 2); the column past an odd `cols` reads as 0. Nearest even.
   void (*pack_rows)(const float* src, int64_t lds, int rows, int cols, uint32_t* dst,
                     int64_t ldd);
+
+  // col_exp_sum, with the results stored as pack_pairs stores them (dst[q * ldd + c] = the bf16
+  // pair of rows 2q, 2q + 1 of column c) instead of back into s, which is left unchanged. col_sum
+  // adds the fp32 values, as col_exp_sum does.
+  void (*col_exp_sum_pairs)(const float* s, int64_t lds, int rows, int cols, const float* col_ref,
+                            float* col_sum, uint32_t* dst, int64_t ldd);
 };
 
 const Kernels& portable_kernels();

@@ -268,7 +268,8 @@ void scale_row(float* x, int n, float a) {
 
 // 96 x 96: the measurement is in backend_common.h.
 const Kernels kAvx2 = {"avx2",   96,        96,        gemm,    col_scale_max, col_exp_sum,
-                       load_row, store_row, scale_row, nullptr, nullptr,       nullptr};
+                       load_row, store_row, scale_row, nullptr, nullptr,       nullptr,
+                       nullptr};
 
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "cpu/kernels.h"
+#include "cpu/kernels_avx512_exp.h"
 
 namespace flashattn::cpu {
 
@@ -93,13 +94,14 @@ void gemm_bf16(int m, int n, int kw, const uint32_t* a, int64_t a_rs, int64_t a_
   }
 }
 
+// vcvtne2ps2bf16 puts the 16 values of its second operand in the low half and the first's in the
+// high half; this permutation interleaves the halves into (row 2q, row 2q + 1) words.
+alignas(64) const uint16_t kPairOrder[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                             21, 6, 22, 7, 23, 8,  24, 9,  25, 10, 26,
+                                             11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
 void pack_pairs(const float* src, int64_t lds, int rows, int cols, uint32_t* dst, int64_t ldd) {
-  // vcvtne2ps2bf16 puts the 16 values of its second operand in the low half and the first's in
-  // the high half; this permutation interleaves the halves into (row 2q, row 2q + 1) words.
-  alignas(64) static const uint16_t kInterleave[32] = {
-      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-  const __m512i idx = _mm512_load_si512(kInterleave);
+  const __m512i idx = _mm512_load_si512(kPairOrder);
   for (int q = 0; 2 * q < rows; ++q) {
     const float* s0 = src + int64_t(2 * q) * lds;
     const float* s1 = s0 + lds;
@@ -112,6 +114,29 @@ void pack_pairs(const float* src, int64_t lds, int rows, int cols, uint32_t* dst
       const __m512i t = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
       _mm512_mask_storeu_epi32(d + c, mk, _mm512_permutexvar_epi16(idx, t));
     }
+  }
+}
+
+void col_exp_sum_pairs(const float* s, int64_t lds, int rows, int cols, const float* col_ref,
+                       float* col_sum, uint32_t* dst, int64_t ldd) {
+  const __m512i idx = _mm512_load_si512(kPairOrder);
+  for (int c = 0; c < cols; c += 16) {
+    const __mmask16 mk = lanes(cols - c);
+    const __m512 ref = _mm512_maskz_loadu_ps(mk, col_ref + c);
+    __m512 sum0 = _mm512_maskz_loadu_ps(mk, col_sum + c), sum1 = _mm512_setzero_ps();
+    for (int r = 0; r < rows; r += 2) {
+      const float* p0 = s + r * lds + c;
+      const __m512 e0 = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, p0), ref));
+      // The row past an odd count pairs as 0 (exp of nothing, not of a stale row).
+      const __m512 e1 = r + 1 < rows
+                            ? exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, p0 + lds), ref))
+                            : _mm512_setzero_ps();
+      sum0 = _mm512_add_ps(sum0, e0);
+      sum1 = _mm512_add_ps(sum1, e1);
+      const __m512i t = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
+      _mm512_mask_storeu_epi32(dst + int64_t(r / 2) * ldd + c, mk, _mm512_permutexvar_epi16(idx, t));
+    }
+    _mm512_mask_storeu_ps(col_sum + c, mk, _mm512_add_ps(sum0, sum1));
   }
 }
 
@@ -140,6 +165,7 @@ const Kernels* avx512_bf16_kernels() {
     t.gemm_bf16 = gemm_bf16;
     t.pack_pairs = pack_pairs;
     t.pack_rows = pack_rows;
+    t.col_exp_sum_pairs = col_exp_sum_pairs;
     return t;
   }();
   return &table;

@@ -75,7 +75,8 @@ void scale_row(float* x, int n, float a) {
 
 // 96 x 96 as the vector tables: the loops are the same shape, only slower.
 const Kernels kPortable = {"portable", 96,        96,        gemm,    col_scale_max, col_exp_sum,
-                           load_row,   store_row, scale_row, nullptr, nullptr,       nullptr};
+                           load_row,   store_row, scale_row, nullptr, nullptr,       nullptr,
+                           nullptr};
 
 // The tables from narrowest to widest, each with the CPU features it needs. __builtin_cpu_supports
 // also checks that the OS saves the registers (XCR0), so "avx512f" means zmm state is usable.

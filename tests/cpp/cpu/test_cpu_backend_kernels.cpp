@@ -174,6 +174,35 @@ TEST(CpuKernels, LoadRowConvertsExactlyWithTails) {
 
 // store_row is bit for bit float_to_fp16 / float_to_bf16 on any fp32 pattern: ties, subnormals
 // of both sizes, overflow, infinities, NaNs (canonical quiet NaN), with tails.
+// col_exp_sum_pairs is col_exp_sum followed by pack_pairs, bit for bit, and leaves s alone.
+TEST(CpuKernels, ExpSumPairsIsExpSumThenPackPairs) {
+  for (const Kernels* kt : bf16_tables()) {
+    SCOPED_TRACE(kt->name);
+    ASSERT_NE(kt->col_exp_sum_pairs, nullptr);
+    for (int rows : {1, 2, 7, 96})
+      for (int cols : {1, 13, 16, 40, 96}) {
+        const int64_t lds = cols + 5, ldd = cols + 3;
+        std::mt19937_64 rng(fresh_seed());
+        std::uniform_real_distribution<float> u(-90.f, 3.f), r(-2.f, 2.f);
+        std::vector<float> s(static_cast<size_t>(rows * lds)), ref(static_cast<size_t>(cols)),
+            sum(static_cast<size_t>(cols), 0.25f);
+        for (float& x : s) x = u(rng);
+        for (float& x : ref) x = r(rng);
+        s[0] = -kInf;
+        const std::vector<float> s_before = s;
+        std::vector<float> s2 = s, sum2 = sum;
+        const int qrows = (rows + 1) / 2;
+        std::vector<uint32_t> got(size_t(qrows * ldd), 0xdeadbeefu), want = got;
+        kt->col_exp_sum_pairs(s.data(), lds, rows, cols, ref.data(), sum.data(), got.data(), ldd);
+        kt->col_exp_sum(s2.data(), lds, rows, cols, ref.data(), sum2.data());
+        kt->pack_pairs(s2.data(), lds, rows, cols, want.data(), ldd);
+        ASSERT_EQ(got, want) << rows << "x" << cols;
+        for (int c = 0; c < cols; ++c) ASSERT_NEAR(sum[size_t(c)], sum2[size_t(c)], 1e-6f * sum2[size_t(c)]);
+        ASSERT_EQ(s, s_before) << "s was written";
+      }
+  }
+}
+
 TEST(CpuKernels, StoreRowRoundsExactlyWithTails) {
   std::mt19937_64 rng(fresh_seed());
   std::vector<float> special = {0.f, -0.f, 65504.f, 65519.f, 65520.f, -70000.f, 1e-8f, -3e-5f,
@@ -257,6 +286,7 @@ TEST(CpuKernels, IsaChoiceAndOverride) {
     EXPECT_GT(k->block_n, 0);
     EXPECT_EQ(k->gemm_bf16 != nullptr, k->pack_pairs != nullptr);
     EXPECT_EQ(k->gemm_bf16 != nullptr, k->pack_rows != nullptr);
+    EXPECT_EQ(k->gemm_bf16 != nullptr, k->col_exp_sum_pairs != nullptr);
   }
 }
 
