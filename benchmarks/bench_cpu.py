@@ -10,15 +10,20 @@ FLOPs: 4 b s^2 h d for the forward, halved when causal, 2.5x that for the backwa
 Timing on a shared machine (other processes, such as a compiler, come and go on the same cores):
 the grid is run `--rounds` times; within a round every point times flashattn and torch back to
 back, in alternating order, so a burst of outside load hits both; the reported time of a point
-is the median over rounds (each round's value is the median of its calls). The CPU time other
-processes used during each round is read from /proc/stat and recorded, so a disturbed run can be
-told from a clean one. Round 0 also checks flashattn's output and gradients against torch's.
+is the median over rounds (each round's value is the median of its calls). Before each point the
+script waits (up to --quiet-wait seconds) until other processes use less than 0.15 of a core,
+and the CPU time other processes used during each round is read from /proc/stat and recorded,
+so a disturbed run can be told from a clean one. Round 0 also checks flashattn's output and
+gradients against torch's.
 
 Writes <out>/<date>-<cpu><cores>c-cpu-vs-torch.{json,md,png}; the JSON follows docs/design.md
-(impl "flashattn" or "torch_cpu", "gflops" per record, plus the per-round times).
+(impl "flashattn" or "torch_cpu", "gflops" per record, plus the per-round times). The plot needs
+matplotlib; --replot redraws the Markdown and the plot from a JSON without torch (for a Python
+that has matplotlib but not torch).
 
   PYTHONPATH=<flashattn package> python benchmarks/bench_cpu.py --out benchmarks/results
   ... --seqlens 512,1024 --rounds 3 --dtypes bf16     # a quick look
+  python3 benchmarks/bench_cpu.py --replot benchmarks/results/<stem>.json
 """
 from __future__ import annotations
 
@@ -33,13 +38,7 @@ import statistics
 import subprocess
 import time
 
-import torch
-import torch.nn.functional as F
-
-import flashattn
-
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Largest |flashattn - torch| accepted in the round-0 check, relative to max(1, max |torch|):
 # bf16 outputs differ by a few roundings of the dtype; fp32 by accumulation order only.
 CHECK_TOL = {"fp32": 1e-4, "bf16": 3e-2}
@@ -75,23 +74,39 @@ class OtherLoad:
     def restart(self):
         self.start = self._read()
 
-    def cores_busy(self) -> float:
-        """Average number of cores other processes kept busy since the last restart."""
+    def wait_quiet(self, max_s: float, threshold: float = 0.15) -> float:
+        """Sleeps in 1 s steps until other processes kept fewer than `threshold` cores busy over
+        the last step, or max_s passed; returns the seconds waited."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < max_s:
+            probe = self._read()
+            time.sleep(1.0)
+            busy0, mine0, t0 = probe
+            busy1, mine1, t1 = self._read()
+            if ((busy1 - busy0) - (mine1 - mine0)) / self.tick / (t1 - t0) < threshold:
+                break
+        return time.perf_counter() - start
+
+    def since_restart(self):
+        """(CPU seconds of other processes, wall seconds) since the last restart."""
         busy0, mine0, t0 = self.start
         busy1, mine1, t1 = self._read()
-        return max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / self.tick / max(t1 - t0, 1e-9))
+        return max(0.0, ((busy1 - busy0) - (mine1 - mine0)) / self.tick), t1 - t0
 
 
-def sdpa_bshd(q, k, v, causal):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                          is_causal=causal).transpose(1, 2)
+def impls():
+    import torch.nn.functional as F
 
+    import flashattn
 
-def fa_bshd(q, k, v, causal):
-    return flashattn.flash_attn_func(q, k, v, causal=causal)
+    def sdpa_bshd(q, k, v, causal):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                              v.transpose(1, 2), is_causal=causal).transpose(1, 2)
 
+    def fa_bshd(q, k, v, causal):
+        return flashattn.flash_attn_func(q, k, v, causal=causal)
 
-IMPLS = {"flashattn": fa_bshd, "torch_cpu": sdpa_bshd}
+    return {"flashattn": fa_bshd, "torch_cpu": sdpa_bshd}
 
 
 def time_calls(fn, min_s: float, max_calls: int) -> float:
@@ -109,10 +124,12 @@ def time_calls(fn, min_s: float, max_calls: int) -> float:
 
 def check(tensors, out) -> float:
     """Max |flashattn - torch| over o, dq, dk, dv, relative to max(1, max |torch|)."""
+    import torch
+
     q, k, v, dout = tensors
     worst = 0.0
     results = {}
-    for impl, fn in IMPLS.items():
+    for impl in out:
         o = out[impl]
         grads = torch.autograd.grad(o, (q, k, v), dout, retain_graph=True)
         results[impl] = [o.detach().float()] + [g.float() for g in grads]
@@ -122,17 +139,24 @@ def check(tensors, out) -> float:
 
 
 def run(args):
+    import torch
+
+    IMPLS = impls()
+    DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
     points = [(dt, d, s, causal) for dt in args.dtypes.split(",")
               for d in [int(x) for x in args.hdims.split(",")]
               for s in [int(x) for x in args.seqlens.split(",")] for causal in (False, True)]
     times = {}  # (impl, mode, point) -> [ms per round]
     checks = {}
     load = []
+    waited = 0.0
     other = OtherLoad()
     for rnd in range(args.rounds):
-        other.restart()
         t_round = time.perf_counter()
+        other_s = wall_s = 0.0  # over the measurements only, not the waits
         for pi, (dt, d, s, causal) in enumerate(points):
+            waited += other.wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else 0.0
+            other.restart()
             h = args.hidden // d
             gen = torch.Generator().manual_seed(1000 * pi + 7)
             q, k, v, dout = (torch.randn(args.batch, s, h, d, generator=gen).to(DTYPES[dt])
@@ -158,9 +182,13 @@ def run(args):
                     ms = time_calls(call, args.min_time, args.max_calls)
                     times.setdefault((impl, mode, (dt, d, s, causal)), []).append(ms)
             del out
-        load.append(other.cores_busy())
+            o, w = other.since_restart()
+            other_s += o
+            wall_s += w
+        load.append(other_s / max(wall_s, 1e-9))
         print(f"round {rnd}: {time.perf_counter() - t_round:6.1f} s, other processes kept "
-              f"{load[-1]:.2f} cores busy", flush=True)
+              f"{load[-1]:.2f} cores busy while it measured ({waited:.0f} s waited for quiet "
+              f"so far)", flush=True)
 
     records = []
     for (impl, mode, (dt, d, s, causal)), per_round in times.items():
@@ -171,7 +199,7 @@ def run(args):
                         "causal": causal, "page_size": None, "ms": ms,
                         "gflops": flops / (ms * 1e-3) / 1e9, "ms_rounds": per_round,
                         "check_max_rel_err": checks.get((dt, d, s, causal))})
-    return records, load, checks
+    return records, load
 
 
 def ratio_rows(records):
@@ -185,34 +213,42 @@ def ratio_rows(records):
     return rows
 
 
-def write(args, records, load, checks):
-    date = args.date or datetime.date.today().isoformat()
+def make_meta(args, load):
+    import torch
+
+    import flashattn
+
     try:
         commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
                                          stderr=subprocess.DEVNULL).strip()
     except Exception:
         commit = "unknown"
-    name = cpu_name()
-    cores = os.cpu_count()
-    info = flashattn.build_info()
-    meta = {"gpu": None, "cpu": name, "cores": cores, "driver": None, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cuda": None, "commit": commit,
-            "date": date, "flashattn": info, "batch": args.batch, "hidden": args.hidden,
+    return {"gpu": None, "cpu": cpu_name(), "cores": os.cpu_count(), "driver": None,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cuda": None,
+            "commit": commit, "date": args.date or datetime.date.today().isoformat(),
+            "flashattn": flashattn.build_info(), "batch": args.batch, "hidden": args.hidden,
             "rounds": args.rounds, "other_cores_busy_per_round": load,
             "method": "median over rounds of the per-round median; flashattn and torch back to "
                       "back per point in alternating order"}
-    os.makedirs(args.out, exist_ok=True)
-    tag = re.sub(r"[^a-z0-9]+", "", name.lower().split()[-1] if name else "cpu") or "cpu"
-    stem = os.path.join(args.out, f"{date}-{tag}{cores}c-cpu-vs-torch")
+
+
+def write(stem, meta, records):
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=1)
+    render(stem, meta, records)
 
+
+def render(stem, meta, records):
+    name, cores, date, commit = meta["cpu"], meta["cores"], meta["date"], meta["commit"]
+    load = meta["other_cores_busy_per_round"]
+    checks = {(r["dtype"], r["d"], r["seqlen"], r["causal"]): r["check_max_rel_err"]
+              for r in records}
     rows = ratio_rows(records)
     lines = [f"# CPU backend vs torch CPU SDPA ({name}, {cores} cores, {date}, commit {commit})",
              "",
-             f"flashattn `cpu_isa` = {info.get('cpu_isa')}, torch {torch.__version__} "
-             f"({torch.get_num_threads()} threads). b = {args.batch}, h = {args.hidden}/d. "
-             f"GFLOP/s, medians over {args.rounds} interleaved rounds; other processes kept "
+             f"flashattn `cpu_isa` = {meta['flashattn'].get('cpu_isa')}, torch {meta['torch']} "
+             f"({meta['torch_threads']} threads). b = {meta['batch']}, h = {meta['hidden']}/d. "
+             f"GFLOP/s, medians over {meta['rounds']} interleaved rounds; other processes kept "
              f"{min(load):.2f} .. {max(load):.2f} cores busy per round.",
              "",
              "| mode | dtype | d | causal | seqlen | flashattn ms | torch ms | flashattn GFLOP/s "
@@ -223,11 +259,21 @@ def write(args, records, load, checks):
         ok = "ok" if err is not None and err <= CHECK_TOL[dt] else f"FAIL {err:.1e}"
         lines.append(f"| {mode} | {dt} | {d} | {int(causal)} | {s} | {r['ms']:.1f} | {t['ms']:.1f} "
                      f"| {r['gflops']:.0f} | {t['gflops']:.0f} | {ratio:.2f}x | {ok} |")
-    ratios = [x[-1] for x in rows]
-    if ratios:
+    def summary(sel):
+        ratios = [x[-1] for x in sel]
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
-        lines += ["", f"Speedup (torch ms / flashattn ms): min {min(ratios):.2f}x, geometric mean "
-                      f"{geo:.2f}x, max {max(ratios):.2f}x over {len(ratios)} points."]
+        return f"min {min(ratios):.2f}x, geometric mean {geo:.2f}x, max {max(ratios):.2f}x"
+
+    if rows:
+        lines += ["", "Speedup (torch ms / flashattn ms):", "",
+                  "| mode | dtype | causal | speedup |", "|---|---|---|---|"]
+        for mode in sorted({x[0] for x in rows}):
+            for dt in sorted({x[1] for x in rows}):
+                for causal in (False, True):
+                    sel = [x for x in rows if x[0] == mode and x[1] == dt and x[3] == causal]
+                    if sel:
+                        lines.append(f"| {mode} | {dt} | {int(causal)} | {summary(sel)} |")
+        lines += ["", f"All {len(rows)} points: {summary(rows)}."]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -256,6 +302,9 @@ def write(args, records, load, checks):
                                 label=f"d={d}{' causal' if causal else ''}")
             ax.axhline(1.0, color="gray", linewidth=0.8)
             ax.set_xscale("log", base=2)
+            seqlens = sorted({x[4] for x in rows})
+            ax.set_xticks(seqlens)
+            ax.set_xticklabels([str(x) for x in seqlens])
             ax.set_title(f"{mode} {dt}", fontsize=9)
             ax.set_xlabel("seqlen")
             ax.set_ylabel("speedup vs torch CPU SDPA")
@@ -277,10 +326,24 @@ def main():
     ap.add_argument("--min-time", type=float, default=0.3,
                     help="seconds of calls per point, impl and mode in each round")
     ap.add_argument("--max-calls", type=int, default=20)
+    ap.add_argument("--quiet-wait", type=float, default=120.0,
+                    help="seconds to wait at most, before each point, for other processes to go "
+                         "quiet (0: do not wait)")
     ap.add_argument("--date", default=None, help="date in the file names (default: today)")
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="redraw the .md and .png of this JSON (no benchmark, no torch needed)")
     args = ap.parse_args()
-    records, load, checks = run(args)
-    write(args, records, load, checks)
+    if args.replot:
+        with open(args.replot) as f:
+            data = json.load(f)
+        render(args.replot[:-len(".json")], data["meta"], data["records"])
+        return
+    records, load = run(args)
+    meta = make_meta(args, load)
+    os.makedirs(args.out, exist_ok=True)
+    tag = re.sub(r"[^a-z0-9]+", "", meta["cpu"].lower().split()[-1] if meta["cpu"] else "cpu")
+    stem = os.path.join(args.out, f"{meta['date']}-{tag or 'cpu'}{meta['cores']}c-cpu-vs-torch")
+    write(stem, meta, records)
 
 
 if __name__ == "__main__":
