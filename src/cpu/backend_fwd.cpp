@@ -28,8 +28,9 @@
 // head). Read in place, rows h * d elements apart (4 KiB at h = 16, d = 128, bf16) each sit in
 // their own page and fall into a few L2 sets, and miss in every item. Measured (2 threads, Zen 4,
 // h = 16, d = 128, GFLOP/s packed vs in place): s = 2048 fp32 176 vs 153, bf16 320 vs 275;
-// s = 1024 fp32 164 vs 154, bf16 288 vs 243; s = 512 (6 blocks) about even. Sequences with
-// fewer blocks (decode, short prompts) convert their keys in the item instead.
+// s = 1024 fp32 164 vs 154, bf16 288 vs 243; s = 512 (6 blocks, best of 3) fp32 153 vs 151, bf16
+// 258 vs 250. Sequences with fewer blocks (decode, short prompts) convert their keys in the item
+// instead.
 //
 // bf16 calls on a table with bf16 products (use_bf16_products) run both block products on bf16
 // operands with fp32 accumulation: K and Q are exact in bf16 (a rotated KV-cache q is fp32 and
@@ -64,7 +65,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // items per thread (decode, small batch), and never below kMinBlocksPerSplit key blocks per
 // split, so the partial outputs and the merge stay a small fraction of the work.
 constexpr int kItemsPerThread = 4;
-constexpr int kPackMinBlocks = 8;
+constexpr int kPackMinBlocks = 4;
 constexpr int kMinBlocksPerSplit = 4;
 constexpr int kMaxSplits = 128;
 
