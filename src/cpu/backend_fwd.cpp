@@ -3,24 +3,26 @@
 // Work items. One item is a tile of query rows [m0, m0 + rows) of one sequence for ALL the
 // h/h_k query heads that share kv head hk (stacked, like FlashAttention's pack-GQA), times one
 // split of the key range. rows = block_m / (h/h_k), so every item has about block_m
-// (row, head) pairs whatever the GQA ratio (block sizes: the kernel table, backend_common.h). Items run on the thread pool; each is independent
-// and deterministic, so results do not depend on scheduling.
+// (row, head) pairs whatever the GQA ratio (block sizes come from the kernel table,
+// backend_common.h). Items run on the thread pool; each is independent and deterministic, so
+// results do not depend on scheduling.
 //
 // Per item, in the paper's notation (i indexes query rows, j key blocks):
-//   Q_i^T panel (d x cols), fp32              loaded once per item
+//   Q_i^T panel (d x cols)                    built for every item before they run (pack_q)
 //   m_i = -inf, l_i = 0, O_i = 0              running max, running sum, unnormalized output
 //   for each key block K_j, V_j in the item's visible key range (VisibilityMask::key_range):
-//     K_j converted to fp32 once for all stacked heads
+//     K_j in the products' layout, once for all stacked heads (packed per call, or here)
 //     S_ij^T = K_j Q_i^T                      one gemm, keys x (row, head) columns
 //     scale/softcap/ALiBi (ScoreMod) and the mask on tiles that are not fully visible
 //     m_new = max(m_i, colmax S_ij^T);  P = exp(S - m_new);  l_i = e^(m_i - m_new) l_i + colsum P
 //     O_i = diag(e^(m_i - m_new)) O_i + P^T V_j   (dropout zeroes dropped P entries first)
-//   O_i / l_i (times 1/(1-p) with dropout), LSE_i = m_i + log l_i; empty rows: 0 and +inf.
+//   O_i / l_i (times 1/(1-p) with dropout), LSE_i = m_i + log l_i into fp32 partials, which
+//   write_outputs() stores (in memory order, merging splits); empty rows: 0 and +inf.
 //
 // Why scores are transposed (keys x queries): the softmax statistics of a query are then a
-// column, and the micro-kernels update 8 queries' max/sum per AVX register with vertical ops
-// only (no horizontal reductions), while K rows are used as the gemm's A operand directly, with
-// no transposition of each key block. Q is transposed once per item instead.
+// column, and the micro-kernels update 8 (AVX2) or 16 (AVX-512) queries' max/sum per register
+// with vertical ops only (no horizontal reductions), while K rows are used as the gemm's A
+// operand directly, with no transposition of each key block. Q is transposed once instead.
 //
 // K and V. Every item of a sequence reads all of its kv head's visible keys, so when a sequence
 // has kPackMinBlocks query blocks or more, K and V are first converted, once per call, into the
@@ -65,9 +67,10 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // items per thread (decode, small batch), and never below kMinBlocksPerSplit key blocks per
 // split, so the partial outputs and the merge stay a small fraction of the work.
 constexpr int kItemsPerThread = 4;
-constexpr int kPackMinBlocks = 4;
 constexpr int kMinBlocksPerSplit = 4;
 constexpr int kMaxSplits = 128;
+// Query blocks per kv head from which K and V are packed once per call (see the top comment).
+constexpr int kPackMinBlocks = 4;
 
 struct WorkItem {
   int seq = 0;

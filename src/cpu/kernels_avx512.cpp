@@ -3,7 +3,8 @@
 // -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma and only called after active_kernels() saw
 // those on the running CPU. kernels_avx512_bf16.cpp adds the bf16 products to this table.
 //
-// ODR hygiene as in kernels_avx2.cpp: internal linkage only, no header with inline functions.
+// ODR hygiene as in kernels_avx2.cpp: internal linkage only, no header with inline functions
+// except kernels_avx512_exp.h, whose function is static.
 //
 // gemm schedule: C is cut into 12 x 32 register tiles (24 zmm accumulators + 2 zmm of B, of the
 // 32 zmm registers). Per step p of the reduction a tile loads one 32-float row of B (2 loads)

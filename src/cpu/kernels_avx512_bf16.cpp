@@ -1,11 +1,11 @@
 // The AVX-512 table plus bf16 products through AVX-512 BF16 (`vdpbf16ps`: per fp32 lane, two
 // bf16 products added to the accumulator). Compiled with the AVX-512 flags and -mavx512bf16,
 // only called after active_kernels() saw avx512_bf16 on the running CPU. ODR hygiene as in
-// kernels_avx2.cpp.
+// kernels_avx512.cpp.
 //
 // gemm_bf16 has the fp32 gemm's schedule (kernels_avx512.cpp): 12 x 32 register tiles, 24 zmm
-// accumulators, one 32-column row of B words per step (2 loads) and the A word of each row as an
-// embedded broadcast. Each instruction does 32 multiply-adds instead of 16, so a step of the
+// accumulators, one 32-column row of B words per step (2 loads) and the A word of each row
+// broadcast from memory (a load, no shuffle). Each instruction does 32 multiply-adds instead of 16, so a step of the
 // reduction covers two of the fp32 gemm's: on Zen 4 `vdpbf16ps zmm` issues at the rate of a zmm
 // FMA, twice the fp32 peak.
 #include <immintrin.h>
