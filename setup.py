@@ -4,9 +4,12 @@
 
 1. The library (CMake target `flashattn`, a static PIC archive) is configured with
    `-DFA_BUILD_TESTS=OFF -DFA_BUILD_TOOLS=OFF` in `build-py/cmake-<cuda|cpu>/`. CUDA kernels are
-   built when torch has CUDA and nvcc is found, else the library is the CPU backend only.
-   Environment: MAX_JOBS (parallel jobs), FA_HDIMS / FA_DTYPES / FA_CUDA_ARCHS (comma lists,
-   passed to CMake), FLASHATTN_CUDA=0/1 (force the choice), FA_CUTLASS_INCLUDE (headers).
+   built when torch has CUDA, nvcc is found and a GPU is present, for the archs of the GPUs
+   present (as torch's own extensions do without TORCH_CUDA_ARCH_LIST; scripts/cuda-archs maps
+   capabilities to archs); else the library is the CPU backend only.
+   Environment: MAX_JOBS (parallel jobs), FA_HDIMS / FA_DTYPES (comma lists, passed to CMake),
+   FA_CUDA_ARCHS (a comma list or `all`: these archs, GPU or not), FLASHATTN_CUDA=0/1 (force the
+   choice; 1 without a GPU builds every arch), FA_CUTLASS_INCLUDE (headers).
 2. FLASHATTN_PREBUILT_DIR=<a CMake build dir> skips step 1 and links the `libflashattn.a` found
    there (used where compiling the kernels would take too long: build the library once, carry
    the archive, compile only the adapter).
@@ -52,13 +55,48 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
-def _torch_cuda() -> bool:
-    """Whether the adapter is compiled with CUDA support (torch CUDA build + a CUDA toolkit)."""
+def _gpu_archs() -> str:
+    """FA_CUDA_ARCHS for the GPUs present ("" when there is none the kernels run on): torch's
+    view of the devices first, nvidia-smi's (inside scripts/cuda-archs) when torch sees none
+    (a driver too old for torch's CUDA, say). scripts/cuda-archs also serves `make`, so the two
+    defaults cannot drift apart."""
+    caps = []
+    if torch.cuda.is_available():
+        caps = ["%d.%d" % torch.cuda.get_device_capability(i)
+                for i in range(torch.cuda.device_count())]
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "cuda-archs"), *caps],
+                         stdout=subprocess.PIPE, text=True, check=True)
+    return out.stdout.strip()
+
+
+def _cuda_build() -> tuple[bool, str | None]:
+    """Whether the adapter and library are compiled with CUDA, and the FA_CUDA_ARCHS to pass.
+
+    Compiling every kernel for every arch takes most of an hour on a small machine, so the
+    default builds what this machine can run: the archs of its GPUs, or no CUDA at all without
+    one (CUDA tensors then raise NotImplementedError, as with a CPU-only torch). FA_CUDA_ARCHS
+    or FLASHATTN_CUDA=1 select kernels explicitly (to build for other machines), and a prebuilt
+    archive decides for itself (_library checks it)."""
     forced = _env_flag("FLASHATTN_CUDA")
     available = torch.version.cuda is not None and _nvcc() is not None
     if forced is True and not available:
         raise SystemExit("FLASHATTN_CUDA=1 but torch has no CUDA or nvcc was not found")
-    return available if forced is None else forced
+    if forced is False or not available:
+        return False, None
+    if os.environ.get("FLASHATTN_PREBUILT_DIR"):
+        return True, None  # nothing to compile; the archive has what it has
+    if os.environ.get("FA_CUDA_ARCHS"):
+        return True, os.environ["FA_CUDA_ARCHS"]
+    archs = _gpu_archs()
+    if archs:
+        print(f"flashattn: building the CUDA kernels for the GPUs present: FA_CUDA_ARCHS={archs} "
+              "(every arch: FA_CUDA_ARCHS=all)", flush=True)
+        return True, archs
+    if forced is True:
+        return True, "all"
+    print("flashattn: no GPU the kernels run on: building the CPU backend only "
+          "(CUDA kernels: FA_CUDA_ARCHS=all)", flush=True)
+    return False, None
 
 
 def _jobs() -> str:
@@ -77,10 +115,12 @@ def _cmake_build(cuda: bool) -> Path:
             "-DFA_BUILD_TESTS=OFF", "-DFA_BUILD_TOOLS=OFF", f"-DFA_CUDA={'ON' if cuda else 'OFF'}"]
     if shutil.which("ninja"):
         args += ["-G", "Ninja"]
-    for name in ("FA_HDIMS", "FA_DTYPES", "FA_CUDA_ARCHS", "FA_CUTLASS_INCLUDE"):
+    for name in ("FA_HDIMS", "FA_DTYPES", "FA_CUTLASS_INCLUDE"):
         if os.environ.get(name):
             args.append(f"-D{name}={os.environ[name]}")
     if cuda:
+        # Always passed, so the cached build dir follows this install, not an earlier one.
+        args.append(f"-DFA_CUDA_ARCHS={CUDA_ARCHS}")
         args.append(f"-DCMAKE_CUDA_COMPILER={_nvcc()}")
         cutlass = Path(os.environ.get("FA_CUTLASS_INCLUDE", ROOT / ".deps" / "cutlass" / "include"))
         if not (cutlass / "cute" / "tensor.hpp").exists():
@@ -179,7 +219,7 @@ def _use_toolchain_with_shared_libstdcxx() -> None:
 
 _drop_static_libstdcxx()
 _use_toolchain_with_shared_libstdcxx()
-TORCH_CUDA = _torch_cuda()
+TORCH_CUDA, CUDA_ARCHS = _cuda_build()
 Extension = CUDAExtension if TORCH_CUDA else CppExtension
 ext_modules = [
     Extension(

@@ -15,13 +15,16 @@
 //                           `deterministic` is not used here but by the backward that
 //                           python/flashattn/_ops.py registers for them, which reads it from
 //                           the op's inputs
-//   bwd, varlen_bwd         backward; return (dq, dk, dv)
+//   bwd, varlen_bwd         backward; return (dq, dk, dv, dsinks); dsinks is float32 (nheads,)
+//                           with sinks, an empty float32 tensor without
 //   bwd_into                dense backward into caller buffers dq, dk, dv (q's dtype or
 //                           float32), overwritten or added to (context parallelism sums
 //                           per-block gradients in fp32); returns nothing
 //   fwd_kvcache             inference against a KV cache, appending in place; (out, softmax_lse)
 // rng_state is a host int64 [2] tensor (Philox seed, offset) so the backward can pass it to the
-// library without reading device memory (no host synchronization).
+// library without reading device memory (no host synchronization). Every op but bwd_into takes
+// `sinks` (float32 (nheads,), optional, last in the schema with a None default so older calls
+// keep working). v may have a head dim of its own; out, dout and dv have v's.
 #include <torch/csrc/Exceptions.h>
 #include <torch/extension.h>
 
@@ -29,6 +32,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "flashattn/flashattn.h"
 
@@ -163,6 +167,34 @@ void set_alibi(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>&
   p.alibi_slopes_batch_stride = s.dim() == 2 ? s.stride(0) : 0;
 }
 
+// Attention sinks: fp32 (h,), one logit per query head, contiguous.
+void set_sinks(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>& sinks,
+               const char* op) {
+  if (!sinks.has_value()) return;
+  const Tensor& s = *sinks;
+  check_device(q, s, "sinks", op);
+  FA_CHECK_ARG(s.scalar_type() == at::kFloat, "flashattn.", op, ": sinks must be float32, got ",
+               s.scalar_type());
+  FA_CHECK_ARG(s.dim() == 1 && s.size(0) == p.h, "flashattn.", op,
+               ": sinks must have shape (nheads,) = (", p.h, ",), got ", shape_str(s));
+  check_last_contiguous(s, "sinks", op);
+  p.sinks = s.data_ptr<float>();
+}
+
+// The gradient of the sinks a backward returns: float32 (nheads,) when there are sinks, else an
+// empty float32 tensor on q's device (python/flashattn/_ops.py's fakes allocate the same).
+Tensor dsinks_like(const Tensor& q, const optional<Tensor>& sinks) {
+  if (sinks.has_value()) return at::empty(sinks->sizes(), sinks->options());
+  return at::empty({0}, q.options().dtype(at::kFloat));
+}
+
+// out / dout of q's shape with v's head dim.
+std::vector<int64_t> out_shape(const Tensor& q, const Tensor& v) {
+  std::vector<int64_t> s(q.sizes().begin(), q.sizes().end());
+  s.back() = v.size(-1);
+  return s;
+}
+
 // Score/mask options shared by every op.
 void set_options(flashattn::FwdParams& p, double softmax_scale, bool causal, int64_t window_left,
                  int64_t window_right, double softcap) {
@@ -270,6 +302,7 @@ int64_t round_up_128(int64_t x) { return (x + 127) / 128 * 128; }
 void set_qkvo(flashattn::FwdParams& p, const Tensor& q, const Tensor& k, const Tensor& v,
               const Tensor& out, const char* op) {
   p.dtype = to_dtype(q, op);
+  p.dv = v.size(-1);
   p.q_ptr = q.data_ptr();
   p.k_ptr = k.data_ptr();
   p.v_ptr = v.data_ptr();
@@ -295,11 +328,13 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v, const char* op
   check_last_contiguous(q, "q", op);
   check_last_contiguous(k, "k", op);
   check_last_contiguous(v, "v", op);
-  FA_CHECK_ARG(k.sizes() == v.sizes(), "flashattn.", op, ": k and v must have one shape, got ",
-               shape_str(k), " and ", shape_str(v));
-  FA_CHECK_ARG(k.size(-1) == q.size(-1), "flashattn.", op,
-               ": k and v must have q's head dim ", q.size(-1), ", got ", shape_str(k),
-               " (flashattn needs head dim of v == head dim of q)");
+  // v may have a head dim of its own (DeepSeek's 192 / 128, MLA); every other size is k's.
+  FA_CHECK_ARG(
+      k.dim() == v.dim() && k.sizes().slice(0, k.dim() - 1) == v.sizes().slice(0, v.dim() - 1),
+      "flashattn.", op, ": k and v must have one shape but for the head dim, got ", shape_str(k),
+      " and ", shape_str(v));
+  FA_CHECK_ARG(k.size(-1) == q.size(-1), "flashattn.", op, ": k must have q's head dim ",
+               q.size(-1), ", got ", shape_str(k));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -307,7 +342,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k,
                                                double dropout_p, double softmax_scale,
                                                bool causal, int64_t window_size_left,
                                                int64_t window_size_right, double softcap,
-                                               bool return_softmax, bool deterministic) {
+                                               bool return_softmax, bool deterministic,
+                                               const optional<Tensor>& sinks) {
   const char* op = "fwd";
   (void)deterministic;  // the registered backward's (see the file comment)
   check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
@@ -323,7 +359,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k,
   p.seqlen_k = k.size(1), p.h_k = k.size(2);
   DeviceScope scope(q, p);
 
-  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor out = at::empty(out_shape(q, v), q.options());
   Tensor lse = at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
   Tensor probs;
   if (return_softmax) {
@@ -336,6 +372,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fwd(const Tensor& q, const Tensor& k,
   p.softmax_lse_ptr = lse.data_ptr<float>();
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
   Tensor rng_state = draw_rng_state(q, p.b, p.h, dropout_p, op);
   set_rng(p, dropout_p, rng_state, op);
   raise_if_error(flashattn::mha_fwd(p), op);
@@ -358,7 +395,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
     const optional<Tensor>& block_table, const optional<Tensor>& alibi_slopes,
     int64_t max_seqlen_q, int64_t max_seqlen_k, double dropout_p, double softmax_scale,
     bool causal, int64_t window_size_left, int64_t window_size_right, double softcap,
-    bool return_softmax, bool deterministic) {
+    bool return_softmax, bool deterministic, const optional<Tensor>& sinks) {
   const char* op = "varlen_fwd";
   (void)deterministic;  // the registered backward's (see the file comment)
   const bool paged = block_table.has_value();
@@ -391,7 +428,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
   p.total_k = paged ? 0 : k.size(0);
   DeviceScope scope(q, p);
 
-  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor out = at::empty(out_shape(q, v), q.options());
   Tensor lse = at::empty({p.h, p.total_q}, q.options().dtype(at::kFloat));
   set_qkvo(p, q, k, v, out, op);
   p.softmax_lse_ptr = lse.data_ptr<float>();
@@ -411,6 +448,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
   }
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
   Tensor rng_state = draw_rng_state(q, p.b, p.h, dropout_p, op);
   set_rng(p, dropout_p, rng_state, op);
   raise_if_error(flashattn::mha_varlen_fwd(p), op);
@@ -434,16 +472,17 @@ void set_bwd_tensors(flashattn::BwdParams& p, const Tensor& dout, const Tensor& 
   FA_SET_STRIDES(p, dv, dv);
 }
 
-void check_bwd_extra(const Tensor& dout, const Tensor& q, const Tensor& out, const Tensor& lse,
-                     const char* op) {
+void check_bwd_extra(const Tensor& dout, const Tensor& q, const Tensor& v, const Tensor& out,
+                     const Tensor& lse, const char* op) {
   check_device(q, dout, "dout", op);
   check_device(q, out, "out", op);
   check_device(q, lse, "softmax_lse", op);
   check_same_dtype(q, dout, "dout", op);
   check_same_dtype(q, out, "out", op);
-  FA_CHECK_ARG(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "flashattn.", op,
-               ": dout and out must have q's shape ", shape_str(q), ", got ",
-               shape_str(dout), " and ", shape_str(out));
+  const std::vector<int64_t> want = out_shape(q, v);
+  FA_CHECK_ARG(dout.sizes() == at::IntArrayRef(want) && out.sizes() == at::IntArrayRef(want),
+               "flashattn.", op, ": dout and out must have q's shape with v's head dim ",
+               at::IntArrayRef(want), ", got ", shape_str(dout), " and ", shape_str(out));
   check_last_contiguous(dout, "dout", op);
   check_last_contiguous(out, "out", op);
   FA_CHECK_ARG(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "flashattn.", op,
@@ -457,7 +496,7 @@ void check_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const
   check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
   check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
   check_qkv(q, k, v, op);
-  check_bwd_extra(dout, q, out, softmax_lse, op);
+  check_bwd_extra(dout, q, v, out, softmax_lse, op);
   FA_CHECK_ARG(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
                " but q has ", q.size(0));
   FA_CHECK_ARG(softmax_lse.sizes() == at::IntArrayRef({q.size(0), q.size(2), q.size(1)}),
@@ -471,7 +510,8 @@ void run_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
                    const Tensor& dk, const Tensor& dv, bool accumulate,
                    const optional<Tensor>& alibi_slopes, double dropout_p, double softmax_scale,
                    bool causal, int64_t window_size_left, int64_t window_size_right,
-                   double softcap, bool deterministic, const Tensor& rng_state, const char* op) {
+                   double softcap, bool deterministic, const Tensor& rng_state,
+                   const optional<Tensor>& sinks, const Tensor& dsinks, const char* op) {
   flashattn::BwdParams p;
   p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
   p.seqlen_k = k.size(1), p.h_k = k.size(2);
@@ -481,28 +521,28 @@ void run_dense_bwd(const Tensor& dout, const Tensor& q, const Tensor& k, const T
   p.dqkv_accumulate = accumulate;
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
+  if (sinks.has_value()) p.dsinks = dsinks.data_ptr<float>();
   set_rng(p, dropout_p, rng_state, op);
   p.deterministic = deterministic;
   raise_if_error(flashattn::mha_bwd(p), op);
 }
 
-std::tuple<Tensor, Tensor, Tensor> bwd(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                       const Tensor& v, const Tensor& out,
-                                       const Tensor& softmax_lse,
-                                       const optional<Tensor>& alibi_slopes, double dropout_p,
-                                       double softmax_scale, bool causal,
-                                       int64_t window_size_left, int64_t window_size_right,
-                                       double softcap, bool deterministic,
-                                       const Tensor& rng_state) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> bwd(
+    const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+    const Tensor& softmax_lse, const optional<Tensor>& alibi_slopes, double dropout_p,
+    double softmax_scale, bool causal, int64_t window_size_left, int64_t window_size_right,
+    double softcap, bool deterministic, const Tensor& rng_state, const optional<Tensor>& sinks) {
   const char* op = "bwd";
   check_dense_bwd(dout, q, k, v, out, softmax_lse, op);
   Tensor dq = at::empty(q.sizes(), q.options());
   Tensor dk = at::empty(k.sizes(), k.options());
   Tensor dv = at::empty(v.sizes(), v.options());
+  Tensor dsinks = dsinks_like(q, sinks);
   run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, /*accumulate=*/false, alibi_slopes,
                 dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
-                deterministic, rng_state, op);
-  return {dq, dk, dv};
+                deterministic, rng_state, sinks, dsinks, op);
+  return {dq, dk, dv, dsinks};
 }
 
 // A caller's gradient buffer: on q's device, the shape of the tensor it is the gradient of, the
@@ -534,22 +574,22 @@ void bwd_into(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor
   check_grad_buffer(q, dv, "dv", v, "v", dq, op);
   run_dense_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, accumulate, alibi_slopes, dropout_p,
                 softmax_scale, causal, window_size_left, window_size_right, softcap,
-                deterministic, rng_state, op);
+                deterministic, rng_state, c10::nullopt, Tensor(), op);
 }
 
-std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd(
     const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
     const Tensor& softmax_lse, const Tensor& cu_seqlens_q, const Tensor& cu_seqlens_k,
     const optional<Tensor>& seqused_k, const optional<Tensor>& alibi_slopes, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double dropout_p, double softmax_scale, bool causal,
     int64_t window_size_left, int64_t window_size_right, double softcap, bool deterministic,
-    const Tensor& rng_state) {
+    const Tensor& rng_state, const optional<Tensor>& sinks) {
   const char* op = "varlen_bwd";
   check_rank(q, 3, "q", "(total_q, nheads, headdim)", op);
   check_rank(k, 3, "k", "(total_k, nheads_k, headdim)", op);
   check_rank(v, 3, "v", "(total_k, nheads_k, headdim)", op);
   check_qkv(q, k, v, op);
-  check_bwd_extra(dout, q, out, softmax_lse, op);
+  check_bwd_extra(dout, q, v, out, softmax_lse, op);
   check_index(q, cu_seqlens_q, "cu_seqlens_q", 1, op);
   check_index(q, cu_seqlens_k, "cu_seqlens_k", 1, op);
   FA_CHECK_ARG(cu_seqlens_q.numel() >= 1 && cu_seqlens_k.numel() == cu_seqlens_q.numel(),
@@ -568,6 +608,7 @@ std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
   Tensor dq = at::empty(q.sizes(), q.options());
   Tensor dk = at::empty(k.sizes(), k.options());
   Tensor dv = at::empty(v.sizes(), v.options());
+  Tensor dsinks = dsinks_like(q, sinks);
   set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
   p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
   p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
@@ -577,10 +618,12 @@ std::tuple<Tensor, Tensor, Tensor> varlen_bwd(
   }
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
+  if (sinks.has_value()) p.dsinks = dsinks.data_ptr<float>();
   set_rng(p, dropout_p, rng_state, op);
   p.deterministic = deterministic;
   raise_if_error(flashattn::mha_varlen_bwd(p), op);
-  return {dq, dk, dv};
+  return {dq, dk, dv, dsinks};
 }
 
 // -------------------------------------------------------------------------- fwd_kvcache --
@@ -593,7 +636,7 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
     const optional<Tensor>& cache_leftpad, const optional<Tensor>& block_table,
     const optional<Tensor>& alibi_slopes, double softmax_scale, bool causal,
     int64_t window_size_left, int64_t window_size_right, double softcap, bool rotary_interleaved,
-    int64_t num_splits) {
+    int64_t num_splits, const optional<Tensor>& sinks) {
   const char* op = "fwd_kvcache";
   const bool paged = block_table.has_value();
   check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
@@ -612,6 +655,7 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
   flashattn::KVCacheParams p;
   p.dtype = to_dtype(q, op);
   p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+  p.dv = v_cache.size(3);
   p.h_k = k_cache.size(2);
   if (paged) {
     check_index(q, *block_table, "block_table", 2, op);
@@ -631,7 +675,7 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
   }
   DeviceScope scope(q, p);
 
-  Tensor out = at::empty(q.sizes(), q.options());
+  Tensor out = at::empty(out_shape(q, v_cache), q.options());
   Tensor lse = at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
   p.q_ptr = q.data_ptr();
   FA_SET_STRIDES(p, q, q);
@@ -664,11 +708,13 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
     check_same_dtype(q, *v, "v", op);
     check_last_contiguous(*k, "k", op);
     check_last_contiguous(*v, "v", op);
-    FA_CHECK_ARG(k->sizes() == v->sizes() && k->size(0) == p.b && k->size(2) == p.h_k &&
-                     k->size(3) == p.d,
+    FA_CHECK_ARG(k->size(0) == p.b && k->size(2) == p.h_k && k->size(3) == p.d &&
+                     v->size(0) == p.b && v->size(1) == k->size(1) && v->size(2) == p.h_k &&
+                     v->size(3) == p.dv,
                  "flashattn.", op, ": k and v must have shape (batch, seqlen_new, nheads_k, "
-                 "headdim) = (", p.b, ", *, ", p.h_k, ", ", p.d, "), got ", shape_str(*k),
-                 " and ", shape_str(*v));
+                 "headdim) = (", p.b, ", *, ", p.h_k, ", ", p.d, ") and (", p.b, ", *, ", p.h_k,
+                 ", ", p.dv, ") (v with v_cache's head dim), got ", shape_str(*k), " and ",
+                 shape_str(*v));
     p.knew_ptr = k->data_ptr();
     FA_SET_STRIDES(p, knew, *k);
     p.vnew_ptr = v->data_ptr();
@@ -693,6 +739,7 @@ std::tuple<Tensor, Tensor> fwd_kvcache(
   }
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
   p.num_splits = static_cast<int>(num_splits);
   raise_if_error(flashattn::mha_fwd_kvcache(p), op);
   return {out, lse};
@@ -724,19 +771,19 @@ TORCH_LIBRARY(flashattn, m) {
   m.def(
       "fwd(Tensor q, Tensor k, Tensor v, Tensor? alibi_slopes, float dropout_p, "
       "float softmax_scale, bool causal, int window_size_left, int window_size_right, "
-      "float softcap, bool return_softmax, bool deterministic) "
+      "float softcap, bool return_softmax, bool deterministic, Tensor? sinks=None) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "varlen_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
       "Tensor? seqused_k, Tensor? block_table, Tensor? alibi_slopes, int max_seqlen_q, "
       "int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
       "int window_size_left, int window_size_right, float softcap, bool return_softmax, "
-      "bool deterministic) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool deterministic, Tensor? sinks=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor? alibi_slopes, float dropout_p, float softmax_scale, bool causal, "
       "int window_size_left, int window_size_right, float softcap, bool deterministic, "
-      "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+      "Tensor rng_state, Tensor? sinks=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd_into(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor softmax_lse, "
       "Tensor(a!) dq, Tensor(b!) dk, Tensor(c!) dv, bool accumulate, Tensor? alibi_slopes, "
@@ -747,14 +794,14 @@ TORCH_LIBRARY(flashattn, m) {
       "Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? seqused_k, Tensor? alibi_slopes, "
       "int max_seqlen_q, int max_seqlen_k, float dropout_p, float softmax_scale, bool causal, "
       "int window_size_left, int window_size_right, float softcap, bool deterministic, "
-      "Tensor rng_state) -> (Tensor, Tensor, Tensor)");
+      "Tensor rng_state, Tensor? sinks=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "fwd_kvcache(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor? k, Tensor? v, "
       "Tensor? rotary_cos, Tensor? rotary_sin, Tensor? cache_seqlens, int cache_seqlen, "
       "Tensor? cache_batch_idx, Tensor? cache_leftpad, Tensor? block_table, "
       "Tensor? alibi_slopes, float softmax_scale, bool causal, int window_size_left, "
-      "int window_size_right, float softcap, bool rotary_interleaved, int num_splits) "
-      "-> (Tensor, Tensor)");
+      "int window_size_right, float softcap, bool rotary_interleaved, int num_splits, "
+      "Tensor? sinks=None) -> (Tensor, Tensor)");
 }
 
 // One implementation serves both dispatch keys: the library picks GPU kernels or the CPU

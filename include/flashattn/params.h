@@ -13,6 +13,9 @@
 //   visible   j < s_k  and  i + s_k - s_q - left <= j <= i + s_k - s_q + right
 //             (left/right = -1 means unbounded; is_causal forces right = 0)
 //   softmax over visible keys only; a row with no visible key gives o = 0 and lse = +inf
+//   sinks     sink_h joins every row's softmax denominator as one more logit with no value:
+//             P_ij = exp(s_ij) / (exp(sink_h) + sum_j exp(s_ij)), lse = log(that denominator);
+//             a row with no visible key then gives o = 0 and lse = sink_h
 //   dropout   keep with probability 1 - p_dropout, kept probabilities scaled by 1/(1 - p)
 //             keep mask from Philox-4x32-10(seed, offset), counter layout in src/common/philox.h
 #pragma once
@@ -41,22 +44,27 @@ struct FwdParams {
   int seqlen_k = 0;
   int h = 0;          // query heads
   int h_k = 0;        // key/value heads; h % h_k == 0, query head i reads kv head i / (h / h_k)
-  int d = 0;          // head dim, 1..256 (GPU kernels: a multiple of 8)
+  int d = 0;          // head dim of q and k, 1..256 (GPU kernels: a multiple of 8)
+  // Head dim of v and o (and of dout and the gradient dV in BwdParams; not to be confused with
+  // BwdParams::dv_ptr, that gradient). 0 means d. 1..256. The GPU kernels need dv == d for now.
+  int dv = 0;
 
   // q: dense [b, seqlen_q, h, d]; varlen [total_q, h, d] (q_batch_stride unused). Never null.
   const void* q_ptr = nullptr;
   int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
   // k, v: dense [b, seqlen_k, h_k, d]; varlen [total_k, h_k, d];
-  //       paged [num_blocks, page_block_size, h_k, d] (batch stride = stride between pages).
+  //       paged [num_blocks, page_block_size, h_k, d] (batch stride = stride between pages);
+  //       v's last dim is dv.
   // Read-only, except that mha_fwd_kvcache appends new tokens into them in place.
   void* k_ptr = nullptr;
   int64_t k_batch_stride = 0, k_row_stride = 0, k_head_stride = 0;
   void* v_ptr = nullptr;
   int64_t v_batch_stride = 0, v_row_stride = 0, v_head_stride = 0;
-  // o: dense [b, seqlen_q, h, d]; varlen [total_q, h, d]. Never null.
+  // o: dense [b, seqlen_q, h, dv]; varlen [total_q, h, dv]. Never null.
   void* o_ptr = nullptr;
   int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
   // LSE (natural log), fp32, contiguous: dense [b, h, seqlen_q]; varlen [h, total_q]. May be null.
+  // With sinks it includes the sink: log(exp(sink_h) + sum_j exp(s_ij)).
   float* softmax_lse_ptr = nullptr;
 
   // Varlen (both null for dense). Sequence i owns rows cu_seqlens_q[i] .. cu_seqlens_q[i+1]-1.
@@ -83,6 +91,12 @@ struct FwdParams {
   // ALiBi slopes, fp32: [h] (alibi_slopes_batch_stride == 0) or [b, h]. May be null.
   const float* alibi_slopes = nullptr;
   int64_t alibi_slopes_batch_stride = 0;
+  // Learnable attention sinks (gpt-oss), fp32 [h], one logit per query head. May be null (no
+  // sink). The sink is a final score: softmax_scale, softcap and ALiBi do not apply to it. It
+  // takes probability mass in every row's softmax and contributes no value (docs/semantics.md);
+  // -inf is the same as no sink for that head. The backward must get the forward's sinks (its
+  // LSE includes them). GPU kernels: not yet (NotSupported).
+  const float* sinks = nullptr;
 
   // Dropout on the attention probabilities. 0 <= p_dropout < 1; not with softcap > 0.
   float p_dropout = 0.f;
@@ -103,11 +117,11 @@ struct FwdParams {
 // Backward: dq, dk, dv from dout, the forward's out and LSE. Inherits every forward field; o_ptr
 // and softmax_lse_ptr are INPUTS here (the forward's results) and softmax_lse_ptr is required.
 struct BwdParams : FwdParams {
-  // dout: like o. Never null.
+  // dout: like o ([..., h, dv]). Never null.
   const void* do_ptr = nullptr;
   int64_t do_batch_stride = 0, do_row_stride = 0, do_head_stride = 0;
   // dq: like q. dk, dv: like k, v (h_k heads: gradients of query heads sharing a kv head are
-  // summed). Never null. Paged KV has no backward.
+  // summed; dv's last dim is dv). Never null. Paged KV has no backward.
   void* dq_ptr = nullptr;
   int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;
   void* dk_ptr = nullptr;
@@ -124,10 +138,15 @@ struct BwdParams : FwdParams {
   // reference; the GPU backward returns kNotSupported for either.
   bool dqkv_fp32 = false;
   bool dqkv_accumulate = false;
+  // Gradient of the sinks, fp32 [h], OVERWRITTEN with the sum over the batch and every query row
+  // of the head: dsinks[h] = -sum_(b, i) P_sink(b, h, i) * D(b, h, i), where
+  // P_sink = exp(sinks[h] - lse) and D = dout_i . o_i (docs/algorithm.md derives it); not
+  // affected by dqkv_fp32 / dqkv_accumulate. May be null (not wanted); needs sinks.
+  float* dsinks = nullptr;
 };
 
 // Inference against a KV cache (flash_attn_with_kvcache). k_ptr/v_ptr are the cache:
-// contiguous [b_cache, seqlen_k, h_k, d] (seqlen_k = capacity) or paged (block_table set).
+// contiguous [b_cache, seqlen_k, h_k, d] (v: dv; seqlen_k = capacity) or paged (block_table set).
 // q is dense [b, seqlen_q, h, d]. Varlen fields must stay null.
 struct KVCacheParams : FwdParams {
   int b_cache = 0;                    // cache batch (contiguous cache); >= b, or = b when paged
@@ -141,7 +160,7 @@ struct KVCacheParams : FwdParams {
   // (both or neither).
   const void* knew_ptr = nullptr;     // [b, seqlen_knew, h_k, d]
   int64_t knew_batch_stride = 0, knew_row_stride = 0, knew_head_stride = 0;
-  const void* vnew_ptr = nullptr;     // [b, seqlen_knew, h_k, d]
+  const void* vnew_ptr = nullptr;     // [b, seqlen_knew, h_k, dv]
   int64_t vnew_batch_stride = 0, vnew_row_stride = 0, vnew_head_stride = 0;
   int seqlen_knew = 0;
   // Rotary embedding of new k (at absolute cache positions) and q (at cache_seqlens + i when

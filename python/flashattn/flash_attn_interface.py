@@ -7,6 +7,11 @@ tensors and on the CPU backend for CPU tensors; this module adds what flash_attn
 adds: the default softmax scale, head dims padded to a multiple of 8 on the GPU and packed-input
 unpacking. Autograd is registered on the forward ops themselves (flashattn/_ops.py).
 
+Beyond flash_attn 2.x, every function takes `sinks` (learnable attention sinks, float32
+(nheads,), one logit per query head that joins each row's softmax denominator and contributes
+no value; gradients flow to it), and v may have a head dim of its own (out has v's head dim);
+docs/python.md.
+
 Nothing here reads device memory (no .item(), no data-dependent Python branches), so the
 functions run under torch.compile(fullgraph=True) and inside CUDA graph capture.
 """
@@ -46,9 +51,9 @@ def _window(window_size: Sequence[int]) -> Tuple[int, int]:
     return int(window_size[0]), int(window_size[1])
 
 
-def _needs_padding(x: Tensor) -> bool:
+def _needs_padding(*xs: Tensor) -> bool:
     # The CPU backend takes any head dim; only the GPU kernels need the multiple of 8.
-    return x.is_cuda and x.shape[-1] % _HEAD_DIM_MULTIPLE != 0
+    return any(x.is_cuda and x.shape[-1] % _HEAD_DIM_MULTIPLE != 0 for x in xs)
 
 
 def _pad_head_dim(x: Tensor) -> Tensor:
@@ -64,19 +69,20 @@ def _check_softmax_scale(softmax_scale: Optional[float], head_dim: int) -> float
 def _attn_dense(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
                 softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
                 softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
-                return_attn_probs: bool):
-    head_dim = q.shape[-1]
-    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+                return_attn_probs: bool, sinks: Optional[Tensor]):
+    softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
+    head_dim_v = v.shape[-1]
     q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
-    padded = _needs_padding(q)
+    padded = _needs_padding(q, v)
     if padded:
         q, k, v = (_pad_head_dim(x) for x in (q, k, v))
     window = _window(window_size)
     out, lse, s_dmask, _ = torch.ops.flashattn.fwd(
         q, k, v, alibi_slopes, float(dropout_p), softmax_scale, bool(causal), window[0],
-        window[1], float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic))
+        window[1], float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic),
+        sinks)
     if padded:
-        out = out[..., :head_dim]
+        out = out[..., :head_dim_v]
     return (out, lse, s_dmask) if return_attn_probs else out
 
 
@@ -84,20 +90,21 @@ def _attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqle
                  max_seqlen_q: int, max_seqlen_k: int, dropout_p: float,
                  softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
                  softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
-                 return_attn_probs: bool, block_table: Optional[Tensor]):
-    head_dim = q.shape[-1]
-    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+                 return_attn_probs: bool, block_table: Optional[Tensor],
+                 sinks: Optional[Tensor]):
+    softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
+    head_dim_v = v.shape[-1]
     q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
-    padded = _needs_padding(q)
+    padded = _needs_padding(q, v)
     if padded:
         q, k, v = (_pad_head_dim(x) for x in (q, k, v))
     window = _window(window_size)
     out, lse, s_dmask, _ = torch.ops.flashattn.varlen_fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, None, block_table, alibi_slopes, int(max_seqlen_q),
         int(max_seqlen_k), float(dropout_p), softmax_scale, bool(causal), window[0], window[1],
-        float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic))
+        float(softcap), bool(return_attn_probs and dropout_p > 0), bool(deterministic), sinks)
     if padded:
-        out = out[..., :head_dim]
+        out = out[..., :head_dim_v]
     return (out, lse, s_dmask) if return_attn_probs else out
 
 
@@ -111,15 +118,17 @@ def flash_attn_qkvpacked_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Attention over packed qkv (batch, seqlen, 3, nheads, headdim) (self-attention, MHA).
 
     Returns out (batch, seqlen, nheads, headdim), or (out, softmax_lse, S_dmask) with
-    return_attn_probs. Gradients flow back into qkv.
+    return_attn_probs. Gradients flow back into qkv (and sinks).
     """
     q, k, v = qkv.unbind(dim=2)
     return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, deterministic, return_attn_probs)
+                       alibi_slopes, deterministic, return_attn_probs, sinks)
 
 
 def flash_attn_kvpacked_func(
@@ -133,12 +142,14 @@ def flash_attn_kvpacked_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Attention with q (batch, seqlen_q, nheads, headdim) and packed kv
     (batch, seqlen_k, 2, nheads_k, headdim); nheads % nheads_k == 0 (GQA/MQA)."""
     k, v = kv.unbind(dim=2)
     return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, deterministic, return_attn_probs)
+                       alibi_slopes, deterministic, return_attn_probs, sinks)
 
 
 def flash_attn_func(
@@ -153,13 +164,16 @@ def flash_attn_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Exact attention softmax(q k^T * softmax_scale) v.
 
     Arguments:
-        q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim), with
-            nheads % nheads_k == 0 (GQA/MQA). fp16 or bf16 on the GPU; CPU tensors (fp32 too)
-            run on the CPU backend.
+        q: (batch, seqlen_q, nheads, headdim); k: (batch, seqlen_k, nheads_k, headdim);
+            v: (batch, seqlen_k, nheads_k, headdim_v), headdim_v any head dim (the GPU kernels
+            need headdim_v == headdim for now), with nheads % nheads_k == 0 (GQA/MQA). fp16 or
+            bf16 on the GPU; CPU tensors (fp32 too) run on the CPU backend.
         dropout_p: dropout probability on the attention weights (0.0 for evaluation).
         softmax_scale: defaults to 1 / sqrt(headdim).
         causal: causal mask aligned to the bottom-right corner of the score matrix.
@@ -171,11 +185,16 @@ def flash_attn_func(
         return_attn_probs: also return softmax_lse (batch, nheads, seqlen_q) fp32 and S_dmask
             (the attention probabilities, negated where dropped, when dropout_p > 0; else an
             empty tensor). For testing only.
+        sinks: learnable attention sinks, fp32 (nheads,) (keyword only; CPU tensors for now,
+            the GPU kernels raise NotImplementedError): sinks[h] joins every softmax row of head
+            h as one more logit, P_ij = exp(s_ij) / (exp(sinks[h]) + sum_j exp(s_ij)), taking
+            probability mass and adding no value; softmax_lse includes it. Not scaled, capped or
+            ALiBi-shifted. Gradients flow to it when it requires grad.
     Returns:
-        out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse, S_dmask).
+        out (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse, S_dmask).
     """
     return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, deterministic, return_attn_probs)
+                       alibi_slopes, deterministic, return_attn_probs, sinks)
 
 
 def flash_attn_varlen_qkvpacked_func(
@@ -190,6 +209,8 @@ def flash_attn_varlen_qkvpacked_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Variable-length attention over packed qkv (total, 3, nheads, headdim).
 
@@ -199,7 +220,7 @@ def flash_attn_varlen_qkvpacked_func(
     q, k, v = qkv.unbind(dim=1)
     return _attn_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
                         softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                        return_attn_probs, None)
+                        return_attn_probs, None, sinks)
 
 
 def flash_attn_varlen_kvpacked_func(
@@ -217,13 +238,15 @@ def flash_attn_varlen_kvpacked_func(
     alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
     return_attn_probs: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Variable-length attention with q (total_q, nheads, headdim) and packed kv
     (total_k, 2, nheads_k, headdim)."""
     k, v = kv.unbind(dim=1)
     return _attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                        deterministic, return_attn_probs, None)
+                        deterministic, return_attn_probs, None, sinks)
 
 
 def flash_attn_varlen_func(
@@ -243,17 +266,20 @@ def flash_attn_varlen_func(
     deterministic: bool = False,
     return_attn_probs: bool = False,
     block_table: Optional[Tensor] = None,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
-    """Variable-length attention: q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim).
+    """Variable-length attention: q (total_q, nheads, headdim), k (total_k, nheads_k, headdim),
+    v (total_k, nheads_k, headdim_v).
 
     Sequence i owns rows cu_seqlens_q[i]:cu_seqlens_q[i+1] of q (and likewise of k, v);
     causal and window masks are aligned per sequence. With block_table (batch, max_blocks) int32,
     k and v are a paged cache (num_blocks, page_block_size, nheads_k, headdim) (forward only).
-    softmax_lse is (nheads, total_q).
+    softmax_lse is (nheads, total_q). sinks: as in flash_attn_func.
     """
     return _attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                        deterministic, return_attn_probs, block_table)
+                        deterministic, return_attn_probs, block_table, sinks)
 
 
 def flash_attn_with_kvcache(
@@ -276,6 +302,8 @@ def flash_attn_with_kvcache(
     alibi_slopes: Optional[Tensor] = None,
     num_splits: int = 0,
     return_softmax_lse: bool = False,
+    *,
+    sinks: Optional[Tensor] = None,
 ):
     """Attention of q against a KV cache, for incremental decoding (no backward).
 
@@ -286,7 +314,8 @@ def flash_attn_with_kvcache(
     Arguments:
         q: (batch, seqlen_q, nheads, headdim).
         k_cache, v_cache: (batch_cache, seqlen_cache, nheads_k, headdim), or with block_table
-            (num_blocks, page_block_size, nheads_k, headdim).
+            (num_blocks, page_block_size, nheads_k, headdim); v_cache (and v) may have a head
+            dim of its own, headdim_v, which out then has.
         rotary_cos, rotary_sin: (seqlen_ro, rotary_dim / 2); interleaved pairs or GPT-NeoX halves
             (rotary_interleaved=False).
         cache_seqlens: int or (batch,) int32: tokens already in each cache row.
@@ -295,8 +324,9 @@ def flash_attn_with_kvcache(
         block_table: (batch, max_blocks_per_seq) int32 for a paged cache.
         num_splits: split-KV chunks (0 = heuristic, 1 = no split).
         return_softmax_lse: also return softmax_lse (batch, nheads, seqlen_q).
+        sinks: learnable attention sinks, fp32 (nheads,), as in flash_attn_func (keyword only).
     Returns:
-        out (batch, seqlen_q, nheads, headdim), or (out, softmax_lse).
+        out (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse).
     Raises:
         flashattn.InvalidArgumentError (a RuntimeError and a ValueError) when an index value is
         out of range: cache_seqlens (+ the new keys) past the cache, or past the block table's
@@ -312,8 +342,8 @@ def flash_attn_with_kvcache(
                              f"(stride(-1) == 1); it is updated in place so it cannot be copied")
     if (k is None) != (v is None):
         raise ValueError("flashattn: k and v must be given together (both or neither)")
-    head_dim = q.shape[-1]
-    softmax_scale = _check_softmax_scale(softmax_scale, head_dim)
+    softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
+    head_dim, head_dim_v = k_cache.shape[-1], v_cache.shape[-1]
     q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
     cache_batch_idx = _maybe_contiguous(cache_batch_idx)
     block_table = _maybe_contiguous(block_table)
@@ -331,7 +361,7 @@ def flash_attn_with_kvcache(
     else:
         cache_seqlen = 0
 
-    padded = _needs_padding(q)
+    padded = _needs_padding(q, v_cache)
     kc, vc = k_cache, v_cache
     if padded:
         # Rare (head dims not a multiple of 8 on the GPU): run on padded copies of the cache and
@@ -343,10 +373,10 @@ def flash_attn_with_kvcache(
     out, lse = torch.ops.flashattn.fwd_kvcache(
         q, kc, vc, k, v, rotary_cos, rotary_sin, cache_seqlens, int(cache_seqlen),
         cache_batch_idx, cache_leftpad, block_table, alibi_slopes, softmax_scale, bool(causal),
-        window[0], window[1], float(softcap), bool(rotary_interleaved), int(num_splits))
+        window[0], window[1], float(softcap), bool(rotary_interleaved), int(num_splits), sinks)
     if padded:
-        out = out[..., :head_dim]
+        out = out[..., :head_dim_v]
         if k is not None:
             k_cache.copy_(kc[..., :head_dim])
-            v_cache.copy_(vc[..., :head_dim])
+            v_cache.copy_(vc[..., :head_dim_v])
     return (out, lse) if return_softmax_lse else out

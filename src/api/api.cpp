@@ -81,7 +81,7 @@ Status locate_fwd(const FwdParams& p, Backend* out) {
                      {"o_ptr", p.o_ptr}, {"softmax_lse_ptr", p.softmax_lse_ptr},
                      {"cu_seqlens_q", p.cu_seqlens_q}, {"cu_seqlens_k", p.cu_seqlens_k},
                      {"seqused_k", p.seqused_k}, {"block_table", p.block_table},
-                     {"alibi_slopes", p.alibi_slopes}, {"p_ptr", p.p_ptr}},
+                     {"alibi_slopes", p.alibi_slopes}, {"sinks", p.sinks}, {"p_ptr", p.p_ptr}},
                     out);
 }
 
@@ -119,10 +119,11 @@ Status bwd_entry(const BwdParams& in, bool varlen) {
   if (s.ok()) {
     Backend be2;
     s = locate_all({{"q_ptr", p.q_ptr}, {"do_ptr", p.do_ptr}, {"dq_ptr", p.dq_ptr},
-                    {"dk_ptr", p.dk_ptr}, {"dv_ptr", p.dv_ptr}},
+                    {"dk_ptr", p.dk_ptr}, {"dv_ptr", p.dv_ptr}, {"dsinks", p.dsinks}},
                    &be2);
     if (s.ok() && be2 != be)
-      s = Status::invalid("do_ptr/dq_ptr/dk_ptr/dv_ptr: must live on the same device as q_ptr");
+      s = Status::invalid(
+          "do_ptr/dq_ptr/dk_ptr/dv_ptr/dsinks: must live on the same device as q_ptr");
   }
   if (!s.ok()) return s;
   s = detail::validate_bwd(p, be, varlen);

@@ -312,6 +312,12 @@ Status check_sizes(const FwdParams& p, Backend be) {
   if (be == Backend::kCuda && p.d % 8 != 0)
     return invalid("d: ", p.d,
                    " is not a multiple of 8 (the GPU kernels need it; pad the head dim)");
+  // dv is resolved (0 -> d) before validation, so 0 here cannot reach it.
+  if (p.dv < 1 || p.dv > kMaxHeadDim)
+    return invalid("dv: ", p.dv, " is out of range [1, ", kMaxHeadDim, "] (0 means dv = d)");
+  if (be == Backend::kCuda && p.dv % 8 != 0)
+    return invalid("dv: ", p.dv,
+                   " is not a multiple of 8 (the GPU kernels need it; pad the head dim)");
   return Status::ok_status();
 }
 
@@ -411,20 +417,22 @@ struct Names {
   const char* head_stride;
 };
 
-// A q-like tensor: dense [b, seqlen_q, h, d] or varlen [total_q, h, d].
+// A q-like tensor: dense [b, seqlen_q, h, hd] or varlen [total_q, h, hd], with hd = d for q
+// and dq, dv for o and dout.
 TensorArg q_like(const FwdParams& p, bool varlen, const Names& n, const void* ptr, int64_t bs,
-                 int64_t rs, int64_t hs, bool written, DType t) {
+                 int64_t rs, int64_t hs, bool written, DType t, int hd) {
   std::vector<Dim> dims;
   if (!varlen) dims.push_back({n.batch_stride, "batch", p.b, bs});
   dims.push_back({n.row_stride, "row", varlen ? p.total_q : p.seqlen_q, rs});
   dims.push_back({n.head_stride, "head", p.h, hs});
-  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), hd, written);
 }
 
-// A k-like tensor: paged [num_blocks, page_block_size, h_k, d], varlen [total_k, h_k, d], or
-// dense [batch, seqlen_k, h_k, d] with batch = b (b_cache for the KV cache).
+// A k-like tensor: paged [num_blocks, page_block_size, h_k, hd], varlen [total_k, h_k, hd], or
+// dense [batch, seqlen_k, h_k, hd] with batch = b (b_cache for the KV cache), hd = d for k and
+// dk, dv for v and its gradient.
 TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, const void* ptr,
-                 int64_t bs, int64_t rs, int64_t hs, bool written, DType t) {
+                 int64_t bs, int64_t rs, int64_t hs, bool written, DType t, int hd) {
   std::vector<Dim> dims;
   if (p.block_table != nullptr) {
     dims.push_back({n.batch_stride, "page", p.num_blocks, bs});
@@ -436,7 +444,7 @@ TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, con
     dims.push_back({n.row_stride, "row", p.seqlen_k, rs});
   }
   dims.push_back({n.head_stride, "head", p.h_k, hs});
-  return strided(n.name, n.ptr, ptr, t, std::move(dims), p.d, written);
+  return strided(n.name, n.ptr, ptr, t, std::move(dims), hd, written);
 }
 
 // The arguments every forward-shaped call has. `k_batch` is the batch extent of a contiguous
@@ -447,19 +455,19 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
   out->push_back(q_like(p, varlen, {"q", "q_ptr", "q_batch_stride", "q_row_stride",
                                     "q_head_stride"},
                         p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, false,
-                        p.dtype));
+                        p.dtype, p.d));
   out->push_back(k_like(p, varlen, k_batch,
                         {"k", "k_ptr", "k_batch_stride", "k_row_stride", "k_head_stride"},
                         p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, kv_written,
-                        p.dtype));
+                        p.dtype, p.d));
   out->push_back(k_like(p, varlen, k_batch,
                         {"v", "v_ptr", "v_batch_stride", "v_row_stride", "v_head_stride"},
                         p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, kv_written,
-                        p.dtype));
+                        p.dtype, p.dv));
   out->push_back(q_like(p, varlen, {"o", "o_ptr", "o_batch_stride", "o_row_stride",
                                     "o_head_stride"},
                         p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written,
-                        p.dtype));
+                        p.dtype, p.dv));
 
   const Int128 rows_q = varlen ? Int128(p.total_q) : Int128(p.b) * p.seqlen_q;
   if (p.softmax_lse_ptr != nullptr)
@@ -474,6 +482,7 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
                            : Int128(p.b - 1) * p.alibi_slopes_batch_stride + p.h;
     out->push_back(array("alibi_slopes", "alibi_slopes", p.alibi_slopes, 4, n, false));
   }
+  if (p.sinks != nullptr) out->push_back(array("sinks", "sinks", p.sinks, 4, p.h, false));
   if (p.cu_seqlens_q != nullptr)
     out->push_back(array("cu_seqlens_q", "cu_seqlens_q", p.cu_seqlens_q, 4, p.b + Int128(1),
                          false));
@@ -585,6 +594,8 @@ Status validate_bwd(const BwdParams& p, Backend be, bool varlen) {
   if (p.softmax_lse_ptr == nullptr && rows_q > 0)
     return invalid("softmax_lse_ptr: must not be null for ", entry_name(Entry::kBwd, varlen),
                    " (the forward's LSE is an input of the backward)");
+  if (p.dsinks != nullptr && p.sinks == nullptr)
+    return invalid("dsinks: must be null when sinks is null (there is no sink to differentiate)");
   std::vector<TensorArg> args;
   add_fwd_tensors(p, varlen, p.b, /*kv_written=*/false, /*o_written=*/false, &args);
   // Each gradient has the geometry of the tensor it belongs to; its elements are fp32 with
@@ -593,19 +604,20 @@ Status validate_bwd(const BwdParams& p, Backend be, bool varlen) {
   args.push_back(q_like(p, varlen,
                         {"dout", "do_ptr", "do_batch_stride", "do_row_stride", "do_head_stride"},
                         p.do_ptr, p.do_batch_stride, p.do_row_stride, p.do_head_stride, false,
-                        p.dtype));
+                        p.dtype, p.dv));
   args.push_back(q_like(p, varlen,
                         {"dq", "dq_ptr", "dq_batch_stride", "dq_row_stride", "dq_head_stride"},
                         p.dq_ptr, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, true,
-                        grad_t));
+                        grad_t, p.d));
   args.push_back(k_like(p, varlen, p.b,
                         {"dk", "dk_ptr", "dk_batch_stride", "dk_row_stride", "dk_head_stride"},
                         p.dk_ptr, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, true,
-                        grad_t));
+                        grad_t, p.d));
   args.push_back(k_like(p, varlen, p.b,
                         {"dv", "dv_ptr", "dv_batch_stride", "dv_row_stride", "dv_head_stride"},
                         p.dv_ptr, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, true,
-                        grad_t));
+                        grad_t, p.dv));
+  if (p.dsinks != nullptr) args.push_back(array("dsinks", "dsinks", p.dsinks, 4, p.h, true));
   if (Status s = check_tensors(args, be); !s.ok()) return s;
   if (be == Backend::kCpu) return check_fwd_values(p, varlen);
   return Status::ok_status();
@@ -679,7 +691,7 @@ Status validate_kvcache(const KVCacheParams& p, Backend be) {
                            {{"vnew_batch_stride", "batch", p.b, p.vnew_batch_stride},
                             {"vnew_row_stride", "row", p.seqlen_knew, p.vnew_row_stride},
                             {"vnew_head_stride", "head", p.h_k, p.vnew_head_stride}},
-                           p.d, false));
+                           p.dv, false));
   }
   if (rotary) {
     const Int128 n = Int128(p.seqlen_ro) * (p.rotary_dim / 2);

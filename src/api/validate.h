@@ -15,11 +15,12 @@
 
 namespace flashattn::detail {
 
-// Defaults applied before validation and dispatch: softmax_scale 0 -> 1/sqrt(d); is_causal ->
-// window_size_right = 0. Works on any params struct derived from FwdParams.
+// Defaults applied before validation and dispatch: softmax_scale 0 -> 1/sqrt(d); dv 0 -> d;
+// is_causal -> window_size_right = 0. Works on any params struct derived from FwdParams.
 template <typename P>
 P resolve(P p) {
   if (p.softmax_scale == 0.f && p.d > 0) p.softmax_scale = 1.f / std::sqrt(float(p.d));
+  if (p.dv == 0) p.dv = p.d;
   if (p.is_causal) p.window_size_right = 0;
   return p;
 }

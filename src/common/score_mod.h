@@ -33,4 +33,23 @@ struct ScoreMod {
   }
 };
 
+// How the GPU kernels carry scores (common/online_softmax.cuh): in "t units", the true score
+// being s = t * unit. Without softcap t = q.k and unit = softmax_scale; with softcap
+// t = tanh(q.k * softcap_prescale) and unit = softcap. unit_log2 = unit * log2(e) turns
+// exp(s - m) into one FFMA and one exp2.
+struct ScoreUnits {
+  float unit = 1.f;
+  float unit_log2 = 1.f;
+  float softcap_prescale = 0.f;  // softmax_scale / softcap (softcap only)
+
+  static ScoreUnits of(float softmax_scale, float softcap) {
+    ScoreUnits u;
+    const bool has_softcap = softcap > 0.f;
+    u.unit = has_softcap ? softcap : softmax_scale;
+    u.unit_log2 = u.unit * 1.4426950408889634f;
+    u.softcap_prescale = has_softcap ? softmax_scale / softcap : 0.f;
+    return u;
+  }
+};
+
 }  // namespace flashattn

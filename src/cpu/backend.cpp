@@ -186,7 +186,7 @@ Status mha_fwd_kvcache(const KVCacheParams& p) {
               } else {
                 std::memcpy(kd, kn, size_t(p.d) * es);
               }
-              std::memcpy(vd, vn, size_t(p.d) * es);
+              std::memcpy(vd, vn, size_t(p.dv) * es);
             }
           });
     }

@@ -22,6 +22,12 @@
 //     write dK_j (times scale) and dV_j
 //   dQ partial of the chunk (the scale is applied when the partials are summed). Keys no query
 //   sees get zero gradients; so do rows beyond seqused_k.
+// Sinks change none of the above: the forward's LSE includes them, so P = exp(S - LSE) is already
+// normalized over keys and sink, and the sink contributes no value, so D keeps its form. Their
+// gradient is dsink_h = -sum_i P_sink,i D_i with P_sink,i = exp(sink_h - LSE_i), summed in double
+// next to D (compute_d) per task of rows, then over the tasks in order: deterministic like the
+// rest.
+// Q, K, dQ, dK have head dim d; V, dO, O, dV have dv.
 // Gradients are stored in dtype, or fp32 with dqkv_fp32; with dqkv_accumulate each row is added
 // to what the output holds (one rounding of the fp32 sum), and rows with nothing to add are
 // left alone.
@@ -68,13 +74,15 @@ struct Scratch {
   // Per query block mb (stride per block below): rows/panels of Q and dO (fp32 products only),
   // LSE, D.
   std::vector<float> qr, qt, dor, dot, lse, dsum;
-  // bf16 products, per query block: Q^T and dO^T with dims paired ([dp/2][ld]), Q and dO rows
-  // with stacked rows paired ([ld/2][dp]); qrow: one q and one dO row as words.
+  // bf16 products, per query block: Q^T and dO^T with dims paired ([dp/2][ld], [dvp/2][ld]), Q
+  // and dO rows with stacked rows paired ([ld/2][dp], [ld/2][dvp]); qrow: one q and one dO row
+  // as words.
   std::vector<uint32_t> qtw, dotw, qrw, dorw, qrow;
-  // Per key block.
+  // Per key block (V and dV with dvp columns); row and old hold one gradient row of either head
+  // dim.
   std::vector<float> kb, vb, dk, dv, st, dpt, pdt, raw, row, old, dummy;
-  // bf16 products, per key block: K and V rows ([bn][dp/2]), K with keys paired ([bn/2][dp]);
-  // per tile: P^T or dS^T rows ([bn][ld/2]), dS^T with keys paired ([bn/2][ld]).
+  // bf16 products, per key block: K and V rows ([bn][dp/2], [bn][dvp/2]), K with keys paired
+  // ([bn/2][dp]); per tile: P^T or dS^T rows ([bn][ld/2]), dS^T with keys paired ([bn/2][ld]).
   std::vector<uint32_t> kw, vw, kpw, prw, dsw;
 };
 
@@ -86,6 +94,8 @@ class Backward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
+        dv_(p.dv),
+        dvp_(padded_dim(p.dv)),
         bn_(k_.block_n),
         rows_(std::max(1, k_.block_m / g_)),
         ld_max_(round_up(g_ * rows_, 8)),
@@ -134,7 +144,8 @@ class Backward {
 
  private:
   int m_blocks(const SeqView& sv) const { return ceil_div(sv.seqlen_q, rows_); }
-  size_t panel_stride() const { return size_t(ld_max_) * dp_; }  // >= d * ld_max too
+  // Rows of the widest head dim: every panel (d or dv columns, or d x ld transposed) fits.
+  size_t panel_stride() const { return size_t(ld_max_) * std::max(dp_, dvp_); }
   size_t word_stride() const { return panel_stride() / 2; }       // ld_max and dp are even
   size_t fp32_panel(int mb) const { return size_t(mb) * panel_stride(); }
 
@@ -189,16 +200,19 @@ class Backward {
       for (auto* v : {&w.qr, &w.qt, &w.dor, &w.dot}) v->assign(panels, 0.f);
     w.lse.assign(size_t(max_mb) * ld_max_, 0.f);
     w.dsum.assign(size_t(max_mb) * ld_max_, 0.f);
-    for (auto* v : {&w.kb, &w.vb, &w.dk, &w.dv}) v->assign(size_t(bn_) * dp_, 0.f);
+    for (auto* v : {&w.kb, &w.dk}) v->assign(size_t(bn_) * dp_, 0.f);
+    for (auto* v : {&w.vb, &w.dv}) v->assign(size_t(bn_) * dvp_, 0.f);
     for (auto* v : {&w.st, &w.dpt, &w.pdt, &w.raw}) v->assign(size_t(bn_) * ld_max_, 0.f);
     if (bf16_) {
       for (auto* v : {&w.qtw, &w.dotw, &w.qrw, &w.dorw}) v->assign(size_t(max_mb) * word_stride(), 0);
-      w.qrow.assign(size_t(dp_), 0);
-      for (auto* v : {&w.kw, &w.vw, &w.kpw}) v->assign(size_t(bn_ + 1) * dp_ / 2, 0);
+      w.qrow.assign(size_t(dp_ + dvp_) / 2, 0);
+      for (auto* v : {&w.kw, &w.kpw}) v->assign(size_t(bn_ + 1) * dp_ / 2, 0);
+      w.vw.assign(size_t(bn_ + 1) * dvp_ / 2, 0);
       for (auto* v : {&w.prw, &w.dsw}) v->assign(size_t(bn_ + 1) * ld_max_ / 2, 0);
     }
-    w.row.assign(size_t(dp_), 0.f);
-    w.old.assign(size_t(dp_), 0.f);
+    const size_t widest = size_t(std::max(dp_, dvp_));
+    w.row.assign(widest, 0.f);
+    w.old.assign(widest, 0.f);
     w.dummy.assign(size_t(ld_max_), 0.f);
   }
 
@@ -210,14 +224,14 @@ class Backward {
     return static_cast<char*>(base) + (int64_t(i) * rs + int64_t(hh) * hs) * dtype_size(p_.dtype);
   }
 
-  // One gradient row (d fp32 values, clobbered) into dq/dk/dv: stored in the gradient element
-  // type, or added to the row already there.
-  void store_grad(float* row, void* dst, Scratch& w) const {
+  // One gradient row (n fp32 values, clobbered; n = d for dq/dk, dv for dv) into dq/dk/dv:
+  // stored in the gradient element type, or added to the row already there.
+  void store_grad(float* row, int n, void* dst, Scratch& w) const {
     if (p_.dqkv_accumulate) {
-      k_.load_row(dst, grad_t_, d_, w.old.data());
-      for (int x = 0; x < d_; ++x) row[x] += w.old[size_t(x)];
+      k_.load_row(dst, grad_t_, n, w.old.data());
+      for (int x = 0; x < n; ++x) row[x] += w.old[size_t(x)];
     }
-    k_.store_row(row, grad_t_, d_, dst);
+    k_.store_row(row, grad_t_, n, dst);
   }
 
   ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
@@ -240,7 +254,7 @@ class Backward {
     const float scale = p_.softmax_scale;
     int n_begin, n_end;
     chunk_range(sv, it.chunk, &n_begin, &n_end);
-    const int bytes = d_ * dtype_size(p_.dtype);
+    const int kbytes = d_ * dtype_size(p_.dtype), vbytes = dv_ * dtype_size(p_.dtype);
 
     // Per query block that sees the chunk: Q and dO as rows and as transposed panels, LSE,
     // D = rowsum(dO * O), and a zeroed dQ partial.
@@ -270,15 +284,15 @@ class Backward {
       const int n = std::min(bn_, n_end - n0);
       for (int j = 0; j < n; ++j) {
         if (j + kPrefetchRows < n) {
-          prefetch_row(sv.keys.k_row(n0 + j + kPrefetchRows, hk), bytes);
-          prefetch_row(sv.keys.v_row(n0 + j + kPrefetchRows, hk), bytes);
+          prefetch_row(sv.keys.k_row(n0 + j + kPrefetchRows, hk), kbytes);
+          prefetch_row(sv.keys.v_row(n0 + j + kPrefetchRows, hk), vbytes);
         }
         k_.load_row(sv.keys.k_row(n0 + j, hk), p_.dtype, d_, w.kb.data() + size_t(j) * dp_);
-        k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+        k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, dv_, w.vb.data() + size_t(j) * dvp_);
       }
       if (bf16_) {
         k_.pack_rows(w.kb.data(), dp_, n, dp_, w.kw.data(), dp_ / 2);
-        k_.pack_rows(w.vb.data(), dp_, n, dp_, w.vw.data(), dp_ / 2);
+        k_.pack_rows(w.vb.data(), dvp_, n, dvp_, w.vw.data(), dvp_ / 2);
         k_.pack_pairs(w.kb.data(), dp_, n, dp_, w.kpw.data(), dp_);
       }
       std::fill(w.dk.begin(), w.dk.end(), 0.f);
@@ -293,8 +307,8 @@ class Backward {
       for (int j = 0; j < n; ++j) {
         float* dkj = w.dk.data() + size_t(j) * dp_;
         k_.scale_row(dkj, d_, scale);
-        store_grad(dkj, dk_row(sv, si, varlen, n0 + j, hk), w);
-        store_grad(w.dv.data() + size_t(j) * dp_, dv_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(dkj, d_, dk_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(w.dv.data() + size_t(j) * dvp_, dv_, dv_row(sv, si, varlen, n0 + j, hk), w);
       }
     }
     // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too (nothing
@@ -303,60 +317,59 @@ class Backward {
       std::fill(w.row.begin(), w.row.end(), 0.f);
       for (int j = sv.seqlen_k; j < sv.key_rows; ++j) {
         k_.store_row(w.row.data(), grad_t_, d_, dk_row(sv, si, varlen, j, hk));
-        k_.store_row(w.row.data(), grad_t_, d_, dv_row(sv, si, varlen, j, hk));
+        k_.store_row(w.row.data(), grad_t_, dv_, dv_row(sv, si, varlen, j, hk));
       }
     }
   }
 
-  // fp32 Q and dO of query block mb as rows (qr, dor: [cols][dp]) and transposed (qt, dot:
-  // [d][ld], padding columns zero).
+  // fp32 Q and dO of query block mb as rows (qr: [cols][dp], dor: [cols][dvp]) and transposed
+  // (qt: [d][ld], dot: [dv][ld], padding columns zero).
   void panels_of_block(const SeqView& sv, const void* dob, int hk, int mb, int rows,
                        Scratch& w) const {
     const int m0 = mb * rows_, cols = g_ * rows, ld = round_up(cols, 8);
-    const int bytes = d_ * dtype_size(p_.dtype);
+    const int qbytes = d_ * dtype_size(p_.dtype), dbytes = dv_ * dtype_size(p_.dtype);
     float* qr = w.qr.data() + fp32_panel(mb);
     float* qt = w.qt.data() + fp32_panel(mb);
     float* dor = w.dor.data() + fp32_panel(mb);
     float* dot = w.dot.data() + fp32_panel(mb);
     std::fill(qt, qt + size_t(d_) * ld, 0.f);
-    std::fill(dot, dot + size_t(d_) * ld, 0.f);
+    std::fill(dot, dot + size_t(dv_) * ld, 0.f);
     for (int hg = 0; hg < g_; ++hg) {
       const int hq = hk * g_ + hg;
       for (int r = 0; r < rows; ++r) {
         const int i = m0 + r, c = hg * rows + r;
         if (r + kPrefetchRows < rows) {
           const int ip = i + kPrefetchRows;
-          prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), bytes);
-          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), bytes);
+          prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), qbytes);
+          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), dbytes);
         }
         float* qc = qr + size_t(c) * dp_;
-        float* dc = dor + size_t(c) * dp_;
+        float* dc = dor + size_t(c) * dvp_;
         k_.load_row(row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), p_.dtype, d_, qc);
-        k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_, dc);
-        for (int x = 0; x < d_; ++x) {
-          qt[size_t(x) * ld + c] = qc[x];
-          dot[size_t(x) * ld + c] = dc[x];
-        }
+        k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, dv_, dc);
+        for (int x = 0; x < d_; ++x) qt[size_t(x) * ld + c] = qc[x];
+        for (int x = 0; x < dv_; ++x) dot[size_t(x) * ld + c] = dc[x];
       }
     }
   }
 
   // The same operands as bf16 words, built from the bf16 rows directly (no fp32 round trip):
-  // Q^T, dO^T with dims paired ([ceil(d/2)][ld], the words of a row are already dim pairs) and
-  // Q, dO with stacked rows paired ([ceil(cols/2)][dp]); everything not written is zero.
+  // Q^T, dO^T with dims paired ([ceil(d/2)][ld] and [ceil(dv/2)][ld], the words of a row are
+  // already dim pairs) and Q, dO with stacked rows paired ([ceil(cols/2)][dp] and [..][dvp]);
+  // everything not written is zero.
   void words_of_block(const SeqView& sv, const void* dob, int hk, int mb, int rows,
                       Scratch& w) const {
     const int m0 = mb * rows_, cols = g_ * rows, ld = round_up(cols, 8);
-    const int dw = ceil_div(d_, 2);
+    const int dw = ceil_div(d_, 2), dvw = ceil_div(dv_, 2);
     const size_t wo = size_t(mb) * word_stride();
     uint32_t* qtw = w.qtw.data() + wo;
     uint32_t* dotw = w.dotw.data() + wo;
     uint32_t* qrw = w.qrw.data() + wo;
     uint32_t* dorw = w.dorw.data() + wo;
     std::fill(qtw, qtw + size_t(dw) * ld, 0u);
-    std::fill(dotw, dotw + size_t(dw) * ld, 0u);
+    std::fill(dotw, dotw + size_t(dvw) * ld, 0u);
     std::fill(qrw, qrw + size_t(ceil_div(cols, 2)) * dp_, 0u);
-    std::fill(dorw, dorw + size_t(ceil_div(cols, 2)) * dp_, 0u);
+    std::fill(dorw, dorw + size_t(ceil_div(cols, 2)) * dvp_, 0u);
     uint32_t* qrow = w.qrow.data();
     uint32_t* drow = qrow + dp_ / 2;
     for (int hg = 0; hg < g_; ++hg) {
@@ -366,22 +379,23 @@ class Backward {
         if (r + kPrefetchRows < rows) {
           const int ip = i + kPrefetchRows;
           prefetch_row(row_ptr(sv.q, ip, sv.q_row_stride, hq, sv.q_head_stride), 2 * d_);
-          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), 2 * d_);
+          prefetch_row(row_ptr(dob, ip, p_.do_row_stride, hq, p_.do_head_stride), 2 * dv_);
         }
-        // Whole words of the row (the half past an odd d stays 0 from the allocation).
+        // Whole words of the row (the half past an odd d or dv stays 0 from the allocation).
         std::memcpy(qrow, row_ptr(sv.q, i, sv.q_row_stride, hq, sv.q_head_stride), size_t(d_) * 2);
-        std::memcpy(drow, row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), size_t(d_) * 2);
-        for (int x = 0; x < dw; ++x) {
-          qtw[size_t(x) * ld + c] = qrow[x];
-          dotw[size_t(x) * ld + c] = drow[x];
-        }
+        std::memcpy(drow, row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride),
+                    size_t(dv_) * 2);
+        for (int x = 0; x < dw; ++x) qtw[size_t(x) * ld + c] = qrow[x];
+        for (int x = 0; x < dvw; ++x) dotw[size_t(x) * ld + c] = drow[x];
         // Row c is the low (even c) or high (odd c) half of the words of row pair c / 2.
         const int shift = 16 * (c & 1);
         uint32_t* qp = qrw + size_t(c / 2) * dp_;
-        uint32_t* dp = dorw + size_t(c / 2) * dp_;
+        uint32_t* dp = dorw + size_t(c / 2) * dvp_;
         for (int x = 0; x < dw; ++x) {
           qp[2 * x] |= (qrow[x] & 0xffffu) << shift;
           qp[2 * x + 1] |= (qrow[x] >> 16) << shift;
+        }
+        for (int x = 0; x < dvw; ++x) {
           dp[2 * x] |= (drow[x] & 0xffffu) << shift;
           dp[2 * x + 1] |= (drow[x] >> 16) << shift;
         }
@@ -391,7 +405,9 @@ class Backward {
 
   // D = rowsum(dO * O) of every (row, query head), once per call in memory order (row i, all
   // heads; the reason is at backend_fwd.cpp's pack_q) instead of in every chunk item:
-  // d_all_[hq * total_q + row].
+  // d_all_[hq * total_q + row]. With dsinks, also dsinks[hq] = -sum_i exp(sink_hq - LSE_i) D_i:
+  // each task sums its rows in double, then the tasks' sums are added in task order (the tasks
+  // depend on the shape only, so the result does not depend on the thread count).
   void compute_d() {
     total_q_ = 0;
     for (const SeqView& sv : seqs_) total_q_ = std::max<int64_t>(total_q_, sv.row0 + sv.seqlen_q);
@@ -401,31 +417,45 @@ class Backward {
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
     const int threads = int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), int64_t(tasks.size()))));
-    std::vector<std::vector<float>> rows(size_t(threads), std::vector<float>(size_t(2 * dp_)));
+    std::vector<std::vector<float>> rows(size_t(threads), std::vector<float>(size_t(2 * dvp_)));
+    const bool dsinks = p_.dsinks != nullptr;
+    std::vector<double> dsink_part(dsinks ? tasks.size() * size_t(p_.h) : 0, 0.0);
     ThreadPool::instance().parallel_for(
         int64_t(tasks.size()), threads, [&](int64_t t, int worker) {
           const SeqView& sv = seqs_[size_t(tasks[size_t(t)].first)];
           const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
           const void* dob = do_base(sv, si, p_.cu_seqlens_q != nullptr);
           float* o = rows[size_t(worker)].data();
-          float* dout = o + dp_;
+          float* dout = o + dvp_;
           const int i0 = tasks[size_t(t)].second;
           for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i)
             for (int hq = 0; hq < p_.h; ++hq) {
-              k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, d_, o);
-              k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, d_,
+              k_.load_row(row_ptr(sv.o, i, sv.o_row_stride, hq, sv.o_head_stride), p_.dtype, dv_,
+                          o);
+              k_.load_row(row_ptr(dob, i, p_.do_row_stride, hq, p_.do_head_stride), p_.dtype, dv_,
                           dout);
-              // Eight partial sums: independent adds instead of one chain of d dependent ones.
+              // Eight partial sums: independent adds instead of one chain of dv dependent ones.
               float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
               int x = 0;
-              for (; x + 8 <= d_; x += 8)
+              for (; x + 8 <= dv_; x += 8)
                 for (int u = 0; u < 8; ++u) part[u] += o[x + u] * dout[x + u];
-              for (; x < d_; ++x) part[0] += o[x] * dout[x];
-              d_all_[size_t(hq) * total_q_ + size_t(sv.row0 + i)] =
-                  ((part[0] + part[1]) + (part[2] + part[3])) +
-                  ((part[4] + part[5]) + (part[6] + part[7]));
+              for (; x < dv_; ++x) part[0] += o[x] * dout[x];
+              const float dsum = ((part[0] + part[1]) + (part[2] + part[3])) +
+                                 ((part[4] + part[5]) + (part[6] + part[7]));
+              d_all_[size_t(hq) * total_q_ + size_t(sv.row0 + i)] = dsum;
+              if (dsinks) {
+                const float lse = sv.lse[hq * sv.lse_head_stride + i];
+                dsink_part[size_t(t) * p_.h + hq] -= std::exp(double(p_.sinks[hq]) - lse) * dsum;
+              }
             }
         });
+    if (dsinks) {
+      for (int hq = 0; hq < p_.h; ++hq) {
+        double sum = 0;
+        for (size_t t = 0; t < tasks.size(); ++t) sum += dsink_part[t * p_.h + hq];
+        p_.dsinks[hq] = float(sum);
+      }
+    }
   }
 
   // dq = scale * (sum over chunks, in chunk order, of the partials), in memory order of dq (row
@@ -456,7 +486,7 @@ class Backward {
                 for (int x = 0; x < d_; ++x) acc[x] += part[x];
               }
               k_.scale_row(acc, d_, p_.softmax_scale);
-              store_grad(acc, dq_row(sv, si, varlen, i, hq), w);
+              store_grad(acc, d_, dq_row(sv, si, varlen, i, hq), w);
             }
           }
         });
@@ -503,10 +533,10 @@ class Backward {
 
     // dP^T = V_j dO_i^T.
     if (bf16_)
-      k_.gemm_bf16(n, ld, ceil_div(d_, 2), w.vw.data(), dp_ / 2, 1, w.dotw.data() + wo, ld, dpt,
+      k_.gemm_bf16(n, ld, ceil_div(dv_, 2), w.vw.data(), dvp_ / 2, 1, w.dotw.data() + wo, ld, dpt,
                    ld, false);
     else
-      k_.gemm(n, ld, d_, w.vb.data(), dp_, 1, dot, ld, dpt, ld, false);
+      k_.gemm(n, ld, dv_, w.vb.data(), dvp_, 1, dot, ld, dpt, ld, false);
 
     // dV_j += (P Z)^T dO_i, and dP *= Z, with Z the dropout keep mask over (1 - p).
     const float* pv = st;
@@ -531,10 +561,10 @@ class Backward {
     }
     if (bf16_) {
       k_.pack_rows(pv, ld, n, cols, w.prw.data(), ld / 2);
-      k_.gemm_bf16(n, dp_, ceil_div(cols, 2), w.prw.data(), ld / 2, 1, w.dorw.data() + wo, dp_,
-                   w.dv.data(), dp_, true);
+      k_.gemm_bf16(n, dvp_, ceil_div(cols, 2), w.prw.data(), ld / 2, 1, w.dorw.data() + wo, dvp_,
+                   w.dv.data(), dvp_, true);
     } else {
-      k_.gemm(n, dp_, cols, pv, ld, 1, dor, dp_, w.dv.data(), dp_, true);
+      k_.gemm(n, dvp_, cols, pv, ld, 1, dor, dvp_, w.dv.data(), dvp_, true);
     }
 
     // dS = P * (dP - D), in place of dP^T; softcap: times d softcap(x)/dx = 1 - tanh^2.
@@ -595,7 +625,7 @@ class Backward {
 
   const BwdParams& p_;
   const Kernels& k_;
-  const int g_, d_, dp_, bn_, rows_, ld_max_;
+  const int g_, d_, dp_, dv_, dvp_, bn_, rows_, ld_max_;
   const DType grad_t_;  // element type of dq/dk/dv
   const bool bf16_;     // block products on bf16 operands
   bool dropout_ = false;

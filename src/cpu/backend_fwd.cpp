@@ -18,6 +18,10 @@
 //     O_i = diag(e^(m_i - m_new)) O_i + P^T V_j   (dropout zeroes dropped P entries first)
 //   O_i / l_i (times 1/(1-p) with dropout), LSE_i = m_i + log l_i into fp32 partials, which
 //   write_outputs() stores (in memory order, merging splits); empty rows: 0 and +inf.
+//   With sinks the sink joins at this last step: LSE_i = logaddexp(m_i + log l_i, sink_h) and
+//   O_i = O_i e^(m_i - LSE_i), so the main loop is the same with or without them; an empty row
+//   gets O_i = 0 and LSE_i = sink_h.
+// Q and K have head dim d, V and O dv (padded to dp and dvp in the fp32 buffers).
 //
 // Why scores are transposed (keys x queries): the softmax statistics of a query are then a
 // column, and the micro-kernels update 8 (AVX2) or 16 (AVX-512) queries' max/sum per register
@@ -41,7 +45,8 @@
 //
 // Split-KV: with num_splits > 1 each item covers one chunk of key blocks and writes an fp32
 // partial (O_s normalized, LSE_s; empty chunk: LSE_s = -inf); a merge pass combines them exactly
-// with the LSE rule of common/lse_merge.h (the same math as mha_combine).
+// with the LSE rule of common/lse_merge.h (the same math as mha_combine), the sink joining there
+// as one more partial with LSE = sink_h and no output.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -80,7 +85,7 @@ struct WorkItem {
 };
 
 // K_j and V_j as the products read them: K rows in fp32 ([n][dp]) or bf16 words ([n][dp/2]),
-// V rows in fp32 ([n][dp]) or key pairs of bf16 words ([ceil(n/2)][dp]). Exactly one pointer
+// V rows in fp32 ([n][dvp]) or key pairs of bf16 words ([ceil(n/2)][dvp]). Exactly one pointer
 // of each pair is set.
 struct KvBlock {
   const float* kf = nullptr;
@@ -92,14 +97,14 @@ struct KvBlock {
 // One worker's buffers, allocated before dispatch (items never allocate).
 struct Scratch {
   std::vector<float> kb;     // [bn][dp]     K_j in fp32 (sequences whose keys are not packed)
-  std::vector<float> vb;     // [bn][dp]     V_j in fp32, padding columns zero
+  std::vector<float> vb;     // [bn][dvp]    V_j in fp32, padding columns zero
   std::vector<float> st;     // [bn][ld]     S_ij^T, then P_ij^T in place
-  std::vector<float> o;      // [cols][dp]   O_i (unnormalized)
+  std::vector<float> o;      // [cols][dvp]  O_i (unnormalized)
   std::vector<float> m, m_prev, l, ref, row;
   // bf16 products only (32-bit words = two bf16 of consecutive reduction indices):
   std::vector<uint32_t> kw;  // [bn][dp/2]   K_j rows, dims (2x, 2x + 1) per word
   std::vector<uint32_t> pw;  // [bn/2][ld]   P_ij^T, keys (2q, 2q + 1) per word
-  std::vector<uint32_t> vw;  // [bn/2][dp]   V_j, keys (2q, 2q + 1) per word
+  std::vector<uint32_t> vw;  // [bn/2][dvp]  V_j, keys (2q, 2q + 1) per word
   std::vector<uint32_t> qrow;  // [dp/2]     one bf16 q row, zero past d
 };
 
@@ -112,6 +117,8 @@ class Forward {
         g_(p.h / p.h_k),
         d_(p.d),
         dp_(padded_dim(p.d)),
+        dv_(p.dv),
+        dvp_(padded_dim(p.dv)),
         bn_(k_.block_n),
         rows_(std::max(1, k_.block_m / g_)),
         max_cols_(g_ * rows_),
@@ -119,6 +126,7 @@ class Forward {
         threads_(threads) {
     plain_ = p.softcap <= 0.f && p.alibi_slopes == nullptr;
     dropout_ = p.p_dropout > 0.f;
+    has_sinks_ = p.sinks != nullptr;
     rng_.seed = p.philox_seed;
     rng_.offset = p.philox_offset;
     rng_.threshold = dropout_threshold(p.p_dropout);
@@ -141,7 +149,7 @@ class Forward {
         for (int m0 = round_up(seqs_[s].seqlen_q, rows_) - rows_; m0 >= 0; m0 -= rows_)
           for (int sp = 0; sp < splits_; ++sp) items.push_back({s, hk, m0, sp});
     // Every partial row and LSE is written by its item (empty ranges write O = 0, LSE = -inf).
-    o_part_ = ws_.get<float>(kSlotO, size_t(splits_) * total_rows_ * p_.h * dp_);
+    o_part_ = ws_.get<float>(kSlotO, size_t(splits_) * total_rows_ * p_.h * dvp_);
     lse_part_ = ws_.get<float>(kSlotLse, size_t(splits_) * total_rows_ * p_.h);
     // No more workers (and scratch buffers) than items.
     threads_ = int(std::max<int64_t>(1, std::min<int64_t>(threads_, int64_t(items.size()))));
@@ -160,9 +168,9 @@ class Forward {
  private:
   void allocate(Scratch& w) const {
     w.kb.assign(size_t(bn_) * dp_, 0.f);
-    w.vb.assign(size_t(bn_) * dp_, 0.f);
+    w.vb.assign(size_t(bn_) * dvp_, 0.f);
     w.st.assign(size_t(bn_) * max_ld_, 0.f);
-    w.o.assign(size_t(max_ld_) * dp_, 0.f);
+    w.o.assign(size_t(max_ld_) * dvp_, 0.f);
     for (auto* v : {&w.m, &w.m_prev, &w.l, &w.ref}) v->assign(size_t(max_ld_), 0.f);
     w.row.assign(size_t(dp_), 0.f);
     if (bf16_s_) {
@@ -171,7 +179,7 @@ class Forward {
     }
     if (bf16_pv_) {
       w.pw.assign(size_t(ceil_div(bn_, 2)) * max_ld_, 0);
-      w.vw.assign(size_t(ceil_div(bn_, 2)) * dp_, 0);
+      w.vw.assign(size_t(ceil_div(bn_, 2)) * dvp_, 0);
     }
   }
 
@@ -247,9 +255,9 @@ class Forward {
     else
       kf_ = ws_.get<float>(kSlotK, size_t(total) * dp_);
     if (bf16_pv_)
-      vw_ = ws_.get<uint32_t>(kSlotV, size_t(total / 2) * dp_);
+      vw_ = ws_.get<uint32_t>(kSlotV, size_t(total / 2) * dvp_);
     else
-      vf_ = ws_.get<float>(kSlotV, size_t(total) * dp_);
+      vf_ = ws_.get<float>(kSlotV, size_t(total) * dvp_);
     std::vector<std::pair<int, int>> tasks;  // (seq, n0): bn_ keys of every kv head
     for (int s = 0; s < int(seqs_.size()); ++s)
       if (key_base_[size_t(s)] >= 0)
@@ -272,18 +280,18 @@ class Forward {
             k_.load_row(kr, p_.dtype, d_, dst);
           }
           if (!bf16_pv_) {
-            float* dst = vf_ + size_t(r) * dp_;
-            std::fill(dst + d_, dst + dp_, 0.f);
-            k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, dst);
+            float* dst = vf_ + size_t(r) * dvp_;
+            std::fill(dst + dv_, dst + dvp_, 0.f);
+            k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, dv_, dst);
           } else if (j % 2 == 0) {
             // Keys (j, j + 1) of a bf16 V into words; head_base and n0 are even, so r is too.
             const uint16_t* v0 = static_cast<const uint16_t*>(sv.keys.v_row(n0 + j, hk));
             const uint16_t* v1 =
                 j + 1 < n ? static_cast<const uint16_t*>(sv.keys.v_row(n0 + j + 1, hk)) : nullptr;
-            uint32_t* dst = vw_ + size_t(r / 2) * dp_;
-            for (int x = 0; x < d_; ++x)
+            uint32_t* dst = vw_ + size_t(r / 2) * dvp_;
+            for (int x = 0; x < dv_; ++x)
               dst[x] = uint32_t(v0[x]) | (v1 != nullptr ? uint32_t(v1[x]) << 16 : 0u);
-            std::fill(dst + d_, dst + dp_, 0u);
+            std::fill(dst + dv_, dst + dvp_, 0u);
           }
         }
     });
@@ -328,19 +336,19 @@ class Forward {
     if (key_base_[size_t(seq)] >= 0) {
       const int64_t r = head_base(seq, hk) + n0;
       if (bf16_pv_)
-        b->vw = vw_ + size_t(r / 2) * dp_;
+        b->vw = vw_ + size_t(r / 2) * dvp_;
       else
-        b->vf = vf_ + size_t(r) * dp_;
+        b->vf = vf_ + size_t(r) * dvp_;
       return;
     }
-    // V_j into the zero-padded fp32 block (the gemm's B operand needs rows of dp floats).
-    const int bytes = d_ * dtype_size(p_.dtype);
+    // V_j into the zero-padded fp32 block (the gemm's B operand needs rows of dvp floats).
+    const int bytes = dv_ * dtype_size(p_.dtype);
     for (int j = 0; j < n; ++j) {
       if (j + kPrefetchRows < n) prefetch_row(sv.keys.v_row(n0 + j + kPrefetchRows, hk), bytes);
-      k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, d_, w.vb.data() + size_t(j) * dp_);
+      k_.load_row(sv.keys.v_row(n0 + j, hk), p_.dtype, dv_, w.vb.data() + size_t(j) * dvp_);
     }
     if (bf16_pv_) {
-      k_.pack_pairs(w.vb.data(), dp_, n, dp_, w.vw.data(), dp_);
+      k_.pack_pairs(w.vb.data(), dvp_, n, dvp_, w.vw.data(), dvp_);
       b->vw = w.vw.data();
     } else {
       b->vf = w.vb.data();
@@ -359,6 +367,8 @@ class Forward {
     if (p_.alibi_slopes == nullptr) return 0.f;
     return p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq];
   }
+  // The sink of query head hq as an LSE term: -inf (the identity of logaddexp) without sinks.
+  float sink(int hq) const { return p_.sinks != nullptr ? p_.sinks[hq] : -kInf; }
   VisibilityMask mask_of(const SeqView& sv) const {
     return VisibilityMask::make(sv.seqlen_q, sv.seqlen_k, p_.is_causal, p_.window_size_left,
                                 p_.window_size_right);
@@ -446,7 +456,7 @@ class Forward {
     float* o = w.o.data();
     std::fill(m, m + cols, -kInf);
     std::fill(l, l + cols, 0.f);
-    std::fill(o, o + size_t(cols) * dp_, 0.f);
+    std::fill(o, o + size_t(cols) * dvp_, 0.f);
 
     for (int n0 = n_begin; n0 < n_end; n0 += bn_) {
       const int n = std::min(bn_, n_end - n0);
@@ -464,7 +474,7 @@ class Forward {
         if (m[c] != w.m_prev[size_t(c)]) {
           const float alpha = std::exp(w.m_prev[size_t(c)] - m[c]);
           l[c] *= alpha;
-          k_.scale_row(o + size_t(c) * dp_, d_, alpha);
+          k_.scale_row(o + size_t(c) * dvp_, dv_, alpha);
         }
       }
       // P = exp(S - m); l_i includes dropped entries. With bf16 products and no dropout, P goes
@@ -481,9 +491,9 @@ class Forward {
       v_block(it.seq, it.hk, n0, n, w, &kv);
       if (kv.vw != nullptr) {
         if (!pairs_now) k_.pack_pairs(st, ld, n, cols, w.pw.data(), ld);
-        k_.gemm_bf16(cols, dp_, ceil_div(n, 2), w.pw.data(), 1, ld, kv.vw, dp_, o, dp_, true);
+        k_.gemm_bf16(cols, dvp_, ceil_div(n, 2), w.pw.data(), 1, ld, kv.vw, dvp_, o, dvp_, true);
       } else {
-        k_.gemm(cols, dp_, n, st, 1, ld, kv.vf, dp_, o, dp_, true);
+        k_.gemm(cols, dvp_, n, st, 1, ld, kv.vf, dvp_, o, dvp_, true);
       }
     }
 
@@ -492,32 +502,42 @@ class Forward {
       const int hq = it.hk * g_ + hg;
       for (int r = 0; r < rows; ++r) {
         const int c = hg * rows + r, i = m0 + r;
-        const float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
-        float* oc = o + size_t(c) * dp_;
-        k_.scale_row(oc, d_, inv);
-        std::copy(oc, oc + d_, part_o(it.split, sv.row0 + i, hq));
-        part_lse(it.split, sv.row0 + i, hq) = l[c] > 0.f ? m[c] + std::log(l[c]) : -kInf;
+        float lse = l[c] > 0.f ? m[c] + std::log(l[c]) : -kInf;
+        float inv = l[c] > 0.f ? rp_dropout_ / l[c] : 0.f;
+        // The sink joins whole rows only; a split's partial leaves it to the merge. O_i holds
+        // sum_j e^(s_ij - m_i) v_j, so dividing by e^(LSE_i - m_i) normalizes it over the keys
+        // and the sink (m_i - LSE_i <= -log l_i <= 0: no overflow). A sink of -inf is skipped,
+        // so it gives the bits of no sink.
+        if (has_sinks_ && splits_ == 1 && sink(hq) != -kInf) {
+          lse = logaddexp(lse, sink(hq));
+          if (l[c] > 0.f) inv = rp_dropout_ * std::exp(m[c] - lse);
+        }
+        float* oc = o + size_t(c) * dvp_;
+        k_.scale_row(oc, dv_, inv);
+        std::copy(oc, oc + dv_, part_o(it.split, sv.row0 + i, hq));
+        part_lse(it.split, sv.row0 + i, hq) = lse;
       }
     }
   }
 
   float* part_o(int split, int64_t row, int hq) {
-    return o_part_ + ((size_t(split) * total_rows_ + row) * p_.h + hq) * dp_;
+    return o_part_ + ((size_t(split) * total_rows_ + row) * p_.h + hq) * dvp_;
   }
   float& part_lse(int split, int64_t row, int hq) {
     return lse_part_[(size_t(split) * total_rows_ + row) * p_.h + hq];
   }
 
   // o and lse from the partials, in memory order of o (the reason is at pack_q): one split is
-  // stored as it is; several merge as O = sum_s e^(LSE_s - LSE) O_s with LSE = logsumexp_s
-  // LSE_s, empty splits weighing 0.
+  // stored as it is (its sink already joined in run_item); several merge as
+  // O = sum_s e^(LSE_s - LSE) O_s with LSE = logaddexp(sink_h, logsumexp_s LSE_s), empty splits
+  // weighing 0, and so does the sink (it has no output).
   void write_outputs() {
     constexpr int kRowsPerTask = 64;
     std::vector<std::pair<int, int>> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
     std::vector<std::vector<float>> rows(size_t(std::max(1, threads_)),
-                                         std::vector<float>(size_t(dp_)));
+                                         std::vector<float>(size_t(dvp_)));
     ThreadPool::instance().parallel_for(
         int64_t(tasks.size()), threads_, [&](int64_t t, int worker) {
           const SeqView& sv = seqs_[size_t(tasks[size_t(t)].first)];
@@ -529,17 +549,18 @@ class Forward {
               float lse = part_lse(0, row, hq);
               const float* out = part_o(0, row, hq);
               if (splits_ > 1) {
+                lse = logaddexp(sink(hq), lse);
                 for (int s = 1; s < splits_; ++s) lse = logaddexp(lse, part_lse(s, row, hq));
-                std::fill(acc, acc + d_, 0.f);
+                std::fill(acc, acc + dv_, 0.f);
                 for (int s = 0; s < splits_; ++s) {
                   const float wgt = merge_weight(part_lse(s, row, hq), lse);
                   if (wgt == 0.f) continue;
                   const float* os = part_o(s, row, hq);
-                  for (int x = 0; x < d_; ++x) acc[x] += wgt * os[x];
+                  for (int x = 0; x < dv_; ++x) acc[x] += wgt * os[x];
                 }
                 out = acc;
               }
-              k_.store_row(out, p_.dtype, d_, o_row(sv, i, hq));
+              k_.store_row(out, p_.dtype, dv_, o_row(sv, i, hq));
               if (sv.lse != nullptr) sv.lse[hq * sv.lse_head_stride + i] = finalize_lse(lse);
             }
         });
@@ -598,9 +619,9 @@ class Forward {
   const FwdParams& p_;
   const std::vector<SeqView>& seqs_;
   const Kernels& k_;
-  const int g_, d_, dp_, bn_, rows_, max_cols_, max_ld_;
+  const int g_, d_, dp_, dv_, dvp_, bn_, rows_, max_cols_, max_ld_;
   int threads_;
-  bool plain_ = true, dropout_ = false;
+  bool plain_ = true, dropout_ = false, has_sinks_ = false;
   bool bf16_s_ = false, bf16_pv_ = false;  // S = Q K^T, O += P V on bf16 operands
   DropoutRng rng_;
   float rp_dropout_ = 1.f;
@@ -613,11 +634,11 @@ class Forward {
   float* qt_ = nullptr;            // Q panels, fp32
   uint32_t* qw_ = nullptr;         // Q panels, bf16 words
   std::vector<int64_t> key_base_;  // per sequence: first packed key row, or -1 (not packed)
-  float* kf_ = nullptr;            // packed K, V rows in fp32 [rows][dp]
-  float* vf_ = nullptr;
+  float* kf_ = nullptr;            // packed K rows in fp32 [rows][dp]
+  float* vf_ = nullptr;            // packed V rows in fp32 [rows][dvp]
   uint32_t* kw_ = nullptr;         // packed K rows in words [rows][dp/2]
-  uint32_t* vw_ = nullptr;         // packed V key pairs in words [rows/2][dp]
-  float* o_part_ = nullptr;        // [splits][total_rows][h][dp] normalized (partial) O
+  uint32_t* vw_ = nullptr;         // packed V key pairs in words [rows/2][dvp]
+  float* o_part_ = nullptr;        // [splits][total_rows][h][dvp] normalized (partial) O
   float* lse_part_ = nullptr;      // [splits][total_rows][h] (partial) LSE (-inf: empty)
 };
 

@@ -6,10 +6,11 @@
 //               below exists exactly once;
 //   2. compute  one row of scores at a time, materialized (no tiling, no online softmax):
 //                 s_ij = scoremod(q_i . k_j)                  for visible j
-//                 m_i  = max_j s_ij
-//                 p_ij = exp(s_ij - m_i),   l_i = sum_j p_ij
+//                 m_i  = max(sink_h, max_j s_ij)              (sink_h = -inf without sinks)
+//                 p_ij = exp(s_ij - m_i),   l_i = exp(sink_h - m_i) + sum_j p_ij
 //                 P_ij = p_ij / l_i,        lse_i = m_i + log l_i
 //                 o_i  = sum_j P_ij Z_ij / (1 - p_drop) v_j   (Z: dropout keep mask, 1 if off)
+//               q and k have d columns, v and o dv columns.
 //   3. scatter  the results, rounded once to the params' dtype.
 // The rules themselves (visibility, score modifiers, Philox dropout, rotary, paged addressing,
 // LSE merge, conversions) come from src/common, the same definitions the GPU kernels and the
@@ -110,7 +111,7 @@ struct Dropout {
 
 // Everything the math needs for one (sequence, query head).
 struct Head {
-  Mat q, k, v;  // [s_q, d], [s_k, d], [s_k, d]
+  Mat q, k, v;  // [s_q, d], [s_k, d], [s_k, dv]
   VisibilityMask mask;
   ScoreMod<double> mod;
   int key_begin = 0;
@@ -118,10 +119,14 @@ struct Head {
   int row_begin = 0;  // the forward computes rows [row_begin, row_end) only
   int row_end = std::numeric_limits<int>::max();
   Dropout dropout;
+  // The head's sink logit: one more term of every row's softmax denominator, with no value.
+  // -inf (no sink) adds nothing.
+  double sink = -std::numeric_limits<double>::infinity();
 
   int seqlen_q() const { return q.rows; }
   int seqlen_k() const { return k.rows; }
   int d() const { return q.cols; }
+  int dv() const { return v.cols; }
   int first_row() const { return std::min(std::max(row_begin, 0), seqlen_q()); }
   int last_row() const { return std::max(std::min(row_end, seqlen_q()), first_row()); }
   bool visible(int i, int j) const {
@@ -131,7 +136,8 @@ struct Head {
 
 // Row i of the softmax. P[j] gets P_ij (normalized, before dropout; 0 where not visible) and,
 // if qk is non-null, qk[j] the raw dot product q_i . k_j (the softcap chain rule needs it).
-// Returns lse_i, or -inf when row i sees no key.
+// Returns lse_i (the sink included), or -inf when row i sees no key and has no sink. A row with
+// a sink and no visible key returns lse_i = sink with every P_ij = 0: the sink takes it all.
 double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<double>* qk) {
   const int n = hd.seqlen_k();
   P->assign(n, 0.0);
@@ -145,12 +151,12 @@ double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<do
     if (qk != nullptr) (*qk)[j] = x;
     s[j] = hd.mod.apply(x, i, j);
   }
-  // m_i = max_j s_ij.
-  double m = -kInf;
+  // m_i = max(sink, max_j s_ij).
+  double m = hd.sink;
   for (int j = 0; j < n; ++j) m = std::max(m, s[j]);
   if (m == -kInf) return -kInf;
-  // p_ij = exp(s_ij - m_i) and l_i = sum_j p_ij.
-  double l = 0;
+  // p_ij = exp(s_ij - m_i) and l_i = exp(sink - m_i) + sum_j p_ij.
+  double l = std::exp(hd.sink - m);
   for (int j = 0; j < n; ++j) {
     if (s[j] == -kInf) continue;
     (*P)[j] = std::exp(s[j] - m);
@@ -161,18 +167,18 @@ double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<do
   return m + std::log(l);
 }
 
-// Forward of one head: o [s_q, d], lse [s_q] (+inf for rows that see no key) and, if probs is
-// non-null, the probabilities as flash_attn returns them: P_ij, negated where dropped. Rows
-// outside [first_row, last_row) are left at zero.
+// Forward of one head: o [s_q, dv], lse [s_q] (+inf for rows that see no key and have no sink;
+// the sink for rows that see no key) and, if probs is non-null, the probabilities as flash_attn
+// returns them: P_ij, negated where dropped. Rows outside [first_row, last_row) are left at zero.
 void attention_forward(const Head& hd, Mat* o, std::vector<double>* lse, Mat* probs) {
-  const int s_q = hd.seqlen_q(), s_k = hd.seqlen_k(), d = hd.d();
+  const int s_q = hd.seqlen_q(), s_k = hd.seqlen_k(), d = hd.dv();
   *o = Mat(s_q, d);
   lse->assign(s_q, kInf);
   if (probs != nullptr) *probs = Mat(s_q, s_k);
   std::vector<double> P;
   for (int i = hd.first_row(); i < hd.last_row(); ++i) {
     const double lse_i = softmax_row(hd, i, &P, nullptr);
-    if (lse_i == -kInf) continue;  // no visible key: o_i = 0, lse_i = +inf
+    if (lse_i == -kInf) continue;  // no visible key and no sink: o_i = 0, lse_i = +inf
     (*lse)[i] = lse_i;
     // o_i = sum_j P_ij Z_ij / (1 - p) v_j.
     double* o_i = o->row(i);
@@ -187,22 +193,26 @@ void attention_forward(const Head& hd, Mat* o, std::vector<double>* lse, Mat* pr
   }
 }
 
-// Backward of one head, from dO [s_q, d]: dq is set, dk and dv are ACCUMULATED into (query heads
-// sharing a kv head sum their contributions). With P~ = P o Z / (1 - p) the dropped, rescaled
-// probabilities (O = P~ V):
+// Backward of one head, from dO [s_q, dv]: dq is set, dk and dv are ACCUMULATED into (query
+// heads sharing a kv head sum their contributions), and so is *dsink. With P~ = P o Z / (1 - p)
+// the dropped, rescaled probabilities (O = P~ V):
 //   dV = P~^T dO
 //   dP~_ij = (dO_i . v_j) Z_ij / (1 - p)
 //   D_i = sum_j P_ij dP~_ij = dO_i . O_i
 //   dS_ij = P_ij (dP~_ij - D_i) * dscore_ij           (dscore: softcap's tanh chain rule)
 //   dQ = scale dS K,   dK = scale dS^T Q
-// ALiBi adds a constant to s_ij and has no gradient with respect to q or k.
-void attention_backward(const Head& hd, const Mat& dout, Mat* dq, Mat* dk, Mat* dv) {
-  const int s_q = hd.seqlen_q(), s_k = hd.seqlen_k(), d = hd.d();
+//   dsink += -sum_i P_sink,i D_i,   P_sink,i = exp(sink - lse_i)
+// The sink changes none of the other lines: it contributes no value, so its dP term is 0 and
+// D_i keeps its form (docs/algorithm.md, section 7). ALiBi adds a constant to s_ij and has no
+// gradient with respect to q or k.
+void attention_backward(const Head& hd, const Mat& dout, Mat* dq, Mat* dk, Mat* dv,
+                        double* dsink) {
+  const int s_q = hd.seqlen_q(), s_k = hd.seqlen_k(), d = hd.d(), d_v = hd.dv();
   *dq = Mat(s_q, d);
-  std::vector<double> P, qk, o_i(d), dP(s_k), dS(s_k);
+  std::vector<double> P, qk, o_i(d_v), dP(s_k), dS(s_k);
   for (int i = 0; i < s_q; ++i) {
     const double lse_i = softmax_row(hd, i, &P, &qk);
-    if (lse_i == -kInf) continue;  // the row sees nothing: no gradient flows through it
+    if (lse_i == -kInf) continue;  // no key and no sink: no gradient flows through the row
     const double* dO_i = dout.row(i);
 
     // O_i = sum_j P~_ij v_j.
@@ -210,17 +220,19 @@ void attention_backward(const Head& hd, const Mat& dout, Mat* dq, Mat* dk, Mat* 
     for (int j = 0; j < s_k; ++j) {
       if (!hd.visible(i, j) || !hd.dropout.keep(i, j)) continue;
       const double w = P[j] * hd.dropout.keep_scale;
-      for (int x = 0; x < d; ++x) o_i[x] += w * hd.v.row(j)[x];
+      for (int x = 0; x < d_v; ++x) o_i[x] += w * hd.v.row(j)[x];
     }
     // D_i = dO_i . O_i.
-    const double D_i = dot(dO_i, o_i.data(), d);
+    const double D_i = dot(dO_i, o_i.data(), d_v);
+    // dsink += -P_sink,i D_i (exp(-inf) = 0 without a sink).
+    *dsink -= std::exp(hd.sink - lse_i) * D_i;
     // dV_j += P~_ij dO_i   and   dP~_ij = (dO_i . v_j) Z_ij / (1 - p).
     for (int j = 0; j < s_k; ++j) {
       dP[j] = 0;
       if (!hd.visible(i, j) || !hd.dropout.keep(i, j)) continue;
       const double w = P[j] * hd.dropout.keep_scale;
-      for (int x = 0; x < d; ++x) dv->row(j)[x] += w * dO_i[x];
-      dP[j] = dot(dO_i, hd.v.row(j), d) * hd.dropout.keep_scale;
+      for (int x = 0; x < d_v; ++x) dv->row(j)[x] += w * dO_i[x];
+      dP[j] = dot(dO_i, hd.v.row(j), d_v) * hd.dropout.keep_scale;
     }
     // dS_ij = P_ij (dP~_ij - D_i) dscore(q_i . k_j).
     for (int j = 0; j < s_k; ++j)
@@ -295,7 +307,7 @@ Head make_head(const FwdParams& p, const Options& opt, int bidb, int bidh, const
   hd.k = gather_rows(p.k_ptr, p.dtype, info.seqlen_k, p.d, [&](int t) {
     return key_offset(p, info, bidb, t, hk, p.k_batch_stride, p.k_row_stride, p.k_head_stride);
   });
-  hd.v = gather_rows(p.v_ptr, p.dtype, info.seqlen_k, p.d, [&](int t) {
+  hd.v = gather_rows(p.v_ptr, p.dtype, info.seqlen_k, p.dv, [&](int t) {
     return key_offset(p, info, bidb, t, hk, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
   });
   hd.mask = VisibilityMask::make(info.seqlen_q, info.seqlen_k, p.is_causal, p.window_size_left,
@@ -306,6 +318,9 @@ Head make_head(const FwdParams& p, const Options& opt, int bidb, int bidh, const
   hd.row_begin = opt.row_begin;
   if (opt.row_end >= 0) hd.row_end = opt.row_end;
   hd.dropout = make_dropout(p, opt, bidb, bidh);
+  // A key chunk's partial result leaves the sink out: it joins once, where the partials merge.
+  const bool whole_row = opt.key_begin <= 0 && opt.key_end < 0;
+  if (p.sinks != nullptr && whole_row) hd.sink = p.sinks[bidh];
   return hd;
 }
 
@@ -319,8 +334,8 @@ int64_t lse_index(const FwdParams& p, const SeqlenInfo& info, int bidb, int bidh
 Status check_fwd(const FwdParams& p) {
   if (p.q_ptr == nullptr || p.k_ptr == nullptr || p.v_ptr == nullptr || p.o_ptr == nullptr)
     return Status::invalid("ref: q_ptr, k_ptr, v_ptr and o_ptr must be non-null");
-  if (p.b < 0 || p.h <= 0 || p.h_k <= 0 || p.d <= 0 || p.h % p.h_k != 0)
-    return Status::invalid("ref: need b >= 0, h > 0, h_k > 0, d > 0 and h % h_k == 0");
+  if (p.b < 0 || p.h <= 0 || p.h_k <= 0 || p.d <= 0 || p.dv <= 0 || p.h % p.h_k != 0)
+    return Status::invalid("ref: need b >= 0, h > 0, h_k > 0, d > 0, dv > 0 and h % h_k == 0");
   if ((p.cu_seqlens_q == nullptr) != (p.cu_seqlens_k == nullptr))
     return Status::invalid("ref: cu_seqlens_q and cu_seqlens_k must be both set or both null");
   if (p.block_table != nullptr && p.page_block_size <= 0)
@@ -353,7 +368,7 @@ Status mha_fwd(const FwdParams& params, const Options& opt) {
       if (opt.o_f64 != nullptr) {
         for (int r = r0; r < r1; ++r) {
           const int64_t row = varlen ? info.q_row0 + r : int64_t(bidb) * p.seqlen_q + r;
-          for (int x = 0; x < p.d; ++x) opt.o_f64[(row * p.h + bidh) * p.d + x] = o.row(r)[x];
+          for (int x = 0; x < p.dv; ++x) opt.o_f64[(row * p.h + bidh) * p.dv + x] = o.row(r)[x];
         }
       }
       if (p.softmax_lse_ptr != nullptr) {
@@ -388,6 +403,8 @@ Status mha_bwd(const BwdParams& params, const Options& opt) {
     return Status::invalid("ref: block_table: paged KV has no backward");
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int group = p.h / p.h_k;
+  // dsinks[h]: summed over the batch and the rows, in double, rounded once.
+  std::vector<double> dsink(size_t(p.h), 0.0);
 
   for (int bidb = 0; bidb < p.b; ++bidb) {
     const SeqlenInfo info = SeqlenInfo::make(p, bidb);
@@ -395,25 +412,24 @@ Status mha_bwd(const BwdParams& params, const Options& opt) {
     // still get their (zero) gradient written.
     const int k_rows = varlen ? p.cu_seqlens_k[bidb + 1] - p.cu_seqlens_k[bidb] : p.seqlen_k;
     for (int hk = 0; hk < p.h_k; ++hk) {
-      Mat dk(k_rows, p.d), dv(k_rows, p.d);
+      Mat dk(k_rows, p.d), dv(k_rows, p.dv);
       for (int bidh = hk * group; bidh < (hk + 1) * group; ++bidh) {
         const Head hd = make_head(p, opt, bidb, bidh, info);
-        const Mat dout = gather_rows(p.do_ptr, p.dtype, info.seqlen_q, p.d, [&](int r) {
+        const Mat dout = gather_rows(p.do_ptr, p.dtype, info.seqlen_q, p.dv, [&](int r) {
           return info.q_offset(p.do_batch_stride, p.do_row_stride, p.do_head_stride, bidb, r,
                                bidh, varlen);
         });
-        Mat dq, dk_h(info.seqlen_k, p.d), dv_h(info.seqlen_k, p.d);
-        attention_backward(hd, dout, &dq, &dk_h, &dv_h);
+        Mat dq, dk_h(info.seqlen_k, p.d), dv_h(info.seqlen_k, p.dv);
+        attention_backward(hd, dout, &dq, &dk_h, &dv_h, &dsink[size_t(bidh)]);
         scatter_grad(p, p.dq_ptr, dq, [&](int r) {
           return info.q_offset(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, bidb, r,
                                bidh, varlen);
         });
         // GQA: the query heads of one group share k and v, so their gradients add up.
-        for (int t = 0; t < info.seqlen_k; ++t)
-          for (int x = 0; x < p.d; ++x) {
-            dk.row(t)[x] += dk_h.row(t)[x];
-            dv.row(t)[x] += dv_h.row(t)[x];
-          }
+        for (int t = 0; t < info.seqlen_k; ++t) {
+          for (int x = 0; x < p.d; ++x) dk.row(t)[x] += dk_h.row(t)[x];
+          for (int x = 0; x < p.dv; ++x) dv.row(t)[x] += dv_h.row(t)[x];
+        }
       }
       scatter_grad(p, p.dk_ptr, dk, [&](int t) {
         return info.k_offset(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, bidb, t, hk,
@@ -425,6 +441,8 @@ Status mha_bwd(const BwdParams& params, const Options& opt) {
       });
     }
   }
+  if (p.dsinks != nullptr)
+    for (int h = 0; h < p.h; ++h) p.dsinks[h] = float(dsink[size_t(h)]);
   return Status::ok_status();
 }
 
@@ -482,7 +500,7 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
         return int64_t(bidb) * p.knew_batch_stride + int64_t(t) * p.knew_row_stride +
                int64_t(hk) * p.knew_head_stride;
       });
-      const Mat vnew = gather_rows(p.vnew_ptr, p.dtype, seqlen_knew, p.d, [&](int t) {
+      const Mat vnew = gather_rows(p.vnew_ptr, p.dtype, seqlen_knew, p.dv, [&](int t) {
         return int64_t(bidb) * p.vnew_batch_stride + int64_t(t) * p.vnew_row_stride +
                int64_t(hk) * p.vnew_head_stride;
       });
@@ -490,10 +508,9 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
         std::vector<double> k_t(knew.row(t), knew.row(t) + p.d);
         if (rotary) rotate(k_t.data(), cache_len + t);
         const int64_t ko = k_at(cache_len + t, hk), vo = v_at(cache_len + t, hk);
-        for (int x = 0; x < p.d; ++x) {
-          store_from_float(p.k_ptr, p.dtype, ko + x, float(k_t[x]));
+        for (int x = 0; x < p.d; ++x) store_from_float(p.k_ptr, p.dtype, ko + x, float(k_t[x]));
+        for (int x = 0; x < p.dv; ++x)
           store_from_float(p.v_ptr, p.dtype, vo + x, float(vnew.row(t)[x]));
-        }
       }
     }
 
@@ -511,10 +528,11 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
       if (rotary)  // q stays in double: it is a local copy, never stored
         for (int r = 0; r < s_q; ++r) rotate(hd.q.row(r), cache_len + (q_rows_advance ? r : 0));
       hd.k = gather_rows(p.k_ptr, p.dtype, s_k, p.d, [&](int j) { return k_at(leftpad + j, hk); });
-      hd.v = gather_rows(p.v_ptr, p.dtype, s_k, p.d, [&](int j) { return v_at(leftpad + j, hk); });
+      hd.v = gather_rows(p.v_ptr, p.dtype, s_k, p.dv, [&](int j) { return v_at(leftpad + j, hk); });
       hd.mask = VisibilityMask::make(s_q, s_k, p.is_causal, p.window_size_left,
                                      p.window_size_right);
       hd.mod = score_mod(p, bidb, bidh, s_q, s_k);
+      if (p.sinks != nullptr) hd.sink = p.sinks[bidh];
 
       Mat o;
       std::vector<double> lse;

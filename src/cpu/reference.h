@@ -20,7 +20,8 @@ struct Options {
   // Restrict every row to the keys [key_begin, key_end) of its sequence (key_end < 0: no upper
   // limit), on top of the visibility mask. Mask alignment and ALiBi distances keep the whole
   // sequence's geometry, so this yields the partial result of one split-KV chunk (o over the
-  // chunk's keys, lse of the chunk; rows with no key in the chunk: o = 0, lse = +inf).
+  // chunk's keys, lse of the chunk; rows with no key in the chunk: o = 0, lse = +inf). Such a
+  // partial leaves the sinks out: a sink joins a row once, where the partials merge.
   int key_begin = 0;
   int key_end = -1;
 
@@ -31,7 +32,7 @@ struct Options {
   int row_end = -1;
 
   // If non-null, mha_fwd also stores o here in double precision, before the rounding to dtype,
-  // logical dense [rows_q, h, d] (rows_q = b * seqlen_q, or total_q for varlen): the finite
+  // logical dense [rows_q, h, dv] (rows_q = b * seqlen_q, or total_q for varlen): the finite
   // differences that check the backward need more digits than fp32.
   double* o_f64 = nullptr;
 };
@@ -42,6 +43,7 @@ Status mha_fwd(const FwdParams& p, const Options& opt = {});
 // Recomputes P, the LSE and O from q, k, v in double: the given o and softmax_lse are not read,
 // so the gradients are those of the exact function, whatever rounding the forward did.
 // dqkv_fp32 / dqkv_accumulate are honoured (the double gradient is rounded once, after the add).
+// dsinks, when set, gets the sinks' gradient summed in double and rounded once.
 Status mha_bwd(const BwdParams& p, const Options& opt = {});
 // Appends knew/vnew into the cache in place (k rotated at its absolute cache positions, then
 // rounded to dtype: the cache holds dtype values), then attends with q rotated in double (a

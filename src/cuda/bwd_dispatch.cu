@@ -25,6 +25,12 @@ Status not_implemented(const std::string& what) {
 }  // namespace
 
 Status run_mha_bwd(const BwdParams& p) {
+  // The kernels would ignore these, a silently wrong result: refused until they take them.
+  if (p.sinks != nullptr || p.dsinks != nullptr)
+    return not_implemented("sinks / dsinks (learnable attention sinks and their gradient)");
+  if (p.dv != p.d)
+    return not_implemented("dv = " + std::to_string(p.dv) + " != d = " + std::to_string(p.d) +
+                           " (a V head dim other than the Q/K head dim)");
   if (p.block_table != nullptr) return not_implemented("paged KV (block_table)");
   if (p.dqkv_fp32) return not_implemented("dqkv_fp32 (fp32 gradient outputs)");
   if (p.dqkv_accumulate) return not_implemented("dqkv_accumulate (adding into dq/dk/dv)");

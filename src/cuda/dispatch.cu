@@ -66,9 +66,11 @@ std::atomic<int> smem_per_sm_override{0};
 
 void set_smem_per_sm_override(int bytes) { smem_per_sm_override.store(bytes); }
 
-int device_smem_per_sm() {
-  const int forced = smem_per_sm_override.load(std::memory_order_relaxed);
-  if (forced > 0) return forced;
+namespace {
+// An attribute of the current device, read once per device (the runtime call costs about a
+// microsecond, and the dispatch asks on every call); 0 when it cannot be read.
+template <cudaDeviceAttr kAttr>
+int cached_device_attribute() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices] = {};
   int device = 0;
@@ -77,15 +79,23 @@ int device_smem_per_sm() {
     const int known = cache[device].load(std::memory_order_relaxed);
     if (known > 0) return known;
   }
-  int bytes = 0;
-  if (cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
-      cudaSuccess) {
+  int value = 0;
+  if (cudaDeviceGetAttribute(&value, kAttr, device) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }
-  if (device < kMaxDevices) cache[device].store(bytes, std::memory_order_relaxed);
-  return bytes;
+  if (device < kMaxDevices) cache[device].store(value, std::memory_order_relaxed);
+  return value;
 }
+}  // namespace
+
+int device_smem_per_sm() {
+  const int forced = smem_per_sm_override.load(std::memory_order_relaxed);
+  if (forced > 0) return forced;
+  return cached_device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>();
+}
+
+int device_sm_count() { return cached_device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 Status pointer_backend(const void* ptr, Backend* out) {
   *out = Backend::kCpu;

@@ -21,6 +21,9 @@ bool device_runs_sm90_kernels();
 // they have, the kernels a GPU with less shared memory gets.
 int device_smem_per_sm();
 void set_smem_per_sm_override(int bytes);
+// Multiprocessors of the current device (the persistent grids' size), cached per device; 0 when
+// it cannot be read.
+int device_sm_count();
 // kCuda for device/managed memory, kCpu for host memory; an error for an invalid pointer.
 Status pointer_backend(const void* ptr, Backend* out);
 

@@ -124,6 +124,11 @@ bool compiled(DType t, int hd) {
 }  // namespace
 
 Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
+  // The kernels would ignore both, a silently wrong result: refused until they take them.
+  if (p.sinks != nullptr) return not_implemented("sinks (learnable attention sinks)");
+  if (p.dv != p.d)
+    return not_implemented("dv = " + std::to_string(p.dv) + " != d = " + std::to_string(p.d) +
+                           " (a V head dim other than the Q/K head dim)");
   const bool varlen = p.cu_seqlens_q != nullptr;
   const bool hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
   if (hooks && (varlen || p.block_table != nullptr))

@@ -378,6 +378,16 @@ Status launch_prepare(const PrepareArgs& a, int b, cudaStream_t stream) {
 }  // namespace
 
 Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& options) {
+  // Refused before the append writes the cache (forward_supported below would refuse them too,
+  // after the scratch setup): the forward kernels take neither yet.
+  if (p.sinks != nullptr)
+    return Status::not_supported(
+        "sinks (learnable attention sinks) in the GPU KV-cache path are not implemented yet");
+  if (p.dv != p.d)
+    return Status::not_supported("dv = " + std::to_string(p.dv) + " != d = " +
+                                 std::to_string(p.d) +
+                                 " (a V head dim other than the Q/K head dim) in the GPU "
+                                 "KV-cache path is not implemented yet");
   if (p.b == 0) return Status::ok_status();
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +

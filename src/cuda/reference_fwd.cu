@@ -222,6 +222,8 @@ Status launch(const FwdParams& p) {
 }  // namespace
 
 Status mha_fwd(const FwdParams& p) {
+  if (p.sinks != nullptr || (p.dv != 0 && p.dv != p.d))
+    return Status::not_supported("cuda::ref::mha_fwd: sinks and dv != d are not implemented");
   if (p.d < 1 || p.d > kMaxD)
     return Status::invalid("cuda::ref::mha_fwd: d = " + std::to_string(p.d) +
                            " must be in 1.." + std::to_string(kMaxD));

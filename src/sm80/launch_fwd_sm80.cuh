@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "common/philox.h"
+#include "common/score_mod.h"
 #include "cuda/combine.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
@@ -182,10 +183,10 @@ template <int kBlockM>
 FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
   FwdArgsSm80 args;
   args.p = p;
-  const bool has_softcap = p.softcap > 0.f;
-  args.unit = has_softcap ? p.softcap : p.softmax_scale;
-  args.unit_log2 = args.unit * float(M_LOG2E);
-  args.softcap_prescale = has_softcap ? p.softmax_scale / p.softcap : 0.f;
+  const ScoreUnits units = ScoreUnits::of(p.softmax_scale, p.softcap);
+  args.unit = units.unit;
+  args.unit_log2 = units.unit_log2;
+  args.softcap_prescale = units.softcap_prescale;
   args.h_h_k_ratio = p.h / p.h_k;
   args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   return args;

@@ -8,11 +8,12 @@
 #include <cutlass/numeric_types.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <type_traits>
 
+#include "common/score_mod.h"
 #include "cuda/cuda_check.h"
+#include "cuda/dispatch.h"
 #include "sm90/fwd_sm90.h"
 #include "sm90/kernel_fwd_sm90.cuh"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
@@ -21,25 +22,6 @@ namespace flashattn::sm90 {
 
 template <DType kDtype>
 using ElementOf = std::conditional_t<kDtype == DType::kFloat16, cutlass::half_t, cutlass::bfloat16_t>;
-
-// SM count of the current device, cached per device (the persistent grid's size).
-inline int device_sm_count() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (device < kMaxDevices) {
-    const int known = cache[device].load(std::memory_order_relaxed);
-    if (known > 0) return known;
-  }
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  if (device < kMaxDevices) cache[device].store(sms, std::memory_order_relaxed);
-  return sms;
-}
 
 // The share of L2 a causal section's K + V may take (TileSchedulerSm90): about two thirds of the
 // H100's 50 MB, leaving room for the Q tiles and O stores streaming past.
@@ -56,10 +38,10 @@ Status launch_fwd_sm90(const FwdParams& p) {
 
   Args args;
   args.p = p;
-  const bool has_softcap = p.softcap > 0.f;
-  args.unit = has_softcap ? p.softcap : p.softmax_scale;
-  args.unit_log2 = args.unit * float(M_LOG2E);
-  args.softcap_prescale = has_softcap ? p.softmax_scale / p.softcap : 0.f;
+  const ScoreUnits units = ScoreUnits::of(p.softmax_scale, p.softcap);
+  args.unit = units.unit;
+  args.unit_log2 = units.unit_log2;
+  args.softcap_prescale = units.softcap_prescale;
   args.h_h_k_ratio = p.h / p.h_k;
   args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const bool varlen = p.cu_seqlens_q != nullptr;
@@ -106,35 +88,14 @@ Status launch_fwd_sm90(const FwdParams& p) {
         typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   }
 
-  args.o_by_tma = !varlen;
-  if (args.o_by_tma) {
-    args.shape_o = args.shape_q;
-    Tensor mO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o_ptr)),
-                            make_layout(args.shape_o, make_stride(p.o_row_stride, _1{},
-                                                                  p.o_head_stride, p.o_batch_stride)));
-    args.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutOWg{},
-                               Shape<_64, Int<kHeadDim>>{}, _1{});
-  }
-
-  const int sms = device_sm_count();
+  const int sms = cuda::device_sm_count();
   if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
   const int grid = int(std::min<int64_t>(tiles, sms));
   auto* kernel = &flash_fwd_sm90_kernel<Kernel>;
   constexpr int kSmem = Kernel::kSmemSize;
   FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  // The tile counter: stream-ordered scratch, zeroed right before the launch (under CUDA graph
-  // capture these become graph nodes like the launch itself).
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&args.tile_counter), sizeof(int), stream));
-  Status s = cuda::check_cuda(cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream),
-                              "cudaMemsetAsync(tile_counter)", __FILE__, __LINE__);
-  if (s.ok()) {
-    kernel<<<grid, Kernel::kNThreads, kSmem, stream>>>(args);
-    s = cuda::check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch", __FILE__, __LINE__);
-  }
-  const cudaError_t free_err = cudaFreeAsync(args.tile_counter, stream);
-  if (!s.ok()) return s;
-  FA_CUDA_CHECK(free_err);
+  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(args);
+  FA_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
   return Status::ok_status();
 }
 

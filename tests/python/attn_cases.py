@@ -31,6 +31,22 @@ def _slopes(alibi: Optional[str], h: int, b: int, device) -> Optional[torch.Tens
     return alibi_slopes_for(h, b if alibi == "bh" else None, device)
 
 
+def _sinks(sinks: bool, h: int, device, generator) -> Optional[torch.Tensor]:
+    """Sink logits (h,) fp32, uniform in [-2, 4): from negligible to dominant next to the scores
+    of unit-normal inputs. A leaf that requires grad."""
+    if not sinks:
+        return None
+    return (torch.rand(h, generator=generator) * 6 - 2).to(device).requires_grad_()
+
+
+def _sink_refs(sinks: Optional[torch.Tensor], dtype):
+    """The sinks as leaves of the high-precision and of the input-dtype reference (the latter
+    stays fp32: the reference rounds it to the dtype in its math, as a kernel would not)."""
+    if sinks is None:
+        return None, None
+    return _leaf(sinks, ref_dtype(dtype)), _leaf(sinks)
+
+
 def check_grads(out, out_ref, out_lowp, inputs, inputs_ref, inputs_lowp, names, generator,
                 factor: float = GRAD_FACTOR) -> None:
     g = randn(out.shape, out.dtype, out.device, generator)
@@ -44,7 +60,8 @@ def check_grads(out, out_ref, out_lowp, inputs, inputs_ref, inputs_lowp, names, 
     scale = max(r.abs().max().item() for r in grads_ref if r.numel())
     floor = 1e-5 * max(1.0, scale)
     for name, a, r, lp in zip(names, grads, grads_ref, grads_lowp):
-        assert a.dtype == out.dtype, f"{name}: dtype {a.dtype}"
+        want_dtype = torch.float32 if name == "dsinks" else out.dtype
+        assert a.dtype == want_dtype, f"{name}: dtype {a.dtype}"
         assert_close_2x(a, r, lp, name, factor=factor, floor=floor)
 
 
@@ -52,21 +69,27 @@ def run_dense(device, dtype, b: int, seqlen_q: int, seqlen_k: int, h: int, h_k: 
               causal: bool = False, window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
               alibi: Optional[str] = None, softmax_scale: Optional[float] = None,
               dropout_p: float = 0.0, deterministic: bool = False, backward: bool = True,
-              api: str = "func", seed: int = 0) -> None:
+              api: str = "func", seed: int = 0, sinks: bool = False,
+              dv: Optional[int] = None) -> None:
     """One dense case through flash_attn_func (api="func"), flash_attn_kvpacked_func
-    ("kvpacked") or flash_attn_qkvpacked_func ("qkvpacked")."""
+    ("kvpacked") or flash_attn_qkvpacked_func ("qkvpacked"); with sinks (checked with their
+    gradient) and v of head dim dv (func only) when asked."""
     gen = seeded_generator(seed)
+    dv = dv or d
     q = randn((b, seqlen_q, h, d), dtype, device, gen)
     k = randn((b, seqlen_k, h_k, d), dtype, device, gen)
-    v = randn((b, seqlen_k, h_k, d), dtype, device, gen)
+    v = randn((b, seqlen_k, h_k, dv), dtype, device, gen)
     slopes = _slopes(alibi, h, b, device)
+    sink = _sinks(sinks, h, device, gen)
+    sink_ref, sink_lowp = _sink_refs(sink, dtype)
     opts = dict(causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=slopes,
                 softmax_scale=softmax_scale)
     if api == "qkvpacked":
         assert seqlen_q == seqlen_k and h == h_k
         qkv = _leaf(torch.stack([q, k, v], dim=2))
         out, lse, s_dmask = flashattn.flash_attn_qkvpacked_func(
-            qkv, dropout_p, return_attn_probs=True, deterministic=deterministic, **opts)
+            qkv, dropout_p, return_attn_probs=True, deterministic=deterministic, sinks=sink,
+            **opts)
         inputs, names = (qkv,), ("dqkv",)
         qkv_ref, qkv_lowp = _leaf(qkv, ref_dtype(dtype)), _leaf(qkv)
         refs = qkv_ref.unbind(2), qkv_lowp.unbind(2)
@@ -75,7 +98,8 @@ def run_dense(device, dtype, b: int, seqlen_q: int, seqlen_k: int, h: int, h_k: 
         q = _leaf(q)
         kv = _leaf(torch.stack([k, v], dim=2))
         out, lse, s_dmask = flashattn.flash_attn_kvpacked_func(
-            q, kv, dropout_p, return_attn_probs=True, deterministic=deterministic, **opts)
+            q, kv, dropout_p, return_attn_probs=True, deterministic=deterministic, sinks=sink,
+            **opts)
         inputs, names = (q, kv), ("dq", "dkv")
         q_ref, kv_ref = _leaf(q, ref_dtype(dtype)), _leaf(kv, ref_dtype(dtype))
         q_lowp, kv_lowp = _leaf(q), _leaf(kv)
@@ -84,13 +108,17 @@ def run_dense(device, dtype, b: int, seqlen_q: int, seqlen_k: int, h: int, h_k: 
     else:
         q, k, v = _leaf(q), _leaf(k), _leaf(v)
         out, lse, s_dmask = flashattn.flash_attn_func(
-            q, k, v, dropout_p, return_attn_probs=True, deterministic=deterministic, **opts)
+            q, k, v, dropout_p, return_attn_probs=True, deterministic=deterministic, sinks=sink,
+            **opts)
         inputs, names = (q, k, v), ("dq", "dk", "dv")
         inputs_ref = tuple(_leaf(x, ref_dtype(dtype)) for x in (q, k, v))
         inputs_lowp = tuple(_leaf(x) for x in (q, k, v))
         refs = inputs_ref, inputs_lowp
+    if sink is not None:
+        inputs, names = inputs + (sink,), names + ("dsinks",)
+        inputs_ref, inputs_lowp = inputs_ref + (sink_ref,), inputs_lowp + (sink_lowp,)
 
-    assert out.shape == (b, seqlen_q, h, d) and out.dtype == dtype and out.device == q.device
+    assert out.shape == (b, seqlen_q, h, dv) and out.dtype == dtype and out.device == q.device
     assert lse.shape == (b, h, seqlen_q) and lse.dtype == torch.float32
     keep = None
     if dropout_p > 0:
@@ -101,8 +129,8 @@ def run_dense(device, dtype, b: int, seqlen_q: int, seqlen_k: int, h: int, h_k: 
     else:
         assert s_dmask.numel() == 0
     ref_opts = dict(opts, dropout_p=dropout_p, keep_mask=keep)
-    out_ref, lse_ref = attention_ref(*refs[0], upcast=True, **ref_opts)
-    out_lowp, lse_lowp = attention_ref(*refs[1], upcast=False, **ref_opts)
+    out_ref, lse_ref = attention_ref(*refs[0], upcast=True, sinks=sink_ref, **ref_opts)
+    out_lowp, lse_lowp = attention_ref(*refs[1], upcast=False, sinks=sink_lowp, **ref_opts)
     assert_close_2x(out, out_ref, out_lowp, "out")
     assert_close_2x(lse, lse_ref, lse_lowp, "softmax_lse")
     if dropout_p > 0 and seqlen_q * seqlen_k * b * h >= 10000:
@@ -124,25 +152,31 @@ def run_dense(device, dtype, b: int, seqlen_q: int, seqlen_k: int, h: int, h_k: 
 def run_varlen(device, dtype, seqlens_q: List[int], seqlens_k: List[int], h: int, h_k: int,
                d: int, causal: bool = False, window_size: Sequence[int] = (-1, -1),
                softcap: float = 0.0, alibi: Optional[str] = None, deterministic: bool = False,
-               backward: bool = True, api: str = "func", seed: int = 0) -> None:
-    """One varlen case through flash_attn_varlen_func / _kvpacked_func / _qkvpacked_func."""
+               backward: bool = True, api: str = "func", seed: int = 0, sinks: bool = False,
+               dv: Optional[int] = None) -> None:
+    """One varlen case through flash_attn_varlen_func / _kvpacked_func / _qkvpacked_func; with
+    sinks and v of head dim dv (func only) when asked."""
     gen = seeded_generator(seed)
+    dv = dv or d
     b = len(seqlens_q)
     cu_q, cu_k = cu_seqlens_of(seqlens_q), cu_seqlens_of(seqlens_k)
     total_q, total_k = cu_q[-1], cu_k[-1]
     max_q, max_k = max(seqlens_q), max(seqlens_k)
     q = randn((total_q, h, d), dtype, device, gen)
     k = randn((total_k, h_k, d), dtype, device, gen)
-    v = randn((total_k, h_k, d), dtype, device, gen)
+    v = randn((total_k, h_k, dv), dtype, device, gen)
     cu_q_t = torch.tensor(cu_q, dtype=torch.int32, device=device)
     cu_k_t = torch.tensor(cu_k, dtype=torch.int32, device=device)
     slopes = _slopes(alibi, h, b, device)
+    sink = _sinks(sinks, h, device, gen)
+    sink_ref, sink_lowp = _sink_refs(sink, dtype)
     opts = dict(causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=slopes)
     if api == "qkvpacked":
         assert seqlens_q == seqlens_k and h == h_k
         qkv = _leaf(torch.stack([q, k, v], dim=1))
         out, lse, _ = flashattn.flash_attn_varlen_qkvpacked_func(
-            qkv, cu_q_t, max_q, deterministic=deterministic, return_attn_probs=True, **opts)
+            qkv, cu_q_t, max_q, deterministic=deterministic, return_attn_probs=True, sinks=sink,
+            **opts)
         inputs, names = (qkv,), ("dqkv",)
         qkv_ref, qkv_lowp = _leaf(qkv, ref_dtype(dtype)), _leaf(qkv)
         refs = qkv_ref.unbind(1), qkv_lowp.unbind(1)
@@ -152,7 +186,7 @@ def run_varlen(device, dtype, seqlens_q: List[int], seqlens_k: List[int], h: int
         kv = _leaf(torch.stack([k, v], dim=1))
         out, lse, _ = flashattn.flash_attn_varlen_kvpacked_func(
             q, kv, cu_q_t, cu_k_t, max_q, max_k, deterministic=deterministic,
-            return_attn_probs=True, **opts)
+            return_attn_probs=True, sinks=sink, **opts)
         inputs, names = (q, kv), ("dq", "dkv")
         q_ref, kv_ref = _leaf(q, ref_dtype(dtype)), _leaf(kv, ref_dtype(dtype))
         q_lowp, kv_lowp = _leaf(q), _leaf(kv)
@@ -162,15 +196,20 @@ def run_varlen(device, dtype, seqlens_q: List[int], seqlens_k: List[int], h: int
         q, k, v = _leaf(q), _leaf(k), _leaf(v)
         out, lse, _ = flashattn.flash_attn_varlen_func(
             q, k, v, cu_q_t, cu_k_t, max_q, max_k, deterministic=deterministic,
-            return_attn_probs=True, **opts)
+            return_attn_probs=True, sinks=sink, **opts)
         inputs, names = (q, k, v), ("dq", "dk", "dv")
         inputs_ref = tuple(_leaf(x, ref_dtype(dtype)) for x in (q, k, v))
         inputs_lowp = tuple(_leaf(x) for x in (q, k, v))
         refs = inputs_ref, inputs_lowp
-    assert out.shape == (total_q, h, d) and out.dtype == dtype
+    if sink is not None:
+        inputs, names = inputs + (sink,), names + ("dsinks",)
+        inputs_ref, inputs_lowp = inputs_ref + (sink_ref,), inputs_lowp + (sink_lowp,)
+    assert out.shape == (total_q, h, dv) and out.dtype == dtype
     assert lse.shape == (h, total_q) and lse.dtype == torch.float32
-    out_ref, lse_ref = attention_ref_varlen(*refs[0], cu_q, cu_k, upcast=True, **opts)
-    out_lowp, lse_lowp = attention_ref_varlen(*refs[1], cu_q, cu_k, upcast=False, **opts)
+    out_ref, lse_ref = attention_ref_varlen(*refs[0], cu_q, cu_k, upcast=True, sinks=sink_ref,
+                                            **opts)
+    out_lowp, lse_lowp = attention_ref_varlen(*refs[1], cu_q, cu_k, upcast=False,
+                                              sinks=sink_lowp, **opts)
     assert_close_2x(out, out_ref, out_lowp, "out")
     assert_close_2x(lse, lse_ref, lse_lowp, "softmax_lse")
     if backward:
@@ -183,16 +222,19 @@ def to_paged(k: torch.Tensor, v: torch.Tensor, page_size: int, generator: torch.
     with a few unused pages of noise.
 
     Returns (k_paged, v_paged (num_blocks, page_size, h_k, d), block_table (b, blocks) int32)."""
-    b, s, h_k, d = k.shape
+    b, s, h_k, _ = k.shape
     blocks_per_seq = (s + page_size - 1) // page_size
     num_blocks = b * blocks_per_seq + extra_blocks
     perm = torch.randperm(num_blocks, generator=generator)[: b * blocks_per_seq]
 
     def scatter(x: torch.Tensor) -> torch.Tensor:
-        padded = torch.zeros(b, blocks_per_seq * page_size, h_k, d, dtype=x.dtype, device=x.device)
+        hd = x.shape[-1]  # k's head dim, or v's (which may differ)
+        padded = torch.zeros(b, blocks_per_seq * page_size, h_k, hd, dtype=x.dtype,
+                             device=x.device)
         padded[:, :s] = x
-        paged = torch.randn(num_blocks, page_size, h_k, d, generator=generator).to(x.device, x.dtype)
-        paged[perm.to(x.device)] = padded.view(b * blocks_per_seq, page_size, h_k, d)
+        paged = torch.randn(num_blocks, page_size, h_k, hd, generator=generator).to(x.device,
+                                                                                    x.dtype)
+        paged[perm.to(x.device)] = padded.view(b * blocks_per_seq, page_size, h_k, hd)
         return paged
 
     table = perm.view(b, blocks_per_seq).to(dtype=torch.int32, device=k.device)
@@ -230,16 +272,19 @@ def run_kvcache(device, dtype, b: int, seqlen_q: int, seqlen_new: int, cache_len
                 softcap: float = 0.0, alibi: Optional[str] = None, rotary: Optional[str] = None,
                 rotary_dim: Optional[int] = None, page_size: Optional[int] = None,
                 batch_idx: bool = False, leftpad: bool = False, num_splits: int = 0,
-                int_seqlens: bool = False, seed: int = 0) -> None:
+                int_seqlens: bool = False, seed: int = 0, sinks: bool = False,
+                dv: Optional[int] = None) -> None:
     """One flash_attn_with_kvcache case: append seqlen_new tokens (optionally rotated) into a
-    cache of capacity cache_len, attend, and check out, LSE and the updated cache."""
+    cache of capacity cache_len, attend, and check out, LSE and the updated cache; with sinks
+    and a v cache of head dim dv when asked."""
     gen = seeded_generator(seed)
+    dv = dv or d
     b_cache = b + 2 if batch_idx else b
     q = randn((b, seqlen_q, h, d), dtype, device, gen)
     k_cache = randn((b_cache, cache_len, h_k, d), dtype, device, gen)
-    v_cache = randn((b_cache, cache_len, h_k, d), dtype, device, gen)
+    v_cache = randn((b_cache, cache_len, h_k, dv), dtype, device, gen)
     k_new = randn((b, seqlen_new, h_k, d), dtype, device, gen) if seqlen_new else None
-    v_new = randn((b, seqlen_new, h_k, d), dtype, device, gen) if seqlen_new else None
+    v_new = randn((b, seqlen_new, h_k, dv), dtype, device, gen) if seqlen_new else None
     if int_seqlens:
         seqlens = [cache_len - seqlen_new - 1] * b
     else:
@@ -256,6 +301,9 @@ def run_kvcache(device, dtype, b: int, seqlen_q: int, seqlen_new: int, cache_len
         angle = torch.rand(cache_len, rd // 2, generator=gen) * 6.28
         cos, sin = angle.cos().to(dtype=dtype, device=device), angle.sin().to(dtype=dtype, device=device)
     slopes = _slopes(alibi, h, b, device)
+    sink = _sinks(sinks, h, device, gen)
+    if sink is not None:
+        sink = sink.detach()  # no backward through the KV cache
 
     k_dense, v_dense = k_cache.clone(), v_cache.clone()
     kc_arg, vc_arg, block_table = k_cache.clone(), v_cache.clone(), None
@@ -269,7 +317,8 @@ def run_kvcache(device, dtype, b: int, seqlen_q: int, seqlen_new: int, cache_len
         seqlens[0] if int_seqlens else seqlens_t,
         torch.tensor(rows, dtype=torch.int32, device=device) if batch_idx else None,
         torch.tensor(pads, dtype=torch.int32, device=device) if leftpad else None,
-        block_table, causal, window_size, softcap, rotary == "interleaved", slopes, num_splits)
+        block_table, causal, window_size, softcap, rotary == "interleaved", slopes, num_splits,
+        sink)
 
     # Reference: rotate and append on a copy, then attend per sequence.
     ref_dt = ref_dtype(dtype)
@@ -294,7 +343,8 @@ def run_kvcache(device, dtype, b: int, seqlen_q: int, seqlen_new: int, cache_len
             qi = apply_rotary_ref(qi.to(ref_dt), cos.to(ref_dt), sin.to(ref_dt), pos,
                                   rotary == "interleaved").to(dtype)
         sl = None if slopes is None else (slopes if slopes.dim() == 1 else slopes[i])
-        opts = dict(causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=sl)
+        opts = dict(causal=causal, window_size=window_size, softcap=softcap, alibi_slopes=sl,
+                    sinks=sink)
         o, l_ = attention_ref(qi.unsqueeze(0), keys, vals, upcast=True, **opts)
         ol, ll = attention_ref(qi.unsqueeze(0), keys, vals, upcast=False, **opts)
         outs_ref.append(o)
@@ -329,10 +379,10 @@ def run_kvcache(device, dtype, b: int, seqlen_q: int, seqlen_new: int, cache_len
 
 def call_kvcache(q, k_cache, v_cache, k, v, cos, sin, cache_seqlens, cache_batch_idx,
                  cache_leftpad, block_table, causal, window_size, softcap, interleaved, slopes,
-                 num_splits):
+                 num_splits, sinks=None):
     return flashattn.flash_attn_with_kvcache(
         q, k_cache, v_cache, k=k, v=v, rotary_cos=cos, rotary_sin=sin,
         cache_seqlens=cache_seqlens, cache_batch_idx=cache_batch_idx,
         cache_leftpad=cache_leftpad, block_table=block_table, causal=causal,
         window_size=window_size, softcap=softcap, rotary_interleaved=interleaved,
-        alibi_slopes=slopes, num_splits=num_splits, return_softmax_lse=True)
+        alibi_slopes=slopes, num_splits=num_splits, return_softmax_lse=True, sinks=sinks)

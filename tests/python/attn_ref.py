@@ -2,7 +2,8 @@
 
 The reference materializes the full score matrix and applies the semantics of docs/semantics.md
 one step at a time (scale, softcap, ALiBi, bottom-right aligned causal/window masks, GQA, dropout
-from an explicit keep mask, seqused_k), so it is slow and obviously right. Tests compare the
+from an explicit keep mask, seqused_k, attention sinks as one more softmax column that has no
+value, v with a head dim of its own), so it is slow and obviously right. Tests compare the
 library against it computed in high precision (`upcast=True`: fp32, or fp64 for fp32 inputs) and
 bound the library's error by a multiple of the error the same reference makes when computed in
 the input dtype (flash_attn's "2x rule").
@@ -45,14 +46,17 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
                   window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                   alibi_slopes: Optional[Tensor] = None, softmax_scale: Optional[float] = None,
                   dropout_p: float = 0.0, keep_mask: Optional[Tensor] = None,
-                  seqused_k: Optional[Sequence[int]] = None,
+                  seqused_k: Optional[Sequence[int]] = None, sinks: Optional[Tensor] = None,
                   upcast: bool = True) -> Tuple[Tensor, Tensor]:
-    """Dense attention, q (b, s_q, h, d), k/v (b, s_k, h_k, d). Returns (out, lse (b, h, s_q)).
+    """Dense attention, q (b, s_q, h, d), k (b, s_k, h_k, d), v (b, s_k, h_k, dv).
+    Returns (out (b, s_q, h, dv), lse (b, h, s_q)).
 
     upcast=True computes in ref_dtype(q.dtype) and returns that dtype; upcast=False computes in
     the input dtype, the way a low-precision implementation of the same math would.
     keep_mask (b, h, s_q, s_k) bool: dropout's kept entries (kept probabilities scaled by
-    1/(1 - dropout_p)).
+    1/(1 - dropout_p)). sinks (h,): one logit per head appended to every row's scores (after
+    scale, softcap, ALiBi and the mask), so it takes its share of the softmax and adds no value;
+    differentiable like q, k, v.
     """
     dtype = ref_dtype(q.dtype) if upcast else q.dtype
     b, seqlen_q, h, d = q.shape
@@ -77,12 +81,19 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
         masks.append(visible_mask(seqlen_q, seqlen_k, causal, window_size, q.device, used))
     visible = torch.stack(masks).unsqueeze(1)  # (b, 1, s_q, s_k)
     scores = scores.masked_fill(~visible, float("-inf"))
-    lse = torch.logsumexp(scores.float() if dtype != torch.float64 else scores, dim=-1)
-    probs = torch.softmax(scores, dim=-1)
-    # Rows with no visible key: zero output (the softmax of all -inf is NaN).
-    empty_row = ~visible.any(dim=-1, keepdim=True)
-    probs = probs.masked_fill(empty_row, 0.0)
-    lse = lse.masked_fill(empty_row.squeeze(-1), float("inf"))
+    if sinks is not None:
+        # The sink column: every row has a finite entry, so no row is empty any more.
+        sink_col = sinks.to(dtype).view(1, h, 1, 1).expand(b, h, seqlen_q, 1)
+        ext = torch.cat([scores, sink_col], dim=-1)
+        lse = torch.logsumexp(ext.float() if dtype != torch.float64 else ext, dim=-1)
+        probs = torch.softmax(ext, dim=-1)[..., :-1]
+    else:
+        lse = torch.logsumexp(scores.float() if dtype != torch.float64 else scores, dim=-1)
+        probs = torch.softmax(scores, dim=-1)
+        # Rows with no visible key: zero output (the softmax of all -inf is NaN).
+        empty_row = ~visible.any(dim=-1, keepdim=True)
+        probs = probs.masked_fill(empty_row, 0.0)
+        lse = lse.masked_fill(empty_row.squeeze(-1), float("inf"))
     if keep_mask is not None:
         probs = probs.masked_fill(~keep_mask, 0.0) / (1.0 - dropout_p)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, vc)
@@ -92,7 +103,8 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
 def attention_ref_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: List[int],
                          cu_seqlens_k: List[int], **kwargs) -> Tuple[Tensor, Tensor]:
     """Varlen reference: each sequence on its own through attention_ref (masks aligned per
-    sequence). q (total_q, h, d), k/v (total_k, h_k, d). Returns (out, lse (h, total_q))."""
+    sequence). q (total_q, h, d), k (total_k, h_k, d), v (total_k, h_k, dv). Returns
+    (out (total_q, h, dv), lse (h, total_q))."""
     outs, lses = [], []
     alibi = kwargs.pop("alibi_slopes", None)
     for i in range(len(cu_seqlens_q) - 1):

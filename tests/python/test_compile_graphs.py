@@ -170,6 +170,85 @@ def test_compile_fullgraph_every_public_function(device, name):
         assert torch.equal(a, b)
 
 
+def _sink_calls():
+    """Calls with attention sinks (a differentiable input) and v of its own head dim, on the CPU
+    (the GPU kernels take neither yet)."""
+    g = torch.Generator().manual_seed(9)
+    make = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    i32 = lambda *x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    cu, seqlens = i32(0, 17, 17, 60), i32(30, 3)
+    sinks = torch.rand(4, generator=g) * 4 - 1
+    fa = flashattn
+    return [
+        ("flash_attn_func sinks dv", lambda q, k, v, s: fa.flash_attn_func(
+            q, k, v, causal=True, softcap=3.0, sinks=s),
+         [make(2, 33, 4, 64), make(2, 47, 2, 64), make(2, 47, 2, 32), sinks], []),
+        ("flash_attn_qkvpacked_func sinks", lambda qkv, s: fa.flash_attn_qkvpacked_func(
+            qkv, causal=True, sinks=s), [make(2, 33, 3, 4, 64), sinks], []),
+        ("flash_attn_varlen_func sinks dv", lambda q, k, v, s: fa.flash_attn_varlen_func(
+            q, k, v, cu, cu, 43, 43, causal=True, sinks=s, return_attn_probs=True)[:2],
+         [make(60, 4, 64), make(60, 2, 64), make(60, 2, 48), sinks], []),
+        ("flash_attn_with_kvcache sinks dv", lambda q, kc, vc, kn, vn, s:
+         fa.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=seqlens, causal=True,
+                                    sinks=s, return_softmax_lse=True),
+         [], [make(2, 2, 4, 64), make(2, 40, 2, 64), make(2, 40, 2, 32), make(2, 2, 2, 64),
+              make(2, 2, 2, 32), sinks]),
+    ]
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _sink_calls()])
+def test_compile_fullgraph_sinks_and_value_head_dim(name):
+    """torch.compile(fullgraph=True) with sinks requiring grad (the gradient comes from the
+    backward op through the autograd registered on the forward op) and v of its own head dim:
+    bit-identical to eager, the sinks' gradient included."""
+    torch._dynamo.reset()
+    _, fn, grad_inputs, other_inputs = next(c for c in _sink_calls() if c[0] == name)
+    eager = _run_call(fn, grad_inputs, other_inputs)
+    compiled = _run_call(torch.compile(fn, fullgraph=True, backend="aot_eager"), grad_inputs,
+                         other_inputs)
+    assert len(eager) == len(compiled)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
+def test_opcheck_sinks_and_value_head_dim():
+    """Schemas, fake implementations (out with v's head dim, dsinks) and the autograd of the
+    ops agree with the real kernels when sinks (requiring grad) and dv != d are used."""
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 33, 4, 64, generator=g)
+    k = torch.randn(2, 47, 2, 64, generator=g)
+    v = torch.randn(2, 47, 2, 40, generator=g)
+    sinks = (torch.rand(4, generator=g) * 4 - 1).requires_grad_()
+    ops = torch.ops.flashattn
+    fwd_args = (q, k, v, None, 0.0, 0.125, True, -1, -1, 0.0, False, False, sinks)
+    torch.library.opcheck(ops.fwd.default, fwd_args)
+    # The backward ops have no autograd of their own: their inputs must not require grad.
+    out, lse, _, rng = (t.detach() for t in ops.fwd(*fwd_args))
+    assert out.shape == (2, 33, 4, 40)
+    dout = torch.randn_like(out)
+    bwd_args = (dout, q, k, v, out, lse, None, 0.0, 0.125, True, -1, -1, 0.0, False, rng,
+                sinks.detach())
+    torch.library.opcheck(ops.bwd.default, bwd_args)
+    assert ops.bwd(*bwd_args)[3].shape == (4,)
+    # Without sinks the backward's dsinks is an empty float32 tensor.
+    assert ops.bwd(*bwd_args[:-1])[3].shape == (0,)
+    cu = torch.tensor([0, 10, 33], dtype=torch.int32)
+    cuk = torch.tensor([0, 20, 47], dtype=torch.int32)
+    vargs = (q[0], k[0], v[0], cu, cuk, None, None, None, 23, 27, 0.0, 0.125, False, -1, -1, 0.0,
+             False, False, sinks)
+    torch.library.opcheck(ops.varlen_fwd.default, vargs)
+    o2, l2, _, r2 = (t.detach() for t in ops.varlen_fwd(*vargs))
+    torch.library.opcheck(ops.varlen_bwd.default,
+                          (torch.randn_like(o2), q[0], k[0], v[0], o2, l2, cu, cuk, None, None,
+                           23, 27, 0.0, 0.125, False, -1, -1, 0.0, False, r2, sinks.detach()))
+    kc, vc = torch.randn(2, 40, 2, 64), torch.randn(2, 40, 2, 40)
+    kn, vn = torch.randn(2, 1, 2, 64), torch.randn(2, 1, 2, 40)
+    seqlens = torch.tensor([4, 30], dtype=torch.int32)
+    torch.library.opcheck(ops.fwd_kvcache.default,
+                          (q[:, :1], kc, vc, kn, vn, None, None, seqlens, 0, None, None, None,
+                           None, 0.125, True, -1, -1, 0.0, True, 1, sinks.detach()))
+
+
 def test_compile_kvcache_cpu():
     torch._dynamo.reset()
     q = torch.randn(2, 1, 4, 32)

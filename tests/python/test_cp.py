@@ -282,7 +282,7 @@ def test_bwd_into_op():
                                                False)
     dout = torch.randn(q.shape, generator=g).bfloat16()
     args = (None, 0.0, 0.2, True, -1, -1, 0.0, False, rng)
-    dq, dk, dv = torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *args)
+    dq, dk, dv, _ = torch.ops.flashattn.bwd(dout, q, k, v, out, lse, *args)
     f32 = [torch.full(t.shape, float("nan")) for t in (q, k, v)]
     torch.ops.flashattn.bwd_into(dout, q, k, v, out, lse, *f32, False, *args)
     for a, b in zip((dq, dk, dv), f32):

@@ -262,3 +262,36 @@ def test_no_crash_without_gpu():
     # Without a GPU every call runs on the CPU backend; a CUDA tensor cannot even be made.
     q, k, v = _qkv("cpu")
     assert flashattn.flash_attn_func(q, k, v).shape == q.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sinks_and_value_head_dim_errors(device):
+    q, k, v = _qkv(device)
+    with pytest.raises(ValueError, match="sinks must be float32"):
+        flashattn.flash_attn_func(q, k, v, sinks=torch.zeros(4, device=device).double())
+    with pytest.raises(ValueError, match=re.escape("sinks must have shape (nheads,) = (4,)")):
+        flashattn.flash_attn_func(q, k, v, sinks=torch.zeros(3, device=device))
+    with pytest.raises(ValueError, match="sinks must have shape"):
+        flashattn.flash_attn_func(q, k, v, sinks=torch.zeros(1, 4, device=device))
+    with pytest.raises(ValueError, match="one shape but for the head dim"):
+        flashattn.flash_attn_func(q, k, v[:, :, :2, :32])
+    # The KV cache: new values have the value cache's head dim.
+    kc, vc = k[:, :, :2], torch.randn(2, 16, 2, 32, device=device, dtype=q.dtype)
+    kn, vn = k[:, :1, :2], torch.randn(2, 1, 2, 64, device=device, dtype=q.dtype)
+    with pytest.raises(ValueError, match="v_cache's head dim"):
+        flashattn.flash_attn_with_kvcache(q[:, :1], kc, vc, kn, vn, cache_seqlens=3)
+
+
+@requires_cuda
+def test_sinks_and_value_head_dim_are_not_implemented_on_gpu():
+    """The GPU kernels take neither yet: NotImplementedError naming the feature, never a wrong
+    answer (tests/cpp/gpu/test_gpu_sinks_dv.cu checks that nothing is written)."""
+    skip_unless_gpu_kernel(64, torch.bfloat16)
+    q, k, v = _qkv("cuda")
+    sinks = torch.zeros(4, device="cuda")
+    with pytest.raises(NotImplementedError, match="sinks"):
+        flashattn.flash_attn_func(q, k, v, sinks=sinks)
+    with pytest.raises(NotImplementedError, match="dv"):
+        flashattn.flash_attn_func(q, k, v[..., :32])
+    with pytest.raises(NotImplementedError, match="sinks"):
+        flashattn.flash_attn_with_kvcache(q[:, :1], k, v, cache_seqlens=8, sinks=sinks)

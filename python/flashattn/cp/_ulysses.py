@@ -103,9 +103,9 @@ def ulysses_backward(dout: Tensor, saved, *, world: int, h_k: int, causal: bool,
     dout_h = _from_ranks(recv)
     rng = torch.zeros(2, dtype=torch.int64)
     if rep == 1:
-        dq_h, dk_h, dv_h = torch.ops.flashattn.bwd(dout_h, qh, kh, vh, out_h, lse_h, None, 0.0,
-                                                   softmax_scale, causal, -1, -1, softcap,
-                                                   deterministic, rng)
+        dq_h, dk_h, dv_h, _ = torch.ops.flashattn.bwd(dout_h, qh, kh, vh, out_h, lse_h, None,
+                                                      0.0, softmax_scale, causal, -1, -1, softcap,
+                                                      deterministic, rng)
     else:
         # The copies of a K/V head get their gradients summed after the return trip: keep them
         # in fp32 until then, so the sum is rounded once, as in a single kernel call.

@@ -256,6 +256,8 @@ TEST(CpuBwd, Fp32AndAccumulatedGradients) {
         c.seqlens_q = {20, 0, 31};
         c.seqlens_k = {40, 9, 31};
         c.seqused_k = {17, 0, 31};
+        c.dv = 24;  // V's own head dim, and sinks: neither changes the gradient outputs' rules
+        c.sinks = true;
       }
       const uint64_t seed = fresh_seed();
       SCOPED_TRACE(c.str() + " seed=" + std::to_string(seed));
@@ -267,11 +269,12 @@ TEST(CpuBwd, Fp32AndAccumulatedGradients) {
         for (Buffer* g : {&bp->dq, &bp->dk, &bp->dv}) *g = g->converted(DType::kFloat32);
       // Accumulation targets: random values in the logical elements, NaN in the padding.
       const BwdParams& lp = plain.params;
-      const auto qo = q_like_offsets(plain.fwd, lp.dq_batch_stride, lp.dq_row_stride, lp.dq_head_stride);
-      const auto ko = k_like_offsets(plain.fwd, lp.dk_batch_stride, lp.dk_row_stride, lp.dk_head_stride);
+      const auto qo = q_like_offsets(plain.fwd, lp.dq_batch_stride, lp.dq_row_stride, lp.dq_head_stride, c.d);
+      const auto ko = k_like_offsets(plain.fwd, lp.dk_batch_stride, lp.dk_row_stride, lp.dk_head_stride, c.d);
+      const auto vo = k_like_offsets(plain.fwd, lp.dv_batch_stride, lp.dv_row_stride, lp.dv_head_stride, c.v_dim());
       std::uniform_real_distribution<float> u(-2.f, 2.f);
       for (BwdProblem* bp : {&acc32, &acc}) {
-        for (auto [g, offs] : {std::pair{&bp->dq, &qo}, std::pair{&bp->dk, &ko}, std::pair{&bp->dv, &ko}})
+        for (auto [g, offs] : {std::pair{&bp->dq, &qo}, std::pair{&bp->dk, &ko}, std::pair{&bp->dv, &vo}})
           for (int64_t o : *offs) g->set(o, u(rng));
       }
       const BwdProblem acc32_before = acc32, acc_before = acc;
@@ -288,7 +291,7 @@ TEST(CpuBwd, Fp32AndAccumulatedGradients) {
         const std::vector<int64_t>* offs;
       };
       for (const G& g : {G{"dq", &BwdProblem::dq, &qo}, G{"dk", &BwdProblem::dk, &ko},
-                         G{"dv", &BwdProblem::dv, &ko}}) {
+                         G{"dv", &BwdProblem::dv, &vo}}) {
         SCOPED_TRACE(g.name);
         for (int64_t o : *g.offs) {
           const float g32 = (f32.*g.buf).get(o);
@@ -303,13 +306,18 @@ TEST(CpuBwd, Fp32AndAccumulatedGradients) {
       if (varlen) {
         // Sequence 0 uses 17 of its 40 keys: the plain call writes zeros there, accumulating
         // leaves the old values (bitwise, not merely + 0).
-        for (int j = 17; j < 40; ++j)
+        for (int j = 17; j < 40; ++j) {
           for (int x = 0; x < c.d; ++x) {
             const int64_t o = j * lp.dk_row_stride + x;
             ASSERT_EQ(plain.dk.get(o), 0.f);
             ASSERT_EQ(acc32.dk.get(o), acc32_before.dk.get(o));
+          }
+          for (int x = 0; x < c.v_dim(); ++x) {
+            const int64_t o = j * lp.dv_row_stride + x;
+            ASSERT_EQ(plain.dv.get(o), 0.f);
             ASSERT_EQ(acc.dv.get(o), acc_before.dv.get(o));
           }
+        }
       }
     }
   }

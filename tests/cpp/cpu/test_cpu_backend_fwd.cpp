@@ -373,6 +373,7 @@ TEST(CpuFwd, CpuEntryPointsDirectly) {
   FA_ASSERT_OK(mha_fwd(a.params));
   FwdParams p = b.params;
   p.softmax_scale = 1.f / std::sqrt(float(c.d));
+  p.dv = c.d;
   p.window_size_right = 0;
   FA_ASSERT_OK(cpu::mha_fwd(p));
   EXPECT_EQ(a.o.bytes, b.o.bytes);

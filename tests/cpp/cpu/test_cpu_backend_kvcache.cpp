@@ -2,11 +2,13 @@
 // (cache contents checked element by element, untouched elsewhere), rotary (interleaved and
 // GPT-NeoX halves, causal/local and not), contiguous caches with cache_batch_idx and left
 // padding, paged caches of odd page sizes, GQA, split-KV (explicit and heuristic), decode
-// shapes, fp16/bf16; and mha_combine with empty splits.
+// shapes, fp16/bf16, attention sinks and a V head dim other than d with all of these; and
+// mha_combine with empty splits.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <functional>
+#include <tuple>
 
 #include "common/rotary.h"
 
@@ -114,7 +116,7 @@ void check_kvcache(const KVCacheConfig& kc, uint64_t seed, const std::string& wh
   }
   const KVCacheParams& p = pr.params;
   const auto oo = offsets(p.o_batch_stride, p.o_row_stride, p.o_head_stride, kc.attn.b,
-                          kc.attn.seqlen_q, kc.attn.h, kc.attn.d);
+                          kc.attn.seqlen_q, kc.attn.h, kc.attn.v_dim());
   expect_close(read(pr.o, oo), read(ref.o, oo), kc.attn.dtype, 2.0, kFwdSlack, "o");
   double lse_mag = 1;
   for (float x : ref.lse)
@@ -232,6 +234,71 @@ TEST(CpuKVCache, HalfAndBFloat16) {
     pd.attn.padded_strides = true;
     pd.leftpad = true;
     check_kvcache(pd, fresh_seed(), "padded leftpad");
+  }
+}
+
+// Attention sinks and a V head dim of its own (MLA-style decode: V narrower than Q/K) with every
+// KV-cache feature: append (v rows of dv columns), rotary, paged, batch index and left padding,
+// split-KV, softcap, ALiBi, window, fp16/bf16.
+KVCacheConfig with_sinks_dv(KVCacheConfig k, int dv, bool sinks = true) {
+  k.attn.dv = dv;
+  k.attn.sinks = sinks;
+  return k;
+}
+
+TEST(CpuKVCache, SinksAndValueHeadDim) {
+  for_each_isa([&] {
+    for (auto [d, dv, sinks] : {std::tuple{64, 32, true}, std::tuple{32, 80, true},
+                                std::tuple{48, 16, false}, std::tuple{40, 0, true}}) {
+      KVCacheConfig k = with_sinks_dv(kv(DType::kFloat32, 3, 5, 4, 2, d, 97, 0), dv, sinks);
+      check_kvcache(k, fresh_seed(), "attend");
+      k.seqlen_new = 3;
+      k.rotary_dim = 16;
+      k.attn.causal = true;
+      check_kvcache(k, fresh_seed(), "append rotary causal");
+      k.page_size = 7;
+      check_kvcache(k, fresh_seed(), "paged append rotary causal");
+    }
+  });
+}
+
+TEST(CpuKVCache, SinksAndValueHeadDimWithBatchIndexLeftpadAndScoreMods) {
+  KVCacheConfig k = with_sinks_dv(kv(DType::kFloat32, 3, 2, 4, 1, 32, 70, 2), 24);
+  k.b_cache = 5;
+  k.batch_idx = true;
+  k.leftpad = true;
+  k.attn.causal = true;
+  k.attn.alibi = true;
+  k.rotary_dim = 32;
+  check_kvcache(k, fresh_seed(), "batch_idx leftpad rotary alibi");
+  KVCacheConfig w = with_sinks_dv(kv(DType::kFloat32, 2, 9, 2, 2, 32, 120, 4), 8);
+  w.attn.softcap = 2.f;
+  w.attn.causal = true;
+  w.attn.window_left = 30;
+  check_kvcache(w, fresh_seed(), "softcap window");
+}
+
+TEST(CpuKVCache, SinksAndValueHeadDimDecodeSplits) {
+  for (int splits : {0, 1, 3, 7}) {
+    KVCacheConfig k = with_sinks_dv(kv(DType::kFloat32, 2, 1, 8, 2, 128, 1000, 1), 64);
+    k.attn.num_splits = splits;
+    k.cache_seqlens = {999, 0};  // the second sequence attends to its one new key
+    check_kvcache(k, fresh_seed(), "decode splits=" + std::to_string(splits));
+    k.page_size = 16;
+    k.attn.causal = true;
+    check_kvcache(k, fresh_seed(), "decode paged splits=" + std::to_string(splits));
+  }
+}
+
+TEST(CpuKVCache, SinksAndValueHeadDimHalfAndBFloat16) {
+  for (DType t : {DType::kFloat16, DType::kBFloat16}) {
+    KVCacheConfig k = with_sinks_dv(kv(t, 2, 4, 4, 2, 64, 100, 4), 96);
+    k.rotary_dim = 64;
+    k.attn.causal = true;
+    check_kvcache(k, fresh_seed(), "rotary");
+    k.page_size = 5;
+    k.attn.num_splits = 3;
+    check_kvcache(k, fresh_seed(), "paged splits");
   }
 }
 

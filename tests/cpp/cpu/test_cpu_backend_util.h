@@ -134,7 +134,7 @@ inline std::vector<int64_t> o_offsets(const FwdProblem& pr) {
   const FwdParams& p = pr.params;
   const bool vl = pr.cfg.varlen();
   return offsets(p.o_batch_stride, p.o_row_stride, p.o_head_stride, vl ? 1 : pr.cfg.b,
-                 vl ? pr.rows_q() : pr.cfg.seqlen_q, pr.cfg.h, pr.cfg.d);
+                 vl ? pr.rows_q() : pr.cfg.seqlen_q, pr.cfg.h, pr.cfg.v_dim());
 }
 inline std::vector<float> read(const Buffer& b, const std::vector<int64_t>& offs) {
   std::vector<float> out;
@@ -211,17 +211,47 @@ inline void check_fwd(const AttnConfig& c, uint64_t seed, const std::string& wha
 
 namespace flashattn::cputest {
 
+// Logical elements of a q-like (k-like) tensor with head dim hd (d, or dv for o, dout, v, dv).
 inline std::vector<int64_t> q_like_offsets(const FwdProblem& pr, int64_t bs, int64_t rs,
-                                           int64_t hs) {
+                                           int64_t hs, int hd) {
   const bool vl = pr.cfg.varlen();
   return offsets(bs, rs, hs, vl ? 1 : pr.cfg.b, vl ? pr.rows_q() : pr.cfg.seqlen_q, pr.cfg.h,
-                 pr.cfg.d);
+                 hd);
 }
 inline std::vector<int64_t> k_like_offsets(const FwdProblem& pr, int64_t bs, int64_t rs,
-                                           int64_t hs) {
+                                           int64_t hs, int hd) {
   const bool vl = pr.cfg.varlen();
   return offsets(bs, rs, hs, vl ? 1 : pr.cfg.b, vl ? pr.cu_k.back() : pr.cfg.seqlen_k,
-                 pr.cfg.h_k, pr.cfg.d);
+                 pr.cfg.h_k, hd);
+}
+
+// dsinks computed in double from a forward's stored outputs: -sum_(b, i) exp(sink_h - lse) *
+// (dout_i . o_i), with the given LSE ([b, h, s_q] or [h, total_q]) and o, dout read from bp.
+// With the exact LSE and the backend's dtype-rounded o it is "the same math on the dtype's o",
+// the error the backward inherits from the forward's rounding.
+inline std::vector<double> dsinks_from(const BwdProblem& bp, const std::vector<float>& lse) {
+  const FwdProblem& f = bp.fwd;
+  const BwdParams& p = bp.params;
+  const bool vl = f.cfg.varlen();
+  const int dv = f.cfg.v_dim();
+  std::vector<double> out(size_t(f.cfg.h), 0.0);
+  for (int b = 0; b < f.cfg.b; ++b) {
+    const int rows = vl ? f.cu_q[b + 1] - f.cu_q[b] : f.cfg.seqlen_q;
+    const int64_t row0 = vl ? f.cu_q[b] : 0;
+    for (int h = 0; h < f.cfg.h; ++h)
+      for (int i = 0; i < rows; ++i) {
+        const int64_t r = row0 + i, bb = vl ? 0 : b;
+        double dot = 0;
+        for (int x = 0; x < dv; ++x)
+          dot += double(bp.dout.get(bb * p.do_batch_stride + r * p.do_row_stride +
+                                    h * p.do_head_stride + x)) *
+                 f.o.get(bb * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride + x);
+        const float l = vl ? lse[size_t(h) * f.rows_q() + r]
+                           : lse[(size_t(b) * f.cfg.h + h) * f.cfg.seqlen_q + i];
+        out[size_t(h)] -= std::exp(double(f.sinks[size_t(h)]) - l) * dot;
+      }
+  }
+  return out;
 }
 
 // Forward then backward through the backend; the reference backward on fp32 copies of the
@@ -244,6 +274,7 @@ inline BwdProblem check_bwd(const AttnConfig& c, uint64_t seed, const std::strin
     *g = g->converted(DType::kFloat32);
     g->fill_nan();
   }
+  std::fill(rp.dsinks.begin(), rp.dsinks.end(), std::numeric_limits<float>::quiet_NaN());
   rp.bind();
   rp.params.dtype = DType::kFloat32;
   const Status rs = ref::mha_bwd(rp.params);
@@ -251,9 +282,11 @@ inline BwdProblem check_bwd(const AttnConfig& c, uint64_t seed, const std::strin
   if (!rs.ok()) return bp;
 
   const BwdParams& p = bp.params;
-  const auto qo = q_like_offsets(bp.fwd, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
-  const auto ko = k_like_offsets(bp.fwd, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-  const auto vo = k_like_offsets(bp.fwd, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+  const int d = c.d, dv = c.v_dim();
+  const auto qo = q_like_offsets(bp.fwd, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, d);
+  const auto ko = k_like_offsets(bp.fwd, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, d);
+  const auto vo =
+      k_like_offsets(bp.fwd, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, dv);
   struct Grad {
     const char* name;
     const Buffer* got;
@@ -266,6 +299,30 @@ inline BwdProblem check_bwd(const AttnConfig& c, uint64_t seed, const std::strin
     expect_close(read(*g.got, *g.offs), want, c.dtype, 3.0,
                  kBwdSlack * std::max(1.0, testing::max_abs(want)), g.name);
     expect_padding_untouched(*g.got, *g.offs, g.name);
+  }
+  if (c.sinks) {
+    // dsinks sums -P_sink D over every row, D = dout . o from the forward's dtype-rounded o (as
+    // the algorithm has it). Bound: 3x the larger of that inherited error (the same sum on the
+    // rounded o, in double, against the exact one) and the dtype rounding of the result, plus
+    // the fp32 slack; the result itself is fp32.
+    const std::vector<float>& want = rp.dsinks;
+    FwdProblem exact = as_fp32(bp.fwd);
+    const Status es = ref::mha_fwd(exact.params);
+    EXPECT_TRUE(es.ok()) << es.to_string();
+    if (!es.ok()) return bp;
+    std::vector<float> lowp;
+    for (double x : dsinks_from(bp, exact.lse)) lowp.push_back(float(x));
+    double inherited = rounding_error(want, c.dtype);
+    for (size_t h = 0; h < want.size(); ++h)
+      inherited = std::max(inherited, std::fabs(double(lowp[h]) - want[h]));
+    const double bound = 3.0 * inherited + kBwdSlack * std::max(1.0, testing::max_abs(want));
+    EXPECT_EQ(bp.dsinks.size(), want.size());
+    if (bp.dsinks.size() != want.size()) return bp;
+    for (size_t h = 0; h < want.size(); ++h) {
+      EXPECT_TRUE(std::isfinite(bp.dsinks[h])) << "dsinks[" << h << "] not written";
+      EXPECT_LE(std::fabs(double(bp.dsinks[h]) - want[h]), bound)
+          << "dsinks[" << h << "]: " << bp.dsinks[h] << " vs " << want[h];
+    }
   }
   return bp;
 }

@@ -31,8 +31,8 @@ std::vector<float> logical_dout(const BwdProblem& bp) {
   l.batch_stride = bp.params.do_batch_stride;
   l.row_stride = bp.params.do_row_stride;
   l.head_stride = bp.params.do_head_stride;
-  return testing::gather(bp.dout, l, f.cfg.b, f.cfg.seqlen_q, f.cfg.h, f.cfg.d, f.cfg.varlen(),
-                         f.rows_q());
+  return testing::gather(bp.dout, l, f.cfg.b, f.cfg.seqlen_q, f.cfg.h, f.cfg.v_dim(),
+                         f.cfg.varlen(), f.rows_q());
 }
 
 // The scalar L = sum(dout * o), o from the reference forward in double precision.
@@ -47,7 +47,7 @@ double loss(BwdProblem& bp, const std::vector<float>& dout, const ref::Options& 
   return l;
 }
 
-// Compares dq, dk, dv of ref::mha_bwd with finite differences of L.
+// Compares dq, dk, dv (and dsinks, with sinks) of ref::mha_bwd with finite differences of L.
 //
 // The derivative estimate is Richardson-extrapolated central differences,
 //   D(h) = (L(x + h) - L(x - h)) / 2h,   fd = (4 D(h/2) - D(h)) / 3,
@@ -64,10 +64,12 @@ void check_fd(const AttnConfig& c, const ref::Options& opt = {}) {
   SCOPED_TRACE(c.str() + " " + seed_str(seed));
   ASSERT_EQ(c.dtype, DType::kFloat32);
   BwdProblem bp = make_bwd_problem(c, seed);
-  const std::vector<int64_t> qo = q_offsets(bp.fwd), ko = k_offsets(bp.fwd);
+  const std::vector<int64_t> qo = q_offsets(bp.fwd), ko = k_offsets(bp.fwd),
+                             vo = v_offsets(bp.fwd);
   snap_to_grid(bp.fwd.q, qo);
   snap_to_grid(bp.fwd.k, ko);
-  snap_to_grid(bp.fwd.v, ko);
+  snap_to_grid(bp.fwd.v, vo);
+  for (float& s : bp.fwd.sinks) s = std::round(s * 4096.f) / 4096.f;
   ASSERT_OK(ref::mha_bwd(bp.params, opt));
   const std::vector<float> dout = logical_dout(bp);
 
@@ -79,7 +81,7 @@ void check_fd(const AttnConfig& c, const ref::Options& opt = {}) {
   };
   const Tensor tensors[] = {{"dq", &bp.fwd.q, &bp.dq, &qo},
                             {"dk", &bp.fwd.k, &bp.dk, &ko},
-                            {"dv", &bp.fwd.v, &bp.dv, &ko}};
+                            {"dv", &bp.fwd.v, &bp.dv, &vo}};
   for (const Tensor& t : tensors) {
     double worst_excess = -1, max_grad = 0;
     for (int64_t off : *t.offsets) {
@@ -100,6 +102,29 @@ void check_fd(const AttnConfig& c, const ref::Options& opt = {}) {
     }
     EXPECT_LT(worst_excess, kAbsTol) << t.name << " max |grad| " << max_grad;
     EXPECT_GT(max_grad, 1e-3) << t.name << ": the check needs non-trivial gradients";
+  }
+  // dsinks: the same estimate, perturbing one sink logit at a time (params.sinks points into
+  // bp.fwd.sinks).
+  double worst_excess = -1, max_grad = 0;
+  for (size_t h = 0; h < bp.fwd.sinks.size(); ++h) {
+    const float s0 = bp.fwd.sinks[h];
+    auto central = [&](float step) {
+      bp.fwd.sinks[h] = s0 + step;
+      const double lp = loss(bp, dout, opt);
+      bp.fwd.sinks[h] = s0 - step;
+      const double lm = loss(bp, dout, opt);
+      bp.fwd.sinks[h] = s0;
+      return (lp - lm) / (2.0 * step);
+    };
+    const double fd = (4 * central(1.f / 1024) - central(1.f / 512)) / 3;
+    const double g = bp.dsinks[h];
+    ASSERT_TRUE(std::isfinite(g)) << "dsinks[" << h << "] not written";
+    worst_excess = std::max(worst_excess, std::fabs(fd - g) - std::ldexp(std::fabs(g), -24));
+    max_grad = std::max(max_grad, std::fabs(g));
+  }
+  if (!bp.fwd.sinks.empty()) {
+    EXPECT_LT(worst_excess, kAbsTol) << "dsinks max |grad| " << max_grad;
+    EXPECT_GT(max_grad, 1e-3) << "dsinks: the check needs non-trivial gradients";
   }
 }
 
@@ -213,6 +238,90 @@ TEST(RefBwd, FiniteDifferencesDropoutVarlen) {
   ref::Options opt;
   opt.keep_mask = mask.data();
   check_fd(c, opt);
+}
+
+// ------------------------------------------------------------- sinks and dv != d --
+
+AttnConfig with_sinks(AttnConfig c) {
+  c.sinks = true;
+  return c;
+}
+
+TEST(RefBwd, FiniteDifferencesSinks) {
+  check_fd(with_sinks(small(7, 9)));
+  check_fd(with_sinks(small(9, 4)));
+  check_fd(with_sinks(small(1, 13, 3, 1)));
+}
+
+TEST(RefBwd, FiniteDifferencesSinksWithMasks) {
+  AttnConfig c = with_sinks(small(9, 5));  // causal: the first 4 rows have only the sink
+  c.causal = true;
+  check_fd(c);
+  c = with_sinks(small(8, 11));
+  c.window_left = 2;
+  c.window_right = 1;
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksWithScoreMods) {
+  AttnConfig c = with_sinks(small(7, 9));
+  c.softmax_scale = 1.5f;
+  c.softcap = 0.8f;
+  check_fd(c);
+  c = with_sinks(small(7, 10, 4, 2));
+  c.alibi = true;
+  c.alibi_per_batch = true;
+  c.causal = true;
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksVarlen) {
+  AttnConfig c = with_sinks(small(0, 0, 4, 2));
+  c.b = 4;
+  c.seqlens_q = {5, 0, 7, 3};
+  c.seqlens_k = {6, 3, 0, 8};
+  c.causal = true;
+  check_fd(c);
+  c.causal = false;
+  c.seqused_k = {4, 3, 0, 5};
+  check_fd(c);
+}
+
+TEST(RefBwd, FiniteDifferencesSinksDropout) {
+  AttnConfig c = with_sinks(small(7, 9));
+  c.p_dropout = 0.3f;
+  c.causal = true;
+  std::vector<uint8_t> mask = random_keep_mask(c, c.p_dropout, fresh_seed());
+  ref::Options opt;
+  opt.keep_mask = mask.data();
+  check_fd(c, opt);
+  c.causal = false;
+  c.philox_seed = fresh_seed();
+  check_fd(c);
+}
+
+// V with a head dim of its own, smaller and larger than d, with and without sinks.
+TEST(RefBwd, FiniteDifferencesValueHeadDim) {
+  AttnConfig c = small(7, 9);
+  c.dv = 3;
+  check_fd(c);
+  c = small(6, 7, 6, 2);
+  c.dv = 9;
+  c.causal = true;
+  check_fd(c);
+  c = with_sinks(small(0, 0, 4, 2));
+  c.b = 3;
+  c.seqlens_q = {5, 0, 7};
+  c.seqlens_k = {6, 3, 4};
+  c.dv = 8;
+  c.softcap = 2.f;
+  check_fd(c);
+  c = with_sinks(small(8, 6));
+  c.dv = 2;
+  c.alibi = true;
+  c.p_dropout = 0.25f;
+  c.philox_seed = fresh_seed();
+  check_fd(c);
 }
 
 // Runs the reference backward on a copy of bp with the given options and returns the logical

@@ -98,7 +98,8 @@ inline std::vector<int64_t> logical_offsets(int64_t batch_stride, int64_t row_st
   return out;
 }
 
-// Logical elements of q-like and k-like tensors of a (dense or varlen) problem.
+// Logical elements of the q, k, v and o tensors of a (dense or varlen) problem (the gradients
+// share their strides: dq q's, dk k's, dv v's, dout o's).
 inline std::vector<int64_t> q_offsets(const testing::FwdProblem& pr) {
   const FwdParams& p = pr.params;
   const bool vl = pr.cfg.varlen();
@@ -110,6 +111,18 @@ inline std::vector<int64_t> k_offsets(const testing::FwdProblem& pr) {
   const bool vl = pr.cfg.varlen();
   return logical_offsets(p.k_batch_stride, p.k_row_stride, p.k_head_stride, vl ? 1 : pr.cfg.b,
                          vl ? pr.cu_k.back() : pr.cfg.seqlen_k, pr.cfg.h_k, pr.cfg.d);
+}
+inline std::vector<int64_t> v_offsets(const testing::FwdProblem& pr) {
+  const FwdParams& p = pr.params;
+  const bool vl = pr.cfg.varlen();
+  return logical_offsets(p.v_batch_stride, p.v_row_stride, p.v_head_stride, vl ? 1 : pr.cfg.b,
+                         vl ? pr.cu_k.back() : pr.cfg.seqlen_k, pr.cfg.h_k, pr.cfg.v_dim());
+}
+inline std::vector<int64_t> o_offsets(const testing::FwdProblem& pr) {
+  const FwdParams& p = pr.params;
+  const bool vl = pr.cfg.varlen();
+  return logical_offsets(p.o_batch_stride, p.o_row_stride, p.o_head_stride, vl ? 1 : pr.cfg.b,
+                         vl ? pr.rows_q() : pr.cfg.seqlen_q, pr.cfg.h, pr.cfg.v_dim());
 }
 
 inline std::vector<float> read(const Buffer& b, const std::vector<int64_t>& offsets) {

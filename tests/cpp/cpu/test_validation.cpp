@@ -692,6 +692,7 @@ void expect_bwd_rejected(const AttnConfig& cfg, const std::string& arg,
   EXPECT_TRUE(all_nan(bp.dq)) << "dq was written by a rejected call";
   EXPECT_TRUE(all_nan(bp.dk)) << "dk was written by a rejected call";
   EXPECT_TRUE(all_nan(bp.dv)) << "dv was written by a rejected call";
+  EXPECT_TRUE(all_nan(bp.dsinks)) << "dsinks was written by a rejected call";
   EXPECT_TRUE(dout == bp.dout.bytes && q == bp.fwd.q.bytes) << "an input changed";
 }
 
@@ -836,6 +837,97 @@ TEST(ValidationBwd, DropoutRulesApply) {
   AttnConfig c = small_cfg();
   c.p_dropout = 0.3f;
   expect_bwd_rejected(c, "p_dropout", [](BwdProblem& bp) { bp.params.softcap = 5.f; });
+}
+
+// ================================================================== sinks and dv != d ==
+
+// Sinks and a V head dim of its own, on every entry point's baseline shapes.
+AttnConfig with_sinks_dv(AttnConfig c, int dv) {
+  c.sinks = true;
+  c.dv = dv;
+  return c;
+}
+
+TEST(ValidationValid, SinksAndOwnValueHeadDimPass) {
+  for (const AttnConfig& c : {with_sinks_dv(small_cfg(), 24), with_sinks_dv(varlen_cfg(), 5),
+                              with_sinks_dv(small_cfg(), 0)}) {
+    FwdProblem pr = make_fwd_problem(c, fresh_seed());
+    Status s = validate(pr.params, Backend::kCpu, c.varlen());
+    EXPECT_TRUE(s.ok()) << c.str() << ": " << s.to_string();
+    BwdProblem bp = bwd_problem(c);
+    s = validate(bp.params, Backend::kCpu, c.varlen());
+    EXPECT_TRUE(s.ok()) << c.str() << ": " << s.to_string();
+    bp.params.dsinks = nullptr;  // the sinks' gradient is optional
+    EXPECT_TRUE(validate(bp.params, Backend::kCpu, c.varlen()).ok());
+  }
+  // Valid for the GPU rules as well (the GPU dispatch then says NotSupported: validation never
+  // does, test_gpu_sinks_dv.cu).
+  const AttnConfig g = with_sinks_dv(gpu_cfg(), 64);
+  FwdProblem pr = make_fwd_problem(g, fresh_seed());
+  EXPECT_TRUE(validate(pr.params, Backend::kCuda, false).ok());
+  BwdProblem bp = bwd_problem(g);
+  EXPECT_TRUE(validate(bp.params, Backend::kCuda, false).ok());
+}
+
+TEST(ValidationFwd, ValueHeadDimOutOfRange) {
+  expect_fwd_rejected(small_cfg(), "dv", [](FwdProblem& pr) { pr.params.dv = -1; });
+  expect_fwd_rejected(small_cfg(), "dv", [](FwdProblem& pr) { pr.params.dv = 257; });
+}
+
+TEST(ValidationFwd, GpuValueHeadDimNotMultipleOf8) {
+  AttnConfig c = gpu_cfg();
+  c.dv = 20;  // fine on the CPU
+  FwdProblem pr = make_fwd_problem(c, fresh_seed());
+  EXPECT_TRUE(validate(pr.params, Backend::kCpu, false).ok());
+  EXPECT_TRUE(Rejected(validate(pr.params, Backend::kCuda, false), "dv"));
+}
+
+TEST(ValidationFwd, OutputAndValueHaveTheValueHeadDim) {
+  // d = 16, dv = 24: a head stride of d elements makes o's heads overlap, since o is checked
+  // with rows of dv columns.
+  const AttnConfig c = with_sinks_dv(small_cfg(), 24);
+  expect_fwd_rejected(c, "o_head_stride", [](FwdProblem& pr) { pr.params.o_head_stride = 16; });
+  // dv = 0 means d: o is then checked with rows of 16 columns, which that stride fits.
+  FwdProblem pr = make_fwd_problem(c, fresh_seed());
+  pr.params.dv = 0;
+  pr.params.o_head_stride = 16;
+  EXPECT_TRUE(validate(pr.params, Backend::kCpu, false).ok());
+}
+
+TEST(ValidationFwd, MisalignedSinks) {
+  expect_fwd_rejected(with_sinks_dv(small_cfg(), 0), "sinks", [](FwdProblem& pr) {
+    pr.params.sinks = reinterpret_cast<const float*>(shift(pr.sinks.data(), 2));
+  });
+}
+
+TEST(ValidationFwd, LseMustNotAliasSinks) {
+  expect_fwd_rejected(with_sinks_dv(small_cfg(), 0), "softmax_lse_ptr",
+                      [](FwdProblem& pr) { pr.params.softmax_lse_ptr = pr.sinks.data(); });
+}
+
+TEST(ValidationBwd, DsinksNeedSinks) {
+  const AttnConfig c = with_sinks_dv(small_cfg(), 0);
+  expect_bwd_rejected(c, "dsinks", [](BwdProblem& bp) { bp.params.sinks = nullptr; });
+}
+
+TEST(ValidationBwd, DsinksMustNotAliasSinks) {
+  const AttnConfig c = with_sinks_dv(small_cfg(), 0);
+  expect_bwd_rejected(c, "dsinks", [](BwdProblem& bp) { bp.params.dsinks = bp.fwd.sinks.data(); });
+  expect_bwd_rejected(c, "dsinks", [](BwdProblem& bp) {
+    bp.params.dsinks = reinterpret_cast<float*>(bp.fwd.v.data()) + 1;
+  });
+}
+
+TEST(ValidationBwd, MisalignedDsinks) {
+  const AttnConfig c = with_sinks_dv(small_cfg(), 0);
+  expect_bwd_rejected(c, "dsinks", [](BwdProblem& bp) {
+    bp.params.dsinks = reinterpret_cast<float*>(shift(bp.dsinks.data(), 2));
+  });
+}
+
+TEST(ValidationBwd, ValueGradientHasTheValueHeadDim) {
+  const AttnConfig c = with_sinks_dv(small_cfg(), 24);
+  expect_bwd_rejected(c, "dv_head_stride", [](BwdProblem& bp) { bp.params.dv_head_stride = 16; });
 }
 
 // ============================================================================= combine ==

@@ -164,6 +164,26 @@ std::vector<KVCacheConfig> valid_configs() {
   return v;
 }
 
+TEST(ValidationKVCacheValid, SinksAndOwnValueHeadDimPass) {
+  for (KVCacheConfig kc : {base_cfg(), paged_cfg(), gpu_cfg(base_cfg())}) {
+    kc.attn.sinks = true;
+    kc.attn.dv = kc.attn.d + 8;
+    KVCacheProblem pr = make_kvcache_problem(kc, fresh_seed());
+    const Backend be = kc.attn.dtype == DType::kFloat32 ? Backend::kCpu : Backend::kCuda;
+    const Status s = validate(pr.params, be);
+    EXPECT_TRUE(s.ok()) << kc.attn.str() << ": " << s.to_string();
+  }
+}
+
+TEST(ValidationKVCache, ValueCacheAndNewValuesHaveTheValueHeadDim) {
+  // d = 16, dv = 24: the cache is written when appending, so a v head stride of d makes its
+  // heads overlap (v is checked with rows of dv columns).
+  KVCacheConfig kc = base_cfg();
+  kc.attn.dv = 24;
+  expect_kv_rejected(kc, "v_head_stride", [](KVCacheProblem& pr) { pr.params.v_head_stride = 16; });
+  expect_kv_rejected(kc, "dv", [](KVCacheProblem& pr) { pr.params.dv = 300; });
+}
+
 TEST(ValidationKVCacheValid, BaselinesPass) {
   for (const KVCacheConfig& kc : valid_configs()) {
     KVCacheProblem pr = make_kvcache_problem(kc, fresh_seed());

@@ -120,7 +120,7 @@ inline void sync_or_throw() {
 // A FwdProblem's buffers on the device. params = the host params re-pointed at device memory
 // (a pointer the host params leave null stays null).
 struct DeviceFwdProblem {
-  DeviceBuffer q, k, v, o, p, lse, alibi, cu_q, cu_k, seqused_k, block_table;
+  DeviceBuffer q, k, v, o, p, lse, alibi, sinks, cu_q, cu_k, seqused_k, block_table;
   FwdParams params;
 
   DeviceFwdProblem() = default;
@@ -135,6 +135,7 @@ struct DeviceFwdProblem {
     p = DeviceBuffer::from(h.p);
     lse = DeviceBuffer::from(h.lse);
     alibi = DeviceBuffer::from(h.alibi);
+    sinks = DeviceBuffer::from(h.sinks);
     cu_q = DeviceBuffer::from(h.cu_q);
     cu_k = DeviceBuffer::from(h.cu_k);
     seqused_k = DeviceBuffer::from(h.seqused_k);
@@ -150,6 +151,7 @@ struct DeviceFwdProblem {
     out->p_ptr = pick(hp.p_ptr, p);
     out->softmax_lse_ptr = static_cast<float*>(pick(hp.softmax_lse_ptr, lse));
     out->alibi_slopes = static_cast<const float*>(pick(hp.alibi_slopes, alibi));
+    out->sinks = static_cast<const float*>(pick(hp.sinks, sinks));
     out->cu_seqlens_q = static_cast<const int*>(pick(hp.cu_seqlens_q, cu_q));
     out->cu_seqlens_k = static_cast<const int*>(pick(hp.cu_seqlens_k, cu_k));
     out->seqused_k = static_cast<const int*>(pick(hp.seqused_k, seqused_k));
@@ -167,7 +169,7 @@ struct DeviceFwdProblem {
 
 struct DeviceBwdProblem {
   DeviceFwdProblem fwd;
-  DeviceBuffer dout, dq, dk, dv;
+  DeviceBuffer dout, dq, dk, dv, dsinks;
   BwdParams params;
 
   explicit DeviceBwdProblem(const BwdProblem& h) {
@@ -178,21 +180,24 @@ struct DeviceBwdProblem {
     dq = DeviceBuffer::from(h.dq);
     dk = DeviceBuffer::from(h.dk);
     dv = DeviceBuffer::from(h.dv);
+    dsinks = DeviceBuffer::from(h.dsinks);
     params.do_ptr = dout.get();
     params.dq_ptr = dq.get();
     params.dk_ptr = dk.get();
     params.dv_ptr = dv.get();
+    params.dsinks = h.params.dsinks != nullptr ? dsinks.as<float>() : nullptr;
   }
   void copy_back(BwdProblem& h) const {
     sync_or_throw();
     dq.to(h.dq);
     dk.to(h.dk);
     dv.to(h.dv);
+    dsinks.to(h.dsinks);
   }
 };
 
 struct DeviceKVCacheProblem {
-  DeviceBuffer q, k_cache, v_cache, knew, vnew, o, rotary_cos, rotary_sin, lse, alibi;
+  DeviceBuffer q, k_cache, v_cache, knew, vnew, o, rotary_cos, rotary_sin, lse, alibi, sinks;
   DeviceBuffer cache_seqlens, cache_batch_idx, cache_leftpad, block_table;
   KVCacheParams params;
 
@@ -207,6 +212,7 @@ struct DeviceKVCacheProblem {
     rotary_sin = DeviceBuffer::from(h.rotary_sin);
     lse = DeviceBuffer::from(h.lse);
     alibi = DeviceBuffer::from(h.alibi);
+    sinks = DeviceBuffer::from(h.sinks);
     cache_seqlens = DeviceBuffer::from(h.cache_seqlens);
     cache_batch_idx = DeviceBuffer::from(h.cache_batch_idx);
     cache_leftpad = DeviceBuffer::from(h.cache_leftpad);
@@ -226,6 +232,7 @@ struct DeviceKVCacheProblem {
     params.rotary_sin = pick(hp.rotary_sin, rotary_sin);
     params.softmax_lse_ptr = static_cast<float*>(pick(hp.softmax_lse_ptr, lse));
     params.alibi_slopes = static_cast<const float*>(pick(hp.alibi_slopes, alibi));
+    params.sinks = static_cast<const float*>(pick(hp.sinks, sinks));
     params.cache_seqlens = static_cast<const int*>(pick(hp.cache_seqlens, cache_seqlens));
     params.cache_batch_idx = static_cast<const int*>(pick(hp.cache_batch_idx, cache_batch_idx));
     params.cache_leftpad = static_cast<const int*>(pick(hp.cache_leftpad, cache_leftpad));

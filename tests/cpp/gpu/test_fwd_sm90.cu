@@ -180,8 +180,8 @@ TEST_F(FwdSm90, EdgeTable) {
 }
 
 // A few tiny problems that cover every barrier of the kernel (several tiles per CTA, masked and
-// unmasked blocks, the V tail zeroing, both O stores): scripts/gpu-check runs this test under
-// compute-sanitizer memcheck, racecheck and synccheck (GPU_CHECK_SANITIZE=1).
+// unmasked blocks, the V tail zeroing, O staged in shared memory): scripts/gpu-check runs this
+// test under compute-sanitizer memcheck, racecheck and synccheck (GPU_CHECK_SANITIZE=1).
 TEST_F(FwdSm90, SanitizerSmall) {
   for (DType t : compiled_dtypes()) {
     for (int d : {64, 128}) {

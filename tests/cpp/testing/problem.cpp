@@ -52,8 +52,18 @@ void fill_alibi(std::vector<float>& alibi, const AttnConfig& c, std::mt19937_64&
   for (auto& s : alibi) s = u(rng);
 }
 
-void set_score_fields(FwdParams& p, const AttnConfig& c, const std::vector<float>& alibi) {
+void fill_sinks(std::vector<float>& sinks, const AttnConfig& c, std::mt19937_64& rng) {
+  if (!c.sinks) return;
+  std::uniform_real_distribution<float> u(-2.f, 4.f);
+  sinks.resize(size_t(c.h));
+  for (auto& s : sinks) s = u(rng);
+}
+
+void set_score_fields(FwdParams& p, const AttnConfig& c, const std::vector<float>& alibi,
+                      const std::vector<float>& sinks) {
   p.dtype = c.dtype;
+  p.dv = c.dv;
+  p.sinks = c.sinks ? sinks.data() : nullptr;
   p.softmax_scale = c.softmax_scale;
   p.softcap = c.softcap;
   p.is_causal = c.causal;
@@ -102,10 +112,12 @@ std::string AttnConfig::str() const {
   std::ostringstream s;
   s << dtype_name(dtype) << " b=" << b << " sq=" << seqlen_q << " sk=" << seqlen_k << " h=" << h
     << " hk=" << h_k << " d=" << d;
+  if (dv > 0) s << " dv=" << dv;
   if (causal) s << " causal";
   if (window_left >= 0 || window_right >= 0) s << " win=(" << window_left << "," << window_right << ")";
   if (softcap > 0) s << " softcap=" << softcap;
   if (alibi) s << (alibi_per_batch ? " alibi[b,h]" : " alibi[h]");
+  if (sinks) s << " sinks";
   if (p_dropout > 0) s << " dropout=" << p_dropout;
   if (varlen()) {
     s << " varlen q=(";
@@ -142,6 +154,7 @@ void FwdProblem::bind() {
   params.softmax_lse_ptr = lse.data();
   params.p_ptr = cfg.return_probs ? p.data() : nullptr;
   params.alibi_slopes = cfg.alibi ? alibi.data() : nullptr;
+  params.sinks = cfg.sinks ? sinks.data() : nullptr;
   params.cu_seqlens_q = cfg.varlen() ? cu_q.data() : nullptr;
   params.cu_seqlens_k = cfg.varlen() ? cu_k.data() : nullptr;
   params.seqused_k = seqused_k.empty() ? nullptr : seqused_k.data();
@@ -174,27 +187,34 @@ FwdProblem make_fwd_problem(const AttnConfig& c, uint64_t seed) {
   p.h = c.h;
   p.h_k = c.h_k;
   p.d = c.d;
+  const int dv = c.v_dim();
   const Layout lq = Layout::make(batch, rows_q, c.h, c.d, c.padded_strides);
   const Layout lk = Layout::make(batch, rows_k, c.h_k, c.d, c.padded_strides);
+  const Layout lo = Layout::make(batch, rows_q, c.h, dv, c.padded_strides);
+  const Layout lv = Layout::make(batch, rows_k, c.h_k, dv, c.padded_strides);
   pr.q = random_tensor(c.dtype, lq, batch, rows_q, c.h, c.d, rng);
   pr.k = random_tensor(c.dtype, lk, batch, rows_k, c.h_k, c.d, rng);
-  pr.v = random_tensor(c.dtype, lk, batch, rows_k, c.h_k, c.d, rng);
-  pr.o = nan_tensor(c.dtype, lq.numel);
+  pr.v = random_tensor(c.dtype, lv, batch, rows_k, c.h_k, dv, rng);
+  pr.o = nan_tensor(c.dtype, lo.numel);
   pr.lse.assign(static_cast<size_t>(c.h) * (varlen ? rows_q : c.b * c.seqlen_q), kNaN);
   if (c.return_probs)
     pr.p = nan_tensor(c.dtype, int64_t(c.b) * c.h * c.seqlen_q * c.seqlen_k);
   fill_alibi(pr.alibi, c, rng);
+  fill_sinks(pr.sinks, c, rng);
 
   p.q_batch_stride = lq.batch_stride;
   p.q_row_stride = lq.row_stride;
   p.q_head_stride = lq.head_stride;
-  p.o_batch_stride = lq.batch_stride;
-  p.o_row_stride = lq.row_stride;
-  p.o_head_stride = lq.head_stride;
-  p.k_batch_stride = p.v_batch_stride = lk.batch_stride;
-  p.k_row_stride = p.v_row_stride = lk.row_stride;
-  p.k_head_stride = p.v_head_stride = lk.head_stride;
-  set_score_fields(p, c, pr.alibi);
+  p.o_batch_stride = lo.batch_stride;
+  p.o_row_stride = lo.row_stride;
+  p.o_head_stride = lo.head_stride;
+  p.k_batch_stride = lk.batch_stride;
+  p.k_row_stride = lk.row_stride;
+  p.k_head_stride = lk.head_stride;
+  p.v_batch_stride = lv.batch_stride;
+  p.v_row_stride = lv.row_stride;
+  p.v_head_stride = lv.head_stride;
+  set_score_fields(p, c, pr.alibi, pr.sinks);
   pr.bind();
   return pr;
 }
@@ -215,29 +235,36 @@ FwdProblem to_paged(const FwdProblem& src, int page_size, uint64_t seed) {
   pr.block_table.assign(static_cast<size_t>(c.b) * max_blocks, 0);
   for (int i = 0; i < c.b * max_blocks; ++i) pr.block_table[i] = perm[i];
 
+  const int dv = c.v_dim();
   const Layout lp = Layout::make(num_blocks, page_size, c.h_k, c.d, c.padded_strides);
+  const Layout lpv = Layout::make(num_blocks, page_size, c.h_k, dv, c.padded_strides);
   pr.k = nan_tensor(c.dtype, lp.numel);
-  pr.v = nan_tensor(c.dtype, lp.numel);
+  pr.v = nan_tensor(c.dtype, lpv.numel);
   for (int bb = 0; bb < c.b; ++bb) {
     const int len = c.varlen() ? c.seqlens_k[bb] : c.seqlen_k;
     const int64_t row0 = c.varlen() ? src.cu_k[bb] : 0;
-    const int64_t base = c.varlen() ? 0 : int64_t(bb) * sp.k_batch_stride;
+    const int64_t kbase = c.varlen() ? 0 : int64_t(bb) * sp.k_batch_stride;
+    const int64_t vbase = c.varlen() ? 0 : int64_t(bb) * sp.v_batch_stride;
     for (int t = 0; t < len; ++t) {
       const int page = pr.block_table[bb * max_blocks + t / page_size];
-      for (int hh = 0; hh < c.h_k; ++hh)
-        for (int x = 0; x < c.d; ++x) {
-          const int64_t s = base + (row0 + t) * sp.k_row_stride + hh * sp.k_head_stride + x;
-          const int64_t dd = page * lp.batch_stride + (t % page_size) * lp.row_stride +
-                             hh * lp.head_stride + x;
-          pr.k.set(dd, src.k.get(s));
-          pr.v.set(dd, src.v.get(s));
-        }
+      for (int hh = 0; hh < c.h_k; ++hh) {
+        for (int x = 0; x < c.d; ++x)
+          pr.k.set(page * lp.batch_stride + (t % page_size) * lp.row_stride + hh * lp.head_stride + x,
+                   src.k.get(kbase + (row0 + t) * sp.k_row_stride + hh * sp.k_head_stride + x));
+        for (int x = 0; x < dv; ++x)
+          pr.v.set(page * lpv.batch_stride + (t % page_size) * lpv.row_stride +
+                       hh * lpv.head_stride + x,
+                   src.v.get(vbase + (row0 + t) * sp.v_row_stride + hh * sp.v_head_stride + x));
+      }
     }
   }
   FwdParams& p = pr.params;
-  p.k_batch_stride = p.v_batch_stride = lp.batch_stride;
-  p.k_row_stride = p.v_row_stride = lp.row_stride;
-  p.k_head_stride = p.v_head_stride = lp.head_stride;
+  p.k_batch_stride = lp.batch_stride;
+  p.k_row_stride = lp.row_stride;
+  p.k_head_stride = lp.head_stride;
+  p.v_batch_stride = lpv.batch_stride;
+  p.v_row_stride = lpv.row_stride;
+  p.v_head_stride = lpv.head_stride;
   p.block_table_batch_stride = max_blocks;
   p.max_blocks_per_seq = max_blocks;
   p.page_block_size = page_size;
@@ -265,7 +292,7 @@ std::vector<float> gather_o(const FwdProblem& pr) {
   l.batch_stride = pr.params.o_batch_stride;
   l.row_stride = pr.params.o_row_stride;
   l.head_stride = pr.params.o_head_stride;
-  return gather(pr.o, l, pr.cfg.b, pr.cfg.seqlen_q, pr.cfg.h, pr.cfg.d, pr.cfg.varlen(),
+  return gather(pr.o, l, pr.cfg.b, pr.cfg.seqlen_q, pr.cfg.h, pr.cfg.v_dim(), pr.cfg.varlen(),
                 pr.rows_q());
 }
 
@@ -278,6 +305,7 @@ void BwdProblem::bind() {
   params.dq_ptr = dq.data();
   params.dk_ptr = dk.data();
   params.dv_ptr = dv.data();
+  params.dsinks = fwd.cfg.sinks ? dsinks.data() : nullptr;
 }
 
 BwdProblem make_bwd_problem(const AttnConfig& c, uint64_t seed) {
@@ -290,7 +318,7 @@ BwdProblem make_bwd_problem(const AttnConfig& c, uint64_t seed) {
   {
     Layout l{f.o_batch_stride, f.o_row_stride, f.o_head_stride, bp.dout.numel};
     const bool vl = c.varlen();
-    for_each_logical(l, vl ? 1 : c.b, vl ? bp.fwd.rows_q() : c.seqlen_q, c.h, c.d,
+    for_each_logical(l, vl ? 1 : c.b, vl ? bp.fwd.rows_q() : c.seqlen_q, c.h, c.v_dim(),
                      [&](int64_t i) {
                        std::uniform_real_distribution<float> u(-1.f, 1.f);
                        bp.dout.set(i, u(rng));
@@ -299,12 +327,16 @@ BwdProblem make_bwd_problem(const AttnConfig& c, uint64_t seed) {
   bp.dq = nan_tensor(c.dtype, bp.fwd.q.numel);
   bp.dk = nan_tensor(c.dtype, bp.fwd.k.numel);
   bp.dv = nan_tensor(c.dtype, bp.fwd.v.numel);
+  if (c.sinks) bp.dsinks.assign(size_t(c.h), kNaN);
   bp.params.dq_batch_stride = f.q_batch_stride;
   bp.params.dq_row_stride = f.q_row_stride;
   bp.params.dq_head_stride = f.q_head_stride;
-  bp.params.dk_batch_stride = bp.params.dv_batch_stride = f.k_batch_stride;
-  bp.params.dk_row_stride = bp.params.dv_row_stride = f.k_row_stride;
-  bp.params.dk_head_stride = bp.params.dv_head_stride = f.k_head_stride;
+  bp.params.dk_batch_stride = f.k_batch_stride;
+  bp.params.dk_row_stride = f.k_row_stride;
+  bp.params.dk_head_stride = f.k_head_stride;
+  bp.params.dv_batch_stride = f.v_batch_stride;
+  bp.params.dv_row_stride = f.v_row_stride;
+  bp.params.dv_head_stride = f.v_head_stride;
   bp.params.do_batch_stride = f.o_batch_stride;
   bp.params.do_row_stride = f.o_row_stride;
   bp.params.do_head_stride = f.o_head_stride;
@@ -322,6 +354,7 @@ void KVCacheProblem::bind() {
   params.o_ptr = o.data();
   params.softmax_lse_ptr = lse.data();
   params.alibi_slopes = cfg.attn.alibi ? alibi.data() : nullptr;
+  params.sinks = cfg.attn.sinks ? sinks.data() : nullptr;
   params.cache_seqlens = cache_seqlens.data();
   params.cache_batch_idx = cache_batch_idx.empty() ? nullptr : cache_batch_idx.data();
   params.cache_leftpad = cache_leftpad.empty() ? nullptr : cache_leftpad.data();
@@ -361,47 +394,53 @@ KVCacheProblem make_kvcache_problem(const KVCacheConfig& kc, uint64_t seed) {
 
   // Cache: valid keys [leftpad, cache_seqlens) random, the rest NaN (never to be read; the
   // appended range is overwritten by the call).
+  const int dv = c.v_dim();
   int num_pages = 0, max_blocks = 0;
-  Layout lc;
+  Layout lc, lcv;
   if (kc.page_size > 0) {
     max_blocks = (cap + kc.page_size - 1) / kc.page_size;
     num_pages = b * max_blocks + 2;
     lc = Layout::make(num_pages, kc.page_size, c.h_k, c.d, c.padded_strides);
+    lcv = Layout::make(num_pages, kc.page_size, c.h_k, dv, c.padded_strides);
     std::vector<int> perm(num_pages);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), rng);
     pr.block_table.assign(perm.begin(), perm.begin() + b * max_blocks);
   } else {
     lc = Layout::make(b_cache, cap, c.h_k, c.d, c.padded_strides);
+    lcv = Layout::make(b_cache, cap, c.h_k, dv, c.padded_strides);
   }
   pr.k_cache = nan_tensor(c.dtype, lc.numel);
-  pr.v_cache = nan_tensor(c.dtype, lc.numel);
+  pr.v_cache = nan_tensor(c.dtype, lcv.numel);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   for (int i = 0; i < b; ++i) {
     const int lo = pr.cache_leftpad.empty() ? 0 : pr.cache_leftpad[i];
     const int cb = pr.cache_batch_idx.empty() ? i : pr.cache_batch_idx[i];
+    // Element x of row t, head hh of a cache with layout l.
+    auto at = [&](const Layout& l, int t, int hh, int x) {
+      if (kc.page_size > 0)
+        return int64_t(pr.block_table[i * max_blocks + t / kc.page_size]) * l.batch_stride +
+               (t % kc.page_size) * l.row_stride + hh * l.head_stride + x;
+      return int64_t(cb) * l.batch_stride + t * l.row_stride + hh * l.head_stride + x;
+    };
     for (int t = lo; t < pr.cache_seqlens[i]; ++t)
       for (int hh = 0; hh < c.h_k; ++hh)
-        for (int x = 0; x < c.d; ++x) {
-          int64_t off;
-          if (kc.page_size > 0)
-            off = int64_t(pr.block_table[i * max_blocks + t / kc.page_size]) * lc.batch_stride +
-                  (t % kc.page_size) * lc.row_stride + hh * lc.head_stride + x;
-          else
-            off = int64_t(cb) * lc.batch_stride + t * lc.row_stride + hh * lc.head_stride + x;
-          pr.k_cache.set(off, u(rng));
-          pr.v_cache.set(off, u(rng));
+        for (int x = 0; x < std::max(c.d, dv); ++x) {
+          if (x < c.d) pr.k_cache.set(at(lc, t, hh, x), u(rng));
+          if (x < dv) pr.v_cache.set(at(lcv, t, hh, x), u(rng));
         }
   }
 
   const Layout lq = Layout::make(b, c.seqlen_q, c.h, c.d, c.padded_strides);
+  const Layout lo = Layout::make(b, c.seqlen_q, c.h, dv, c.padded_strides);
   pr.q = random_tensor(c.dtype, lq, b, c.seqlen_q, c.h, c.d, rng);
-  pr.o = nan_tensor(c.dtype, lq.numel);
+  pr.o = nan_tensor(c.dtype, lo.numel);
   pr.lse.assign(static_cast<size_t>(b) * c.h * c.seqlen_q, kNaN);
   const Layout ln = Layout::make(b, nnew, c.h_k, c.d, c.padded_strides);
+  const Layout lnv = Layout::make(b, nnew, c.h_k, dv, c.padded_strides);
   if (nnew > 0) {
     pr.knew = random_tensor(c.dtype, ln, b, nnew, c.h_k, c.d, rng);
-    pr.vnew = random_tensor(c.dtype, ln, b, nnew, c.h_k, c.d, rng);
+    pr.vnew = random_tensor(c.dtype, lnv, b, nnew, c.h_k, dv, rng);
   }
   // The rotary table holds every position a call rotates: new keys up to cache_seqlens + nnew - 1
   // <= cap - 1, and with a causal or local mask query r at cache_seqlens + r, which passes cap - 1
@@ -420,6 +459,7 @@ KVCacheProblem make_kvcache_problem(const KVCacheConfig& kc, uint64_t seed) {
       }
   }
   fill_alibi(pr.alibi, c, rng);
+  fill_sinks(pr.sinks, c, rng);
 
   p.b = b;
   p.seqlen_q = c.seqlen_q;
@@ -427,23 +467,32 @@ KVCacheProblem make_kvcache_problem(const KVCacheConfig& kc, uint64_t seed) {
   p.h = c.h;
   p.h_k = c.h_k;
   p.d = c.d;
-  p.q_batch_stride = p.o_batch_stride = lq.batch_stride;
-  p.q_row_stride = p.o_row_stride = lq.row_stride;
-  p.q_head_stride = p.o_head_stride = lq.head_stride;
-  p.k_batch_stride = p.v_batch_stride = lc.batch_stride;
-  p.k_row_stride = p.v_row_stride = lc.row_stride;
-  p.k_head_stride = p.v_head_stride = lc.head_stride;
+  p.q_batch_stride = lq.batch_stride;
+  p.q_row_stride = lq.row_stride;
+  p.q_head_stride = lq.head_stride;
+  p.o_batch_stride = lo.batch_stride;
+  p.o_row_stride = lo.row_stride;
+  p.o_head_stride = lo.head_stride;
+  p.k_batch_stride = lc.batch_stride;
+  p.k_row_stride = lc.row_stride;
+  p.k_head_stride = lc.head_stride;
+  p.v_batch_stride = lcv.batch_stride;
+  p.v_row_stride = lcv.row_stride;
+  p.v_head_stride = lcv.head_stride;
   if (kc.page_size > 0) {
     p.block_table_batch_stride = max_blocks;
     p.max_blocks_per_seq = max_blocks;
     p.page_block_size = kc.page_size;
     p.num_blocks = num_pages;
   }
-  set_score_fields(p, c, pr.alibi);
+  set_score_fields(p, c, pr.alibi, pr.sinks);
   p.b_cache = b_cache;
-  p.knew_batch_stride = p.vnew_batch_stride = ln.batch_stride;
-  p.knew_row_stride = p.vnew_row_stride = ln.row_stride;
-  p.knew_head_stride = p.vnew_head_stride = ln.head_stride;
+  p.knew_batch_stride = ln.batch_stride;
+  p.knew_row_stride = ln.row_stride;
+  p.knew_head_stride = ln.head_stride;
+  p.vnew_batch_stride = lnv.batch_stride;
+  p.vnew_row_stride = lnv.row_stride;
+  p.vnew_head_stride = lnv.head_stride;
   p.seqlen_knew = nnew;
   p.seqlen_ro = kc.rotary_dim > 0 ? ro_len : 0;
   p.rotary_dim = kc.rotary_dim;

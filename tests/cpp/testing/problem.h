@@ -33,12 +33,15 @@ struct Buffer {
 struct AttnConfig {
   DType dtype = DType::kFloat32;
   int b = 1, seqlen_q = 16, seqlen_k = 16, h = 1, h_k = 1, d = 32;
+  int dv = 0;  // head dim of v and o; 0: = d (params.dv is set to this value, 0 included)
   bool causal = false;
   int window_left = -1, window_right = -1;
   float softmax_scale = 0.f;  // 0: 1/sqrt(d)
   float softcap = 0.f;
   bool alibi = false;
   bool alibi_per_batch = false;  // slopes [b, h] instead of [h]
+  bool sinks = false;            // random sink logits [h] (uniform in [-2, 4]: from negligible
+                                 // to dominant next to scores of uniform [-1, 1] inputs)
   float p_dropout = 0.f;
   uint64_t philox_seed = 0x1234, philox_offset = 0;
   // Varlen: when non-empty (size b), sequences have these lengths and q/k/v are packed.
@@ -50,6 +53,7 @@ struct AttnConfig {
   bool return_probs = false;  // allocate p_ptr (dense only)
 
   bool varlen() const { return !seqlens_q.empty(); }
+  int v_dim() const { return dv > 0 ? dv : d; }
   std::string str() const;  // short human-readable description for failure messages
 };
 
@@ -65,6 +69,7 @@ struct FwdProblem {
   Buffer q, k, v, o, p;
   std::vector<float> lse;     // dense [b, h, s_q]; varlen [h, total_q]
   std::vector<float> alibi;   // [h] or [b, h]
+  std::vector<float> sinks;   // [h] when cfg.sinks
   std::vector<int> cu_q, cu_k, seqused_k, block_table;
   FwdParams params;
 
@@ -82,7 +87,7 @@ FwdProblem make_fwd_problem(const AttnConfig& cfg, uint64_t seed);
 // sequence are scattered in random order over a pool with spare pages.
 FwdProblem to_paged(const FwdProblem& contiguous, int page_size, uint64_t seed);
 
-// o as dense [rows, h, d] floats (strided/padded layouts gathered), and the same for any
+// o as dense [rows, h, dv] floats (strided/padded layouts gathered), and the same for any
 // q-like buffer with the params' o strides.
 std::vector<float> gather_o(const FwdProblem& pr);
 std::vector<float> gather(const Buffer& buf, const Layout& l, int batch, int rows, int heads,
@@ -91,11 +96,12 @@ std::vector<float> gather(const Buffer& buf, const Layout& l, int batch, int row
 struct BwdProblem {
   FwdProblem fwd;  // inputs, plus o/lse filled by whoever runs the forward
   Buffer dout, dq, dk, dv;
+  std::vector<float> dsinks;  // [h], NaN-poisoned, when cfg.sinks (params.dsinks points here)
   BwdParams params;
   void bind();  // copies fwd.params into params and re-points gradient pointers
 };
-// Random dout (uniform [-1, 1]); dq/dk/dv poisoned. o and lse are NOT computed: run a forward
-// on bp.fwd.params, then call bp.bind().
+// Random dout (uniform [-1, 1]); dq/dk/dv (and dsinks) poisoned. o and lse are NOT computed: run
+// a forward on bp.fwd.params, then call bp.bind().
 BwdProblem make_bwd_problem(const AttnConfig& cfg, uint64_t seed);
 
 struct KVCacheConfig {
@@ -116,6 +122,7 @@ struct KVCacheProblem {
   Buffer q, k_cache, v_cache, knew, vnew, o, rotary_cos, rotary_sin;
   std::vector<float> lse;
   std::vector<float> alibi;
+  std::vector<float> sinks;  // [h] when cfg.attn.sinks
   std::vector<int> cache_seqlens, cache_batch_idx, cache_leftpad, block_table;
   KVCacheParams params;
   void bind();
