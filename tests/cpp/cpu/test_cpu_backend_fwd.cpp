@@ -1,7 +1,7 @@
 // The CPU backend's forward against the CPU reference: every feature and the combinations users
 // combine (causal + window, GQA + varlen, ALiBi + causal, softcap + causal, dropout + causal,
 // paged + varlen, split-KV), odd sizes with s_q < s_k and s_q > s_k, many head dims, the three
-// dtypes, padded strides, both micro-kernel paths (AVX2+FMA and portable), poisoned outputs
+// dtypes, padded strides, every micro-kernel table (src/cpu/kernels.h), poisoned outputs
 // checked fully written (and nothing written outside them), +inf LSE on fully masked rows,
 // bitwise determinism. Inputs are fresh random every run; the seed is in every failure message.
 #include <gtest/gtest.h>

@@ -2,9 +2,9 @@
 // CPU reference under the project's error rule: forward (o, lse, probabilities) and backward
 // (dq, dk, dv, dsinks) with every feature the backend has, alone and combined: causal and
 // windows (rows that see no key), GQA/MQA, varlen with empty sequences and seqused_k, softcap,
-// ALiBi, dropout, paged K/V, split-KV (explicit and heuristic), fp16/bf16, padded strides, both
-// micro-kernel paths; dsinks bitwise independent of the thread count. The KV-cache path is in
-// test_cpu_backend_kvcache.cpp.
+// ALiBi, dropout, paged K/V, split-KV (explicit and heuristic), fp16/bf16, padded strides, every
+// micro-kernel table, K/V packed per call and the backward's key chunks; dsinks bitwise
+// independent of the thread count. The KV-cache path is in test_cpu_backend_kvcache.cpp.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
