@@ -66,7 +66,7 @@ struct BuildInfo {
   std::vector<int> head_dims;        // GPU forward head-dim kernels compiled (rounded-up d)
   std::vector<std::string> dtypes;   // GPU dtypes compiled
   int cuda_device_count = 0;         // devices visible at run time (0 without CUDA)
-  std::string cpu_isa;               // CPU kernels in use: "avx2-fma" or "portable"
+  std::string cpu_isa;               // CPU kernels in use: "avx512-bf16", "avx512", "avx2", "portable"
 };
 BuildInfo build_info();
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <thread>
 #include <vector>
@@ -43,6 +44,44 @@ void rotate(float* x, const KVCacheParams& p, int pos) {
 }
 
 }  // namespace
+
+struct Workspace::Store {
+  struct Buffer {
+    std::unique_ptr<char[]> mem;
+    size_t bytes = 0;
+    char* aligned = nullptr;
+  };
+  std::vector<Buffer> slots;
+  bool in_use = false;
+};
+
+Workspace::Workspace() {
+  static thread_local Store per_thread;
+  Store* mine = &per_thread;
+  owned_ = mine->in_use;
+  store_ = owned_ ? new Store() : mine;
+  store_->in_use = true;
+}
+
+Workspace::~Workspace() {
+  if (owned_)
+    delete store_;
+  else
+    store_->in_use = false;
+}
+
+void* Workspace::raw(int slot, size_t bytes) {
+  if (store_->slots.size() <= size_t(slot)) store_->slots.resize(size_t(slot) + 1);
+  Store::Buffer& b = store_->slots[size_t(slot)];
+  if (b.bytes < bytes || b.mem == nullptr) {
+    b.mem.reset();  // release first: old and new need not both be held
+    b.mem.reset(new char[bytes + 64]);
+    b.bytes = bytes;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(b.mem.get());
+    b.aligned = reinterpret_cast<char*>((p + 63) & ~uintptr_t(63));
+  }
+  return b.aligned;
+}
 
 int num_threads() {
   if (const char* env = std::getenv("FLASHATTN_NUM_THREADS")) {
@@ -143,7 +182,7 @@ Status mha_fwd_kvcache(const KVCacheParams& p) {
               if (rotary) {
                 kern.load_row(kn, p.dtype, p.d, row);
                 rotate(row, p, pos);
-                store_row(row, p.dtype, p.d, kd);
+                kern.store_row(row, p.dtype, p.d, kd);
               } else {
                 std::memcpy(kd, kn, size_t(p.d) * es);
               }
@@ -192,6 +231,7 @@ Status mha_combine(const CombineParams& p) {
   return guarded("mha_combine", [&] {
     const int64_t rows = int64_t(p.b) * p.seqlen_q;
     const int threads = num_threads();
+    const Kernels& kern = active_kernels();
     std::vector<std::vector<float>> accs(size_t(threads), std::vector<float>(size_t(p.d)));
     ThreadPool::instance().parallel_for(rows, threads, [&](int64_t idx, int worker) {
       const int b = int(idx / p.seqlen_q), i = int(idx % p.seqlen_q);
@@ -213,7 +253,7 @@ Status mha_combine(const CombineParams& p) {
         char* out = static_cast<char*>(p.out) +
                     (int64_t(b) * p.out_batch_stride + int64_t(i) * p.out_row_stride +
                      int64_t(hh) * p.out_head_stride) * dtype_size(p.dtype);
-        store_row(acc, p.dtype, p.d, out);
+        kern.store_row(acc, p.dtype, p.d, out);
         if (p.lse != nullptr) p.lse[(int64_t(b) * p.h + hh) * p.seqlen_q + i] = finalize_lse(lse);
       }
     });

@@ -14,7 +14,8 @@ Status mha_combine(const CombineParams& p);
 
 // Threads used by the backend (default: hardware concurrency; FLASHATTN_NUM_THREADS overrides).
 int num_threads();
-// "avx2-fma" when the AVX2/FMA micro-kernels run on this CPU, else "portable".
+// The micro-kernel table in use (src/cpu/kernels.h): "portable", "avx2", "avx512" or
+// "avx512-bf16".
 const char* isa();
 
 }  // namespace flashattn::cpu

@@ -15,23 +15,77 @@
 
 namespace flashattn::cpu {
 
-// Query rows per work item: kBlockM (query row, query head) pairs, the h/h_k heads that share a
-// kv head stacked (kBlockM / (h/h_k) rows of each), so K/V blocks are converted once for all of
-// them. 96 x d = 128 fp32 is 48 KiB for each of Q^T, O and the K/V block, and the transposed
-// score tile is 96 x 96 x 4 = 36 KiB: one item's working set (~230 KiB) stays in a Zen 3
-// core's 512 KiB L2. 96 = 16 x 6 also fills the gemm's 6 x 16 register tiles exactly in both
-// block products. Measured (forward, fp32, d = 128, s = 2048, one thread, GFLOP/s per core of
-// the EPYC dev VM, nominal peak 78): kBlockM x kBlockN = 48 x 96: 69, 96 x 96: 78, 96 x 48: 78,
-// 96 x 192: 74, 144 x 144: 72, 192 x 96: 63 (the working set spills out of L2).
-constexpr int kBlockM = 96;
-// Keys per block: the same L2 budget, and a multiple of the 6-row register tile for S^T = K Q^T.
-constexpr int kBlockN = 96;
+// Tile sizes come from the kernel table (Kernels::block_m, block_n), so each ISA can have its
+// own. Every table uses 96 x 96 today:
+// - block_m query rows per work item: block_m (query row, query head) pairs, the h/h_k heads
+//   that share a kv head stacked (block_m / (h/h_k) rows of each), so K/V blocks are converted
+//   once for all of them. 96 x d = 128 fp32 is 48 KiB for each of Q^T, O and the K/V block, and
+//   the transposed score tile is 96 x 96 x 4 = 36 KiB: one item's working set (~230 KiB) stays
+//   in a Zen 3 core's 512 KiB L2. 96 = 16 x 6 fills the AVX2 gemm's 6 x 16 register tiles and
+//   96 = 12 x 8 the AVX-512 gemm's 12 x 32 ones exactly in both block products. Measured
+//   (forward, fp32, d = 128, s = 2048, one thread, AVX2, GFLOP/s per core of a Zen 3 EPYC VM,
+//   nominal peak 78): block_m x block_n = 48 x 96: 69, 96 x 96: 78, 96 x 48: 78, 96 x 192: 74,
+//   144 x 144: 72, 192 x 96: 63 (the working set spills out of L2).
+// - block_n keys per block: the same L2 budget, and a multiple of the register tiles' rows for
+//   S^T = K Q^T.
+// docs/cpu_backend.md has the sweeps on the Zen 4 machine for the AVX-512 tables.
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 inline int round_up(int a, int m) { return ceil_div(a, m) * m; }
 // Head dim as stored in the fp32 working buffers: a multiple of 8 (one AVX register), the
-// padding columns kept at zero so they add nothing to any product.
+// padding columns kept at zero so they add nothing to any product (and, even, so bf16 rows pair
+// up into whole words).
 inline int padded_dim(int d) { return round_up(d, 8); }
+
+// Rows of q, k, v, o of one head are h * d elements apart, so walking a head's rows touches a
+// new 4 KiB page per row, where the hardware prefetchers (which stay within a page) do not
+// follow: each row would cost a full memory latency. Loops over such rows prefetch the row
+// kPrefetchRows ahead; measured on Zen 4 (bf16, h = 16, d = 128, s = 1024, one thread), the
+// row conversions went from ~10 % of the forward to ~2 %.
+constexpr int kPrefetchRows = 8;
+inline void prefetch_row(const void* p, int bytes, bool for_write = false) {
+  const char* c = static_cast<const char*>(p);
+  for (int b = 0; b < bytes; b += 64) {
+    if (for_write)
+      __builtin_prefetch(c + b, 1);
+    else
+      __builtin_prefetch(c + b, 0);
+  }
+}
+
+// Buffers of one call (packed operands, partial outputs, per-worker scratch) that persist across
+// calls on the same user thread, grown as needed and never shrunk. A forward or backward needs
+// tens of MiB of them; fresh allocations that size come from mmap, and faulting the pages in on
+// every call measured 10-30 % of a 2-thread forward on Zen 4 (the faults serialize on the
+// kernel's mm locks). Memory from get() is uninitialized. A call made while this thread's
+// workspace is in use (nested) gets a private one instead.
+class Workspace {
+ public:
+  Workspace();
+  ~Workspace();
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  // Slot `slot` as n elements of T, 64-byte aligned; valid until the next get() of that slot or
+  // the end of the call. Slots are small integers chosen by the caller.
+  template <class T>
+  T* get(int slot, size_t n) {
+    return static_cast<T*>(raw(slot, n * sizeof(T)));
+  }
+  // As get(), zero-filled.
+  template <class T>
+  T* zeros(int slot, size_t n) {
+    T* p = get<T>(slot, n);
+    std::fill(p, p + n, T(0));
+    return p;
+  }
+
+ private:
+  struct Store;
+  void* raw(int slot, size_t bytes);
+  Store* store_;
+  bool owned_;  // store_ is this object's own (nested call), not the thread's
+};
 
 // Where the K and V rows of one sequence live. Key j of the sequence (0 <= j < seqlen_k of its
 // view) is at logical position key0 + j: contiguous rows from a base pointer, or a page of a
@@ -82,9 +136,6 @@ struct SeqView {
 void mask_tile(const VisibilityMask& mask, int g, int m0, int rows, int64_t ld, int n0, int n,
                float* st);
 
-// dst[0..n) = src[0..n) rounded to dtype t (nearest even, as common/numeric.h).
-void store_row(const float* src, DType t, int n, void* dst);
-
 // Views of every sequence of a dense/varlen/paged forward or backward call.
 std::vector<SeqView> make_seq_views(const FwdParams& p);
 
@@ -92,7 +143,14 @@ std::vector<SeqView> make_seq_views(const FwdParams& p);
 int64_t total_q_rows(const FwdParams& p, const std::vector<SeqView>& seqs);
 
 // Split count for num_splits == 0 (heuristic in backend_fwd.cpp), else the explicit count.
-int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads);
+int choose_num_splits(const FwdParams& p, const std::vector<SeqView>& seqs, int threads,
+                      const Kernels& k);
+
+// Whether a call of dtype t runs its block products on bf16 operands (gemm_bf16): bf16 data and
+// a table that has them.
+inline bool use_bf16_products(DType t, const Kernels& k) {
+  return t == DType::kBFloat16 && k.gemm_bf16 != nullptr;
+}
 
 // The FlashAttention-2 forward over any set of sequence views: dense, varlen, paged and the
 // KV cache all come here. Writes o and lse through the views, and p_ptr (dense only) if set.

@@ -10,14 +10,23 @@
 //                  B and C are row-major with a width that is a multiple of 8 (one AVX register).
 //   col_scale_max  scores are kept TRANSPOSED (keys x queries, see backend_fwd.cpp), so the
 //   col_exp_sum    softmax row of a query is a column: these run the online-softmax steps on
-//                  columns, 8 queries per vector.
+//                  columns, one vector of queries at a time.
 //   load_row       fp32/fp16/bf16 -> fp32 conversion of one head vector.
+//   store_row      fp32 -> fp32/fp16/bf16, nearest even (outputs and gradients).
 //   scale_row      x *= a (rescaling O when a row's running max grows).
+//   gemm_bf16      the same block products on bf16 operands with fp32 accumulation (AVX-512 BF16
+//   pack_pairs     `vdpbf16ps`, two multiply-adds per fp32 lane), and the conversions that lay
+//   pack_rows      the operands out for it (col_exp_sum_pairs: the softmax step that writes P in
+//                  that layout directly). Only bf16 calls use them: their Q, K, V, dO are
+//                  exact in bf16, and P, dS are rounded to bf16 before their products, as the
+//                  GPU kernels do.
 //
-// Two implementations: kernels_portable.cpp (plain C++, any CPU) and kernels_avx2.cpp (AVX2+FMA
-// intrinsics, compiled with -mavx2 -mfma -mf16c, only called after a run-time CPU check).
-// This header must stay free of inline function definitions: kernels_avx2.cpp includes it, and
-// an inline function compiled there with AVX2 could be the copy the linker keeps for everyone.
+// Implementations: kernels_portable.cpp (plain C++, any CPU), kernels_avx2.cpp (AVX2+FMA),
+// kernels_avx512.cpp (AVX-512 F/BW/VL/DQ) and kernels_avx512_bf16.cpp (the AVX-512 table plus
+// the bf16 products), each compiled with its own -m flags and only called after a run-time CPU
+// check. This header must stay free of inline function definitions: the ISA files include it,
+// and an inline function compiled there with wider instructions could be the copy the linker
+// keeps for everyone.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +36,12 @@
 namespace flashattn::cpu {
 
 struct Kernels {
-  const char* name;  // "avx2-fma" or "portable"
+  const char* name;  // "portable", "avx2", "avx512" or "avx512-bf16" (FLASHATTN_CPU_ISA values)
+
+  // Tile sizes the backend uses with this table (backend_common.h: reasons per ISA): query rows
+  // ((row, head) pairs) per work item, and keys per block.
+  int block_m;
+  int block_n;
 
   // C[m x n] = (accumulate ? C : 0) + A[m x k] B[k x n].
   // A(i, p) = a[i * a_rs + p * a_cs]; B(p, j) = b[p * ldb + j]; C(i, j) = c[i * ldc + j].
@@ -48,16 +62,54 @@ struct Kernels {
   // dst[0..n) = src[0..n) converted from dtype t to fp32 (exact for every dtype).
   void (*load_row)(const void* src, DType t, int n, float* dst);
 
+  // dst[0..n) = src[0..n) rounded to dtype t, bit for bit as float_to_fp16 / float_to_bf16 of
+  // common/numeric.h (nearest even, subnormals kept, NaN to the canonical quiet NaN).
+  void (*store_row)(const float* src, DType t, int n, void* dst);
+
   // x[0..n) *= a.
   void (*scale_row)(float* x, int n, float a);
+
+  // The bf16 products; nullptr in tables without them (then bf16 calls use the fp32 gemm).
+  // Operands are 32-bit words holding two bf16 values, the lower half first in the reduction:
+  // C[m x n] = (accumulate ? C : 0) + sum_{q < kw} A(i, q) . B(q, j), with
+  // A(i, q) = a[i * a_rs + q * a_cs], B(q, j) = b[q * ldb + j], and w . w' = lo lo' + hi hi'
+  // (fp32 products of bf16 values are exact; bf16 subnormals count as zero). Any n.
+  void (*gemm_bf16)(int m, int n, int kw, const uint32_t* a, int64_t a_rs, int64_t a_cs,
+                    const uint32_t* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+
+  // Row pairs of an fp32 matrix into words: dst[q * ldd + c] = (bf16(src[2q][c]),
+  // bf16(src[2q + 1][c])) for q < ceil(rows / 2), c < cols; the row past an odd `rows` reads
+  // as 0. Rounding is to nearest even.
+  void (*pack_pairs)(const float* src, int64_t lds, int rows, int cols, uint32_t* dst,
+                     int64_t ldd);
+
+  // Rows of an fp32 matrix into words: dst[r * ldd + q] = (bf16(src[r][2q]), bf16(src[r][2q + 1]))
+  // for q < ceil(cols / 2); the column past an odd `cols` reads as 0. Nearest even.
+  void (*pack_rows)(const float* src, int64_t lds, int rows, int cols, uint32_t* dst,
+                    int64_t ldd);
+
+  // col_exp_sum, with the results stored as pack_pairs stores them (dst[q * ldd + c] = the bf16
+  // pair of rows 2q, 2q + 1 of column c) instead of back into s, which is left unchanged. col_sum
+  // adds the fp32 values, as col_exp_sum does.
+  void (*col_exp_sum_pairs)(const float* s, int64_t lds, int rows, int cols, const float* col_ref,
+                            float* col_sum, uint32_t* dst, int64_t ldd);
 };
 
 const Kernels& portable_kernels();
-// The AVX2+FMA table, or nullptr when this build has none (non-x86 compiler).
+// The tables of the wider ISAs, or nullptr when this build has none (compiler without the
+// flags, non-x86). Whether the running CPU has the instructions is a separate question:
+// cpu_supports() answers it.
 const Kernels* avx2_kernels();
-// The table to use now: AVX2+FMA when compiled in and the CPU has AVX2 and FMA, unless the
-// environment variable FLASHATTN_CPU_ISA=portable asks for the portable path (read on every
-// call so tests can cover both paths in one process).
+const Kernels* avx512_kernels();
+const Kernels* avx512_bf16_kernels();
+// Whether `t` is compiled in and runs on this CPU (and its OS saves the registers it uses).
+bool cpu_supports(const Kernels* t);
+// The table to use now: the widest one that is compiled in and runs on this CPU, unless the
+// environment variable FLASHATTN_CPU_ISA names a table ("portable", "avx2", "avx512",
+// "avx512-bf16"); a named table this CPU or build lacks gives the widest available one below
+// it. Read on every call so tests can cover every path in one process.
 const Kernels& active_kernels();
+// Every table that runs here, narrowest first (tests run each).
+int available_kernels(const Kernels** out, int max);
 
 }  // namespace flashattn::cpu

@@ -1,9 +1,9 @@
 // The CPU backend's backward (dq, dk, dv) against the CPU reference: head dims, s_q != s_k both
 // ways, causal and windows, GQA/MQA (gradients summed over a group), varlen with empty
 // sequences and seqused_k, dropout (the forward's Philox mask regenerated), softcap's chain
-// rule, ALiBi, fp16/bf16 (3x rule), padded strides, both micro-kernel paths; every gradient
-// element written (exact zeros for keys no query sees) and bitwise determinism; fp32 and
-// accumulated gradient outputs (dqkv_fp32, dqkv_accumulate).
+// rule, ALiBi, fp16/bf16 (3x rule), padded strides, every micro-kernel table; key chunks (dQ
+// summed from partials); every gradient element written (exact zeros for keys no query sees) and
+// bitwise determinism; fp32 and accumulated gradient outputs (dqkv_fp32, dqkv_accumulate).
 #include <gtest/gtest.h>
 
 #include "test_cpu_backend_util.h"
@@ -115,6 +115,31 @@ TEST(CpuBwd, HalfAndBFloat16) {
   }
 }
 
+// bf16 on every table: with AVX-512 BF16 all five block products run on bf16 operands (P and dS
+// rounded to bf16), so the word layouts meet odd head dims, odd stacked-row and key counts,
+// GQA, windows, softcap, dropout and varlen here.
+TEST(CpuBwd, BFloat16ProductsAcrossFeatures) {
+  for_each_isa([&] {
+    for (int d : {5, 40, 128}) {
+      AttnConfig c = cfg(DType::kBFloat16, 2, 37, 101, 6, 2, d);
+      check_bwd(c, fresh_seed(), "d=" + std::to_string(d));
+    }
+    AttnConfig g = cfg(DType::kBFloat16, 1, 29, 211, 12, 2, 64);
+    g.causal = true;
+    check_bwd(g, fresh_seed(), "gqa 6:1 causal");
+    AttnConfig w = cfg(DType::kBFloat16, 2, 113, 97, 2, 1, 64);
+    w.window_left = 12;
+    w.window_right = 3;
+    w.softcap = 2.f;
+    check_bwd(w, fresh_seed(), "window softcap");
+    AttnConfig v = cfg(DType::kBFloat16, 3, 0, 0, 2, 2, 80);
+    v.seqlens_q = {1, 99, 31};
+    v.seqlens_k = {33, 97, 7};
+    v.p_dropout = 0.1f;
+    check_bwd(v, fresh_seed(), "varlen dropout");
+  });
+}
+
 TEST(CpuBwd, PaddedStrides) {
   for (DType t : {DType::kFloat32, DType::kBFloat16}) {
     AttnConfig c = cfg(t, 2, 30, 43, 4, 2, 72);
@@ -148,6 +173,45 @@ TEST(CpuBwd, LongerSequenceOnce) {
   AttnConfig c = cfg(DType::kBFloat16, 1, 300, 500, 2, 1, 64);
   c.causal = true;
   check_bwd(c, fresh_seed(), "s=300x500");
+}
+
+// Long key ranges with few (sequence, kv head) pairs split into key chunks whose dQ partials
+// are summed at the end: every feature that touches dQ, on every table, and the same bits with
+// one thread as with all.
+TEST(CpuBwd, KeyChunksMatchReferenceAndAreDeterministic) {
+  for_each_isa([&] {
+    AttnConfig c = cfg(DType::kFloat32, 1, 150, 700, 4, 2, 64);
+    c.causal = true;
+    c.p_dropout = 0.1f;
+    check_bwd(c, fresh_seed(), "chunks causal dropout");
+    AttnConfig w = cfg(DType::kBFloat16, 1, 300, 650, 6, 1, 40);
+    w.window_left = 100;
+    w.window_right = 20;
+    check_bwd(w, fresh_seed(), "chunks window gqa bf16");
+    AttnConfig v = cfg(DType::kFloat32, 3, 0, 0, 2, 2, 32);
+    v.seqlens_q = {90, 3, 400};
+    v.seqlens_k = {700, 90, 400};
+    v.seqused_k = {650, 90, 399};
+    v.causal = true;
+    check_bwd(v, fresh_seed(), "chunks varlen seqused");
+  });
+  AttnConfig c = cfg(DType::kBFloat16, 1, 200, 800, 4, 2, 64);
+  c.causal = true;
+  c.p_dropout = 0.2f;
+  const uint64_t seed = fresh_seed();
+  BwdProblem a = testing::make_bwd_problem(c, seed);
+  FA_ASSERT_OK(mha_fwd(a.fwd.params));
+  a.bind();
+  BwdProblem one = a;
+  one.bind();
+  FA_ASSERT_OK(mha_bwd(a.params));
+  setenv("FLASHATTN_NUM_THREADS", "1", 1);
+  const Status s = mha_bwd(one.params);
+  unsetenv("FLASHATTN_NUM_THREADS");
+  FA_ASSERT_OK(s);
+  EXPECT_EQ(a.dq.bytes, one.dq.bytes);
+  EXPECT_EQ(a.dk.bytes, one.dk.bytes);
+  EXPECT_EQ(a.dv.bytes, one.dv.bytes);
 }
 
 TEST(CpuBwd, BitwiseDeterministic) {

@@ -1,7 +1,7 @@
 // The CPU backend's forward against the CPU reference: every feature and the combinations users
 // combine (causal + window, GQA + varlen, ALiBi + causal, softcap + causal, dropout + causal,
 // paged + varlen, split-KV), odd sizes with s_q < s_k and s_q > s_k, many head dims, the three
-// dtypes, padded strides, both micro-kernel paths (AVX2+FMA and portable), poisoned outputs
+// dtypes, padded strides, every micro-kernel table (src/cpu/kernels.h), poisoned outputs
 // checked fully written (and nothing written outside them), +inf LSE on fully masked rows,
 // bitwise determinism. Inputs are fresh random every run; the seed is in every failure message.
 #include <gtest/gtest.h>
@@ -233,6 +233,57 @@ TEST(CpuFwd, HalfAndBFloat16) {
       v.seqlens_k = {33, 50, 113};
       v.softcap = 1.5f;
       check_fwd(v, fresh_seed(), "varlen softcap", 5);
+    }
+  });
+}
+
+// bf16 on every table: with AVX-512 BF16 both block products run on bf16 operands (P rounded
+// to bf16), so the operand layouts meet every shape and feature here: odd and padded head dims,
+// odd key counts, stacked GQA heads, windows, dropout, splits, pages, varlen.
+TEST(CpuFwd, BFloat16ProductsAcrossFeatures) {
+  for_each_isa([&] {
+    for (int d : {3, 40, 72, 128}) {
+      AttnConfig c = cfg(DType::kBFloat16, 2, 37, 101, 6, 2, d);
+      check_fwd(c, fresh_seed(), "d=" + std::to_string(d));
+    }
+    AttnConfig g = cfg(DType::kBFloat16, 1, 29, 211, 12, 2, 64);
+    g.causal = true;
+    check_fwd(g, fresh_seed(), "gqa 6:1 causal");
+    AttnConfig w = cfg(DType::kBFloat16, 2, 113, 97, 2, 1, 64);
+    w.window_left = 12;
+    w.window_right = 3;
+    check_fwd(w, fresh_seed(), "window paged", 16);
+    AttnConfig dr = cfg(DType::kBFloat16, 2, 50, 61, 2, 2, 32);
+    dr.p_dropout = 0.15f;
+    dr.return_probs = true;
+    check_fwd(dr, fresh_seed(), "dropout probs");
+    AttnConfig sp = cfg(DType::kBFloat16, 1, 9, 700, 4, 1, 64);
+    sp.num_splits = 3;
+    check_fwd(sp, fresh_seed(), "splits");
+  });
+}
+
+// Sequences with many query blocks per kv head (here 8 stacked heads: 12 rows per block) read
+// K and V from the per-call packed copy: odd key counts, windows that start blocks at odd keys
+// (bf16 V is packed in key pairs), causal with splits, pages, varlen mixing packed and unpacked
+// sequences, fp32 and bf16.
+TEST(CpuFwd, PackedKeysAcrossFeatures) {
+  for_each_isa([&] {
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      const std::string dt = dtype_name(t);
+      AttnConfig w = cfg(t, 2, 100, 203, 8, 1, 40);
+      w.window_left = 17;
+      w.window_right = 4;
+      check_fwd(w, fresh_seed(), dt + " packed window");
+      AttnConfig c = cfg(t, 1, 120, 203, 8, 1, 64);
+      c.causal = true;
+      c.num_splits = 3;
+      check_fwd(c, fresh_seed(), dt + " packed causal splits", 16);
+      AttnConfig v = cfg(t, 3, 0, 0, 8, 1, 72);
+      v.seqlens_q = {100, 5, 130};
+      v.seqlens_k = {203, 77, 130};
+      v.causal = true;
+      check_fwd(v, fresh_seed(), dt + " packed varlen");
     }
   });
 }

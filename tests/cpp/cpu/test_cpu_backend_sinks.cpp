@@ -2,9 +2,9 @@
 // CPU reference under the project's error rule: forward (o, lse, probabilities) and backward
 // (dq, dk, dv, dsinks) with every feature the backend has, alone and combined: causal and
 // windows (rows that see no key), GQA/MQA, varlen with empty sequences and seqused_k, softcap,
-// ALiBi, dropout, paged K/V, split-KV (explicit and heuristic), fp16/bf16, padded strides, both
-// micro-kernel paths; dsinks bitwise independent of the thread count. The KV-cache path is in
-// test_cpu_backend_kvcache.cpp.
+// ALiBi, dropout, paged K/V, split-KV (explicit and heuristic), fp16/bf16, padded strides, every
+// micro-kernel table, K/V packed per call and the backward's key chunks; dsinks bitwise
+// independent of the thread count. The KV-cache path is in test_cpu_backend_kvcache.cpp.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -234,8 +234,32 @@ TEST(CpuSinks, BackwardHalfBFloat16AndPaddedStrides) {
   }
 }
 
-// dsinks is summed over every sequence and row: the per-item partial sums are reduced in a fixed
-// order, so the gradient is bitwise the same whatever the thread count.
+// The forward with K and V packed once per call (a kv head with many query blocks: h / h_k = 8
+// stacks 12 rows per block, so 100+ rows make 9+ blocks; bf16 V packed in key pairs, with odd
+// dv) and the backward with several key chunks per (sequence, kv head) (b * h_k = 1 and 400+
+// keys), with sinks and dv != d, fp32 and bf16.
+TEST(CpuSinks, PackedKeysAndChunkedBackward) {
+  for_each_isa([&] {
+    for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+      for (const Dims& dm : {Dims{40, 72, true}, Dims{64, 13, true}, Dims{32, 48, false}}) {
+        AttnConfig w = cfg(t, 2, 100, 203, 8, 1, dm.d, dm.dv, dm.sinks);
+        w.window_left = 17;
+        w.window_right = 4;
+        check_fwd(w, fresh_seed(), "packed window");
+        AttnConfig c = cfg(t, 1, 120, 203, 8, 1, dm.d, dm.dv, dm.sinks);
+        c.causal = true;
+        c.num_splits = 3;
+        check_fwd(c, fresh_seed(), "packed causal splits");
+        AttnConfig b = cfg(t, 1, 150, 420, 4, 1, dm.d, dm.dv, dm.sinks);
+        b.causal = true;
+        check_bwd(b, fresh_seed(), "chunked causal");
+      }
+    }
+  });
+}
+
+// dsinks is summed over every sequence and row: the partial sums are reduced in a fixed order,
+// so the gradient is bitwise the same whatever the thread count.
 TEST(CpuSinks, BackwardIsBitwiseIndependentOfTheThreadCount) {
   AttnConfig c = cfg(DType::kBFloat16, 3, 0, 0, 8, 2, 64, 32, true);
   c.seqlens_q = {130, 1, 77};

@@ -24,6 +24,7 @@
 
 #include "common/numeric.h"
 #include "cpu/backend.h"
+#include "cpu/kernels.h"
 #include "cpu/reference.h"
 #include "flashattn/flashattn.h"
 #include "testing/problem.h"
@@ -56,18 +57,24 @@ inline uint64_t fresh_seed() {
   return rng();
 }
 
-// Runs f once per micro-kernel path: the AVX2+FMA one (when this CPU has it) and the portable
-// one, selected through FLASHATTN_CPU_ISA as a user would.
+// Runs f once per micro-kernel table that runs on this CPU (portable, AVX2, AVX-512,
+// AVX-512 BF16), selected through FLASHATTN_CPU_ISA as a user would. When the environment
+// already sets FLASHATTN_CPU_ISA (ctest runs each backend binary once per table that way, so
+// the tests outside for_each_isa cover every table too), only that table runs.
 template <typename F>
 void for_each_isa(F f) {
   const char* saved = std::getenv("FLASHATTN_CPU_ISA");
   const std::string keep = saved ? saved : "";
-  for (const char* isa : {"auto", "portable"}) {
-    if (std::string(isa) == "auto")
-      unsetenv("FLASHATTN_CPU_ISA");
-    else
-      setenv("FLASHATTN_CPU_ISA", isa, 1);
+  const cpu::Kernels* tables[8];
+  int n = cpu::available_kernels(tables, 8);
+  if (saved != nullptr) {
+    tables[0] = &cpu::active_kernels();
+    n = 1;
+  }
+  for (int i = 0; i < n; ++i) {
+    setenv("FLASHATTN_CPU_ISA", tables[i]->name, 1);
     SCOPED_TRACE(std::string("isa=") + cpu::isa());
+    EXPECT_STREQ(cpu::isa(), tables[i]->name);
     f();
   }
   if (saved)
