@@ -98,13 +98,19 @@ Status locate_fwd(const FwdParams& p, Backend* out) {
                     out);
 }
 
+#if defined(FA_WITH_CUDA)
+// Why no GPU kernel path can run a request at all (empty: some may); combine has no such case.
+std::string gpu_refusal(const FwdParams& p) { return route::gpu_unsupported(p); }
+std::string gpu_refusal(const CombineParams&) { return ""; }
+#endif
+
 template <typename P, typename CpuFn, typename CudaFn>
 Status run(const P& p, Backend be, CpuFn cpu_fn, CudaFn cuda_fn) {
   if (be == Backend::kCpu) return cpu_fn(p);
 #if defined(FA_WITH_CUDA)
   // Requests no GPU kernel path covers at all (fp8 inputs) are refused here, before any kernel
   // code sees a dtype it has no instantiation for.
-  if (std::string why = route::gpu_unsupported(p); !why.empty())
+  if (std::string why = gpu_refusal(p); !why.empty())
     return Status::not_supported(why);
   return cuda_fn(p);
 #else
