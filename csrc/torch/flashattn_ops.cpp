@@ -21,6 +21,9 @@
 //                           float32), overwritten or added to (context parallelism sums
 //                           per-block gradients in fp32); returns nothing
 //   fwd_kvcache             inference against a KV cache, appending in place; (out, softmax_lse)
+//   fp8_fwd                 FP8 (float8_e4m3fn) forward, dense or varlen (paged or not), with
+//                           descales; (out in bfloat16 or float16, softmax_lse); no autograd
+//                           (FP8 has no backward)
 // rng_state is a host int64 [2] tensor (Philox seed, offset) so the backward can pass it to the
 // library without reading device memory (no host synchronization). Every op but bwd_into takes
 // `sinks` (float32 (nheads,), optional, last in the schema with a None default so older calls
@@ -455,6 +458,164 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
   return {out, lse, at::empty({0}, q.options()), rng_state};
 }
 
+
+// ------------------------------------------------------------------------------ fp8 fwd --
+
+// One descale tensor: float32 on q's device with the given sizes (the block dim contiguous).
+void set_descale(const Tensor& q, const optional<Tensor>& t, const char* name,
+                 std::vector<int64_t> sizes, const float** ptr, int64_t* batch_stride,
+                 int64_t* head_stride, const char* op) {
+  if (!t.has_value()) return;
+  check_device(q, *t, name, op);
+  FA_CHECK_ARG(t->scalar_type() == at::kFloat, "flashattn.", op, ": ", name,
+               " must be float32, got ", t->scalar_type());
+  FA_CHECK_ARG(t->sizes() == at::IntArrayRef(sizes), "flashattn.", op, ": ", name,
+               " must have shape ", at::IntArrayRef(sizes), ", got ", shape_str(*t));
+  if (sizes.size() == 3) check_last_contiguous(*t, name, op);
+  *ptr = t->data_ptr<float>();
+  *batch_stride = t->stride(0);
+  *head_stride = t->stride(1);
+}
+
+// FP8 (e4m3) forward, dense or varlen (cu_seqlens given), paged or not: q, k, v in
+// float8_e4m3fn, out in out_dtype (bfloat16 unless float16 is asked for), LSE float32. CUDA
+// tensors get NotImplementedError from the library (no GPU kernel yet).
+std::tuple<Tensor, Tensor> fp8_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const optional<Tensor>& cu_seqlens_q,
+    const optional<Tensor>& cu_seqlens_k, const optional<Tensor>& seqused_k,
+    const optional<Tensor>& block_table, int64_t max_seqlen_q, int64_t max_seqlen_k,
+    const optional<Tensor>& q_descale, const optional<Tensor>& k_descale,
+    const optional<Tensor>& v_descale, const optional<Tensor>& q_block_descale,
+    const optional<Tensor>& k_block_descale, const optional<Tensor>& v_block_descale,
+    int64_t descale_block_m, int64_t descale_block_n, const optional<Tensor>& alibi_slopes,
+    double softmax_scale, bool causal, int64_t window_size_left, int64_t window_size_right,
+    double softcap, optional<at::ScalarType> out_dtype, const optional<Tensor>& sinks) {
+  const char* op = "fp8_fwd";
+  const bool varlen = cu_seqlens_q.has_value();
+  const bool paged = block_table.has_value();
+  FA_CHECK_ARG(cu_seqlens_k.has_value() == varlen, "flashattn.", op,
+               ": cu_seqlens_q and cu_seqlens_k go together");
+  FA_CHECK_ARG(varlen || (!paged && !seqused_k.has_value()), "flashattn.", op,
+               ": block_table and seqused_k need the varlen form");
+  if (varlen) {
+    check_rank(q, 3, "q", "(total_q, nheads, headdim)", op);
+    check_rank(k, paged ? 4 : 3, "k", paged ? "(num_blocks, page_block_size, nheads_k, headdim)"
+                                            : "(total_k, nheads_k, headdim)", op);
+    check_rank(v, paged ? 4 : 3, "v", paged ? "(num_blocks, page_block_size, nheads_k, headdim)"
+                                            : "(total_k, nheads_k, headdim)", op);
+  } else {
+    check_rank(q, 4, "q", "(batch, seqlen_q, nheads, headdim)", op);
+    check_rank(k, 4, "k", "(batch, seqlen_k, nheads_k, headdim)", op);
+    check_rank(v, 4, "v", "(batch, seqlen_k, nheads_k, headdim)", op);
+  }
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{q, "q"}, {k, "k"}, {v, "v"}})
+    FA_CHECK_ARG(t.scalar_type() == at::kFloat8_e4m3fn, "flashattn.", op, ": ", name,
+                 " must be float8_e4m3fn, got ", t.scalar_type(),
+                 " (q, k and v are all fp8, or none is)");
+  check_device(q, k, "k", op);
+  check_device(q, v, "v", op);
+  check_last_contiguous(q, "q", op);
+  check_last_contiguous(k, "k", op);
+  check_last_contiguous(v, "v", op);
+  FA_CHECK_ARG(k.size(-1) == q.size(-1), "flashattn.", op, ": k must have q's head dim ",
+               q.size(-1), ", got ", shape_str(k));
+  const at::ScalarType odt = out_dtype.value_or(at::kBFloat16);
+  FA_CHECK_ARG(odt == at::kBFloat16 || odt == at::kHalf, "flashattn.", op, ": out_dtype ", odt,
+               " is not an output type for fp8 inputs (bfloat16 or float16)");
+  check_opt_device(q, alibi_slopes, "alibi_slopes", op);
+
+  flashattn::FwdParams p;
+  if (varlen) {
+    check_index(q, *cu_seqlens_q, "cu_seqlens_q", 1, op);
+    check_index(q, *cu_seqlens_k, "cu_seqlens_k", 1, op);
+    FA_CHECK_ARG(cu_seqlens_q->numel() >= 1 && cu_seqlens_k->numel() == cu_seqlens_q->numel(),
+                 "flashattn.", op, ": cu_seqlens_q and cu_seqlens_k must both have batch + 1 "
+                 "entries");
+    p.b = cu_seqlens_q->numel() - 1;
+    p.seqlen_q = max_seqlen_q, p.seqlen_k = max_seqlen_k;
+    p.h = q.size(1), p.d = q.size(2);
+    p.total_q = q.size(0);
+    p.total_k = paged ? 0 : k.size(0);
+  } else {
+    FA_CHECK_ARG(k.size(0) == q.size(0), "flashattn.", op, ": k has batch ", k.size(0),
+                 " but q has ", q.size(0));
+    p.b = q.size(0), p.seqlen_q = q.size(1), p.h = q.size(2), p.d = q.size(3);
+    p.seqlen_k = k.size(1);
+  }
+  p.h_k = k.size(-2);
+  DeviceScope scope(q, p);
+
+  Tensor out = at::empty(out_shape(q, v), q.options().dtype(odt));
+  Tensor lse = varlen ? at::empty({p.h, p.total_q}, q.options().dtype(at::kFloat))
+                      : at::empty({p.b, p.h, p.seqlen_q}, q.options().dtype(at::kFloat));
+  p.dtype = flashattn::DType::kFloat8E4M3;
+  p.out_dtype = odt == at::kHalf ? flashattn::DType::kFloat16 : flashattn::DType::kBFloat16;
+  p.dv = v.size(-1);
+  p.q_ptr = q.data_ptr();
+  p.k_ptr = k.data_ptr();
+  p.v_ptr = v.data_ptr();
+  p.o_ptr = out.data_ptr();
+  FA_SET_STRIDES(p, q, q);
+  FA_SET_STRIDES(p, k, k);
+  FA_SET_STRIDES(p, v, v);
+  FA_SET_STRIDES(p, o, out);
+  if (paged) {  // batch stride = page stride
+    p.k_batch_stride = k.stride(0), p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
+    p.v_batch_stride = v.stride(0), p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
+  }
+  p.softmax_lse_ptr = lse.data_ptr<float>();
+  if (varlen) {
+    p.cu_seqlens_q = cu_seqlens_q->data_ptr<int>();
+    p.cu_seqlens_k = cu_seqlens_k->data_ptr<int>();
+  }
+  if (seqused_k.has_value()) {
+    check_index(q, *seqused_k, "seqused_k", 1, op);
+    p.seqused_k = seqused_k->data_ptr<int>();
+  }
+  if (paged) {
+    check_index(q, *block_table, "block_table", 2, op);
+    p.block_table = block_table->data_ptr<int>();
+    p.block_table_batch_stride = block_table->stride(0);
+    p.max_blocks_per_seq = block_table->size(1);
+    p.num_blocks = k.size(0);
+    p.page_block_size = k.size(1);
+  }
+  set_descale(q, q_descale, "q_descale", {p.b, p.h_k}, &p.q_descale, &p.q_descale_batch_stride,
+              &p.q_descale_head_stride, op);
+  set_descale(q, k_descale, "k_descale", {p.b, p.h_k}, &p.k_descale, &p.k_descale_batch_stride,
+              &p.k_descale_head_stride, op);
+  set_descale(q, v_descale, "v_descale", {p.b, p.h_k}, &p.v_descale, &p.v_descale_batch_stride,
+              &p.v_descale_head_stride, op);
+  auto blocks = [](int64_t rows, int64_t block) { return block < 1 ? 0 : (rows + block - 1) / block; };
+  if (q_block_descale.has_value() || k_block_descale.has_value() || v_block_descale.has_value()) {
+    p.descale_block_m = int(descale_block_m);
+    p.descale_block_n = int(descale_block_n);
+  }
+  if (q_block_descale.has_value())
+    FA_CHECK_ARG(descale_block_m >= 1, "flashattn.", op,
+                 ": descale_block_m must be >= 1 with q_block_descale, got ", descale_block_m);
+  if (k_block_descale.has_value() || v_block_descale.has_value())
+    FA_CHECK_ARG(descale_block_n >= 1, "flashattn.", op,
+                 ": descale_block_n must be >= 1 with k_block_descale / v_block_descale, got ",
+                 descale_block_n);
+  if (!q_block_descale.has_value()) p.descale_block_m = 0;
+  if (!k_block_descale.has_value() && !v_block_descale.has_value()) p.descale_block_n = 0;
+  set_descale(q, q_block_descale, "q_block_descale",
+              {p.b, p.h, blocks(p.seqlen_q, descale_block_m)}, &p.q_block_descale,
+              &p.q_block_descale_batch_stride, &p.q_block_descale_head_stride, op);
+  set_descale(q, k_block_descale, "k_block_descale",
+              {p.b, p.h_k, blocks(p.seqlen_k, descale_block_n)}, &p.k_block_descale,
+              &p.k_block_descale_batch_stride, &p.k_block_descale_head_stride, op);
+  set_descale(q, v_block_descale, "v_block_descale",
+              {p.b, p.h_k, blocks(p.seqlen_k, descale_block_n)}, &p.v_block_descale,
+              &p.v_block_descale_batch_stride, &p.v_block_descale_head_stride, op);
+  set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
+  set_alibi(p, q, alibi_slopes, op);
+  set_sinks(p, q, sinks, op);
+  raise_if_error(varlen ? flashattn::mha_varlen_fwd(p) : flashattn::mha_fwd(p), op);
+  return {out, lse};
+}
+
 // ---------------------------------------------------------------------------------- bwd --
 
 void set_bwd_tensors(flashattn::BwdParams& p, const Tensor& dout, const Tensor& q,
@@ -802,6 +963,14 @@ TORCH_LIBRARY(flashattn, m) {
       "Tensor? alibi_slopes, float softmax_scale, bool causal, int window_size_left, "
       "int window_size_right, float softcap, bool rotary_interleaved, int num_splits, "
       "Tensor? sinks=None) -> (Tensor, Tensor)");
+  m.def(
+      "fp8_fwd(Tensor q, Tensor k, Tensor v, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
+      "Tensor? seqused_k, Tensor? block_table, int max_seqlen_q, int max_seqlen_k, "
+      "Tensor? q_descale, Tensor? k_descale, Tensor? v_descale, Tensor? q_block_descale, "
+      "Tensor? k_block_descale, Tensor? v_block_descale, int descale_block_m, "
+      "int descale_block_n, Tensor? alibi_slopes, float softmax_scale, bool causal, "
+      "int window_size_left, int window_size_right, float softcap, ScalarType? out_dtype, "
+      "Tensor? sinks) -> (Tensor, Tensor)");
 }
 
 // One implementation serves both dispatch keys: the library picks GPU kernels or the CPU
@@ -813,6 +982,7 @@ TORCH_LIBRARY_IMPL(flashattn, CPU, m) {
   m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
+  m.impl("fp8_fwd", &flashattn_torch::fp8_fwd);
 }
 
 TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
@@ -822,6 +992,7 @@ TORCH_LIBRARY_IMPL(flashattn, CUDA, m) {
   m.impl("bwd_into", &flashattn_torch::bwd_into);
   m.impl("varlen_bwd", &flashattn_torch::varlen_bwd);
   m.impl("fwd_kvcache", &flashattn_torch::fwd_kvcache);
+  m.impl("fp8_fwd", &flashattn_torch::fp8_fwd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

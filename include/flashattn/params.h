@@ -18,6 +18,8 @@
 //             a row with no visible key then gives o = 0 and lse = sink_h
 //   dropout   keep with probability 1 - p_dropout, kept probabilities scaled by 1/(1 - p)
 //             keep mask from Philox-4x32-10(seed, offset), counter layout in src/common/philox.h
+//   fp8       q, k, v in e4m3 stand for x_fp8 * descale (per head and per block of rows); the
+//             probabilities are quantized to e4m3 as the FP8 kernel does (docs/fp8.md)
 #pragma once
 
 #include <cstdint>
@@ -25,9 +27,14 @@
 namespace flashattn {
 
 enum class DType : int {
+  kUnset = -1,    // FwdParams::out_dtype only: "the default" (see there)
   kFloat32 = 0,   // CPU backend only
   kFloat16 = 1,
   kBFloat16 = 2,
+  // float8 e4m3 ("e4m3fn": no infinities, max 448; torch.float8_e4m3fn). Inputs q, k, v (and the
+  // KV cache) of the forward only, with the output in bf16 or fp16 (out_dtype) and optional
+  // descale factors. CPU reference and backend; no GPU kernel yet (NotSupported).
+  kFloat8E4M3 = 3,
 };
 
 const char* dtype_name(DType t);
@@ -36,7 +43,11 @@ int dtype_size(DType t);
 // Forward attention. Used by mha_fwd (dense), mha_varlen_fwd (cu_seqlens_q/k set) and, through
 // KVCacheParams, mha_fwd_kvcache.
 struct FwdParams {
-  DType dtype = DType::kBFloat16;  // of q, k, v, o (and p_ptr)
+  DType dtype = DType::kBFloat16;  // of q, k, v (and knew, vnew), and of o and p_ptr unless fp8
+  // Element type of o. kUnset (the default) means dtype, or bf16 when dtype is kFloat8E4M3
+  // (FlashAttention-3's FP8 output type). fp8 inputs: bf16 or fp16; any other dtype: unset or
+  // equal to dtype.
+  DType out_dtype = DType::kUnset;
 
   // Sizes. Dense: the sequence lengths. Varlen: the maxima over the batch (max_seqlen_q/k).
   int b = 0;          // batch size (number of sequences)
@@ -109,6 +120,36 @@ struct FwdParams {
 
   // Split-KV: 1 = no split, 0 = heuristic, 2..128 = explicit. Results merge exactly by LSE.
   int num_splits = 1;
+
+  // FP8 descale factors (dtype kFloat8E4M3 only; every one may be null, meaning 1). fp32, > 0
+  // and finite. The value an e4m3 element x of q stands for is
+  //     x * q_descale[bidb][h / (h / h_k)] * q_block_descale[bidb][h][i / descale_block_m]
+  // (i: the row within its sequence), and likewise for k and v with their kv head and key row t:
+  //     x * k_descale[bidb][hk] * k_block_descale[bidb][hk][t / descale_block_n].
+  // Per head, as FlashAttention-3 (shape [b, h_k] for q too: the query heads of a group share
+  // it); per block, beyond it, for outlier tokens a per-head factor cannot absorb. Rows are
+  // counted within the sequence (varlen: from cu_seqlens; paged and the KV cache: the logical
+  // key index, the KV cache counting from cache index 0, left padding included). The factors are
+  // indexed by the call's sequence index, never by cache_batch_idx. docs/fp8.md has the layout.
+  const float* q_descale = nullptr;   // [b, h_k]
+  int64_t q_descale_batch_stride = 0, q_descale_head_stride = 0;
+  const float* k_descale = nullptr;   // [b, h_k]
+  int64_t k_descale_batch_stride = 0, k_descale_head_stride = 0;
+  const float* v_descale = nullptr;   // [b, h_k]
+  int64_t v_descale_batch_stride = 0, v_descale_head_stride = 0;
+  // Rows per block factor: of q (descale_block_m) and of k and v (descale_block_n); >= 1 when the
+  // matching block pointer is set, else 0.
+  int descale_block_m = 0;
+  int descale_block_n = 0;
+  // [b, h, ceil(seqlen_q / descale_block_m)], last dim contiguous (seqlen_q: the maximum for varlen).
+  const float* q_block_descale = nullptr;
+  int64_t q_block_descale_batch_stride = 0, q_block_descale_head_stride = 0;
+  // [b, h_k, ceil(seqlen_k / descale_block_n)], last dim contiguous (seqlen_k: the maximum for
+  // varlen, the capacity for paged KV and the KV cache).
+  const float* k_block_descale = nullptr;
+  int64_t k_block_descale_batch_stride = 0, k_block_descale_head_stride = 0;
+  const float* v_block_descale = nullptr;
+  int64_t v_block_descale_batch_stride = 0, v_block_descale_head_stride = 0;
 
   // cudaStream_t for GPU calls (null = default stream). Ignored on the CPU.
   void* stream = nullptr;

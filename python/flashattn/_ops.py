@@ -126,6 +126,25 @@ def _fwd_kvcache_fake(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[T
     return _out_like(q, v_cache), q.new_empty((b, h, seqlen_q), dtype=torch.float32)
 
 
+@torch.library.register_fake("flashattn::fp8_fwd")
+def _fp8_fwd_fake(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
+                  cu_seqlens_k: Optional[Tensor], seqused_k: Optional[Tensor],
+                  block_table: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
+                  q_descale: Optional[Tensor], k_descale: Optional[Tensor],
+                  v_descale: Optional[Tensor], q_block_descale: Optional[Tensor],
+                  k_block_descale: Optional[Tensor], v_block_descale: Optional[Tensor],
+                  descale_block_m: int, descale_block_n: int, alibi_slopes: Optional[Tensor],
+                  softmax_scale: float, causal: bool, window_size_left: int,
+                  window_size_right: int, softcap: float, out_dtype: Optional[torch.dtype],
+                  sinks: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=out_dtype or torch.bfloat16)
+    if cu_seqlens_q is not None:
+        total_q, h, _ = q.shape
+        return out, q.new_empty((h, total_q), dtype=torch.float32)
+    b, seqlen_q, h, _ = q.shape
+    return out, q.new_empty((b, h, seqlen_q), dtype=torch.float32)
+
+
 # ------------------------------------------------------------------------------ autograd --
 # setup_context runs inside the forward with the op's inputs (every argument, in schema order)
 # and outputs; backward gets one gradient per output and returns one per input (None for the

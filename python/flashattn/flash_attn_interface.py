@@ -12,6 +12,12 @@ Beyond flash_attn 2.x, every function takes `sinks` (learnable attention sinks, 
 no value; gradients flow to it), and v may have a head dim of its own (out has v's head dim);
 docs/python.md.
 
+FP8: flash_attn_func and flash_attn_varlen_func (and the packed forms) take q, k, v in
+torch.float8_e4m3fn with FlashAttention-3's q_descale / k_descale / v_descale (float32
+(batch, nheads_k)) and per-block descales (q_block_descale, k_block_descale, v_block_descale with
+descale_block=(rows of q, rows of k/v) per factor), keyword only; out is bfloat16 (or out_dtype).
+Forward only, CPU tensors only for now: CUDA tensors raise NotImplementedError (docs/fp8.md).
+
 Nothing here reads device memory (no .item(), no data-dependent Python branches), so the
 functions run under torch.compile(fullgraph=True) and inside CUDA graph capture.
 """
@@ -66,10 +72,69 @@ def _check_softmax_scale(softmax_scale: Optional[float], head_dim: int) -> float
     return head_dim ** (-0.5) if softmax_scale is None else float(softmax_scale)
 
 
+_FP8 = torch.float8_e4m3fn
+_FP8_ARGS = ("q_descale", "k_descale", "v_descale", "q_block_descale", "k_block_descale",
+             "v_block_descale", "descale_block", "out_dtype")
+
+
+def _fp8_options(q: Tensor, k: Tensor, v: Tensor, fp8: dict) -> bool:
+    """Whether this is an FP8 call; a clear error for every mix that is not one."""
+    is_fp8 = [x.dtype == _FP8 for x in (q, k, v)]
+    if any(is_fp8) and not all(is_fp8):
+        raise ValueError("flashattn: q, k and v must all be float8_e4m3fn or none, got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if not any(is_fp8):
+        given = [n for n in _FP8_ARGS if fp8.get(n) is not None]
+        if given:
+            raise ValueError(f"flashattn: {', '.join(given)} apply to float8_e4m3fn inputs "
+                             f"only; q is {q.dtype}")
+        return False
+    if q.is_cuda:
+        raise NotImplementedError(
+            "flashattn: float8_e4m3fn attention has no GPU kernel yet (the Hopper FP8 forward "
+            "is planned); CPU tensors run it on the CPU backend. Nothing is converted to "
+            "another dtype.")
+    return True
+
+
+def _fp8_call(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, max_seqlen_q, max_seqlen_k,
+              dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+              return_attn_probs, sinks, fp8: dict):
+    if dropout_p > 0:
+        raise ValueError("flashattn: dropout is not available with float8_e4m3fn inputs "
+                         "(forward-only inference)")
+    if (sinks is not None and sinks.requires_grad) or any(
+            x is not None and x.requires_grad for x in (alibi_slopes,)):
+        raise ValueError("flashattn: float8_e4m3fn attention has no backward")
+    block = fp8.get("descale_block")
+    has_blocks = any(fp8.get(n) is not None
+                     for n in ("q_block_descale", "k_block_descale", "v_block_descale"))
+    if has_blocks and block is None:
+        raise ValueError("flashattn: per-block descales need descale_block=(rows of q, rows "
+                         "of k and v per factor)")
+    if block is not None and (len(block) != 2 or not has_blocks):
+        raise ValueError("flashattn: descale_block=(block_m, block_n) goes with "
+                         "q/k/v_block_descale")
+    block_m, block_n = (int(block[0]), int(block[1])) if block is not None else (0, 0)
+    softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
+    q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
+    window = _window(window_size)
+    out, lse = torch.ops.flashattn.fp8_fwd(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, None, block_table, int(max_seqlen_q),
+        int(max_seqlen_k), fp8.get("q_descale"), fp8.get("k_descale"), fp8.get("v_descale"),
+        fp8.get("q_block_descale"), fp8.get("k_block_descale"), fp8.get("v_block_descale"),
+        block_m, block_n, alibi_slopes, softmax_scale, bool(causal), window[0], window[1],
+        float(softcap), fp8.get("out_dtype"), sinks)
+    return (out, lse, out.new_empty((0,))) if return_attn_probs else out
+
+
 def _attn_dense(q: Tensor, k: Tensor, v: Tensor, dropout_p: float,
                 softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
                 softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
-                return_attn_probs: bool, sinks: Optional[Tensor]):
+                return_attn_probs: bool, sinks: Optional[Tensor], fp8: Optional[dict] = None):
+    if _fp8_options(q, k, v, fp8 or {}):
+        return _fp8_call(q, k, v, None, None, None, 0, 0, dropout_p, softmax_scale, causal,
+                         window_size, softcap, alibi_slopes, return_attn_probs, sinks, fp8 or {})
     softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
     head_dim_v = v.shape[-1]
     q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
@@ -91,7 +156,11 @@ def _attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqle
                  softmax_scale: Optional[float], causal: bool, window_size: Sequence[int],
                  softcap: float, alibi_slopes: Optional[Tensor], deterministic: bool,
                  return_attn_probs: bool, block_table: Optional[Tensor],
-                 sinks: Optional[Tensor]):
+                 sinks: Optional[Tensor], fp8: Optional[dict] = None):
+    if _fp8_options(q, k, v, fp8 or {}):
+        return _fp8_call(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, max_seqlen_q,
+                         max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap,
+                         alibi_slopes, return_attn_probs, sinks, fp8 or {})
     softmax_scale = _check_softmax_scale(softmax_scale, q.shape[-1])
     head_dim_v = v.shape[-1]
     q, k, v = (_maybe_contiguous(x) for x in (q, k, v))
@@ -166,6 +235,14 @@ def flash_attn_func(
     return_attn_probs: bool = False,
     *,
     sinks: Optional[Tensor] = None,
+    q_descale: Optional[Tensor] = None,
+    k_descale: Optional[Tensor] = None,
+    v_descale: Optional[Tensor] = None,
+    q_block_descale: Optional[Tensor] = None,
+    k_block_descale: Optional[Tensor] = None,
+    v_block_descale: Optional[Tensor] = None,
+    descale_block: Optional[Tuple[int, int]] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ):
     """Exact attention softmax(q k^T * softmax_scale) v.
 
@@ -190,11 +267,22 @@ def flash_attn_func(
             h as one more logit, P_ij = exp(s_ij) / (exp(sinks[h]) + sum_j exp(s_ij)), taking
             probability mass and adding no value; softmax_lse includes it. Not scaled, capped or
             ALiBi-shifted. Gradients flow to it when it requires grad.
+        q_descale, k_descale, v_descale: FP8 only (q, k, v float8_e4m3fn, CPU tensors for now):
+            float32 (batch, nheads_k), as FlashAttention-3; an element x of q stands for
+            x * q_descale[b, h // (nheads // nheads_k)] (and so on for k, v).
+        q_block_descale, k_block_descale, v_block_descale, descale_block: FP8 per-block
+            factors, float32 (batch, nheads, ceil(seqlen_q / block_m)) for q and
+            (batch, nheads_k, ceil(seqlen_k / block_n)) for k and v, descale_block =
+            (block_m, block_n) rows per factor; they multiply with the per-head ones.
+        out_dtype: FP8 only: torch.bfloat16 (default) or torch.float16.
     Returns:
         out (batch, seqlen_q, nheads, headdim_v), or (out, softmax_lse, S_dmask).
     """
+    fp8 = dict(q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+               q_block_descale=q_block_descale, k_block_descale=k_block_descale,
+               v_block_descale=v_block_descale, descale_block=descale_block, out_dtype=out_dtype)
     return _attn_dense(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, deterministic, return_attn_probs, sinks)
+                       alibi_slopes, deterministic, return_attn_probs, sinks, fp8)
 
 
 def flash_attn_varlen_qkvpacked_func(
@@ -268,6 +356,14 @@ def flash_attn_varlen_func(
     block_table: Optional[Tensor] = None,
     *,
     sinks: Optional[Tensor] = None,
+    q_descale: Optional[Tensor] = None,
+    k_descale: Optional[Tensor] = None,
+    v_descale: Optional[Tensor] = None,
+    q_block_descale: Optional[Tensor] = None,
+    k_block_descale: Optional[Tensor] = None,
+    v_block_descale: Optional[Tensor] = None,
+    descale_block: Optional[Tuple[int, int]] = None,
+    out_dtype: Optional[torch.dtype] = None,
 ):
     """Variable-length attention: q (total_q, nheads, headdim), k (total_k, nheads_k, headdim),
     v (total_k, nheads_k, headdim_v).
@@ -275,11 +371,16 @@ def flash_attn_varlen_func(
     Sequence i owns rows cu_seqlens_q[i]:cu_seqlens_q[i+1] of q (and likewise of k, v);
     causal and window masks are aligned per sequence. With block_table (batch, max_blocks) int32,
     k and v are a paged cache (num_blocks, page_block_size, nheads_k, headdim) (forward only).
-    softmax_lse is (nheads, total_q). sinks: as in flash_attn_func.
+    softmax_lse is (nheads, total_q). sinks and the FP8 arguments: as in flash_attn_func, with
+    rows counted within each sequence (per-block factors of sequence i start at its first row;
+    seqlen_q / seqlen_k are max_seqlen_q / max_seqlen_k).
     """
+    fp8 = dict(q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+               q_block_descale=q_block_descale, k_block_descale=k_block_descale,
+               v_block_descale=v_block_descale, descale_block=descale_block, out_dtype=out_dtype)
     return _attn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
-                        deterministic, return_attn_probs, block_table, sinks)
+                        deterministic, return_attn_probs, block_table, sinks, fp8)
 
 
 def flash_attn_with_kvcache(
@@ -336,6 +437,10 @@ def flash_attn_with_kvcache(
         with FLASHATTN_CHECK_DEVICE_INDICES=0, where such a sequence gets zeros instead
         (docs/kvcache.md).
     """
+    if any(x is not None and x.dtype == _FP8 for x in (q, k_cache, v_cache, k, v)):
+        raise NotImplementedError(
+            "flashattn: flash_attn_with_kvcache does not take float8_e4m3fn tensors yet (the "
+            "C++ API's mha_fwd_kvcache does, on the CPU; docs/fp8.md)")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"flashattn: {name} must have a contiguous last dimension "

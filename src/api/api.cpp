@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 
+#include "api/route.h"
 #include "api/validate.h"
 #include "cpu/backend.h"
 #if defined(FA_WITH_CUDA)
@@ -36,11 +37,19 @@ const char* dtype_name(DType t) {
     case DType::kFloat32: return "fp32";
     case DType::kFloat16: return "fp16";
     case DType::kBFloat16: return "bf16";
+    case DType::kFloat8E4M3: return "fp8_e4m3";
+    case DType::kUnset: return "unset";
   }
   return "unknown";
 }
 
-int dtype_size(DType t) { return t == DType::kFloat32 ? 4 : 2; }
+int dtype_size(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat8E4M3: return 1;
+    default: return 2;
+  }
+}
 
 const char* backend_name(Backend b) { return b == Backend::kCuda ? "cuda" : "cpu"; }
 
@@ -81,14 +90,28 @@ Status locate_fwd(const FwdParams& p, Backend* out) {
                      {"o_ptr", p.o_ptr}, {"softmax_lse_ptr", p.softmax_lse_ptr},
                      {"cu_seqlens_q", p.cu_seqlens_q}, {"cu_seqlens_k", p.cu_seqlens_k},
                      {"seqused_k", p.seqused_k}, {"block_table", p.block_table},
-                     {"alibi_slopes", p.alibi_slopes}, {"sinks", p.sinks}, {"p_ptr", p.p_ptr}},
+                     {"alibi_slopes", p.alibi_slopes}, {"sinks", p.sinks}, {"p_ptr", p.p_ptr},
+                     {"q_descale", p.q_descale}, {"k_descale", p.k_descale},
+                     {"v_descale", p.v_descale}, {"q_block_descale", p.q_block_descale},
+                     {"k_block_descale", p.k_block_descale},
+                     {"v_block_descale", p.v_block_descale}},
                     out);
 }
+
+#if defined(FA_WITH_CUDA)
+// Why no GPU kernel path can run a request at all (empty: some may); combine has no such case.
+std::string gpu_refusal(const FwdParams& p) { return route::gpu_unsupported(p); }
+std::string gpu_refusal(const CombineParams&) { return ""; }
+#endif
 
 template <typename P, typename CpuFn, typename CudaFn>
 Status run(const P& p, Backend be, CpuFn cpu_fn, CudaFn cuda_fn) {
   if (be == Backend::kCpu) return cpu_fn(p);
 #if defined(FA_WITH_CUDA)
+  // Requests no GPU kernel path covers at all (fp8 inputs) are refused here, before any kernel
+  // code sees a dtype it has no instantiation for.
+  if (std::string why = gpu_refusal(p); !why.empty())
+    return Status::not_supported(why);
   return cuda_fn(p);
 #else
   (void)cuda_fn;

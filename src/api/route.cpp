@@ -47,7 +47,16 @@ GpuPath last_gpu_path() { return last_path; }
 
 namespace route {
 
+std::string gpu_unsupported(const FwdParams& p) {
+  if (p.dtype == DType::kFloat8E4M3)
+    return "fp8 (e4m3) inputs: no GPU kernel computes FP8 attention yet (the Hopper FP8 forward "
+           "is planned, docs/fp8.md); the CPU backend does, on host tensors. Nothing was "
+           "converted to another dtype";
+  return "";
+}
+
 std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
+  if (p.dtype == DType::kFloat8E4M3) return "fp8 (e4m3): no Hopper FP8 kernel yet";
   if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";

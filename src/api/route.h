@@ -28,6 +28,12 @@ struct FwdRequest {
   int num_splits = 1;             // split count the dispatch chose (1 = no split)
 };
 
+// Empty when some GPU kernel path (SM80 or Hopper) may run the request; else why none can, as a
+// NotSupported message naming the feature. fp8 (e4m3) inputs have no GPU kernel yet: the CPU
+// reference and backend compute them (docs/fp8.md has the Hopper kernel's design). Checked by the
+// public entry points before the GPU dispatch, so nothing runs and nothing is written.
+std::string gpu_unsupported(const FwdParams& p);
+
 // Empty when the Hopper forward covers the request; else the first reason it does not (a
 // feature name, for messages and tests).
 std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r);

@@ -54,7 +54,8 @@ std::string hex(const void* p) {
 }
 
 bool known_dtype(DType t) {
-  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
+  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16 ||
+         t == DType::kFloat8E4M3;
 }
 
 int64_t floor_div(int64_t a, int64_t b) {  // b > 0
@@ -292,9 +293,69 @@ const char* entry_name(Entry e, bool varlen) {
 
 Status check_dtype(DType t, Backend be) {
   if (!known_dtype(t))
-    return invalid("dtype: ", int(t), " is not a DType (0 = fp32, 1 = fp16, 2 = bf16)");
+    return invalid("dtype: ", int(t),
+                   " is not a DType (0 = fp32, 1 = fp16, 2 = bf16, 3 = fp8_e4m3)");
   if (be == Backend::kCuda && t == DType::kFloat32)
     return invalid("dtype: fp32 is not supported on the GPU (fp16, bf16)");
+  return Status::ok_status();
+}
+
+// The output type, and the FP8-only arguments (descales) and restrictions. fp8 attention is
+// forward-only inference, as FlashAttention-3's: no backward, no dropout, no probabilities, no
+// rotary (a rotated key would have to be requantized with a scale the call does not have).
+Status check_fp8(const FwdParams& p, Entry e) {
+  const bool fp8 = p.dtype == DType::kFloat8E4M3;
+  if (fp8) {
+    if (p.out_dtype != DType::kBFloat16 && p.out_dtype != DType::kFloat16)
+      return invalid("out_dtype: ", dtype_name(p.out_dtype),
+                     " is not an output type for fp8 inputs (bf16 or fp16; unset means bf16)");
+  } else if (p.out_dtype != p.dtype) {
+    return invalid("out_dtype: ", dtype_name(p.out_dtype), " differs from dtype = ",
+                   dtype_name(p.dtype),
+                   " (a separate output type is for fp8 inputs only; leave it unset)");
+  }
+  struct Named {
+    const char* name;
+    const void* ptr;
+  };
+  const Named descales[] = {{"q_descale", p.q_descale},
+                            {"k_descale", p.k_descale},
+                            {"v_descale", p.v_descale},
+                            {"q_block_descale", p.q_block_descale},
+                            {"k_block_descale", p.k_block_descale},
+                            {"v_block_descale", p.v_block_descale}};
+  if (!fp8) {
+    for (const Named& d : descales)
+      if (d.ptr != nullptr)
+        return invalid(d.name, ": descale factors apply to fp8 (e4m3) inputs only; dtype is ",
+                       dtype_name(p.dtype), " (set it to null)");
+    if (p.descale_block_m != 0 || p.descale_block_n != 0)
+      return invalid(p.descale_block_m != 0 ? "descale_block_m" : "descale_block_n",
+                     ": block descales apply to fp8 (e4m3) inputs only; dtype is ",
+                     dtype_name(p.dtype), " (leave it 0)");
+    return Status::ok_status();
+  }
+  if (e == Entry::kBwd)
+    return invalid("dtype: fp8 (e4m3) attention has no backward: it is forward-only inference, as "
+                   "in FlashAttention-3 (train in bf16/fp16)");
+  if (p.p_dropout > 0.f)
+    return invalid("p_dropout: ", p.p_dropout,
+                   " is not allowed with fp8 inputs (forward-only inference: no dropout)");
+  if (p.p_ptr != nullptr)
+    return invalid("p_ptr: must be null with fp8 inputs (the attention probabilities are not "
+                   "returned by the FP8 forward)");
+  const bool q_blocks = p.q_block_descale != nullptr;
+  const bool kv_blocks = p.k_block_descale != nullptr || p.v_block_descale != nullptr;
+  if (q_blocks ? p.descale_block_m < 1 : p.descale_block_m != 0)
+    return invalid("descale_block_m: ", p.descale_block_m,
+                   q_blocks ? " must be >= 1 with q_block_descale (q rows per factor)"
+                            : " must be 0 without q_block_descale (no q block factors given)");
+  if (kv_blocks ? p.descale_block_n < 1 : p.descale_block_n != 0)
+    return invalid("descale_block_n: ", p.descale_block_n,
+                   kv_blocks ? " must be >= 1 with k_block_descale / v_block_descale (key rows "
+                               "per factor)"
+                             : " must be 0 without k_block_descale / v_block_descale (no key "
+                               "block factors given)");
   return Status::ok_status();
 }
 
@@ -447,6 +508,82 @@ TensorArg k_like(const FwdParams& p, bool varlen, int batch, const Names& n, con
   return strided(n.name, n.ptr, ptr, t, std::move(dims), hd, written);
 }
 
+// The fp8 descale factors: [b, h_k] per head (both strides free), [b, heads, blocks] per block
+// (the block dim contiguous). fp32, read-only, moved as scalars (no 16-byte vectors).
+void add_descale_tensors(const FwdParams& p, std::vector<TensorArg>* out) {
+  auto per_head = [&](const char* name, const float* ptr, const char* bs_name, int64_t bs,
+                      const char* hs_name, int64_t hs) {
+    if (ptr == nullptr) return;
+    TensorArg a = strided(name, name, ptr, DType::kFloat32,
+                          {{bs_name, "batch", p.b, bs}, {hs_name, "head", p.h_k, hs}}, 1, false);
+    a.vector_io = false;
+    out->push_back(std::move(a));
+  };
+  per_head("q_descale", p.q_descale, "q_descale_batch_stride", p.q_descale_batch_stride,
+           "q_descale_head_stride", p.q_descale_head_stride);
+  per_head("k_descale", p.k_descale, "k_descale_batch_stride", p.k_descale_batch_stride,
+           "k_descale_head_stride", p.k_descale_head_stride);
+  per_head("v_descale", p.v_descale, "v_descale_batch_stride", p.v_descale_batch_stride,
+           "v_descale_head_stride", p.v_descale_head_stride);
+  auto per_block = [&](const char* name, const float* ptr, const char* bs_name, int64_t bs,
+                       const char* hs_name, int64_t hs, int heads, int64_t blocks) {
+    if (ptr == nullptr) return;
+    TensorArg a = strided(name, name, ptr, DType::kFloat32,
+                          {{bs_name, "batch", p.b, bs}, {hs_name, "head", heads, hs}}, blocks,
+                          false);
+    a.vector_io = false;
+    out->push_back(std::move(a));
+  };
+  auto blocks = [](int rows, int block) { return block < 1 ? 0 : (int64_t(rows) + block - 1) / block; };
+  per_block("q_block_descale", p.q_block_descale, "q_block_descale_batch_stride",
+            p.q_block_descale_batch_stride, "q_block_descale_head_stride",
+            p.q_block_descale_head_stride, p.h, blocks(p.seqlen_q, p.descale_block_m));
+  per_block("k_block_descale", p.k_block_descale, "k_block_descale_batch_stride",
+            p.k_block_descale_batch_stride, "k_block_descale_head_stride",
+            p.k_block_descale_head_stride, p.h_k, blocks(p.seqlen_k, p.descale_block_n));
+  per_block("v_block_descale", p.v_block_descale, "v_block_descale_batch_stride",
+            p.v_block_descale_batch_stride, "v_block_descale_head_stride",
+            p.v_block_descale_head_stride, p.h_k, blocks(p.seqlen_k, p.descale_block_n));
+}
+
+// The fp8 descale factors' values (host memory): each must be finite and > 0. Positive, because
+// the FP8 kernel folds them into the softmax scale and keeps the row maximum of the unscaled
+// scores (max(c s) = c max(s) only for c > 0); finite, because an infinite or NaN factor has no
+// attention to compute.
+Status check_descale_values(const FwdParams& p) {
+  // n2 < 0: a per-head [n0, n1] tensor; else per block, [n0, n1, n2].
+  auto check = [](const char* name, const float* ptr, int n0, int64_t s0, int n1, int64_t s1,
+                  int64_t n2) -> Status {
+    if (ptr == nullptr) return Status::ok_status();
+    for (int i = 0; i < n0; ++i)
+      for (int j = 0; j < n1; ++j)
+        for (int64_t t = 0; t < std::max<int64_t>(n2, 1); ++t) {
+          const float v = ptr[int64_t(i) * s0 + int64_t(j) * s1 + t];
+          if (!(std::isfinite(v) && v > 0.f))
+            return invalid(name, "[", i, "][", j, n2 < 0 ? std::string() : cat("][", t), "]: ", v,
+                           " must be finite and > 0 (a descale multiplies the e4m3 values)");
+        }
+    return Status::ok_status();
+  };
+  auto blocks = [](int rows, int block) { return block < 1 ? 0 : (int64_t(rows) + block - 1) / block; };
+  const Status checks[] = {
+      check("q_descale", p.q_descale, p.b, p.q_descale_batch_stride, p.h_k,
+            p.q_descale_head_stride, -1),
+      check("k_descale", p.k_descale, p.b, p.k_descale_batch_stride, p.h_k,
+            p.k_descale_head_stride, -1),
+      check("v_descale", p.v_descale, p.b, p.v_descale_batch_stride, p.h_k,
+            p.v_descale_head_stride, -1),
+      check("q_block_descale", p.q_block_descale, p.b, p.q_block_descale_batch_stride, p.h,
+            p.q_block_descale_head_stride, blocks(p.seqlen_q, p.descale_block_m)),
+      check("k_block_descale", p.k_block_descale, p.b, p.k_block_descale_batch_stride, p.h_k,
+            p.k_block_descale_head_stride, blocks(p.seqlen_k, p.descale_block_n)),
+      check("v_block_descale", p.v_block_descale, p.b, p.v_block_descale_batch_stride, p.h_k,
+            p.v_block_descale_head_stride, blocks(p.seqlen_k, p.descale_block_n))};
+  for (const Status& s : checks)
+    if (!s.ok()) return s;
+  return Status::ok_status();
+}
+
 // The arguments every forward-shaped call has. `k_batch` is the batch extent of a contiguous
 // dense k/v: b, or b_cache for the KV cache. `kv_written`: the KV cache appends into k/v;
 // `o_written`: o and the LSE are outputs (forward) rather than inputs (backward).
@@ -467,7 +604,7 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
   out->push_back(q_like(p, varlen, {"o", "o_ptr", "o_batch_stride", "o_row_stride",
                                     "o_head_stride"},
                         p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, o_written,
-                        p.dtype, p.dv));
+                        p.out_dtype, p.dv));
 
   const Int128 rows_q = varlen ? Int128(p.total_q) : Int128(p.b) * p.seqlen_q;
   if (p.softmax_lse_ptr != nullptr)
@@ -483,6 +620,7 @@ void add_fwd_tensors(const FwdParams& p, bool varlen, int k_batch, bool kv_writt
     out->push_back(array("alibi_slopes", "alibi_slopes", p.alibi_slopes, 4, n, false));
   }
   if (p.sinks != nullptr) out->push_back(array("sinks", "sinks", p.sinks, 4, p.h, false));
+  add_descale_tensors(p, out);
   if (p.cu_seqlens_q != nullptr)
     out->push_back(array("cu_seqlens_q", "cu_seqlens_q", p.cu_seqlens_q, 4, p.b + Int128(1),
                          false));
@@ -570,6 +708,7 @@ Status check_fwd_values(const FwdParams& p, bool varlen) {
 
 Status validate_fwd_like(const FwdParams& p, Backend be, bool varlen, Entry e) {
   if (Status s = check_dtype(p.dtype, be); !s.ok()) return s;
+  if (Status s = check_fp8(p, e); !s.ok()) return s;
   if (Status s = check_sizes(p, be); !s.ok()) return s;
   if (Status s = check_options(p, e); !s.ok()) return s;
   return check_modes(p, e, varlen);
@@ -584,8 +723,9 @@ Status validate_fwd(const FwdParams& p, Backend be, bool varlen) {
   std::vector<TensorArg> args;
   add_fwd_tensors(p, varlen, p.b, /*kv_written=*/false, /*o_written=*/true, &args);
   if (Status s = check_tensors(args, be); !s.ok()) return s;
-  if (be == Backend::kCpu) return check_fwd_values(p, varlen);
-  return Status::ok_status();
+  if (be != Backend::kCpu) return Status::ok_status();
+  if (Status s = check_fwd_values(p, varlen); !s.ok()) return s;
+  return check_descale_values(p);
 }
 
 Status validate_bwd(const BwdParams& p, Backend be, bool varlen) {
@@ -654,6 +794,11 @@ Status check_kvcache_options(const KVCacheParams& p) {
     return invalid("knew_ptr: must not be null when seqlen_knew = ", p.seqlen_knew, " > 0");
 
   if (p.rotary_cos != nullptr || p.rotary_sin != nullptr) {
+    if (p.dtype == DType::kFloat8E4M3)
+      return invalid(p.rotary_cos != nullptr ? "rotary_cos" : "rotary_sin",
+                     ": rotary is not available with an fp8 cache (the rotated keys would need "
+                     "requantizing with a descale the call does not have; rotate and quantize "
+                     "before appending)");
     if (p.rotary_cos == nullptr)
       return invalid("rotary_cos: must be given together with rotary_sin (both or neither)");
     if (p.rotary_sin == nullptr)
@@ -714,6 +859,7 @@ Status validate_kvcache(const KVCacheParams& p, Backend be) {
     if (v.rule != kKVIndexOk) return kvcache_index_error(p, v);
   }
   if (be != Backend::kCpu) return Status::ok_status();
+  if (Status s = check_descale_values(p); !s.ok()) return s;
 
   // Host memory: the index arrays' values, sequence by sequence in the order the GPU's
   // device-side check reports them (common/kvcache_index.h).
@@ -814,8 +960,9 @@ Status kvcache_index_error(const KVCacheParams& p, const KVIndexViolation& v) {
 }
 
 Status validate_combine(const CombineParams& p, Backend be) {
-  if (!known_dtype(p.dtype))
-    return invalid("dtype: ", int(p.dtype), " is not a DType (0 = fp32, 1 = fp16, 2 = bf16)");
+  if (!known_dtype(p.dtype) || p.dtype == DType::kFloat8E4M3)
+    return invalid("dtype: ", dtype_name(p.dtype),
+                   " is not an output type of mha_combine (fp32, fp16, bf16)");
   if (p.num_splits < 1) return invalid("num_splits: ", p.num_splits, " must be >= 1");
   if (p.b < 0) return invalid("b: ", p.b, " is negative (b = 0 is an empty no-op call)");
   if (p.seqlen_q < 0) return invalid("seqlen_q: ", p.seqlen_q, " is negative");

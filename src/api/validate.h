@@ -16,11 +16,14 @@
 namespace flashattn::detail {
 
 // Defaults applied before validation and dispatch: softmax_scale 0 -> 1/sqrt(d); dv 0 -> d;
-// is_causal -> window_size_right = 0. Works on any params struct derived from FwdParams.
+// is_causal -> window_size_right = 0; out_dtype unset -> dtype (bf16 for fp8 inputs). Works on
+// any params struct derived from FwdParams.
 template <typename P>
 P resolve(P p) {
   if (p.softmax_scale == 0.f && p.d > 0) p.softmax_scale = 1.f / std::sqrt(float(p.d));
   if (p.dv == 0) p.dv = p.d;
+  if (p.out_dtype == DType::kUnset)
+    p.out_dtype = p.dtype == DType::kFloat8E4M3 ? DType::kBFloat16 : p.dtype;
   if (p.is_causal) p.window_size_right = 0;
   return p;
 }

@@ -1,11 +1,13 @@
 // Scalar conversions between fp32 and the 16-bit storage types, round-to-nearest-even, written
 // out so the CPU backend and reference need no compiler extension. (Device code uses the CUDA
-// intrinsics; these give bit-identical results.)
+// intrinsics; these give bit-identical results.) The 8-bit e4m3 type is in common/fp8.h; the
+// dtype-generic load/store below know it too (stores saturate to +-448).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
+#include "common/fp8.h"
 #include "common/host_device.h"
 #include "flashattn/params.h"
 
@@ -60,6 +62,7 @@ FA_HD float load_as_float(const void* p, DType t, int64_t idx) {
   switch (t) {
     case DType::kFloat32: return static_cast<const float*>(p)[idx];
     case DType::kFloat16: return fp16_to_float(static_cast<const uint16_t*>(p)[idx]);
+    case DType::kFloat8E4M3: return e4m3_to_float(static_cast<const uint8_t*>(p)[idx]);
     default: return bf16_to_float(static_cast<const uint16_t*>(p)[idx]);
   }
 }
@@ -69,6 +72,7 @@ FA_HD void store_from_float(void* p, DType t, int64_t idx, float v) {
   switch (t) {
     case DType::kFloat32: static_cast<float*>(p)[idx] = v; break;
     case DType::kFloat16: static_cast<uint16_t*>(p)[idx] = float_to_fp16(v); break;
+    case DType::kFloat8E4M3: static_cast<uint8_t*>(p)[idx] = float_to_e4m3(v); break;
     default: static_cast<uint16_t*>(p)[idx] = float_to_bf16(v); break;
   }
 }
@@ -78,6 +82,7 @@ FA_HD float round_to_dtype(float v, DType t) {
   switch (t) {
     case DType::kFloat32: return v;
     case DType::kFloat16: return fp16_to_float(float_to_fp16(v));
+    case DType::kFloat8E4M3: return round_to_e4m3(v);
     default: return bf16_to_float(float_to_bf16(v));
   }
 }

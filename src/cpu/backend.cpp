@@ -3,6 +3,11 @@
 // appends the new tokens (with rotary) into the cache and rotates a copy of q, then attends over
 // keys [cache_leftpad, cache_seqlens + seqlen_knew) through the same core. Params arrive
 // validated and resolved (detail::resolve).
+//
+// fp8 (e4m3) inputs run the reference's emulation of the FP8 kernel (cpu/reference.h: double
+// accumulation, one (sequence, head) at a time, no threads): bit for bit the oracle the GPU
+// kernel is tested against, at the reference's speed. The tiled fp32 core has no fp8 loads and
+// no quantized P.V, and an fp8 path of its own would be a second emulation to keep identical.
 #include "cpu/backend.h"
 
 #include <algorithm>
@@ -18,6 +23,7 @@
 #include "common/rotary.h"
 #include "cpu/backend_common.h"
 #include "cpu/kernels.h"
+#include "cpu/reference.h"
 #include "cpu/thread_pool.h"
 
 namespace flashattn::cpu {
@@ -95,6 +101,11 @@ int num_threads() {
 const char* isa() { return active_kernels().name; }
 
 Status mha_fwd(const FwdParams& p) {
+  if (p.dtype == DType::kFloat8E4M3) {
+    Status s;
+    const Status g = guarded("mha_fwd", [&] { s = ref::mha_fwd(p); });
+    return g.ok() ? s : g;
+  }
   return guarded("mha_fwd", [&] { run_forward(p, make_seq_views(p)); });
 }
 
@@ -103,6 +114,11 @@ Status mha_bwd(const BwdParams& p) {
 }
 
 Status mha_fwd_kvcache(const KVCacheParams& p) {
+  if (p.dtype == DType::kFloat8E4M3) {
+    Status s;
+    const Status g = guarded("mha_fwd_kvcache", [&] { s = ref::mha_fwd_kvcache(p); });
+    return g.ok() ? s : g;
+  }
   return guarded("mha_fwd_kvcache", [&] {
     const int es = dtype_size(p.dtype);
     const bool paged = p.block_table != nullptr;

@@ -11,7 +11,11 @@
 //                 P_ij = p_ij / l_i,        lse_i = m_i + log l_i
 //                 o_i  = sum_j P_ij Z_ij / (1 - p_drop) v_j   (Z: dropout keep mask, 1 if off)
 //               q and k have d columns, v and o dv columns.
-//   3. scatter  the results, rounded once to the params' dtype.
+//   3. scatter  the results, rounded once to the params' dtype (out_dtype for o).
+// fp8 (e4m3) inputs are the emulated FP8 kernel (docs/algorithm.md, "FP8"): step 1 dequantizes
+// them (x * descales, exact in double), step 2 quantizes each row's probabilities to e4m3 the way
+// the kernel will, P^_ij = e4m3(256 exp(s_ij - m_i)), and normalizes by the unquantized row sum:
+//                 o_i  = sum_j (P^_ij / 256) v_j / l_i,   lse_i as above.
 // The rules themselves (visibility, score modifiers, Philox dropout, rotary, paged addressing,
 // LSE merge, conversions) come from src/common, the same definitions the GPU kernels and the
 // CPU backend use. The aim is to be obviously right; speed only matters in that tests call it
@@ -25,6 +29,8 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "common/descale.h"
+#include "common/fp8.h"
 #include "common/lse_merge.h"
 #include "common/mask.h"
 #include "common/numeric.h"
@@ -122,6 +128,8 @@ struct Head {
   // The head's sink logit: one more term of every row's softmax denominator, with no value.
   // -inf (no sink) adds nothing.
   double sink = -std::numeric_limits<double>::infinity();
+  // fp8 inputs: the probabilities that multiply V are quantized to e4m3 as the kernel does.
+  bool quantize_p = false;
 
   int seqlen_q() const { return q.rows; }
   int seqlen_k() const { return k.rows; }
@@ -138,7 +146,9 @@ struct Head {
 // if qk is non-null, qk[j] the raw dot product q_i . k_j (the softcap chain rule needs it).
 // Returns lse_i (the sink included), or -inf when row i sees no key and has no sink. A row with
 // a sink and no visible key returns lse_i = sink with every P_ij = 0: the sink takes it all.
-double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<double>* qk) {
+// If p_unnorm is non-null it gets exp(s_ij - m_i) (0 where not visible) and *row_sum l_i.
+double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<double>* qk,
+                   std::vector<double>* p_unnorm = nullptr, double* row_sum = nullptr) {
   const int n = hd.seqlen_k();
   P->assign(n, 0.0);
   if (qk != nullptr) qk->assign(n, 0.0);
@@ -162,6 +172,8 @@ double softmax_row(const Head& hd, int i, std::vector<double>* P, std::vector<do
     (*P)[j] = std::exp(s[j] - m);
     l += (*P)[j];
   }
+  if (p_unnorm != nullptr) *p_unnorm = *P;
+  if (row_sum != nullptr) *row_sum = l;
   // P_ij = p_ij / l_i.
   for (int j = 0; j < n; ++j) (*P)[j] /= l;
   return m + std::log(l);
@@ -175,11 +187,24 @@ void attention_forward(const Head& hd, Mat* o, std::vector<double>* lse, Mat* pr
   *o = Mat(s_q, d);
   lse->assign(s_q, kInf);
   if (probs != nullptr) *probs = Mat(s_q, s_k);
-  std::vector<double> P;
+  std::vector<double> P, p_unnorm;
+  double l = 0;
   for (int i = hd.first_row(); i < hd.last_row(); ++i) {
-    const double lse_i = softmax_row(hd, i, &P, nullptr);
+    const double lse_i = softmax_row(hd, i, &P, nullptr, &p_unnorm, &l);
     if (lse_i == -kInf) continue;  // no visible key and no sink: o_i = 0, lse_i = +inf
     (*lse)[i] = lse_i;
+    if (hd.quantize_p) {
+      // The FP8 kernel's P.V: P^_ij = e4m3(256 exp(s_ij - m_i)) (the fp32 value rounded to
+      // nearest even), normalized by 256 l_i, the row sum of the values BEFORE quantization
+      // (the kernel sums the fp32 exponentials). Inference only: no dropout, no probabilities.
+      for (int j = 0; j < s_k; ++j) {
+        if (!hd.visible(i, j)) continue;
+        const double p_hat = round_to_e4m3(float(double(kFp8PScale) * p_unnorm[j]));
+        const double w = p_hat / (double(kFp8PScale) * l);
+        for (int x = 0; x < d; ++x) o->row(i)[x] += w * hd.v.row(j)[x];
+      }
+      continue;
+    }
     // o_i = sum_j P_ij Z_ij / (1 - p) v_j.
     double* o_i = o->row(i);
     for (int j = 0; j < s_k; ++j) {
@@ -296,6 +321,25 @@ int64_t key_offset(const FwdParams& p, const SeqlenInfo& info, int bidb, int t, 
                        p.cu_seqlens_k != nullptr);
 }
 
+// fp8 inputs: the values q, k, v stand for, x * descales (common/descale.h), in double (exact:
+// the product of an e4m3 value and two floats). Query row r is row r of its sequence; key row j
+// is logical key key0 + j (the KV cache's left padding counts). Also turns on the quantized P.
+void dequantize_fp8(const FwdParams& p, int bidb, int bidh, int key0, Head* hd) {
+  if (p.dtype != DType::kFloat8E4M3) return;
+  hd->quantize_p = true;
+  const int hk = kv_head_of(p, bidh);
+  const Fp8Descale dq = Fp8Descale::q(p), dk = Fp8Descale::k(p), dv = Fp8Descale::v(p);
+  auto scale_rows = [](Mat* m, auto factor_of_row) {
+    for (int r = 0; r < m->rows; ++r) {
+      const double f = factor_of_row(r);
+      for (int x = 0; x < m->cols; ++x) m->row(r)[x] *= f;
+    }
+  };
+  scale_rows(&hd->q, [&](int r) { return double(dq.at(bidb, hk, bidh, r)); });
+  scale_rows(&hd->k, [&](int j) { return double(dk.at(bidb, hk, hk, key0 + j)); });
+  scale_rows(&hd->v, [&](int j) { return double(dv.at(bidb, hk, hk, key0 + j)); });
+}
+
 // The Head of (sequence bidb, query head bidh) of a forward or backward call.
 Head make_head(const FwdParams& p, const Options& opt, int bidb, int bidh, const SeqlenInfo& info) {
   const bool varlen = p.cu_seqlens_q != nullptr;
@@ -310,6 +354,7 @@ Head make_head(const FwdParams& p, const Options& opt, int bidb, int bidh, const
   hd.v = gather_rows(p.v_ptr, p.dtype, info.seqlen_k, p.dv, [&](int t) {
     return key_offset(p, info, bidb, t, hk, p.v_batch_stride, p.v_row_stride, p.v_head_stride);
   });
+  dequantize_fp8(p, bidb, bidh, /*key0=*/0, &hd);
   hd.mask = VisibilityMask::make(info.seqlen_q, info.seqlen_k, p.is_causal, p.window_size_left,
                                  p.window_size_right);
   hd.mod = score_mod(p, bidb, bidh, info.seqlen_q, info.seqlen_k);
@@ -361,7 +406,7 @@ Status mha_fwd(const FwdParams& params, const Options& opt) {
       attention_forward(hd, &o, &lse, p.p_ptr != nullptr ? &probs : nullptr);
 
       const int r0 = hd.first_row(), r1 = hd.last_row();
-      scatter_rows(p.o_ptr, p.dtype, o, r0, r1, [&](int r) {
+      scatter_rows(p.o_ptr, p.out_dtype, o, r0, r1, [&](int r) {
         return info.q_offset(p.o_batch_stride, p.o_row_stride, p.o_head_stride, bidb, r, bidh,
                              varlen);
       });
@@ -529,6 +574,7 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
         for (int r = 0; r < s_q; ++r) rotate(hd.q.row(r), cache_len + (q_rows_advance ? r : 0));
       hd.k = gather_rows(p.k_ptr, p.dtype, s_k, p.d, [&](int j) { return k_at(leftpad + j, hk); });
       hd.v = gather_rows(p.v_ptr, p.dtype, s_k, p.dv, [&](int j) { return v_at(leftpad + j, hk); });
+      dequantize_fp8(p, bidb, bidh, /*key0=*/leftpad, &hd);
       hd.mask = VisibilityMask::make(s_q, s_k, p.is_causal, p.window_size_left,
                                      p.window_size_right);
       hd.mod = score_mod(p, bidb, bidh, s_q, s_k);
@@ -537,7 +583,7 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
       Mat o;
       std::vector<double> lse;
       attention_forward(hd, &o, &lse, nullptr);
-      scatter_rows(p.o_ptr, p.dtype, o, 0, o.rows, [&](int r) {
+      scatter_rows(p.o_ptr, p.out_dtype, o, 0, o.rows, [&](int r) {
         return int64_t(bidb) * p.o_batch_stride + int64_t(r) * p.o_row_stride +
                int64_t(bidh) * p.o_head_stride;
       });
