@@ -1,9 +1,15 @@
 // Named barriers of the Hopper forward kernel, and the thin wrappers over `bar.sync` /
-// `bar.arrive` it uses. Hardware barrier 0 is __syncthreads(); the kernel owns 1..7.
+// `bar.arrive` it uses. Hardware barrier 0 is __syncthreads(); the kernel owns 1..9.
 //
-//   kQueryEmpty      consumers (all kMmaThreads) arrive when they no longer read smem_q (Q, and
-//                    O staged in its place); the producer warp syncs on it before the TMA load of
-//                    the next tile's Q. Consumers also arrive once at start, for the first Q.
+//   kQueryEmpty      consumers (all kMmaThreads) arrive when their last S GEMM of a tile is done
+//                    (no wgmma reads smem_q any more); the producer warp syncs on it before the
+//                    TMA load of the next tile's Q, which so lands while the consumers finish the
+//                    tile. Consumers also arrive once at start, for the first Q.
+//   kOEmpty          consumers arrive when the O they staged in smem_v has been read out (by the
+//                    TMA store, or by their own vector loads); the producer warp syncs on it before
+//                    the first V load of the next tile. Consumers also arrive once at start.
+//   kEpilogue        all consumer threads, before staging O in smem_v: every warpgroup's last
+//                    P V GEMM (which reads smem_v) is done.
 //   kWarpGroup + w   the 128 threads of consumer warpgroup w: shared-memory writes of the
 //                    warpgroup (O staging, V tail zeroing) are visible to all of it after it.
 //   kTurn + w        ping-pong: consumer warpgroup w syncs on its own barrier before issuing a
@@ -16,8 +22,10 @@ namespace flashattn::sm90 {
 
 enum FwdBarrierSm90 : int {
   kQueryEmpty = 1,
-  kWarpGroup = 2,  // 2, 3, 4
-  kTurn = 5,       // 5, 6, 7
+  kOEmpty = 2,
+  kEpilogue = 3,
+  kWarpGroup = 4,  // 4, 5, 6
+  kTurn = 7,       // 7, 8, 9
 };
 
 __forceinline__ __device__ void named_barrier_sync(int id, int threads) {

@@ -2,8 +2,9 @@
 // and persistent.
 //
 // Schedule: a grid of min(tiles, SMs) CTAs, one per SM (shared memory and registers are sized
-// for one), each walking its tiles wave by wave (TileSchedulerSm90::tile_of) in
-// TileSchedulerSm90's order.
+// for one). CTA c runs tile c first, then whatever tile its producer takes next from the shared
+// counter (TileSchedulerSm90: list scheduling in its order); the producer passes each index to
+// the consumers through shared memory (PipelineStorage::tile_slot).
 // A CTA is 1 + kMmaWarpGroups warpgroups:
 //  - warpgroup 0, the producer, drops to kLoadRegisters registers (setmaxnreg); its warp 0
 //    issues every TMA load of Q, K and V (thread 0) into the pipelines of mainloop_fwd_sm90.cuh,
@@ -12,8 +13,9 @@
 //    the tile, runs its GEMMs on the tensor cores (wgmma), its online softmax, and its epilogue
 //    (epilogue_fwd_sm90.cuh).
 // The producer runs ahead of the consumers by the pipeline depth, across tile boundaries: the
-// next tile's first K block loads while the consumers finish the current one; only its Q waits
-// until the consumers have stored their O (which is staged in Q's buffer).
+// next tile's Q (once every warpgroup's last S GEMM is done) and first K blocks load while the
+// consumers finish the current tile and store its O; its first V waits until that O, staged in
+// the V buffers, has been read out (barriers_sm90.cuh).
 // Tiles whose rows see no key store O = 0, LSE = +inf and load nothing; tiles past a sequence's
 // end (varlen grids are sized by the longest sequence) are skipped by every role alike.
 #pragma once
@@ -55,7 +57,13 @@ struct FlashAttnFwdSm90 {
     const int warp_group = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);
     const int warp_in_group = __shfl_sync(0xffffffffu, (int(threadIdx.x) / 32) % 4, 0);
 
-    if (threadIdx.x == 0) storage.pipelines.barrier_q.init(1);
+    if (threadIdx.x == 0) {
+      storage.pipelines.barrier_q.init(1);
+      for (int i = 0; i < 2; ++i) {
+        storage.pipelines.tile_full[i].init(1);
+        storage.pipelines.tile_empty[i].init(Traits::kMmaThreads);
+      }
+    }
     typename PipelineKV::Params pipeline_params;
     pipeline_params.role = warp_group == 0 ? PipelineKV::ThreadCategory::Producer
                                            : PipelineKV::ThreadCategory::Consumer;
@@ -80,50 +88,67 @@ struct FlashAttnFwdSm90 {
         }
       }
       auto write = cutlass::make_producer_start_state<PipelineKV>();
+      int tile = blockIdx.x;
 #pragma unroll 1
-      for (int k = 0;; ++k) {
-        const int tile = TileSchedulerSm90::tile_of(blockIdx.x, gridDim.x, k);
-        if (tile >= args.scheduler.num_tiles) break;
+      for (int k = 0; tile < args.scheduler.num_tiles; ++k) {
         const TileWorkSm90 w = TileWorkSm90::make<kBlockM, kBlockN>(args, tile);
-        if (!w.keys) continue;
-        mainloop.load(args, storage.tensors, storage.pipelines, pipeline_k, pipeline_v, write, w,
-                      leader);
+        int next = 0;
+        // Take the next tile and hand it to the consumers (slot k % 2, its (k / 2)-th use).
+        auto take_next = [&] {
+          int v = 0;
+          if (leader) v = atomicAdd(args.tile_counter, 1);
+          next = __shfl_sync(0xffffffffu, v, 0) + int(gridDim.x);
+          if (leader) {
+            const int slot = k & 1;
+            storage.pipelines.tile_empty[slot].wait(((k >> 1) & 1) ^ 1);
+            storage.pipelines.tile_slot[slot] = next;
+            storage.pipelines.tile_full[slot].arrive();
+          }
+        };
+        if (w.keys) {
+          mainloop.load(args, storage.tensors, storage.pipelines, pipeline_k, pipeline_v, write, w,
+                        leader, take_next);
+        } else {
+          take_next();
+        }
+        tile = next;
       }
     } else {
       cutlass::arch::warpgroup_reg_alloc<Traits::kMmaRegisters>();
       const int wg = warp_group - 1;
       const int tid_wg = threadIdx.x % 128;
       Epilogue epilogue;
+      if (tid_wg == 0 && wg == 0 && args.o_by_tma)
+        cute::prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
       named_barrier_arrive(kQueryEmpty, Traits::kMmaThreads + 32);  // the first Q may load
+      named_barrier_arrive(kOEmpty, Traits::kMmaThreads + 32);      // and the first V
       if constexpr (Traits::kPingPong) {
         if (wg == 0) named_barrier_arrive(kTurn, 256);  // warpgroup 0 takes the first turn
       }
       typename Mainloop::PipelineState read;
       int q_phase = 0;
+      int tile = blockIdx.x;
 #pragma unroll 1
-      for (int k = 0;; ++k) {
-        const int tile = TileSchedulerSm90::tile_of(blockIdx.x, gridDim.x, k);
-        if (tile >= args.scheduler.num_tiles) break;
+      for (int k = 0; tile < args.scheduler.num_tiles; ++k) {
         const TileWorkSm90 w = TileWorkSm90::make<kBlockM, kBlockN>(args, tile);
-        if (!w.rows) continue;
-        if (!w.keys) {
+        if (w.keys) {
+          storage.pipelines.barrier_q.wait(q_phase);
+          q_phase ^= 1;
+          OnlineSoftmax<2> softmax(args.unit_log2);
+          Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaO{},
+                                             Shape<_64, Int<Traits::kHeadDim>>{});
+          mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, tOrO, softmax, wg,
+                       tid_wg);
+          float lse[2];
+          softmax.finalize(tOrO, args.unit, lse);
+          epilogue.store(args, w, tOrO, lse, storage.tensors.smem_v.data(), wg, tid_wg);
+        } else if (w.rows) {
           epilogue.store_empty(args, w, wg, tid_wg);
-          continue;
         }
-        storage.pipelines.barrier_q.wait(q_phase);
-        q_phase ^= 1;
-        OnlineSoftmax<2> softmax(args.unit_log2);
-        Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaO{},
-                                           Shape<_64, Int<Traits::kHeadDim>>{});
-        mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, tOrO, softmax, wg,
-                     tid_wg);
-        float lse[2];
-        softmax.finalize(tOrO, args.unit, lse);
-        epilogue.store(args, w, tOrO, lse, storage.tensors.smem_q.data(), wg, tid_wg);
-        // This warpgroup's reads of the staged O (generic proxy) are done before the next Q's
-        // TMA write (async proxy) into the same bytes.
-        cutlass::arch::fence_view_async_shared();
-        named_barrier_arrive(kQueryEmpty, Traits::kMmaThreads + 32);
+        const int slot = k & 1;
+        storage.pipelines.tile_full[slot].wait((k >> 1) & 1);
+        tile = storage.pipelines.tile_slot[slot];
+        storage.pipelines.tile_empty[slot].arrive();
       }
     }
   }

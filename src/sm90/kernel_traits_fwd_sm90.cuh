@@ -85,6 +85,14 @@ struct FwdTraitsSm90 {
                                       Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
   using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKVStage{},
                                        Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  // O of one consumer warpgroup (64 rows), staged in smem_v for the store: the V buffers are
+  // free once every warpgroup's last P V GEMM of the tile is done, and Q's buffer is by then
+  // already receiving the next tile's Q.
+  using SmemLayoutOWg = decltype(tile_to_shape(SmemAtom{}, Shape<_64, Int<kHeadDim>>{}));
+  static_assert(kMmaWarpGroups * 64 * kHeadDim <= kStages * kBlockN * kHeadDim,
+                "the staged O of every warpgroup fits in the V buffers");
+  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), GmemLayout{}),
+                                      SmemLayoutOWg{}, Shape<_64, Int<kHeadDim>>{}, _1{}));
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
 };
@@ -107,11 +115,19 @@ struct FwdArgsSm90 {
   bool kv_tail_in_tensor = false;
   bool has_kv = true;  // some key exists (else tma_k / tma_v are left unset and never used)
   TileSchedulerSm90 scheduler;
+  int* tile_counter = nullptr;  // zeroed per launch: tiles taken after each CTA's first
+
   typename Traits::GmemShape shape_q;  // (rows, d, h, batch) as the TMA descriptors were built
   typename Traits::GmemShape shape_kv;
   typename Traits::TmaQ tma_q;
   typename Traits::TmaKV tma_k;
   typename Traits::TmaKV tma_v;
+  // Dense outputs are stored by TMA (rows past seqlen_q and columns past d are clipped by the
+  // descriptor's bounds); varlen ones with predicated vector stores, since the rows past a
+  // sequence's end belong to the next sequence.
+  bool o_by_tma = false;
+  typename Traits::GmemShape shape_o;
+  typename Traits::TmaO tma_o;
 };
 
 }  // namespace flashattn::sm90

@@ -88,14 +88,35 @@ Status launch_fwd_sm90(const FwdParams& p) {
         typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   }
 
+  args.o_by_tma = !varlen;
+  if (args.o_by_tma) {
+    args.shape_o = args.shape_q;
+    Tensor mO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o_ptr)),
+                            make_layout(args.shape_o, make_stride(p.o_row_stride, _1{},
+                                                                  p.o_head_stride, p.o_batch_stride)));
+    args.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutOWg{},
+                               Shape<_64, Int<kHeadDim>>{}, _1{});
+  }
+
   const int sms = cuda::device_sm_count();
   if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
   const int grid = int(std::min<int64_t>(tiles, sms));
   auto* kernel = &flash_fwd_sm90_kernel<Kernel>;
   constexpr int kSmem = Kernel::kSmemSize;
   FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(args);
-  FA_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+  // The tile counter: stream-ordered scratch, zeroed right before the launch (under CUDA graph
+  // capture these become graph nodes like the launch itself).
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&args.tile_counter), sizeof(int), stream));
+  Status s = cuda::check_cuda(cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream),
+                              "cudaMemsetAsync(tile_counter)", __FILE__, __LINE__);
+  if (s.ok()) {
+    kernel<<<grid, Kernel::kNThreads, kSmem, stream>>>(args);
+    s = cuda::check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch", __FILE__, __LINE__);
+  }
+  const cudaError_t free_err = cudaFreeAsync(args.tile_counter, stream);
+  if (!s.ok()) return s;
+  FA_CUDA_CHECK(free_err);
   return Status::ok_status();
 }
 

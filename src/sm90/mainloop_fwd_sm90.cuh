@@ -9,7 +9,8 @@
 //
 // Producer (one thread), per tile, key blocks n_max - 1 = first, ..., n_min = last:
 //   K[first]; wait kQueryEmpty; Q; then K[n - 1], V[n] for each n; V[last]
-// (V of a block is issued after K of the next: the consumers need K[n] one step before V[n]).
+// (V of a block is issued after K of the next: the consumers need K[n] one step before V[n]);
+// before the tile's first V it waits kOEmpty, since the previous tile's O is staged in smem_v.
 //
 // Consumer warpgroup (64 query rows), per tile, with "||" = in flight on the tensor cores
 // while the warpgroup's own threads run the softmax:
@@ -18,7 +19,7 @@
 //     [ping-pong turn]  issue S = Q K[n]^T, issue O += P V[n + 1]  [pass the turn]
 //     wait S; release K[n]; score mods + mask; online softmax of S    || O += P V[n + 1]
 //     wait O; release V[n + 1]; O *= exp(m_old - m_new); P = 16-bit(S)
-//   O += P V[n_min]; wait; release V[n_min]
+//   [arrive kQueryEmpty: the next tile's Q may load]  O += P V[n_min]; wait; release V[n_min]
 // The softmax of block n runs while the P V GEMM of block n + 1 is on the tensor cores, and with
 // ping-pong the other warpgroups' GEMMs fill the tensor cores during this one's softmax.
 // Blocks that hold an invisible (row, key) pair (causal diagonal, window edges, the key tail)
@@ -108,16 +109,25 @@ struct MainloopFwdSm90 {
     typename PipelineKV::SharedStorage pipeline_k;
     typename PipelineKV::SharedStorage pipeline_v;
     cutlass::arch::ClusterTransactionBarrier barrier_q;
+    // The next tile index, producer -> consumers, double-buffered: slot k % 2 carries the tile
+    // after the CTA's k-th; tile_full[s] completes when the producer wrote slot s, tile_empty[s]
+    // when every consumer thread has read it.
+    cutlass::arch::ClusterBarrier tile_full[2];
+    cutlass::arch::ClusterBarrier tile_empty[2];
+    int tile_slot[2];
   };
 
   // ---- Producer ---------------------------------------------------------------------------
 
   // The TMA loads of one tile, issued by thread 0 of the CTA; the rest of warp 0 only joins the
   // kQueryEmpty barrier (a named barrier counts whole warps).
+  // after_q runs (on the whole warp) once Q is issued: the producer takes its next tile there, an
+  // atomic whose latency the tile's loads then hide.
+  template <class AfterQ>
   __forceinline__ __device__ void load(Args const& args, TensorStorage& ts, PipelineStorage& ps,
                                        PipelineKV& pipeline_k, PipelineKV& pipeline_v,
-                                       PipelineState& write, TileWorkSm90 const& w,
-                                       bool leader) const {
+                                       PipelineState& write, TileWorkSm90 const& w, bool leader,
+                                       AfterQ&& after_q) const {
     const bool varlen = args.p.cu_seqlens_q != nullptr;
     const int bidb_q = varlen ? 0 : w.bidb;
     Tensor mQ = args.tma_q.get_tma_tensor(args.shape_q)(_, _, w.bidh, bidb_q);     // (rows, d)
@@ -168,15 +178,22 @@ struct MainloopFwdSm90 {
                            TMA::CacheHintSm90::EVICT_FIRST),
            tQgQ, tQsQ);
     }
+    after_q();
+    // The first V of the tile overwrites the O the consumers staged for the previous tile.
+    bool first_v = true;
+    auto wait_o_read = [&] {
+      if (first_v) named_barrier_sync(kOEmpty, kMmaThreads + 32);
+      first_v = false;
+    };
 #pragma unroll 1
     for (; n > w.n_block_min; --n) {
       PipelineState state_v = write;
       ++write;
-      if (leader) {
-        load_k(n - 1, write);
-        load_v(n, state_v);
-      }
+      if (leader) load_k(n - 1, write);
+      wait_o_read();
+      if (leader) load_v(n, state_v);
     }
+    wait_o_read();
     if (leader) load_v(w.n_block_min, write);
     ++write;
   }
@@ -325,6 +342,8 @@ struct MainloopFwdSm90 {
       for (int i = 0; i < size(rP); ++i) rP(i) = rP_next(i);
     }
 
+    // Every S GEMM of this warpgroup is done: smem_q may take the next tile's Q.
+    named_barrier_arrive(kQueryEmpty, kMmaThreads + 32);
     consumer_wait(pipeline_v, read);
     if (w.n_block_min == n_first) zero_v_tail(n_first, read.index());
     wgmma_issue</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_o, tOrP, tOrV(_, _, _, read.index()), tOrO);

@@ -1,13 +1,12 @@
-// Persistent tile scheduler of the Hopper forward kernels, as pure functions from (CTA, step) to
-// a tile and from a tile to (query block, head, sequence), shared by the host (grid size, CPU
-// unit tests) and the kernel. A grid of G = min(tiles, SMs) CTAs takes the tiles in waves of G:
-// at step k CTA c runs tile k G + c on even steps and k G + (G - 1 - c) on odd ones (a "snake").
-// The producer warp and the consumer warpgroups of a CTA each walk the same sequence, so they
-// agree on every tile without talking to each other. Alternating the direction balances the
-// longest-first order below within one L2 section (CTA 0 no longer gets the longest tile of every
-// wave); across several sections it does not (a causal grid with four sections measured up to
-// 30 % between CTAs in a model of the order): taking tiles from a shared counter instead is the
-// planned fix (docs/sm90_forward.md).
+// Persistent tile scheduler of the Hopper forward kernels: the order of the tiles, as a pure
+// function from a tile index to (query block, head, sequence) shared by the host (grid size, CPU
+// unit tests) and the kernel, and how CTAs take them. A grid of G = min(tiles, SMs) CTAs, one
+// per SM: CTA c starts with tile c, then takes the next untaken tile in the order, by an
+// atomicAdd on a per-launch counter (tile = G + counter), whenever its producer warp moves on.
+// That is list scheduling: tiles of different lengths (causal, windows, varlen) balance to within
+// about one tile per CTA, which a fixed assignment (tile c + k G) does not: with the causal order
+// below it left CTAs up to 30 % apart. The producer hands each index to its consumer warpgroups
+// through shared memory (kernel_fwd_sm90.cuh).
 //
 // Order (what runs at the same time shares K / V in L2, and long tiles go first):
 //  - no causal / window mask: every query block of a head costs the same; the query block varies
@@ -53,11 +52,6 @@ struct TileSchedulerSm90 {
       s.heads_per_section = int(heads < 1 ? 1 : heads > total ? total : heads);
     }
     return s;
-  }
-
-  // The tile of CTA cta (of grid CTAs) at step k; >= num_tiles once the CTA is done.
-  FA_HD static int tile_of(int cta, int grid, int k) {
-    return k * grid + ((k & 1) ? grid - 1 - cta : cta);
   }
 
   FA_HD TileCoordSm90 coord(int tile) const {

@@ -4,7 +4,7 @@
 // Budgets every entry respects (H100 / H200, compute capability 9.0):
 //  - shared memory: 227 KB per CTA; a CTA holds Q (block_m x d), `stages` K blocks and `stages`
 //    V blocks (block_n x d each), 2 bytes per element, plus under 1 KB of barriers; O is staged
-//    through Q's buffer;
+//    in the V buffers (which must hold block_m x d: block_n * stages >= block_m);
 //  - registers: 64 K per SM, one CTA per SM; setmaxnreg splits them between the producer
 //    warpgroup and the consumer warpgroups: 24 + 2 x 240 (x 128 threads) = 64 512 and
 //    32 + 3 x 160 = 65 536. A consumer thread holds O (64 x d / 128 fp32), S (64 x block_n / 128

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <set>
 #include <tuple>
-#include <vector>
 
 #include "api/route.h"
 #include "flashattn/flashattn.h"
@@ -183,24 +182,6 @@ TEST(TileSchedulerSm90, CausalOrderIsLongestFirstInsideL2Sections) {
       const int sec_b = (b.bidb * c.h + b.bidh) / s.heads_per_section;
       EXPECT_LE(sec_a, sec_b);
       if (sec_a == sec_b) EXPECT_LE(b.m_block, a.m_block);
-    }
-  }
-}
-
-// The snake assignment gives every tile to exactly one CTA, for any grid size.
-TEST(TileSchedulerSm90, EveryTileRunsOnceOnSomeCta) {
-  for (int tiles : {1, 7, 132, 133, 264, 1000}) {
-    for (int grid : {1, 2, 5, 132}) {
-      if (grid > tiles) continue;
-      std::vector<int> runs(tiles, 0);
-      for (int c = 0; c < grid; ++c) {
-        for (int k = 0;; ++k) {
-          const int t = sm90::TileSchedulerSm90::tile_of(c, grid, k);
-          if (t >= tiles) break;
-          ++runs[t];
-        }
-      }
-      for (int t = 0; t < tiles; ++t) ASSERT_EQ(runs[t], 1) << "tiles " << tiles << " grid " << grid;
     }
   }
 }
