@@ -118,7 +118,7 @@ struct FlashAttnFwdSm90 {
         mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, tOrO, softmax, wg,
                      tid_wg);
         float lse[2];
-        softmax.finalize(tOrO, args.unit, lse);
+        softmax.template finalize_scaled<Features::kDropout>(tOrO, args.unit, lse, args.rp_dropout);
         epilogue.store(args, w, tOrO, lse, storage.tensors.smem_q.data(), wg, tid_wg);
         // This warpgroup's reads of the staged O (generic proxy) are done before the next Q's
         // TMA write (async proxy) into the same bytes.
