@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "sm90/tile_size_sm90.h"
+
 namespace flashattn {
 
 const char* gpu_path_name(GpuPath p) {
@@ -60,7 +62,8 @@ std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
   if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
-  if (p.p_dropout > 0.f) return "dropout";
+  if (p.p_dropout > 0.f && !sm90::tile_size_fwd_sm90(sm90::round_head_dim_sm90(p.d)).dropout)
+    return "dropout at this head dim";
   if (p.block_table != nullptr) return "paged KV";
   if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
   if (r.num_splits > 1) return "split-KV";

@@ -31,7 +31,7 @@
 // there at all:
 //  - kPaged: every K/V row address comes from the block table (copy_kv_paged below);
 //  - kDropout: after the online softmax of a tile, P is zeroed where the shared Philox stream
-//    drops (dropout_sm80.cuh), right before the P V gemm; the row sums stay un-dropped, so the
+//    drops (common/dropout_tile.cuh), right before the P V gemm; the row sums stay un-dropped, so the
 //    LSE is the un-dropped one and 1 / (1 - p) is folded into the final 1 / l.
 //  - kSplit: warps whose query rows are all past seqlen_q skip their gemms and softmax (see
 //    warp_active in run()); split-KV itself only narrows [n_block_min, n_block_max)
@@ -45,7 +45,7 @@
 #include "common/mask.h"
 #include "common/philox.h"
 #include "common/seqlen.h"
-#include "sm80/dropout_sm80.cuh"
+#include "common/dropout_tile.cuh"
 #include "sm80/fwd_args_sm80.h"
 #include "common/score_mod_tile.cuh"
 #include "common/online_softmax.cuh"
@@ -483,7 +483,7 @@ struct MainloopFwdSm80 {
         rescale = softmax.template update<kCheckInf>(acc_s);
       }
       // Dropout after the row sums took the un-dropped P (the LSE is the un-dropped one).
-      if constexpr (kDropout) apply_dropout(acc_s, tScS, m0, n0, rng, dropout_bh);
+      if constexpr (kDropout) gpu::apply_dropout(acc_s, tScS, m0, n0, rng, dropout_bh);
       Tensor rP = convert_fragment<Element>(acc_s);
       auto rescale_o = [&]() {
         if constexpr (Traits::kSkipRescale) {

@@ -140,7 +140,8 @@ struct FlashAttnFwdSm90 {
           mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, tOrO, softmax, wg,
                        tid_wg);
           float lse[2];
-          softmax.finalize(tOrO, args.unit, lse);
+          softmax.template finalize_scaled<Features::kDropout>(tOrO, args.unit, lse,
+                                                              args.rp_dropout);
           epilogue.store(args, w, tOrO, lse, storage.tensors.smem_v.data(), wg, tid_wg);
         } else if (w.rows) {
           epilogue.store_empty(args, w, wg, tid_wg);

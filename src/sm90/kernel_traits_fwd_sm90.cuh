@@ -105,6 +105,10 @@ struct FwdArgsSm90 {
   float unit = 1.f;              // true score = t * unit (softmax_scale, or softcap with softcap)
   float unit_log2 = 1.f;         // unit * log2(e)
   float softcap_prescale = 0.f;  // softmax_scale / softcap
+  // Dropout (FwdFeaturesSm90::kDropout): keep iff the Philox word < threshold; O is scaled by
+  // rp_dropout = 1 / (1 - p), folded into the final 1 / l.
+  uint32_t dropout_threshold = 0xFFFFFFFFu;
+  float rp_dropout = 1.f;
   int h_h_k_ratio = 1;           // query heads per kv head
   int num_m_blocks = 0;          // ceil(seqlen_q / kBlockM), seqlen_q the (max) query length
   // Whether K / V rows past a sequence's last key can lie inside the tensor TMA reads (varlen:

@@ -42,6 +42,10 @@ Status launch_fwd_sm90(const FwdParams& p) {
   args.unit = units.unit;
   args.unit_log2 = units.unit_log2;
   args.softcap_prescale = units.softcap_prescale;
+  if constexpr (Features::kDropout) {
+    args.dropout_threshold = dropout_threshold(p.p_dropout);
+    args.rp_dropout = 1.f / (1.f - p.p_dropout);
+  }
   args.h_h_k_ratio = p.h / p.h_k;
   args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const bool varlen = p.cu_seqlens_q != nullptr;
@@ -124,7 +128,19 @@ template <DType kDtype, int kHeadDim>
 Status run_fwd_sm90(const FwdParams& p) {
   using Traits = FwdTraitsSm90<kHeadDim, ElementOf<kDtype>>;
   const bool softcap = p.softcap > 0.f;
-  if (p.alibi_slopes != nullptr) {
+  const bool alibi = p.alibi_slopes != nullptr;
+  // Dropout excludes softcap (flash_attn's rule, enforced by validation): 2 more kernels, at
+  // the head dims whose tile has room for it (FwdTileSm90::dropout).
+  if (p.p_dropout > 0.f) {
+    if constexpr (!Traits::kTile.dropout) {
+      return Status::not_supported("dropout at this head dim on the Hopper path");
+    } else {
+      if (softcap) return Status::invalid("dropout with softcap is not supported");
+      return alibi ? launch_fwd_sm90<Traits, FwdFeaturesSm90<false, true, true>>(p)
+                   : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, false, true>>(p);
+    }
+  }
+  if (alibi) {
     return softcap ? launch_fwd_sm90<Traits, FwdFeaturesSm90<true, true>>(p)
                    : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, true>>(p);
   }

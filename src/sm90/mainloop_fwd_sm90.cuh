@@ -18,6 +18,7 @@
 //   for n = first - 1 down to n_min:
 //     [ping-pong turn]  issue S = Q K[n]^T, issue O += P V[n + 1]  [pass the turn]
 //     wait S; release K[n]; score mods + mask; online softmax of S    || O += P V[n + 1]
+//       [dropout: zero P where the Philox keep mask drops]
 //     wait O; release V[n + 1]; O *= exp(m_old - m_new); P = 16-bit(S)
 //   [arrive kQueryEmpty: the next tile's Q may load]  O += P V[n_min]; wait; release V[n_min]
 // The softmax of block n runs while the P V GEMM of block n + 1 is on the tensor cores, and with
@@ -32,6 +33,7 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "common/accumulator.cuh"
+#include "common/dropout_tile.cuh"
 #include "common/mask.h"
 #include "common/online_softmax.cuh"
 #include "common/score_mod_tile.cuh"
@@ -45,10 +47,12 @@ using namespace cute;
 using namespace flashattn::gpu;
 
 // The compile-time feature set of one Hopper forward kernel (everything else is a runtime value).
-template <bool kSoftcap_, bool kAlibi_>
+template <bool kSoftcap_, bool kAlibi_, bool kDropout_ = false>
 struct FwdFeaturesSm90 {
   static constexpr bool kSoftcap = kSoftcap_;
   static constexpr bool kAlibi = kAlibi_;
+  static constexpr bool kDropout = kDropout_;
+  static_assert(!(kDropout && kSoftcap), "dropout is not combined with softcap (flash_attn's rule)");
 };
 
 // One tile's geometry, computed the same way by the producer and the consumers.
@@ -269,6 +273,16 @@ struct MainloopFwdSm90 {
       const float slope = p.alibi_slopes[w.bidb * p.alibi_slopes_batch_stride + w.bidh];
       score_mod.alibi_coef = -slope / args.unit;
     }
+    // Dropout: the Philox stream of (sequence, query head) bh = bidb * h + bidh, as on every
+    // other path, so the CPU reference regenerates the same keep mask.
+    DropoutRng rng;
+    uint64_t dropout_bh = 0;
+    if constexpr (Features::kDropout) {
+      rng.seed = p.philox_seed;
+      rng.offset = p.philox_offset;
+      rng.threshold = args.dropout_threshold;
+      dropout_bh = uint64_t(w.bidb) * uint64_t(p.h) + uint64_t(w.bidh);
+    }
     auto score_mods_and_softmax = [&](auto& tSrS, int n) {
       if (needs_mask(n)) {
         score_mod.template apply<true>(tSrS, tScS, m0, n * kBlockN, w.mask);
@@ -277,6 +291,9 @@ struct MainloopFwdSm90 {
         score_mod.template apply<false>(tSrS, tScS, m0, n * kBlockN, w.mask);
         softmax.template update</*kCheckInf=*/false>(tSrS);
       }
+      // After the row sums took the un-dropped P (the LSE is the un-dropped one); its Philox
+      // work runs while the previous block's P V GEMM is on the tensor cores.
+      if constexpr (Features::kDropout) apply_dropout(tSrS, tScS, m0, n * kBlockN, rng, dropout_bh);
     };
 
     // The key block holding the sequence end: V rows past it may be anything (see

@@ -20,6 +20,7 @@ struct FwdTileSm90 {
   int mma_registers;   // setmaxnreg of a consumer thread
   int load_registers;  // setmaxnreg of a producer thread
   bool pingpong;       // consumer warpgroups take turns issuing their GEMMs (named barriers)
+  bool dropout;        // this head dim has dropout kernels (else dropout runs on the SM80 path)
   constexpr int mma_warpgroups() const { return block_m / 64; }
   constexpr int threads() const { return 128 * (mma_warpgroups() + 1); }
 };
@@ -30,18 +31,22 @@ constexpr FwdTileSm90 tile_size_fwd_sm90(int head_dim) {
   // instruction stream while two do their softmax (the exp2 work per FLOP doubles as d halves).
   // 128 keys: S of 64 x 128 per warpgroup keeps the two GEMMs of a step large; smem 24 + 2 x 16
   // + 2 x 16 = 88 KB.
-  if (head_dim <= 64) return {192, 128, 2, 160, 32, true};
+  // No dropout: the Philox state on top of O, S and P spills 150-210 bytes at 160 registers.
+  if (head_dim <= 64) return {192, 128, 2, 160, 32, true, false};
   // d = 96: two warpgroups, 128 x 128: RS P V with 192-row tiles does not fit 160 registers
   // (O 48 + S 64 + P 32 + descriptors); smem 24 + 48 + 48 = 120 KB.
-  if (head_dim <= 96) return {128, 128, 2, 240, 24, true};
+  if (head_dim <= 96) return {128, 128, 2, 240, 24, true, true};
   // d = 128: 128 x 128, the square tile FlashAttention-3/4 settle on for causal (and FA4 for all):
   // O 64 + S 64 + P 32 fp32-equivalents live at the overlap; smem 32 + 64 + 64 = 160 KB.
-  if (head_dim <= 128) return {128, 128, 2, 240, 24, true};
+  // Dropout fits: the d = 128 dropout kernels compile without spills.
+  if (head_dim <= 128) return {128, 128, 2, 240, 24, true, true};
   // d = 192: 112 keys are what fits: 48 + 2 x 42 + 2 x 42 = 216 KB. Ping-pong off: at d > 128
   // the P V GEMM alone outlasts a softmax, so turn-taking only serializes the two warpgroups.
-  if (head_dim <= 192) return {128, 112, 2, 240, 24, false};
+  // No dropout kernels yet: their registers at O = 96 per thread are not measured.
+  if (head_dim <= 192) return {128, 112, 2, 240, 24, false, false};
   // d = 256: 80 keys fit: 64 + 2 x 40 + 2 x 40 = 224 KB; O is 128 fp32 per thread.
-  return {128, 80, 2, 240, 24, false};
+  // No dropout: with the Philox state the kernels spill 144-164 bytes (28-36 without).
+  return {128, 80, 2, 240, 24, false, false};
 }
 
 // The head-dim kernel that serves head dim d (d % 8 == 0): 64, 96, 128, 192, 256.

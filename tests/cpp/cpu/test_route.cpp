@@ -41,7 +41,7 @@ route::FwdRequest hopper() {
   return r;
 }
 
-TEST(Route, HopperCoversThePlainForwardAndItsScoreMods) {
+TEST(Route, HopperCoversThePlainForwardItsScoreModsAndDropout) {
   FwdParams p = plain();
   EXPECT_EQ(route::fwd_sm90_uncovered(p, hopper()), "");
   p.is_causal = true;
@@ -52,6 +52,10 @@ TEST(Route, HopperCoversThePlainForwardAndItsScoreMods) {
   static const int cu[3] = {0, 50, 100};
   p.cu_seqlens_q = cu;
   p.cu_seqlens_k = cu;
+  EXPECT_EQ(route::fwd_sm90_uncovered(p, hopper()), "");
+  // Dropout (with ALiBi, without softcap: flash_attn's rule) runs on the Hopper path too.
+  p.softcap = 0.f;
+  p.p_dropout = 0.1f;
   EXPECT_EQ(route::fwd_sm90_uncovered(p, hopper()), "");
 }
 
@@ -64,8 +68,16 @@ TEST(Route, EachUncoveredFeatureNamesItself) {
   r.sm90_compiled = false;
   EXPECT_NE(route::fwd_sm90_uncovered(p, r).find("compiled"), std::string::npos);
   FwdParams q = p;
+  // Dropout kernels exist where the tile has registers for the Philox state (FwdTileSm90).
   q.p_dropout = 0.1f;
-  EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "dropout");
+  for (int d : {64, 40, 160, 192, 256}) {
+    q.d = d;
+    EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "dropout at this head dim") << d;
+  }
+  for (int d : {72, 96, 104, 128}) {
+    q.d = d;
+    EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "") << d;
+  }
   q = p;
   static const int table[2] = {0, 1};
   q.block_table = table;
@@ -94,7 +106,8 @@ TEST(Route, OverrideForcesTheSm80PathAndAutoPicksHopperWhereCovered) {
     ScopedGpuPath a(GpuPath::kAuto);
     EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm90);
     FwdParams d = p;
-    d.p_dropout = 0.2f;
+    static const int table[2] = {0, 1};
+    d.block_table = table;
     EXPECT_EQ(route::choose_fwd_path(d, hopper()), GpuPath::kSm80);
     route::FwdRequest ampere = hopper();
     ampere.device_runs_sm90 = false;

@@ -75,7 +75,7 @@ TEST_F(FwdSm90, RoutesEachRequestToThePathThatCoversIt) {
     EXPECT_EQ(path_of(c, false), GpuPath::kSm90) << "plain, auto";
     AttnConfig drop = c;
     drop.p_dropout = 0.1f;
-    EXPECT_EQ(path_of(drop, false), GpuPath::kSm80) << "dropout";
+    EXPECT_EQ(path_of(drop, false), GpuPath::kSm90) << "dropout";
     EXPECT_EQ(path_of(c, true), GpuPath::kSm80) << "paged KV";
     AttnConfig split = c;
     split.num_splits = 3;
@@ -179,6 +179,68 @@ TEST_F(FwdSm90, EdgeTable) {
   }
 }
 
+// Dropout on the Hopper path (the head dims whose tile has dropout kernels: 96 / 128): the output
+// within the 2x rule of the reference that draws the same Philox keep mask (a different mask
+// moves O far past the bound), under the masks, GQA and varlen, with fresh seeds and offsets;
+// large shapes against the GPU fp32 reference. The other head dims run dropout on the SM80 path.
+TEST_F(FwdSm90, Dropout) {
+  auto with_rng = [](const AttnConfig& c) {
+    const uint64_t seed = fresh_seed();
+    FwdProblem pr = make_fwd_problem(c, seed);
+    pr.params.philox_seed = fresh_seed();
+    pr.params.philox_offset = fresh_seed() % 100000;
+    return std::pair{pr, seed};
+  };
+  for (DType t : compiled_dtypes()) {
+    for (int d : {64, 256}) {
+      if (!sm90_hdim_compiled(d) || !hdim_compiled(d)) continue;
+      AttnConfig c = base(t, 1, 70, 90, 2, 2, d);
+      c.p_dropout = 0.2f;
+      auto [pr, seed] = with_rng(c);
+      check_small_problem("dropout on the SM80 path", pr, seed);
+      EXPECT_EQ(last_gpu_path(), GpuPath::kSm80) << "d = " << d;
+    }
+    for (int d : {128, 96, 80}) {
+      if (!sm90_hdim_compiled(d) || !hdim_compiled(d)) continue;
+      std::vector<std::pair<const char*, AttnConfig>> cases;
+      AttnConfig c = base(t, 2, 97, 113, 3, 3, d);
+      c.p_dropout = 0.17f;
+      cases.push_back({"dropout", c});
+      AttnConfig cc = base(t, 1, 330, 170, 4, 2, d);  // causal + GQA, s_q > s_k: empty rows
+      cc.p_dropout = 0.5f;
+      cc.causal = true;
+      cases.push_back({"dropout causal gqa", cc});
+      AttnConfig a = base(t, 2, 33, 517, 2, 1, d);  // ALiBi + window, many key blocks
+      a.p_dropout = 0.3f;
+      a.alibi = true;
+      a.window_left = 140;
+      a.window_right = 7;
+      cases.push_back({"dropout alibi window", a});
+      AttnConfig v = base(t, 4, 0, 0, 6, 2, d);
+      v.seqlens_q = {1, 77, 0, 260};
+      v.seqlens_k = {50, 200, 9, 300};
+      v.p_dropout = 0.25f;
+      v.causal = true;
+      cases.push_back({"dropout varlen gqa causal", v});
+      for (auto& [group, cfg] : cases) {
+        SCOPED_TRACE(group);
+        auto [pr, seed] = with_rng(cfg);
+        SCOPED_TRACE("philox_seed=" + std::to_string(pr.params.philox_seed));
+        check_small_problem(group, pr, seed);
+        EXPECT_EQ(last_gpu_path(), GpuPath::kSm90) << group << ": " << cfg.str();
+      }
+    }
+    if (sm90_hdim_compiled(128) && hdim_compiled(128)) {
+      AttnConfig l = base(t, 2, 2048, 2048, 8, 2, 128);
+      l.p_dropout = 0.2f;
+      l.causal = true;
+      auto [pr, seed] = with_rng(l);
+      check_large_problem("large dropout causal", pr, seed);
+      EXPECT_EQ(last_gpu_path(), GpuPath::kSm90);
+    }
+  }
+}
+
 // A few tiny problems that cover every barrier of the kernel (several tiles per CTA, masked and
 // unmasked blocks, the V tail zeroing, O staged in shared memory): scripts/gpu-check runs this
 // test under compute-sanitizer memcheck, racecheck and synccheck (GPU_CHECK_SANITIZE=1).
@@ -194,6 +256,12 @@ TEST_F(FwdSm90, SanitizerSmall) {
       v.seqlens_k = {70, 9, 200};
       v.seqused_k = {50, 9, 130};
       small("sanitize varlen seqused_k", v);
+      if (d == 128) {
+        AttnConfig dr = base(t, 1, 200, 300, 2, 2, d);
+        dr.p_dropout = 0.3f;
+        dr.causal = true;
+        small("sanitize dropout causal", dr);
+      }
     }
   }
 }

@@ -1,9 +1,12 @@
-// Dropout on a P tile in registers (SM80 m16n8k16 accumulator layout), with the keep mask of the
-// shared Philox stream (src/common/philox.h), so the CPU reference regenerates the exact mask.
+// Dropout on a P tile in registers, with the keep mask of the shared Philox stream
+// (src/common/philox.h), so the CPU reference regenerates the exact mask. Written against the
+// (rows, columns) view of accumulator.cuh, so it serves the SM80 kernels (mma.sync m16n8k16) and
+// the Hopper kernels (wgmma m64nNk16, where a warpgroup's whole key block is one MMA_N index)
+// alike: both give lane q = lane % 4 of a quad the same two columns of each n8 block.
 //
 // Counter layout (fixed by philox.h): one Philox-4x32-10 call gives the four words of keys
 // 4 * j4 .. 4 * j4 + 3 of query row i; key j keeps iff word[j % 4] < threshold.
-// In the accumulator, lane q = lane % 4 of a quad holds columns 8 * nb + 2q, 8 * nb + 2q + 1 of
+// In either accumulator, lane q = lane % 4 of a quad holds columns 8 * nb + 2q, 8 * nb + 2q + 1 of
 // each n8 block nb, i.e. words 2 * (q & 1) + {0, 1} of key group 2 * nb + (q >> 1). So every key
 // group is needed by exactly two lanes (q and q ^ 1), and per pair of n8 blocks a quad needs four
 // groups. Each lane computes ONE of them (lane q: block 2 * pair + (q & 1), its own half q >> 1)
@@ -17,9 +20,9 @@
 #include <cstdint>
 
 #include "common/philox.h"
-#include "sm80/utils_sm80.cuh"
+#include "common/accumulator.cuh"
 
-namespace flashattn::sm80 {
+namespace flashattn::gpu {
 
 using namespace cute;
 
@@ -76,4 +79,4 @@ __forceinline__ __device__ void apply_dropout(TensorS& acc_s, TensorC const& coo
   }
 }
 
-}  // namespace flashattn::sm80
+}  // namespace flashattn::gpu
