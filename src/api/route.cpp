@@ -52,6 +52,7 @@ std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
   if (p.p_dropout > 0.f) return "dropout";
+  if (p.sinks != nullptr) return "sinks";
   if (p.block_table != nullptr) return "paged KV";
   if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
   if (r.num_splits > 1) return "split-KV";
