@@ -38,9 +38,9 @@
 // rotated q is the CPU backend's fp32 value rounded once to the dtype (the forward kernel reads
 // dtype q; the CPU backend keeps it in fp32).
 //
-// GQA decode packing (flash_attn 2.x's seqlenq_ngroups_swapped): for seqlen_q == 1, h > h_k,
-// no ALiBi, no sinks and no left window, q (b, 1, h, d) is viewed as (b, g = h / h_k, h_k, d) through its
-// strides: row stride = head stride, head stride = g * head stride. Query head hk * g + r is
+// GQA decode packing (flash_attn 2.x's seqlenq_ngroups_swapped): for seqlen_q == 1, h > h_k, no
+// ALiBi, no sinks and no left window, q (b, 1, h, d) is viewed as (b, g = h / h_k, h_k, d) through
+// its strides: row stride = head stride, head stride = g * head stride. Query head hk * g + r is
 // then row r of KV head hk, so one CTA handles all g query heads of a KV head and reads K/V once
 // instead of g times. Causal and a right window are no-ops at seqlen_q == 1 and are dropped (they
 // would mask the packed rows). o is viewed the same way; the LSE [b, h, 1] already has the packed

@@ -119,9 +119,8 @@ __global__ void __launch_bounds__(kDsinksThreads)
   for (int64_t run = 0; run < runs; ++run) {
     const int64_t base = varlen ? int64_t(head) * p.total_q + p.cu_seqlens_q[0]
                                 : (run * p.h + head) * p.seqlen_q;
-    for (int64_t r = threadIdx.x; r < run_rows; r += kDsinksThreads) {
+    for (int64_t r = threadIdx.x; r < run_rows; r += kDsinksThreads)
       acc -= double(expf(sink - p.softmax_lse_ptr[base + r])) * double(args.dsum[base + r]);
-    }
   }
   partial[threadIdx.x] = acc;
   __syncthreads();

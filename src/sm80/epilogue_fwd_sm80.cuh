@@ -122,9 +122,9 @@ struct EpilogueFwdSm80 {
   // by then); after a cluster barrier, CTA `rank` merges rows rank, rank + num_splits, ...,
   // reading every split's LSE_s and O_s through distributed shared memory, with the combine
   // kernel's rules (src/cuda/combine.cu: max, one log, weights by merge_weight), and stores O and
-  // the LSE as store() does (the sink, if any, joins the merged LSE there). A second barrier keeps each CTA's shared memory alive until its
-  // peers have read it. For a decode step this removes the combine launch and the partials'
-  // round trip through L2.
+  // the LSE as store() does (the sink, if any, joins the merged LSE there). A second barrier
+  // keeps each CTA's shared memory alive until its peers have read it. For a decode step this
+  // removes the combine launch and the partials' round trip through L2.
   static constexpr int kMaxClusterSplits = 8;  // the portable cluster size (merge_in_cluster's sum
                                                // is written for exactly 8 terms)
   // fp32 row pitch of the staged O_s: a warp's float2 stores cover 8 rows x 32 bytes, and the

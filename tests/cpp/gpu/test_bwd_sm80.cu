@@ -121,7 +121,8 @@ Grads lowp_backward(const BwdProblem& bp) {
       std::vector<double> dk_sum(size_t(sk) * d, 0.0), dv_sum(size_t(sk) * d, 0.0);
       for (int hh = kvh * ratio; hh < (kvh + 1) * ratio; ++hh) {
         const double slope = p.alibi_slopes ? p.alibi_slopes[bb * p.alibi_slopes_batch_stride + hh] : 0.0;
-        const double sink = p.sinks != nullptr ? double(p.sinks[hh]) : -std::numeric_limits<double>::infinity();
+        const double sink =
+            p.sinks != nullptr ? double(p.sinks[hh]) : -std::numeric_limits<double>::infinity();
         std::vector<double> dk_h(size_t(sk) * d, 0.0), dv_h(size_t(sk) * d, 0.0);
         std::vector<double> qs(size_t(sq) * d), dO(size_t(sq) * d);
         for (int i = 0; i < sq; ++i)

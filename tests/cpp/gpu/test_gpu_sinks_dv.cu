@@ -178,8 +178,8 @@ TEST_F(GpuSinksFwd, SplitKvAndPaged) {
       AttnConfig pg = with_sinks(base(t, 2, 77, 300, 4, 2, d));  // paged, one split
       pg.alibi = true;
       pg.softcap = 3.f;
-      check_small_problem("sinks paged alibi softcap", to_paged(make_fwd_problem(pg, seed), 3, seed + 1),
-                          seed);
+      check_small_problem("sinks paged alibi softcap",
+                          to_paged(make_fwd_problem(pg, seed), 3, seed + 1), seed);
       AttnConfig v = with_sinks(base(t, 4, 0, 0, 4, 1, d));  // varlen split, paged
       v.num_splits = 3;
       v.seqlens_q = {17, 200, 1, 0};
@@ -190,8 +190,8 @@ TEST_F(GpuSinksFwd, SplitKvAndPaged) {
       v.window_left = 100;
       v.window_right = 10;
       check_small("sinks split varlen window", v);
-      check_small_problem("sinks split varlen paged", to_paged(make_fwd_problem(v, seed + 2), 64, seed + 3),
-                          seed + 2);
+      check_small_problem("sinks split varlen paged",
+                          to_paged(make_fwd_problem(v, seed + 2), 64, seed + 3), seed + 2);
     }
   }
 }
