@@ -262,8 +262,8 @@ def flash_attn_func(
         return_attn_probs: also return softmax_lse (batch, nheads, seqlen_q) fp32 and S_dmask
             (the attention probabilities, negated where dropped, when dropout_p > 0; else an
             empty tensor). For testing only.
-        sinks: learnable attention sinks, fp32 (nheads,) (keyword only; CPU tensors for now,
-            the GPU kernels raise NotImplementedError): sinks[h] joins every softmax row of head
+        sinks: learnable attention sinks, fp32 (nheads,) (keyword only; CPU and CUDA tensors,
+            forward and backward): sinks[h] joins every softmax row of head
             h as one more logit, P_ij = exp(s_ij) / (exp(sinks[h]) + sum_j exp(s_ij)), taking
             probability mass and adding no value; softmax_lse includes it. Not scaled, capped or
             ALiBi-shifted. Gradients flow to it when it requires grad.

@@ -64,6 +64,7 @@ std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
   if (p.p_dropout > 0.f && !sm90::tile_size_fwd_sm90(sm90::round_head_dim_sm90(p.d)).dropout)
     return "dropout at this head dim";
+  if (p.sinks != nullptr) return "sinks";
   if (p.block_table != nullptr) return "paged KV";
   if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
   if (r.num_splits > 1) return "split-KV";

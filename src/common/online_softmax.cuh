@@ -26,6 +26,7 @@
 #include <cmath>
 
 #include "common/accumulator.cuh"
+#include "common/lse_merge.h"
 
 namespace flashattn::gpu {
 
@@ -150,5 +151,44 @@ struct OnlineSoftmax {
     }
   }
 };
+
+// Attention sinks (docs/semantics.md): the sink logit `sink` (s units, natural log) joins a
+// finished row's softmax denominator as one more term with no value. Given the row's LSE over
+// its keys (finalize(): +inf for a row that saw no key; the split merge's -inf means the same),
+// returns the LSE with the sink, lse' = logaddexp(lse, sink), and sets *o_scale to the factor
+// that turns O normalized over the keys into O normalized over keys and sink, exp(lse - lse').
+// That factor is <= 1, so no step can overflow however large the sink is next to the scores. A
+// row with no key gets lse' = sink and o_scale = 0 (its O is already 0). A sink of -inf returns
+// lse unchanged and o_scale = 1 (an exact multiplication), so it gives the bits of no sink.
+// Split-KV partials leave the sink out: it joins once, where the partials merge.
+__forceinline__ __device__ float lse_with_sink(float lse, float sink, float* o_scale) {
+  if (sink == -INFINITY) {
+    *o_scale = 1.f;
+    return lse;
+  }
+  if (lse == INFINITY || lse == -INFINITY) {
+    *o_scale = 0.f;
+    return sink;
+  }
+  const float merged = logaddexp(lse, sink);
+  *o_scale = expf(lse - merged);
+  return merged;
+}
+
+// lse_with_sink on every row of an accumulator whose rows were finalize()d: O scaled in place,
+// lse[mi] replaced by the sink-inclusive LSE. Every lane of a quad holds the same lse[mi], so the
+// lanes agree on the factor of their shared row.
+template <class TensorO, int kNRows>
+__forceinline__ __device__ void add_sink(TensorO& acc_o, float sink, float (&lse)[kNRows]) {
+  Tensor o = make_tensor(acc_o.data(), acc_layout_rowcol(acc_o.layout()));  // (rows, d)
+  static_assert(decltype(size<0>(o))::value == kNRows);
+  CUTE_UNROLL
+  for (int mi = 0; mi < kNRows; ++mi) {
+    float o_scale;
+    lse[mi] = lse_with_sink(lse[mi], sink, &o_scale);
+    CUTE_UNROLL
+    for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= o_scale;
+  }
+}
 
 }  // namespace flashattn::gpu

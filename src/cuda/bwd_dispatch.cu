@@ -25,9 +25,9 @@ Status not_implemented(const std::string& what) {
 }  // namespace
 
 Status run_mha_bwd(const BwdParams& p) {
-  // The kernels would ignore these, a silently wrong result: refused until they take them.
-  if (p.sinks != nullptr || p.dsinks != nullptr)
-    return not_implemented("sinks / dsinks (learnable attention sinks and their gradient)");
+  // The kernels would ignore a V head dim of its own, a silently wrong result: refused until
+  // they take it. (Sinks need nothing of the main kernels: the forward's LSE includes them, so
+  // P = exp(S - LSE) is already theirs; dsinks comes from the preprocess's D.)
   if (p.dv != p.d)
     return not_implemented("dv = " + std::to_string(p.dv) + " != d = " + std::to_string(p.d) +
                            " (a V head dim other than the Q/K head dim)");
@@ -43,7 +43,13 @@ Status run_mha_bwd(const BwdParams& p) {
   const bool varlen = p.cu_seqlens_q != nullptr;
   const int64_t rows_q = varlen ? int64_t(p.total_q) : int64_t(p.b) * p.seqlen_q;
   const int64_t rows_k = varlen ? int64_t(p.total_k) : int64_t(p.b) * p.seqlen_k;
-  if (p.b == 0 || p.h == 0 || (rows_q == 0 && rows_k == 0)) return Status::ok_status();
+  if (p.b == 0 || p.h == 0 || (rows_q == 0 && rows_k == 0)) {
+    // Nothing to differentiate, but dsinks is overwritten all the same: a sum over no rows, 0.
+    if (p.dsinks != nullptr && p.h > 0)
+      FA_CUDA_CHECK(cudaMemsetAsync(p.dsinks, 0, sizeof(float) * size_t(p.h),
+                                    static_cast<cudaStream_t>(p.stream)));
+    return Status::ok_status();
+  }
   if (p.h > 65535 || p.b > 65535)
     return not_implemented("more than 65535 heads or sequences (grid y/z limit)");
 

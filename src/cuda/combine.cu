@@ -2,6 +2,8 @@
 //
 //   lse = logsumexp_s lse_s              (empty splits, lse_s = -inf, contribute nothing)
 //   out = sum_s exp(lse_s - lse) out_s   (all splits empty: out = 0, lse = +inf)
+// The split-KV forward with attention sinks passes them (not part of the public CombineParams):
+// sinks[h] joins lse as one more term with no output (docs/algorithm.md, section 7).
 //
 // Schedule: one warp per output row (bidb, i, head). The split LSEs are spread over the lanes
 // (lane l reads splits l, l + 32, ...) and reduced with shuffles: lse = max + log(sum exp(lse_s -
@@ -44,7 +46,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // kVec: columns per lane and load (4 = float4, when d % 4 == 0 and out_partial is 16-byte
 // aligned; 1 otherwise).
 template <DType kOut, int kVec>
-__global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
+__global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p, const float* sinks) {
   const int64_t rows = int64_t(p.b) * p.seqlen_q * p.h;
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -73,6 +75,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
       sum += __expf(lse_row[s * lse_split_stride] - max_lse);
     total = max_lse + __logf(warp_sum(sum));
   }
+  // The sink (split-KV of a forward with sinks; the partials leave it out) joins once, as one
+  // more term with no output: it only raises the total, lowering every split's weight. -inf (no
+  // sink) is logaddexp's identity; a row whose splits are all empty gets lse = sink and o = 0.
+  if (sinks != nullptr) total = logaddexp(total, sinks[hh]);
 
   const int64_t out_split_stride = rows * p.d;
   const float* part = p.out_partial + row * p.d;
@@ -117,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(CombineParams p) {
 }
 
 template <DType kOut>
-Status launch(const CombineParams& p, bool after_split_kernel) {
+Status launch(const CombineParams& p, bool after_split_kernel, const float* sinks) {
   const int64_t rows = int64_t(p.b) * p.seqlen_q * p.h;
   if (rows == 0 || p.d == 0) return Status::ok_status();
   const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
@@ -135,17 +141,17 @@ Status launch(const CombineParams& p, bool after_split_kernel) {
     config.attrs = &attr;
     config.numAttrs = 1;
   }
-  FA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  FA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, sinks));
   return Status::ok_status();
 }
 
 }  // namespace
 
-Status run_mha_combine(const CombineParams& p, bool after_split_kernel) {
+Status run_mha_combine(const CombineParams& p, bool after_split_kernel, const float* sinks) {
   switch (p.dtype) {
-    case DType::kFloat32: return launch<DType::kFloat32>(p, after_split_kernel);
-    case DType::kFloat16: return launch<DType::kFloat16>(p, after_split_kernel);
-    case DType::kBFloat16: return launch<DType::kBFloat16>(p, after_split_kernel);
+    case DType::kFloat32: return launch<DType::kFloat32>(p, after_split_kernel, sinks);
+    case DType::kFloat16: return launch<DType::kFloat16>(p, after_split_kernel, sinks);
+    case DType::kBFloat16: return launch<DType::kBFloat16>(p, after_split_kernel, sinks);
   }
   return Status::invalid("mha_combine: unknown dtype");
 }

@@ -10,6 +10,9 @@ namespace flashattn::cuda {
 // sm_90 it then uses programmatic dependent launch (the combine's CTAs are scheduled while the
 // split kernel's last CTAs run and wait in griddepcontrol.wait for its results), which hides
 // the launch gap between the two kernels of a decode step.
-Status run_mha_combine(const CombineParams& p, bool after_split_kernel = false);
+// sinks: null, or fp32 [p.h] device memory, the attention sinks of the forward whose partials
+// these are (the partials leave the sink out; it joins the merged LSE once, with no output).
+Status run_mha_combine(const CombineParams& p, bool after_split_kernel = false,
+                       const float* sinks = nullptr);
 
 }  // namespace flashattn::cuda

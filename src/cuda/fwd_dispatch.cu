@@ -8,7 +8,9 @@
 //                                             -> run_fwd_split_sm80 (split-capable)
 //   otherwise                                 -> run_fwd_sm80 (plain)
 // For p_ptr it runs the probabilities kernel after the forward (with the forward's LSE, into
-// stream-ordered scratch when the caller passed no LSE buffer). The remaining compile-time
+// stream-ordered scratch when the caller passed no LSE buffer; with sinks that LSE includes the
+// sink, so the probabilities leave it its share). Attention sinks run on the SM80 path in every
+// family (api/route.h: the Hopper path does not cover them yet). The remaining compile-time
 // features (softcap, ALiBi) are picked inside each family.
 #include <cuda_runtime.h>
 
@@ -124,8 +126,8 @@ bool compiled(DType t, int hd) {
 }  // namespace
 
 Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
-  // The kernels would ignore both, a silently wrong result: refused until they take them.
-  if (p.sinks != nullptr) return not_implemented("sinks (learnable attention sinks)");
+  // The kernels would ignore a V head dim of its own, a silently wrong result: refused until
+  // they take it.
   if (p.dv != p.d)
     return not_implemented("dv = " + std::to_string(p.dv) + " != d = " + std::to_string(p.d) +
                            " (a V head dim other than the Q/K head dim)");

@@ -38,9 +38,9 @@
 // rotated q is the CPU backend's fp32 value rounded once to the dtype (the forward kernel reads
 // dtype q; the CPU backend keeps it in fp32).
 //
-// GQA decode packing (flash_attn 2.x's seqlenq_ngroups_swapped): for seqlen_q == 1, h > h_k,
-// no ALiBi and no left window, q (b, 1, h, d) is viewed as (b, g = h / h_k, h_k, d) through its
-// strides: row stride = head stride, head stride = g * head stride. Query head hk * g + r is
+// GQA decode packing (flash_attn 2.x's seqlenq_ngroups_swapped): for seqlen_q == 1, h > h_k, no
+// ALiBi, no sinks and no left window, q (b, 1, h, d) is viewed as (b, g = h / h_k, h_k, d) through
+// its strides: row stride = head stride, head stride = g * head stride. Query head hk * g + r is
 // then row r of KV head hk, so one CTA handles all g query heads of a KV head and reads K/V once
 // instead of g times. Causal and a right window are no-ops at seqlen_q == 1 and are dropped (they
 // would mask the packed rows). o is viewed the same way; the LSE [b, h, 1] already has the packed
@@ -378,11 +378,8 @@ Status launch_prepare(const PrepareArgs& a, int b, cudaStream_t stream) {
 }  // namespace
 
 Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& options) {
-  // Refused before the append writes the cache (forward_supported below would refuse them too,
-  // after the scratch setup): the forward kernels take neither yet.
-  if (p.sinks != nullptr)
-    return Status::not_supported(
-        "sinks (learnable attention sinks) in the GPU KV-cache path are not implemented yet");
+  // Refused before the append writes the cache (forward_supported below would refuse it too,
+  // after the scratch setup): the forward kernels do not take it yet.
   if (p.dv != p.d)
     return Status::not_supported("dv = " + std::to_string(p.dv) + " != d = " +
                                  std::to_string(p.d) +
@@ -475,8 +472,10 @@ Status run_mha_fwd_kvcache(const KVCacheParams& p, const KVCacheRunOptions& opti
     fp.q_batch_stride = int64_t(p.seqlen_q) * fp.q_row_stride;
     fp.q_head_stride = p.d;
   }
+  // Not with ALiBi or sinks: both are per query head, and the kernel reads them per (packed)
+  // head, not per row.
   if (options.pack_gqa && p.seqlen_q == 1 && p.h > p.h_k && p.alibi_slopes == nullptr &&
-      p.window_size_left < 0) {
+      p.sinks == nullptr && p.window_size_left < 0) {
     const int g = p.h / p.h_k;
     fp.seqlen_q = g;
     fp.h = p.h_k;

@@ -9,8 +9,9 @@
 //      max m and denominator l (the previous accumulator is rescaled by exp(m_old - m_new));
 //      dropout zeroes the dropped weights and scales the kept ones by 1/(1-p);
 //   3. output: threads split the head dim and add weight * v row by row, in key order.
-// o = acc / l, lse = m + log l (empty row: o = 0, lse = +inf). With p_ptr, a second pass
-// recomputes each score (same code, same rounding) and writes exp(s - lse), negated if dropped.
+// o = acc / l, lse = m + log l (empty row: o = 0, lse = +inf); with sinks the sink joins l and
+// the LSE (empty row: o = 0, lse = sink). With p_ptr, a second pass recomputes each score (same
+// code, same rounding) and writes exp(s - lse), negated if dropped.
 // Every reduction has a fixed order, so repeated runs are bitwise identical.
 //
 // Accuracy: the library is built with --use_fast_math, which turns float expf/logf/tanhf and
@@ -173,13 +174,30 @@ __global__ void __launch_bounds__(kThreads) ref_fwd_kernel(FwdParams p) {
   }
 
   // Empty row (no visible key): l = 0, m = -inf -> o = 0, lse = +inf.
-  const float lse = m == kNegInf ? kNegInf : m + log_accurate(l);
+  float lse = m == kNegInf ? kNegInf : m + log_accurate(l);
+  // Attention sinks: the sink joins the denominator, lse = log(exp(sink) + exp(m) l), and
+  // o = acc exp(m - lse) (= acc / (l + exp(sink - m)), with a factor <= 1: no overflow), both
+  // in double. An empty row gets lse = sink and o = 0; a -inf sink is skipped (no sink).
+  const double sink = p.sinks != nullptr ? double(p.sinks[bidh]) : double(kNegInf);
+  double o_factor = l > 0.f ? 1.0 / double(l) : 0.0;
+  if (sink != double(kNegInf)) {
+    if (m == kNegInf) {
+      lse = float(sink);
+    } else {
+      const double lse_keys = double(m) + log(double(l));
+      const double top = fmax(lse_keys, sink);
+      const double lse_all = top + log(exp(lse_keys - top) + exp(sink - top));
+      o_factor = exp(double(m) - lse_all);
+      lse = float(lse_all);
+    }
+  }
   const int64_t o_off = ka.seq.q_offset(p.o_batch_stride, p.o_row_stride, p.o_head_stride, bidb,
                                         i, bidh, ka.varlen);
   for (int e = 0; e < kMaxPerThread; ++e) {
     const int x = tid + e * kThreads;
     if (x >= p.d) break;
-    const float o = l > 0.f ? __fdiv_rn(acc[e], l) : 0.f;
+    float o = l > 0.f ? __fdiv_rn(acc[e], l) : 0.f;
+    if (sink != double(kNegInf)) o = float(double(acc[e]) * o_factor);
     store_from_float(p.o_ptr, kT, o_off + x, o);
   }
   if (p.softmax_lse_ptr != nullptr && tid == 0) {
@@ -222,8 +240,8 @@ Status launch(const FwdParams& p) {
 }  // namespace
 
 Status mha_fwd(const FwdParams& p) {
-  if (p.sinks != nullptr || (p.dv != 0 && p.dv != p.d))
-    return Status::not_supported("cuda::ref::mha_fwd: sinks and dv != d are not implemented");
+  if (p.dv != 0 && p.dv != p.d)
+    return Status::not_supported("cuda::ref::mha_fwd: dv != d is not implemented");
   if (p.d < 1 || p.d > kMaxD)
     return Status::invalid("cuda::ref::mha_fwd: d = " + std::to_string(p.d) +
                            " must be in 1.." + std::to_string(kMaxD));

@@ -73,15 +73,19 @@ struct EpilogueFwdSm80 {
   }
 
   // A CTA whose rows see no key at all (seqlen_k = 0, or a window left of every key): O = 0,
-  // LSE = +inf, without touching K or V.
+  // LSE = +inf (with a sink: LSE = the sink, which then takes the whole row), without touching
+  // K or V.
   __forceinline__ __device__ void store_empty(FwdArgsSm80 const& args, SeqlenInfo const& seq,
                                               BlockCoordSm80 const& blk, Element* smem_o) const {
     const FwdParams& p = args.p;
     const int m0 = blk.m_block * kBlockM;
     const int rows_left = seq.seqlen_q - m0;
     if (p.softmax_lse_ptr != nullptr) {
+      float o_scale;
+      const float lse = p.sinks != nullptr ? lse_with_sink(INFINITY, p.sinks[blk.bidh], &o_scale)
+                                           : INFINITY;
       float* lse_base = lse_out_base(args, seq, blk);
-      for (int r = threadIdx.x; r < kBlockM && r < rows_left; r += blockDim.x) lse_base[r] = INFINITY;
+      for (int r = threadIdx.x; r < kBlockM && r < rows_left; r += blockDim.x) lse_base[r] = lse;
     }
     Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Traits::SmemLayoutO{});
     for (int i = threadIdx.x; i < size(sO); i += blockDim.x) sO(i) = Element(0.f);
@@ -118,9 +122,9 @@ struct EpilogueFwdSm80 {
   // by then); after a cluster barrier, CTA `rank` merges rows rank, rank + num_splits, ...,
   // reading every split's LSE_s and O_s through distributed shared memory, with the combine
   // kernel's rules (src/cuda/combine.cu: max, one log, weights by merge_weight), and stores O and
-  // the LSE as store() does. A second barrier keeps each CTA's shared memory alive until its
-  // peers have read it. For a decode step this removes the combine launch and the partials'
-  // round trip through L2.
+  // the LSE as store() does (the sink, if any, joins the merged LSE there). A second barrier
+  // keeps each CTA's shared memory alive until its peers have read it. For a decode step this
+  // removes the combine launch and the partials' round trip through L2.
   static constexpr int kMaxClusterSplits = 8;  // the portable cluster size (merge_in_cluster's sum
                                                // is written for exactly 8 terms)
   // fp32 row pitch of the staged O_s: a warp's float2 stores cover 8 rows x 32 bytes, and the
@@ -188,6 +192,9 @@ struct EpilogueFwdSm80 {
         const float sum = ((e[0] + e[4]) + (e[2] + e[6])) + ((e[1] + e[5]) + (e[3] + e[7]));
         total = max_lse + __logf(sum);
       }
+      // The sink joins once, as the combine kernel adds it (same function, same bits); -inf
+      // (no sink) is logaddexp's identity.
+      if (p.sinks != nullptr) total = logaddexp(total, p.sinks[blk.bidh]);
       CUTE_UNROLL
       for (int s = 0; s < kMaxClusterSplits; ++s)
         part.weight[lr * kMaxClusterSplits + s] = merge_weight(l[s], total);

@@ -8,7 +8,8 @@
 //      turns that into key blocks [n_block_min, n_block_max); an empty range (seqlen_k = 0, or a
 //      window that misses every key) writes O = 0, LSE = +inf and ends;
 //   3. runs the main loop (mainloop_fwd_sm80.cuh) over those blocks, last block first;
-//   4. normalizes O by the softmax sum and stores O and the LSE (epilogue_fwd_sm80.cuh).
+//   4. normalizes O by the softmax sum (with attention sinks, by the sum and the sink's term:
+//      add_sink, common/online_softmax.cuh) and stores O and the LSE (epilogue_fwd_sm80.cuh).
 // Query blocks are handed out from the last one down: with a causal mask the last blocks have
 // the most keys, and starting them first shortens the tail of the grid.
 //
@@ -191,6 +192,10 @@ struct FlashAttnFwdSm80 {
     } else {
       softmax.finalize(acc_o, args.unit, lse);
     }
+    // The sink joins whole rows here; a split's partial leaves it to the merge (the cluster
+    // merge or the combine kernel), which adds it once. A runtime branch on the pointer, after
+    // the main loop: no kernel variant, and no register the main loop needs.
+    if (p.sinks != nullptr && !split_partial) add_sink(acc_o, p.sinks[blk.bidh], lse);
     if constexpr (kClusterMerge) {
       if (split_partial && args.cluster_combine) {
         epilogue.write_cluster_partial(seq, blk, acc_o, lse, p.d, smem);

@@ -1,7 +1,8 @@
 // Launch of the SM80-path backward: picks the tile policy for the head dim and the compile-time
 // features (softcap, ALiBi, dropout), allocates the fp32 workspace stream-ordered on p.stream,
 // and runs
-//   1. the preprocess (D = rowsum(dO * O), and dq_accum zeroed in the same launch),
+//   1. the preprocess (D = rowsum(dO * O), and dq_accum zeroed in the same launch; with dsinks,
+//      the sinks' gradient from D and the LSE in a second small launch),
 //   2. the main kernel (one CTA per key block, head, sequence),
 //   3. the postprocess (dQ = scale * dq_accum in the dtype; GQA: the dK / dV group sums),
 // then frees the workspace, all on p.stream with no host synchronization.
@@ -79,6 +80,15 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
       default: launch_dot(cute::Int<32>{}); break;
     }
     FA_CUDA_CHECK_LAUNCH("flash_bwd_dot_do_o_sm80_kernel");
+  }
+  if (p.dsinks != nullptr) {
+    // Overwritten, never added to (docs/semantics.md): with no query row the sum is 0.
+    if (args.rows_q > 0) {
+      flash_bwd_dsinks_sm80_kernel<<<unsigned(p.h), kDsinksThreads, 0, stream>>>(args);
+      FA_CUDA_CHECK_LAUNCH("flash_bwd_dsinks_sm80_kernel");
+    } else {
+      FA_CUDA_CHECK(cudaMemsetAsync(p.dsinks, 0, sizeof(float) * size_t(p.h), stream));
+    }
   }
   if (args.num_n_blocks > 0) {
     // Dropout never comes with softcap (validated), so 6 of the 8 combinations exist.

@@ -350,7 +350,7 @@ Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, cons
     c.out_head_stride = p.o_head_stride;
     c.lse = p.softmax_lse_ptr;
     c.stream = p.stream;
-    s = cuda::run_mha_combine(c, /*after_split_kernel=*/true);
+    s = cuda::run_mha_combine(c, /*after_split_kernel=*/true, p.sinks);
   }
   // Freed even after a failed launch (stream-ordered: after whatever was queued before).
   const cudaError_t free_err = cudaFreeAsync(scratch, stream);

@@ -32,7 +32,8 @@
 // Rows past seqlen_q are zero-filled on load and get lse = +inf, so P = dS = 0 there (their dQ
 // rows are exact zeros, added into the padding of the last dq_accum tile); keys past seqlen_k are
 // zero-filled and masked. Rows with lse = +inf (no visible key in the forward) give P = 0 and
-// contribute nothing. softmax_scale is applied once, at the end (dK here, dQ in the
+// contribute nothing; with attention sinks such a row's lse is the sink (finite), and P = 0
+// comes from the mask: every tile holding the row has an invisible pair, so it runs the mask. softmax_scale is applied once, at the end (dK here, dQ in the
 // postprocess), and so is dropout's 1 / (1 - p) on dV, so dS is the gradient with respect to
 // scale * q.k.
 // Tiles that hold invisible (row, key) pairs run the per-element mask; the fully visible ones

@@ -283,15 +283,14 @@ def test_sinks_and_value_head_dim_errors(device):
 
 
 @requires_cuda
-def test_sinks_and_value_head_dim_are_not_implemented_on_gpu():
-    """The GPU kernels take neither yet: NotImplementedError naming the feature, never a wrong
-    answer (tests/cpp/gpu/test_gpu_sinks_dv.cu checks that nothing is written)."""
+def test_value_head_dim_is_not_implemented_on_gpu():
+    """The GPU kernels do not take a V head dim of their own yet: NotImplementedError naming it,
+    with or without sinks, never a wrong answer (tests/cpp/gpu/test_gpu_sinks_dv.cu checks that
+    nothing is written). Sinks alone run (tests/python/test_gpu_attention.py)."""
     skip_unless_gpu_kernel(64, torch.bfloat16)
     q, k, v = _qkv("cuda")
     sinks = torch.zeros(4, device="cuda")
-    with pytest.raises(NotImplementedError, match="sinks"):
-        flashattn.flash_attn_func(q, k, v, sinks=sinks)
     with pytest.raises(NotImplementedError, match="dv"):
         flashattn.flash_attn_func(q, k, v[..., :32])
-    with pytest.raises(NotImplementedError, match="sinks"):
-        flashattn.flash_attn_with_kvcache(q[:, :1], k, v, cache_seqlens=8, sinks=sinks)
+    with pytest.raises(NotImplementedError, match="dv"):
+        flashattn.flash_attn_func(q, k, v[..., :32], sinks=sinks)

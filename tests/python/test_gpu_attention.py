@@ -181,3 +181,89 @@ def test_kvcache_variants(variant):
     d = 40 if variant == "head_dim_40" else 64
     skip_unless_gpu_kernel(d, torch.bfloat16)
     call_or_skip_not_implemented(run_kvcache, CUDA, torch.bfloat16, 2, 2, 3, 700, 4, 2, d, **opts)
+
+
+# ---------------------------------------------------------------------------------- sinks --
+# Attention sinks on the GPU (the SM80 path, forward and backward; dsinks through autograd),
+# against attention_ref with the sink as one more softmax column (tests/python/attn_ref.py).
+
+SINK_FEATURES = {
+    "plain": dict(),
+    "causal": dict(causal=True),
+    "no_key_rows": dict(causal=True),  # s_q > s_k: the first rows see no key
+    "window": dict(window_size=(37, 11)),
+    "softcap": dict(softcap=2.5, causal=True),
+    "alibi_bh": dict(alibi="bh", causal=True),
+    "dropout": dict(dropout_p=0.17, causal=True),
+    "deterministic_gqa": dict(deterministic=True, causal=True),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("feature", sorted(SINK_FEATURES))
+def test_dense_sinks(dtype, feature):
+    skip_unless_gpu_kernel(64, dtype)
+    s_q, s_k = (300, 113) if feature == "no_key_rows" else (113, 203)
+    h_k = 2 if "gqa" in feature else 4
+    run_dense(CUDA, dtype, 2, s_q, s_k, 4, h_k, 64, sinks=True, **SINK_FEATURES[feature])
+
+
+@pytest.mark.parametrize("api", ["kvpacked", "qkvpacked"])
+def test_packed_sinks(api):
+    skip_unless_gpu_kernel(128, torch.bfloat16)
+    run_dense(CUDA, torch.bfloat16, 2, 257, 257, 4, 4, 128, causal=True, api=api, sinks=True)
+
+
+@pytest.mark.parametrize("feature", ["none", "window", "softcap", "alibi_bh"])
+def test_varlen_sinks(feature):
+    skip_unless_gpu_kernel(64, torch.bfloat16)
+    opts = {"none": {}, "window": dict(window_size=(30, 5)), "softcap": dict(softcap=3.0),
+            "alibi_bh": dict(alibi="bh")}[feature]
+    run_varlen(CUDA, torch.bfloat16, [130, 0, 1, 257, 64], [200, 7, 1, 257, 0], 4, 2, 64,
+               causal=True, sinks=True, **opts)
+
+
+@pytest.mark.parametrize("variant", ["attend", "append", "rotary", "paged16", "batch_idx",
+                                     "leftpad", "splits", "alibi_softcap", "window"])
+def test_kvcache_sinks(variant):
+    opts = {
+        "attend": dict(seqlen_new=0),
+        "append": dict(),
+        "rotary": dict(rotary="interleaved", causal=True),
+        "paged16": dict(page_size=16),
+        "batch_idx": dict(batch_idx=True),
+        "leftpad": dict(leftpad=True, causal=True),
+        "splits": dict(num_splits=4),
+        "alibi_softcap": dict(alibi="h", softcap=3.0),
+        "window": dict(window_size=(100, 0)),
+    }[variant]
+    seqlen_new = opts.pop("seqlen_new", 3)
+    skip_unless_gpu_kernel(64, torch.bfloat16)
+    run_kvcache(CUDA, torch.bfloat16, 2, 2, seqlen_new, 700, 4, 2, 64, sinks=True, **opts)
+
+
+def test_kvcache_decode_sinks_gqa():
+    """Decode (one query) with GQA: the KV-cache path does not pack the query heads of a KV head
+    into rows when there are sinks (they are per query head)."""
+    skip_unless_gpu_kernel(128, torch.bfloat16)
+    run_kvcache(CUDA, torch.bfloat16, 3, 1, 1, 600, 8, 2, 128, sinks=True)
+
+
+def test_minus_inf_sinks_are_no_sinks():
+    """Sinks of -inf give exactly the outputs, LSE and gradients of no sinks."""
+    skip_unless_gpu_kernel(64, torch.bfloat16)
+    import flashattn
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    q, k, v = (torch.randn(2, 97, 4, 64, generator=gen).to(CUDA, torch.bfloat16)
+               .requires_grad_() for _ in range(3))
+    sinks = torch.full((4,), float("-inf"), device=CUDA, requires_grad=True)
+    out_s, lse_s, _ = flashattn.flash_attn_func(q, k, v, causal=True, return_attn_probs=True,
+                                                sinks=sinks)
+    out, lse, _ = flashattn.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert torch.equal(out_s, out) and torch.equal(lse_s, lse)
+    g = torch.randn_like(out)
+    grads_s = torch.autograd.grad(out_s, (q, k, v, sinks), g)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    for a, b in zip(grads_s[:3], grads):
+        assert torch.equal(a, b)
+    assert torch.equal(grads_s[3], torch.zeros_like(sinks))

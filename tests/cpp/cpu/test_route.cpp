@@ -94,6 +94,22 @@ TEST(Route, EachUncoveredFeatureNamesItself) {
   q = p;
   q.dtype = DType::kFloat32;
   EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "dtype");
+  q = p;
+  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
+  q.sinks = sinks;
+  EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "sinks");
+}
+
+// Attention sinks run on the SM80 path on every GPU, whatever the override asks for, until the
+// Hopper forward takes them.
+TEST(Route, SinksRunOnTheSm80Path) {
+  FwdParams p = plain();
+  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
+  p.sinks = sinks;
+  for (GpuPath asked : {GpuPath::kAuto, GpuPath::kSm90, GpuPath::kSm80}) {
+    ScopedGpuPath scoped(asked);
+    EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm80) << gpu_path_name(asked);
+  }
 }
 
 TEST(Route, OverrideForcesTheSm80PathAndAutoPicksHopperWhereCovered) {

@@ -11,6 +11,7 @@ namespace flashattn::testing {
 
 struct Grads {
   std::vector<float> dq, dk, dv;  // gathered [rows, heads, d]
+  std::vector<float> dsinks;      // [h] with sinks, else empty
 };
 
 inline int rows_k(const FwdProblem& pr) {
@@ -28,6 +29,7 @@ inline Grads gather_grads(const BwdProblem& bp) {
                 c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k(bp.fwd));
   g.dv = gather(bp.dv, Layout{p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, bp.dv.numel},
                 c.b, c.seqlen_k, c.h_k, c.d, vl, rows_k(bp.fwd));
+  g.dsinks = bp.dsinks;
   return g;
 }
 

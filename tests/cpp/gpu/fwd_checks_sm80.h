@@ -1,6 +1,7 @@
-// Checks shared by the SM80 forward GPU tests (test_fwd_sm80.cu, test_fwd_features_sm80.cu):
-// what was compiled, the low-precision attention of flash_attn's 2x rule, and the small (CPU
-// reference, every row) and large (GPU fp32 reference, sampled rows) checks.
+// Checks shared by the SM80 forward GPU tests (test_fwd_sm80.cu, test_fwd_features_sm80.cu,
+// test_gpu_sinks_dv.cu): what was compiled, the low-precision attention of flash_attn's 2x rule,
+// the small (CPU reference, every row) and large (GPU fp32 reference, sampled rows) checks, and
+// the probabilities returned through p_ptr (check_dropout_probs).
 //
 // Oracles:
 //  - small shapes: the CPU reference (flashattn::ref::mha_fwd, double accumulation) on fp32
@@ -12,7 +13,7 @@
 // softcap steps rounded, ALiBi bias added in fp32, softmax in fp32 then probabilities rounded,
 // dropout as a zeroed P times v / (1 - p) rounded, output rounded. That low-precision attention is
 // computed here on the host (lowp_row). The LSE gets the same rule with a 1e-3 floor (the lowp LSE
-// comes from rounded scores).
+// comes from rounded scores). Attention sinks join the fp32 softmax as one more term.
 // Every output is poisoned with NaN before the call; every logical element must come back finite
 // (written) and every padding element still NaN (nothing written outside the tensor's view).
 #pragma once
@@ -110,12 +111,16 @@ inline void lowp_row(const FwdProblem& pr, int bb, int i, int hh, float* out, do
     m = std::max(m, v);
   }
   std::vector<double> acc(p.d, 0.0);
+  // Attention sinks: one more softmax term (the fp32 logit as given) with no value; a row with
+  // no key then has lse = sink.
+  const double sink = p.sinks != nullptr ? double(p.sinks[hh]) : -kInf;
   if (s.empty()) {
     for (int x = 0; x < p.d; ++x) out[x] = 0.f;
-    *lse_out = kInf;
+    *lse_out = sink == -kInf ? kInf : sink;
     return;
   }
-  double l = 0;
+  m = std::max(m, sink);
+  double l = std::exp(sink - m);
   for (double v : s) l += std::exp(v - m);
   // Dropout as flash_attn's attention_ref: rounded P with the dropped entries zeroed, times
   // v * 1 / (1 - p) rounded to the dtype.
@@ -342,6 +347,54 @@ inline RunResult check_large_problem(const char* group, const FwdProblem& pr, ui
 inline RunResult check_large(const char* group, const AttnConfig& cfg) {
   const uint64_t seed = fresh_seed();
   return check_large_problem(group, make_fwd_problem(cfg, seed), seed);
+}
+
+// Dropout with p_ptr: outputs within the 2x rule of the reference that draws the same mask, and
+// the probabilities (negated where dropped) against the reference's: the sign pattern exactly,
+// the values within two roundings of the dtype.
+inline void check_dropout_probs(const char* group, const AttnConfig& cfg) {
+  const uint64_t seed = fresh_seed();
+  FwdProblem pr = make_fwd_problem(cfg, seed);
+  pr.params.philox_seed = fresh_seed();
+  pr.params.philox_offset = fresh_seed() % 100000;
+  SCOPED_TRACE(cfg.str() + " seed=" + std::to_string(seed) + " philox_seed=" +
+               std::to_string(pr.params.philox_seed));
+  check_small_problem(group, pr, seed);
+  if (!cfg.return_probs) return;
+
+  DeviceFwdProblem dev(pr);
+  ASSERT_TRUE(mha_fwd(dev.params).ok());
+  FwdProblem out = pr;
+  dev.copy_back(out);
+  FwdProblem ref = as_fp32(pr);
+  ASSERT_TRUE(ref::mha_fwd(ref.params).ok());
+  const double u = unit_roundoff(cfg.dtype);
+  int64_t sign_mismatch = 0, bad = 0, dropped = 0, visible = 0, nonfinite = 0;
+  double worst = 0;
+  for (int64_t i = 0; i < out.p.numel; ++i) {
+    const float g = out.p.get(i), w = ref.p.get(i);
+    if (!std::isfinite(g)) {
+      ++nonfinite;
+      continue;
+    }
+    if (std::signbit(g) != std::signbit(w)) ++sign_mismatch;
+    if (w != 0.f) ++visible;
+    if (std::signbit(w)) ++dropped;
+    const double err = std::fabs(double(g) - double(w));
+    worst = std::max(worst, err);
+    if (err > 2 * u * std::fabs(double(w)) + 1e-6) ++bad;
+  }
+  std::printf("[fwd-features] %s probs max_err=%.3g dropped=%lld of %lld cfg=%s\n", group, worst,
+              static_cast<long long>(dropped), static_cast<long long>(visible), cfg.str().c_str());
+  std::fflush(stdout);
+  EXPECT_EQ(nonfinite, 0) << "p_ptr elements not written";
+  EXPECT_EQ(sign_mismatch, 0) << "keep pattern differs from the reference's";
+  EXPECT_EQ(bad, 0) << "probabilities off the reference (max |diff| " << worst << ")";
+  if (cfg.p_dropout > 0 && visible > 2000) {
+    const double rate = double(dropped) / double(visible);
+    const double sigma = std::sqrt(cfg.p_dropout * (1 - cfg.p_dropout) / double(visible));
+    EXPECT_NEAR(rate, cfg.p_dropout, 6 * sigma) << "dropped fraction";
+  }
 }
 
 inline AttnConfig base(DType t, int b, int sq, int sk, int h, int hk, int d) {

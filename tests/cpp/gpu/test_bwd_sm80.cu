@@ -11,7 +11,7 @@
 // it (flash_attn's attention_ref with upcast=False): q * scale, the scores, softcap steps, P, dP,
 // dS and every gemm output rounded to the dtype (sums inside a gemm in high precision), softmax
 // and its backward in fp32 (lowp_backward below). The slack covers fp32 accumulation where L is
-// exact (e.g. exact zeros).
+// exact (e.g. exact zeros). With attention sinks, dsinks gets the same rule.
 // Also: every logical gradient element finite (written), every padding element still NaN, and
 // unsupported requests return kNotSupported without writing.
 #include <gtest/gtest.h>
@@ -100,6 +100,10 @@ Grads lowp_backward(const BwdProblem& bp) {
   g.dq.assign(size_t(bp.fwd.rows_q()) * p.h * d, 0.f);
   g.dk.assign(size_t(rows_k(bp.fwd)) * p.h_k * d, 0.f);
   g.dv.assign(g.dk.size(), 0.f);
+  // Sinks as attention_ref appends them: one more softmax column (an fp32 logit) with no value,
+  // so dP of that column is 0 and its softmax gradient P_sink (0 - D) is rounded per row, then
+  // summed over the rows into the dtype (the expand's backward).
+  std::vector<double> dsink_sum(size_t(p.h), 0.0);
   for (int bb = 0; bb < p.b; ++bb) {
     const SeqlenInfo seq = SeqlenInfo::make(p, bb);
     const int64_t qrow0 = vl ? bp.fwd.cu_q[bb] : int64_t(bb) * p.seqlen_q;
@@ -117,6 +121,8 @@ Grads lowp_backward(const BwdProblem& bp) {
       std::vector<double> dk_sum(size_t(sk) * d, 0.0), dv_sum(size_t(sk) * d, 0.0);
       for (int hh = kvh * ratio; hh < (kvh + 1) * ratio; ++hh) {
         const double slope = p.alibi_slopes ? p.alibi_slopes[bb * p.alibi_slopes_batch_stride + hh] : 0.0;
+        const double sink =
+            p.sinks != nullptr ? double(p.sinks[hh]) : -std::numeric_limits<double>::infinity();
         std::vector<double> dk_h(size_t(sk) * d, 0.0), dv_h(size_t(sk) * d, 0.0);
         std::vector<double> qs(size_t(sq) * d), dO(size_t(sq) * d);
         for (int i = 0; i < sq; ++i)
@@ -143,9 +149,11 @@ Grads lowp_backward(const BwdProblem& bp) {
             s[jj] = val;
             m = std::max(m, val);
           }
-          double l = 0;
+          m = std::max(m, sink);
+          double l = std::exp(sink - m);
           for (double x : s) l += std::exp(x - m);
           for (int jj = 0; jj < n; ++jj) P[jj] = rd(std::exp(s[jj] - m) / l);
+          const double p_sink = rd(std::exp(sink - m) / l);
           const uint64_t bh = uint64_t(bb) * p.h + hh;
           std::vector<double> Pd(n);  // the probabilities that multiply v: P Z / (1 - p)
           double dsum = 0;
@@ -159,6 +167,7 @@ Grads lowp_backward(const BwdProblem& bp) {
             dsum += float(dP[jj] * P[jj]);
           }
           dsum = float(dsum);
+          dsink_sum[size_t(hh)] += rd(-p_sink * dsum);
           std::vector<double> dqs(d, 0.0);
           for (int jj = 0; jj < n; ++jj) {
             const int j = cb + jj;
@@ -191,6 +200,8 @@ Grads lowp_backward(const BwdProblem& bp) {
         }
     }
   }
+  if (p.sinks != nullptr)
+    for (int hh = 0; hh < p.h; ++hh) g.dsinks.push_back(float(rd(dsink_sum[size_t(hh)])));
   return g;
 }
 
@@ -238,6 +249,7 @@ Grads check_bwd(const AttnConfig& c, const std::string& what, bool deterministic
     *gb = gb->converted(DType::kFloat32);
     gb->fill_nan();
   }
+  std::fill(rp.dsinks.begin(), rp.dsinks.end(), std::numeric_limits<float>::quiet_NaN());
   rp.bind();
   rp.params.dtype = DType::kFloat32;
   const Status rs = ref::mha_bwd(rp.params);
@@ -260,6 +272,18 @@ Grads check_bwd(const AttnConfig& c, const std::string& what, bool deterministic
     EXPECT_LE(err, bound) << names[t] << ": max_err=" << err << " lowp_err=" << err_lowp;
     char buf[128];
     std::snprintf(buf, sizeof(buf), " max_err_%s=%.3g bound=%.3g", names[t], err, bound);
+    line += buf;
+  }
+  if (c.sinks) {
+    // dsinks: every head written, and the same 3x rule (the sum over rows of the sink's
+    // softmax gradient, lowp as PyTorch's autograd rounds it).
+    EXPECT_EQ(count_nonfinite(g.dsinks), 0) << "dsinks: element not written (NaN) or inf";
+    const double err = max_abs_err(g.dsinks, r.dsinks);
+    const double err_lowp = max_abs_err(l.dsinks, r.dsinks);
+    const double bound = 3.0 * err_lowp + 2e-5 * std::max(1.0, max_abs(r.dsinks));
+    EXPECT_LE(err, bound) << "dsinks: max_err=" << err << " lowp_err=" << err_lowp;
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), " max_err_dsinks=%.3g bound=%.3g", err, bound);
     line += buf;
   }
   std::printf("%s cfg=%s\n", line.c_str(), c.str().c_str());
@@ -475,6 +499,117 @@ TEST_F(BwdSm80, DeterministicIsBitwiseRepeatable) {
     }
     check_bwd(c, "deterministic", /*deterministic=*/true);
   }
+}
+
+// Attention sinks: dq, dk, dv need nothing new (the forward's LSE includes the sink, so
+// P = exp(S - LSE) is already normalized over keys and sink), and dsinks comes from the
+// preprocess's D; both are checked by the 3x rule against the CPU reference (check_bwd). The
+// forward's o and LSE come from the CPU backend, with the sinks. Rows with no visible key
+// (causal with s_q > s_k, windows, seqused_k = 0) have o = 0 and LSE = the sink: D = 0, nothing
+// flows through them.
+TEST_F(BwdSm80, Sinks) {
+  for (DType t : {DType::kBFloat16, DType::kFloat16}) {
+    if (!dtype_compiled(t)) continue;
+    for (int d : {64, 128, 256}) {
+      if (!hdim_compiled(d)) continue;
+      AttnConfig c = cfg(t, 2, 97, 113, 4, 2, d);
+      c.sinks = true;
+      check_bwd(c, "sinks gqa");
+      c.causal = true;
+      c.seqlen_q = 200;
+      c.seqlen_k = 70;
+      check_bwd(c, "sinks causal s_q > s_k");
+    }
+  }
+  const DType t = any_dtype();
+  const int d = any_hdim(128);
+  AttnConfig w = cfg(t, 2, 130, 70, 6, 1, d);
+  w.sinks = true;
+  w.window_left = 10;
+  w.window_right = 0;
+  check_bwd(w, "sinks window mqa");
+  AttnConfig sc = cfg(t, 2, 150, 130, 2, 2, d);
+  sc.sinks = true;
+  sc.softcap = 0.8f;
+  sc.softmax_scale = 2.f;
+  sc.causal = true;
+  check_bwd(sc, "sinks softcap causal");
+  AttnConfig a = cfg(t, 2, 130, 150, 4, 2, d);
+  a.sinks = true;
+  a.alibi = true;
+  a.alibi_per_batch = true;
+  a.padded_strides = true;
+  check_bwd(a, "sinks alibi padded");
+  AttnConfig dr = cfg(t, 2, 113, 97, 4, 2, d);
+  dr.sinks = true;
+  dr.p_dropout = 0.17f;
+  dr.philox_seed = fresh_seed();
+  dr.philox_offset = fresh_seed() % 1000;
+  dr.causal = true;
+  check_bwd(dr, "sinks dropout causal");
+  AttnConfig v = cfg(t, 4, 0, 0, 4, 2, any_hdim(64));
+  v.sinks = true;
+  v.seqlens_q = {7, 0, 97, 140};
+  v.seqlens_k = {150, 6, 7, 0};
+  v.seqlen_q = 140;
+  v.seqlen_k = 150;
+  v.causal = true;
+  check_bwd(v, "sinks varlen causal");
+  AttnConfig u = cfg(t, 3, 0, 0, 2, 1, any_hdim(64));
+  u.sinks = true;
+  u.seqlens_q = {20, 13, 5};
+  u.seqlens_k = {140, 13, 9};
+  u.seqused_k = {77, 0, 9};
+  u.seqlen_q = 20;
+  u.seqlen_k = 140;
+  check_bwd(u, "sinks varlen seqused");
+}
+
+// dsinks is a sum over every query row of a head; the backward computes it with a fixed order
+// (per-thread partials, then a fixed tree), so it is bitwise repeatable with or without
+// `deterministic`, and overwritten (not added to) on every call: each run starts from NaN.
+TEST_F(BwdSm80, SinksGradientIsBitwiseRepeatableAndOverwritten) {
+  const DType t = any_dtype();
+  constexpr int kRuns = 20;
+  std::vector<AttnConfig> cases;
+  AttnConfig c = cfg(t, 2, 700, 600, 4, 2, any_hdim(128));  // rows 0..99 see no key
+  c.sinks = true;
+  c.causal = true;
+  cases.push_back(c);
+  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  v.sinks = true;
+  v.seqlens_q = {300, 0, 1077};
+  v.seqlens_k = {700, 5, 650};
+  v.seqlen_q = 1077;
+  v.seqlen_k = 700;
+  cases.push_back(v);
+  for (const AttnConfig& cc : cases)
+    for (bool deterministic : {false, true}) {
+      SCOPED_TRACE(cc.str() + (deterministic ? " deterministic" : ""));
+      BwdProblem bp = make_bwd_problem(cc, fresh_seed());
+      ASSERT_TRUE((cc.varlen() ? mha_varlen_fwd(bp.fwd.params) : mha_fwd(bp.fwd.params)).ok());
+      bp.bind();
+      bp.params.deterministic = deterministic;
+      DeviceBwdProblem dev(bp);
+      std::vector<float> first;
+      for (int r = 0; r < kRuns; ++r) {
+        dev.dsinks = DeviceBuffer::from(bp.dsinks);  // NaN before every run
+        dev.params.dsinks = dev.dsinks.as<float>();
+        const Status s = run_bwd(dev.params);
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        BwdProblem got = bp;
+        got.bind();
+        dev.copy_back(got);
+        EXPECT_EQ(count_nonfinite(got.dsinks), 0) << "dsinks not written in run " << r;
+        if (r == 0) {
+          first = got.dsinks;
+          continue;
+        }
+        ASSERT_EQ(0, std::memcmp(got.dsinks.data(), first.data(), first.size() * sizeof(float)))
+            << "dsinks differs in run " << r;
+      }
+    }
+  check_bwd(cases[0], "sinks deterministic", /*deterministic=*/true);
 }
 
 // Bad input is rejected before anything is written: h not a multiple of h_k (invalid), and paged

@@ -474,54 +474,6 @@ TEST_F(FwdFeaturesSm80, SplitAgainstReference) {
 
 // -------------------------------------------------------------------------------- dropout --
 
-// Dropout with p_ptr: outputs within the 2x rule of the reference that draws the same mask, and
-// the probabilities (negated where dropped) against the reference's: the sign pattern exactly,
-// the values within two roundings of the dtype.
-void check_dropout_probs(const char* group, const AttnConfig& cfg) {
-  const uint64_t seed = fresh_seed();
-  FwdProblem pr = make_fwd_problem(cfg, seed);
-  pr.params.philox_seed = fresh_seed();
-  pr.params.philox_offset = fresh_seed() % 100000;
-  SCOPED_TRACE(cfg.str() + " seed=" + std::to_string(seed) + " philox_seed=" +
-               std::to_string(pr.params.philox_seed));
-  check_small_problem(group, pr, seed);
-  if (!cfg.return_probs) return;
-
-  DeviceFwdProblem dev(pr);
-  ASSERT_TRUE(mha_fwd(dev.params).ok());
-  FwdProblem out = pr;
-  dev.copy_back(out);
-  FwdProblem ref = as_fp32(pr);
-  ASSERT_TRUE(ref::mha_fwd(ref.params).ok());
-  const double u = unit_roundoff(cfg.dtype);
-  int64_t sign_mismatch = 0, bad = 0, dropped = 0, visible = 0, nonfinite = 0;
-  double worst = 0;
-  for (int64_t i = 0; i < out.p.numel; ++i) {
-    const float g = out.p.get(i), w = ref.p.get(i);
-    if (!std::isfinite(g)) {
-      ++nonfinite;
-      continue;
-    }
-    if (std::signbit(g) != std::signbit(w)) ++sign_mismatch;
-    if (w != 0.f) ++visible;
-    if (std::signbit(w)) ++dropped;
-    const double err = std::fabs(double(g) - double(w));
-    worst = std::max(worst, err);
-    if (err > 2 * u * std::fabs(double(w)) + 1e-6) ++bad;
-  }
-  std::printf("[fwd-features] %s probs max_err=%.3g dropped=%lld of %lld cfg=%s\n", group, worst,
-              static_cast<long long>(dropped), static_cast<long long>(visible), cfg.str().c_str());
-  std::fflush(stdout);
-  EXPECT_EQ(nonfinite, 0) << "p_ptr elements not written";
-  EXPECT_EQ(sign_mismatch, 0) << "keep pattern differs from the reference's";
-  EXPECT_EQ(bad, 0) << "probabilities off the reference (max |diff| " << worst << ")";
-  if (cfg.p_dropout > 0 && visible > 2000) {
-    const double rate = double(dropped) / double(visible);
-    const double sigma = std::sqrt(cfg.p_dropout * (1 - cfg.p_dropout) / double(visible));
-    EXPECT_NEAR(rate, cfg.p_dropout, 6 * sigma) << "dropped fraction";
-  }
-}
-
 TEST_F(FwdFeaturesSm80, DropoutKeepPatternAndOutputs) {
   for (DType t : compiled_dtypes()) {
     for (int d : {64, 128, 256, 96}) {

@@ -243,12 +243,15 @@ void lowp_row(const KVCacheProblem& post, DType t, const float* q, const float* 
     s.push_back(val);
     m = std::max(m, val);
   }
+  // Attention sinks: one more fp32 softmax term with no value (a row with no key: lse = sink).
+  const double sink = p.sinks != nullptr ? double(p.sinks[hh]) : -kInf;
   if (s.empty()) {
     for (int x = 0; x < p.d; ++x) out[x] = 0.f;
-    *lse_out = kInf;
+    *lse_out = sink == -kInf ? kInf : sink;
     return;
   }
-  double l = 0;
+  m = std::max(m, sink);
+  double l = std::exp(sink - m);
   for (double val : s) l += std::exp(val - m);
   std::vector<double> acc(p.d, 0.0);
   for (int j = cb; j < ce; ++j) {
@@ -806,6 +809,50 @@ TEST_F(KVCacheGpu, EmptySequencesAndNullLse) {
       for (float x : gather_o(g.out)) ASSERT_TRUE(std::isfinite(x));
       for (float x : g.out.lse)
         ASSERT_TRUE(std::isnan(x)) << "LSE written although the pointer was null";
+    }
+  }
+}
+
+// Attention sinks on the KV-cache path: the sink joins each row once, whichever way the splits
+// merge (one split, the cluster merge of a contiguous cache on sm_90, the combine kernel of a
+// paged one or of more than 8 splits); a sequence with no key gets o = 0 and LSE = the sink; GQA
+// decode runs unpacked (the sinks are per query head).
+TEST_F(KVCacheGpu, Sinks) {
+  for (DType t : compiled_dtypes()) {
+    const int d = hdim_compiled(128) ? 128 : 64;
+    if (!hdim_compiled(d)) continue;
+    for (int splits : {1, 3, 9, 0}) {
+      Case c = make_case(t, 2, 1, 8, 2, d, 4200, 1);
+      c.kc.cache_seqlens = {4199, 900};
+      c.kc.attn.sinks = true;
+      c.kc.attn.num_splits = splits;
+      check_case("sinks decode gqa", c);
+      Case p = make_case(t, 2, 5, 4, 1, d, 4300, 3);
+      p.kc.cache_seqlens = {4200, 97};
+      p.kc.page_size = 16;
+      p.kc.attn.causal = true;
+      p.kc.rotary_dim = d;
+      p.kc.attn.sinks = true;
+      p.kc.attn.num_splits = splits;
+      check_case("sinks split paged+causal+rotary", p);
+    }
+    Case l = make_case(t, 3, 2, 4, 2, d, 1200, 2);
+    l.kc.leftpad = true;
+    l.kc.batch_idx = true;
+    l.kc.b_cache = 4;
+    l.kc.attn.alibi = true;
+    l.kc.attn.softcap = 3.f;
+    l.kc.attn.window_left = 300;
+    l.kc.attn.sinks = true;
+    l.kc.attn.num_splits = 4;
+    check_case("sinks split leftpad+batch_idx+alibi+softcap+window", l);
+    // Sequence 0 sees no key: o = 0, LSE = its head's sink, with and without splits.
+    for (int splits : {1, 3}) {
+      Case e = make_case(t, 3, 2, 4, 2, d, 640, 0);
+      e.kc.cache_seqlens = {0, 600, 17};
+      e.kc.attn.sinks = true;
+      e.kc.attn.num_splits = splits;
+      check_case("sinks empty sequence", e);
     }
   }
 }
