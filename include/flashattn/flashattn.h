@@ -55,7 +55,7 @@ const char* gpu_path_name(GpuPath p);  // "auto", "sm80", "sm90"
 // FLASHATTN_GPU_PATH=auto|sm80|sm90 sets the initial value (read at the first GPU call).
 void set_gpu_path(GpuPath p);
 GpuPath gpu_path();
-// The path the calling thread's last successful GPU forward ran on (kAuto: none yet).
+// The path the calling thread's last successful GPU forward or backward ran on (kAuto: none yet).
 GpuPath last_gpu_path();
 
 // What this build contains.

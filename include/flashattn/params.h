@@ -106,7 +106,7 @@ struct FwdParams {
   // sink). The sink is a final score: softmax_scale, softcap and ALiBi do not apply to it. It
   // takes probability mass in every row's softmax and contributes no value (docs/semantics.md);
   // -inf is the same as no sink for that head. The backward must get the forward's sinks (its
-  // LSE includes them). GPU: the SM80 path (the Hopper forward routes sinks there).
+  // LSE includes them). GPU: the SM80 path (the Hopper forward and backward route sinks there).
   const float* sinks = nullptr;
 
   // Dropout on the attention probabilities. 0 <= p_dropout < 1; not with softcap > 0.

@@ -76,6 +76,32 @@ GpuPath choose_fwd_path(const FwdParams& p, const FwdRequest& r) {
   return fwd_sm90_uncovered(p, r).empty() ? GpuPath::kSm90 : GpuPath::kSm80;
 }
 
+// The Hopper backward (src/sm90/*bwd*, docs/sm90_backward.md) covers dense fp16 / bf16 inputs with
+// causal and sliding-window masks, GQA / MQA and any 16-byte aligned strides; the rest runs on the
+// SM80 path, which has every feature. Deterministic requests go there too: the Hopper kernel adds
+// the dQ partials of the key blocks with unordered atomics. So do attention sinks: the Hopper
+// backward has no dsinks reduction (the SM80 path's preprocess computes it from D and the LSE).
+std::string bwd_sm90_uncovered(const BwdParams& p, const BwdRequest& r) {
+  if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
+  if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
+  if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
+  if (p.cu_seqlens_q != nullptr) return "varlen";
+  if (p.seqused_k != nullptr) return "seqused_k";
+  if (p.p_dropout > 0.f) return "dropout";
+  if (p.softcap > 0.f) return "softcap";
+  if (p.alibi_slopes != nullptr) return "ALiBi";
+  if (p.sinks != nullptr || p.dsinks != nullptr) return "sinks";
+  if (p.block_table != nullptr) return "paged KV";
+  if (p.deterministic) return "deterministic";
+  if (!(p.softmax_scale > 0.f)) return "softmax_scale <= 0";
+  return "";
+}
+
+GpuPath choose_bwd_path(const BwdParams& p, const BwdRequest& r) {
+  if (gpu_path() == GpuPath::kSm80) return GpuPath::kSm80;
+  return bwd_sm90_uncovered(p, r).empty() ? GpuPath::kSm90 : GpuPath::kSm80;
+}
+
 void record_gpu_path(GpuPath path) { last_path = path; }
 
 }  // namespace route

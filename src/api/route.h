@@ -10,7 +10,8 @@
 // environment variable FLASHATTN_GPU_PATH=sm80|sm90|auto read at the first call) forces the SM80
 // path everywhere, or asks for the Hopper path wherever it covers the request; every GPU test
 // runs once per setting on a Hopper GPU. last_gpu_path() tells which path the calling thread's
-// last GPU forward ran.
+// last GPU forward or backward ran. The forward and the backward have coverage tables of their
+// own (fwd_sm90_uncovered, bwd_sm90_uncovered).
 #pragma once
 
 #include <string>
@@ -41,7 +42,19 @@ std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r);
 // The path a request runs on under the current override.
 GpuPath choose_fwd_path(const FwdParams& p, const FwdRequest& r);
 
-// Records the path the calling thread's GPU forward ran (read by last_gpu_path()).
+// What the backward dispatch knows about a request beyond its params.
+struct BwdRequest {
+  bool device_runs_sm90 = false;  // compute capability 9.0 and the library's sm_90a code present
+  bool sm90_compiled = false;     // a Hopper backward kernel for (dtype, d rounded up) exists
+};
+
+// Empty when the Hopper backward covers the request; else the first reason it does not.
+std::string bwd_sm90_uncovered(const BwdParams& p, const BwdRequest& r);
+
+// The path a backward request runs on under the current override.
+GpuPath choose_bwd_path(const BwdParams& p, const BwdRequest& r);
+
+// Records the path the calling thread's GPU forward or backward ran (read by last_gpu_path()).
 void record_gpu_path(GpuPath path);
 
 }  // namespace flashattn::route

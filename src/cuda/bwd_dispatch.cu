@@ -1,7 +1,9 @@
-// Runtime -> template dispatch of the GPU backward: checks that the request is inside what the
-// SM80-path backward covers (returning kNotSupported, never different math, for the rest), rounds
-// the head dim up to a compiled kernel and calls that (dtype, head dim) instantiation. The
-// remaining compile-time features (softcap, ALiBi, dropout) are picked inside the instantiation.
+// Runtime -> template dispatch of the GPU backward: checks that the request is inside what the GPU
+// backward kernels cover (returning kNotSupported, never different math, for the rest), picks the
+// kernel path (api/route.h: the Hopper backward where its coverage table covers the request, else
+// the SM80 path), rounds the head dim up to a compiled kernel of that path and calls that
+// (dtype, head dim) instantiation. The remaining compile-time features (softcap, ALiBi, dropout)
+// are picked inside the SM80 instantiation.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -9,11 +11,16 @@
 
 #include "cuda/bwd.h"
 #include "cuda/cuda_check.h"
+#include "api/route.h"
+#include "cuda/dispatch.h"
 #include "cuda/dispatch_checks.h"
 #include "flashattn_build_config.h"
 #include "flashattn_bwd_sm80_instances.h"
+#include "flashattn_bwd_sm90_instances.h"
 #include "sm80/bwd_sm80.h"
 #include "sm80/tile_size_sm80.h"
+#include "sm90/bwd_sm90.h"
+#include "sm90/tile_size_bwd_sm90.h"
 
 namespace flashattn::cuda {
 namespace {
@@ -22,12 +29,59 @@ Status not_implemented(const std::string& what) {
   return Status::not_supported(what + " in the GPU backward kernel is not implemented yet");
 }
 
+Status run_compiled_sm80(const BwdParams& p) {
+  const int hd = sm80::round_head_dim_sm80(p.d);
+#define FA_SM80_BWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return sm80::run_bwd_sm80<kDtype, kHeadDim>(p);
+  FA_SM80_BWD_FOR_EACH_INSTANCE(FA_SM80_BWD_CASE)
+#undef FA_SM80_BWD_CASE
+  return Status::not_supported(
+      std::string("head dim ") + std::to_string(hd) + " " + dtype_name(p.dtype) +
+      " GPU backward kernels not compiled in this build " + compiled_config_string());
+}
+
+Status run_compiled_sm90(const BwdParams& p) {
+  const int hd = sm90::round_head_dim_bwd_sm90(p.d);
+#define FA_SM90_BWD_CASE(kDtype, kHeadDim) \
+  if (p.dtype == kDtype && hd == kHeadDim) return sm90::run_bwd_sm90<kDtype, kHeadDim>(p);
+  FA_SM90_BWD_FOR_EACH_INSTANCE(FA_SM90_BWD_CASE)
+#undef FA_SM90_BWD_CASE
+  (void)hd;
+  return Status::internal("no Hopper backward kernel for a request the route gave the Hopper path");
+}
+
+bool compiled_sm90(DType t, int hd) {
+#define FA_SM90_BWD_IS(kDtype, kHeadDim) \
+  if (t == kDtype && hd == kHeadDim) return true;
+  FA_SM90_BWD_FOR_EACH_INSTANCE(FA_SM90_BWD_IS)
+#undef FA_SM90_BWD_IS
+  (void)t;
+  (void)hd;
+  return false;
+}
+
+// The backward on the path api/route.h picks, recorded for last_gpu_path().
+Status run_routed(const BwdParams& p) {
+  route::BwdRequest r;
+  r.device_runs_sm90 = device_runs_sm90_kernels();
+  r.sm90_compiled = compiled_sm90(p.dtype, sm90::round_head_dim_bwd_sm90(p.d));
+  if (gpu_path() == GpuPath::kSm90 && !r.device_runs_sm90)
+    return Status::not_supported(
+        "GPU path sm90 was asked for (FLASHATTN_GPU_PATH / set_gpu_path), but this device cannot "
+        "run the library's sm_90a kernels");
+  const GpuPath path = route::choose_bwd_path(p, r);
+  const Status s = path == GpuPath::kSm90 ? run_compiled_sm90(p) : run_compiled_sm80(p);
+  if (s.ok()) route::record_gpu_path(path);
+  return s;
+}
+
 }  // namespace
 
 Status run_mha_bwd(const BwdParams& p) {
   // The kernels would ignore a V head dim of its own, a silently wrong result: refused until
-  // they take it. (Sinks need nothing of the main kernels: the forward's LSE includes them, so
-  // P = exp(S - LSE) is already theirs; dsinks comes from the preprocess's D.)
+  // they take it. (Sinks need nothing of the SM80 main kernels: the forward's LSE includes them,
+  // so P = exp(S - LSE) is already theirs; dsinks comes from the SM80 preprocess's D, which is why
+  // the route keeps sinks off the Hopper backward.)
   if (p.dv != p.d)
     return not_implemented("dv = " + std::to_string(p.dv) + " != d = " + std::to_string(p.d) +
                            " (a V head dim other than the Q/K head dim)");
@@ -66,15 +120,7 @@ Status run_mha_bwd(const BwdParams& p) {
   s = check_compute_capability("backward");
   if (!s.ok()) return s;
 
-  const int hd = sm80::round_head_dim_sm80(p.d);
-#define FA_SM80_BWD_CASE(kDtype, kHeadDim) \
-  if (p.dtype == kDtype && hd == kHeadDim) return sm80::run_bwd_sm80<kDtype, kHeadDim>(p);
-  FA_SM80_BWD_FOR_EACH_INSTANCE(FA_SM80_BWD_CASE)
-#undef FA_SM80_BWD_CASE
-  return Status::not_supported(std::string("head dim ") + std::to_string(hd) + " " +
-                               dtype_name(p.dtype) +
-                               " GPU backward kernels not compiled in this build " +
-                               compiled_config_string());
+  return run_routed(p);
 }
 
 }  // namespace flashattn::cuda

@@ -1,6 +1,7 @@
 // Host-side pieces of the GPU kernel paths, tested without a GPU: the Hopper path's coverage
-// table and the path override (api/route.h), the Hopper tile policy, and the persistent tile
-// scheduler's tile -> (query block, head, sequence) map (sm90/tile_scheduler_sm90.h).
+// tables (forward and backward) and the path override (api/route.h), the Hopper tile policies, and
+// the persistent tile scheduler's tile -> (query block, head, sequence) map
+// (sm90/tile_scheduler_sm90.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include "api/route.h"
 #include "flashattn/flashattn.h"
 #include "sm90/tile_scheduler_sm90.h"
+#include "sm90/tile_size_bwd_sm90.h"
 #include "sm90/tile_size_sm90.h"
 
 namespace flashattn {
@@ -143,6 +145,127 @@ TEST(Route, LastPathIsPerThreadAndRecorded) {
   EXPECT_EQ(last_gpu_path(), GpuPath::kSm90);
   route::record_gpu_path(GpuPath::kSm80);
   EXPECT_EQ(last_gpu_path(), GpuPath::kSm80);
+}
+
+BwdParams plain_bwd() {
+  BwdParams p;
+  static_cast<FwdParams&>(p) = plain();
+  p.softmax_scale = 0.088f;
+  return p;
+}
+
+route::BwdRequest hopper_bwd() {
+  route::BwdRequest r;
+  r.device_runs_sm90 = true;
+  r.sm90_compiled = true;
+  return r;
+}
+
+TEST(RouteBwd, HopperCoversDenseMasksAndGqa) {
+  BwdParams p = plain_bwd();
+  EXPECT_EQ(route::bwd_sm90_uncovered(p, hopper_bwd()), "");
+  p.is_causal = true;
+  p.window_size_left = 10;
+  p.h_k = 1;
+  EXPECT_EQ(route::bwd_sm90_uncovered(p, hopper_bwd()), "");
+}
+
+TEST(RouteBwd, EachUncoveredFeatureNamesItself) {
+  const BwdParams p = plain_bwd();
+  route::BwdRequest r = hopper_bwd();
+  r.device_runs_sm90 = false;
+  EXPECT_NE(route::bwd_sm90_uncovered(p, r).find("device"), std::string::npos);
+  r = hopper_bwd();
+  r.sm90_compiled = false;
+  EXPECT_NE(route::bwd_sm90_uncovered(p, r).find("compiled"), std::string::npos);
+  BwdParams q = p;
+  q.dtype = DType::kFloat32;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "dtype");
+  q = p;
+  static const int cu[3] = {0, 50, 100};
+  q.cu_seqlens_q = cu;
+  q.cu_seqlens_k = cu;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "varlen");
+  q = p;
+  static const int used[2] = {50, 60};
+  q.seqused_k = used;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "seqused_k");
+  q = p;
+  q.p_dropout = 0.1f;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "dropout");
+  q = p;
+  q.softcap = 5.f;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "softcap");
+  q = p;
+  static const float slopes[4] = {0.1f, 0.2f, 0.3f, 0.4f};
+  q.alibi_slopes = slopes;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "ALiBi");
+  q = p;
+  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
+  q.sinks = sinks;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "sinks");
+  static float dsinks[4];
+  q.dsinks = dsinks;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "sinks");
+  q = p;
+  q.deterministic = true;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "deterministic");
+  q = p;
+  q.softmax_scale = -0.5f;
+  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "softmax_scale <= 0");
+}
+
+// The backward with attention sinks (and their gradient, dsinks) runs on the SM80 path on every
+// GPU, whatever the override asks for: the Hopper backward computes no dsinks.
+TEST(RouteBwd, SinksRunOnTheSm80Path) {
+  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
+  static float dsinks[4];
+  BwdParams p = plain_bwd();
+  p.sinks = sinks;
+  BwdParams pd = p;
+  pd.dsinks = dsinks;
+  for (GpuPath asked : {GpuPath::kAuto, GpuPath::kSm90, GpuPath::kSm80}) {
+    ScopedGpuPath scoped(asked);
+    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm80) << gpu_path_name(asked);
+    EXPECT_EQ(route::choose_bwd_path(pd, hopper_bwd()), GpuPath::kSm80) << gpu_path_name(asked);
+  }
+}
+
+TEST(RouteBwd, OverrideForcesTheSm80PathAndAutoPicksHopperWhereCovered) {
+  const BwdParams p = plain_bwd();
+  {
+    ScopedGpuPath sm80(GpuPath::kSm80);
+    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm80);
+  }
+  {
+    ScopedGpuPath a(GpuPath::kAuto);
+    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm90);
+    BwdParams d = p;
+    d.deterministic = true;
+    EXPECT_EQ(route::choose_bwd_path(d, hopper_bwd()), GpuPath::kSm80);
+    route::BwdRequest ampere = hopper_bwd();
+    ampere.device_runs_sm90 = false;
+    EXPECT_EQ(route::choose_bwd_path(p, ampere), GpuPath::kSm80);
+  }
+  {
+    ScopedGpuPath sm90(GpuPath::kSm90);
+    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm90);
+  }
+}
+
+TEST(TileSizeBwdSm90, HeadDimsRoundUpToAKernelAndFitTheBudgets) {
+  EXPECT_EQ(sm90::round_head_dim_bwd_sm90(8), 64);
+  EXPECT_EQ(sm90::round_head_dim_bwd_sm90(64), 64);
+  EXPECT_EQ(sm90::round_head_dim_bwd_sm90(72), 128);
+  EXPECT_EQ(sm90::round_head_dim_bwd_sm90(128), 128);
+  EXPECT_EQ(sm90::round_head_dim_bwd_sm90(136), 0);
+  for (int d : {64, 128}) {
+    const sm90::BwdTileSm90 t = sm90::tile_size_bwd_sm90(d);
+    EXPECT_EQ(t.block_m % 64, 0) << d;
+    EXPECT_EQ(t.block_n, 64 * t.mma_warpgroups()) << d;
+    EXPECT_LE(sm90::bwd_smem_bytes_sm90(t, d) + 1024, 227 * 1024) << d;
+    EXPECT_LE(t.load_registers * 128 + t.mma_registers * 128 * t.mma_warpgroups(), 65536) << d;
+  }
 }
 
 TEST(TileSizeSm90, HeadDimsRoundUpToAKernel) {
