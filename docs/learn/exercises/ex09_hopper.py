@@ -89,14 +89,15 @@ assert max(x * 2 ** 8 for x in p) <= 448               # the shifted maximum sti
 
 
 # ---- 4. The tile policy of src/sm90/tile_size_sm90.h ------------------------------------------
-# Entries read as {block_m, block_n, stages, mma_registers, load_registers, pingpong}, one per
-# head-dim kernel (64, 96, 128, 192, 256: the bound of each `if`, the last entry serving 256).
+# Entries read as {block_m, block_n, stages, mma_registers, load_registers, pingpong, dropout},
+# one per head-dim kernel (64, 96, 128, 192, 256: the bound of each `if`, the last entry serving
+# 256); the dropout flag is not used here.
 ROOT = Path(__file__).resolve().parents[3]
 src = (ROOT / "src/sm90/tile_size_sm90.h").read_text()
 body = src[src.index("constexpr FwdTileSm90 tile_size_fwd_sm90"):]
 body = body[:body.index("\n}\n")]
 entries = re.findall(r"(?:if \(head_dim <= (\d+)\) )?return \{(\d+), (\d+), (\d+), (\d+), (\d+), "
-                     r"(true|false)\};", body)
+                     r"(true|false), (?:true|false)\};", body)
 assert [int(e[0] or 256) for e in entries] == [64, 96, 128, 192, 256], entries
 SMEM = 227 * 1024   # per CTA on H100 / H200
 for bound, bm, bn, stages, mma_regs, load_regs, pingpong in entries:
