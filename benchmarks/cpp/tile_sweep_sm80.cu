@@ -1,9 +1,10 @@
-// Tile-policy sweep of the SM80-path forward (a development tool, not part of the library build):
+// Tile-policy sweep of the SM80-path forward (a development tool, not part of the library):
 // times the plain kernel (no softcap / ALiBi) of several (kBlockM, kBlockN, warps) choices per
 // head dim on the standard grid (bf16, batch * seqlen = 16384, hidden 2048, h = 2048 / d), and
 // prints TFLOP/s (FLOPs = 4 * b * s^2 * h * d, halved for causal) and the output difference to
 // the policy the library uses (a cross-check that every variant computes the same thing).
-// Build by hand (docs/sm80_forward.md):
+// Built by CMake with -DFA_BUILD_BENCH_CPP=ON (-DFA_BENCH_CPP_HDIM=128 compiles the d = 128
+// variants only, as -DSWEEP_D=128 does), or by hand (docs/sm80_forward.md):
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -gencode arch=compute_90a,code=sm_90a \
 //        -Isrc -Iinclude -I.deps/cutlass/include benchmarks/cpp/tile_sweep_sm80.cu -o tile_sweep_sm80
 // Put another directory holding an sm80/ tree before -Isrc to time a variant of the kernel code.
