@@ -11,9 +11,11 @@
 #include <cmath>
 #include <type_traits>
 
+#include "api/heuristics.h"
 #include "common/score_mod.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
+#include "cuda/launch_common.h"
 #include "sm90/fwd_sm90.h"
 #include "sm90/kernel_fwd_sm90.cuh"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
@@ -88,15 +90,10 @@ Status launch_fwd_sm90(const FwdParams& p) {
         typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
   }
 
-  const int sms = cuda::device_sm_count();
-  if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
-  const int grid = int(std::min<int64_t>(tiles, sms));
-  auto* kernel = &flash_fwd_sm90_kernel<Kernel>;
-  constexpr int kSmem = Kernel::kSmemSize;
-  FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(p.stream)>>>(args);
-  FA_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
-  return Status::ok_status();
+  const int grid = heuristics::persistent_grid_size(tiles, cuda::device_sm_count());
+  if (grid <= 0) return Status::internal("cannot read the device's multiprocessor count");
+  return cuda::launch_kernel(&flash_fwd_sm90_kernel<Kernel>, dim3(grid), Kernel::kNThreads,
+                             Kernel::kSmemSize, p.stream, 1, "flash_fwd_sm90_kernel", args);
 }
 
 template <DType kDtype, int kHeadDim>
