@@ -81,10 +81,8 @@ fa::Status launch_traits(const fa::FwdParams& p) {
   if (kMod == 1 || kMod == 4) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   if (kMod == 2) q.p_dropout = 0.1f;
   if (kMod == 3 || kMod == 4) q.alibi_slopes = g_alibi_slopes;
-  sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<Traits::kBlockM>(q);
+  const sm80::FwdArgsSm80 args = sm80::fwd_params_sm80<Traits>({q});  // dropout fields from q
   if constexpr (kMod == 2) {
-    args.dropout_threshold = fa::dropout_threshold(q.p_dropout);
-    args.rp_dropout = 1.f / (1.f - q.p_dropout);
     return sm80::launch_fwd_kernel_sm80<Traits, sm80::FwdFeaturesSm80<false, false, false, false, true>,
                                         sm80::TileSchedulerSm80>(args);
   } else {

@@ -14,14 +14,10 @@
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "api/heuristics.h"
-#include "common/philox.h"
-#include "common/score_mod.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
 #include "cuda/launch_common.h"
@@ -102,7 +98,7 @@ Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
   // With cluster_combine the num_splits CTAs of a tile are adjacent in x
   // (TileSchedulerSplitSm80): one cluster.
   return cuda::launch_kernel(&flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>,
-                             TileScheduler::grid_shape(args), Kernel::kNThreads, Kernel::kSmemSize,
+                             Kernel::grid_shape(args), Kernel::kNThreads, Kernel::kSmemSize,
                              args.p.stream, args.cluster_combine ? args.num_splits : 1,
                              "flash_fwd_sm80_kernel", args);
 }
@@ -125,18 +121,12 @@ Status launch_fwd_sm80(const FwdArgsSm80& args) {
                                 kMinSmemPerSm>(args);
 }
 
-// Arguments every family shares.
-template <int kBlockM>
-FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
-  FwdArgsSm80 args;
-  args.p = p;
-  const ScoreUnits units = ScoreUnits::of(p.softmax_scale, p.softcap);
-  args.unit = units.unit;
-  args.unit_log2 = units.unit_log2;
-  args.softcap_prescale = units.softcap_prescale;
-  args.h_h_k_ratio = p.h / p.h_k;
-  args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  return args;
+// The Params of the kernels of tile Traits from the launch's Arguments (every kernel of one tile
+// derives them the same way: Kernel::to_underlying_arguments).
+template <class Traits>
+FwdArgsSm80 fwd_params_sm80(const FwdArgumentsSm80& arguments) {
+  return FwdKernelSm80<Traits, FwdFeaturesSm80<false, false>,
+                       TileSchedulerSm80>::to_underlying_arguments(arguments);
 }
 
 // The tile one kernel family runs on this device, handed to run_fwd_on_device_tile_sm80's callback.
@@ -165,7 +155,7 @@ Status run_fwd_on_device_tile_sm80(Run&& run) {
 template <class Traits, class AlibiTraits = Traits, int kMinSmemPerSm = 0>
 Status run_fwd_plain_sm80(const FwdParams& p) {
   static_assert(Traits::kBlockM == AlibiTraits::kBlockM, "one query block count for both tiles");
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p});
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
 
   const bool has_softcap = p.softcap > 0.f;
@@ -215,23 +205,9 @@ template <class Traits, int kMinSmemPerSm = 0>
 Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
                                int num_splits) {
   using Epilogue = EpilogueFwdSm80<Traits>;
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p, kv_batch_idx, k_leftpad, num_splits});
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
-  args.kv_batch_idx = kv_batch_idx;
-  args.k_leftpad = k_leftpad;
   const bool paged = p.block_table != nullptr;
-  if (paged) {
-    const int page = p.page_block_size;
-    int ceil_log2 = 0;
-    while ((int64_t(1) << ceil_log2) < page) ++ceil_log2;
-    args.page_div = page;
-    if (page > 1) {
-      args.page_mul = uint32_t(((uint64_t(1) << (31 + ceil_log2)) + uint64_t(page) - 1) / uint64_t(page));
-      args.page_shift = uint32_t(ceil_log2 - 1);
-    }
-    args.page_holds_tiles = page % Traits::kBlockN == 0;
-  }
-  args.num_splits = std::max(1, num_splits);
   args.partial_rows = cuda::split_partial_rows(p);
   if (args.num_splits == 1) {
     return paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
@@ -287,10 +263,8 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
 
 template <class Traits, int kMinSmemPerSm = 0>
 Status run_fwd_dropout_tile_sm80(const FwdParams& p) {
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p});  // dropout_threshold, rp_dropout from p
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
-  args.dropout_threshold = dropout_threshold(p.p_dropout);
-  args.rp_dropout = 1.f / (1.f - p.p_dropout);
   using Sched = TileSchedulerSm80;
   return p.alibi_slopes != nullptr
       ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, false, false, true>, Sched,
