@@ -1,4 +1,4 @@
-// Timing tool of the SM80-path backward (a development tool, not part of the library build).
+// Timing tool of the SM80-path backward (a development tool, not part of the library).
 // On the standard grid (bf16, batch * seqlen = 16384, hidden 2048, h = 2048 / d) it times, per
 // (d, seqlen, causal), the whole backward (memset + preprocess + main kernel + postprocess) of
 // the library's tile policy and of the variants compiled in below, the main kernel alone, and
@@ -7,8 +7,9 @@
 // that each computes the same thing. With --mem it reports the backward's workspace at
 // s = 16k, d = 128: the size BwdWorkspaceSm80 computes and the stream-ordered pool's high-water
 // mark around one call (cudaMemPoolAttrUsedMemHigh), plus cudaMemGetInfo before and after.
-// The forward (o, lse) comes from the library (mha_fwd). Build by hand after building the
-// library in build-bwdk (docs/sm80_backward.md):
+// The forward (o, lse) comes from the library (mha_fwd). Built by CMake with
+// -DFA_BUILD_BENCH_CPP=ON (-DFA_BENCH_CPP_HDIM=128 compiles the d = 128 variants only, as
+// -DBENCH_D=128 does), or by hand after building the library in build-bwdk (docs/sm80_backward.md):
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -gencode arch=compute_90a,code=sm_90a \
 //        -Isrc -Iinclude -Ibuild-bwdk/generated -I.deps/cutlass/include \
 //        benchmarks/cpp/bwd_bench_sm80.cu build-bwdk/libflashattn.a -o build-bwdk/bwd_bench_sm80
@@ -161,6 +162,14 @@ double max_diff(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) 
   return m;
 }
 
+// The "lib" variant of head dim d, or null where BENCH_D left it out (so that a build for one
+// head dim instantiates no other head dim's kernels).
+RunFn lib_of(const std::vector<Variant>& variants, int d) {
+  for (const Variant& var : variants)
+    if (var.d == d && std::string(var.name) == "lib") return var.fn;
+  return nullptr;
+}
+
 int main(int argc, char** argv) {
   bool mem = false, det = false;
   std::string only;  // --only NAME: time only the variants whose name contains NAME
@@ -271,7 +280,8 @@ int main(int argc, char** argv) {
         if (det) {
           fa::BwdParams pd = p;
           pd.deterministic = true;
-          RunFn lib = d == 64 ? &run_lib<64> : d == 128 ? &run_lib<128> : &run_lib<256>;
+          const RunFn lib = lib_of(variants, d);
+          if (lib == nullptr) continue;
           const double ms = time_ms(lib, pd, iters);
           BENCH_CHECK(cudaDeviceSynchronize());
           const double diff = ref_dq.empty() ? -1.0 : max_diff(download(buf.dq, n), ref_dq);
@@ -283,6 +293,10 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (mem && lib_of(variants, 128) == nullptr) {
+    std::fprintf(stderr, "--mem times d = 128: build with BENCH_D=128 or without BENCH_D\n");
+    return 1;
+  }
   if (mem) {
     // The standard grid's shape (docs/design.md) at s = 16k, d = 128: b = 1, h = 16.
     fa::BwdParams p = make_params(buf, 1, 16384, 16, 128, false);
@@ -297,7 +311,7 @@ int main(int argc, char** argv) {
     BENCH_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero));
     size_t free0 = 0, free1 = 0, total = 0;
     BENCH_CHECK(cudaMemGetInfo(&free0, &total));
-    if (!run_lib<128>(p).ok()) return 1;
+    if (!lib_of(variants, 128)(p).ok()) return 1;
     BENCH_CHECK(cudaDeviceSynchronize());
     BENCH_CHECK(cudaMemGetInfo(&free1, &total));
     uint64_t used_high = 0, reserved_high = 0;

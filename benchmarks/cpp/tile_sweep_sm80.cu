@@ -1,9 +1,10 @@
-// Tile-policy sweep of the SM80-path forward (a development tool, not part of the library build):
+// Tile-policy sweep of the SM80-path forward (a development tool, not part of the library):
 // times the plain kernel (no softcap / ALiBi) of several (kBlockM, kBlockN, warps) choices per
 // head dim on the standard grid (bf16, batch * seqlen = 16384, hidden 2048, h = 2048 / d), and
 // prints TFLOP/s (FLOPs = 4 * b * s^2 * h * d, halved for causal) and the output difference to
 // the policy the library uses (a cross-check that every variant computes the same thing).
-// Build by hand (docs/sm80_forward.md):
+// Built by CMake with -DFA_BUILD_BENCH_CPP=ON (-DFA_BENCH_CPP_HDIM=128 compiles the d = 128
+// variants only, as -DSWEEP_D=128 does), or by hand (docs/sm80_forward.md):
 //   nvcc -std=c++17 -O3 --expt-relaxed-constexpr --use_fast_math -gencode arch=compute_90a,code=sm_90a \
 //        -Isrc -Iinclude -I.deps/cutlass/include benchmarks/cpp/tile_sweep_sm80.cu -o tile_sweep_sm80
 // Put another directory holding an sm80/ tree before -Isrc to time a variant of the kernel code.
@@ -80,10 +81,8 @@ fa::Status launch_traits(const fa::FwdParams& p) {
   if (kMod == 1 || kMod == 4) q.softcap = 30.f;  // the softcap kernel (Gemma 2's cap), same inputs
   if (kMod == 2) q.p_dropout = 0.1f;
   if (kMod == 3 || kMod == 4) q.alibi_slopes = g_alibi_slopes;
-  sm80::FwdArgsSm80 args = sm80::make_fwd_args_sm80<Traits::kBlockM>(q);
+  const sm80::FwdArgsSm80 args = sm80::fwd_params_sm80<Traits>({q});  // dropout fields from q
   if constexpr (kMod == 2) {
-    args.dropout_threshold = fa::dropout_threshold(q.p_dropout);
-    args.rp_dropout = 1.f / (1.f - q.p_dropout);
     return sm80::launch_fwd_kernel_sm80<Traits, sm80::FwdFeaturesSm80<false, false, false, false, true>,
                                         sm80::TileSchedulerSm80>(args);
   } else {

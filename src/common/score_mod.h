@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "common/host_device.h"
+#include "flashattn/params.h"
 
 namespace flashattn {
 
@@ -24,6 +26,23 @@ struct ScoreMod {
       s -= alibi_slope * T(dist < 0 ? -dist : dist);
     }
     return s;
+  }
+  // The score mods of query head hq of batch entry bidb, a sequence of seqlen_q queries and
+  // seqlen_k keys: the one place params become a ScoreMod, for the CPU reference (double) and
+  // the CPU backend's forward and backward (float). BwdParams is a FwdParams.
+  static ScoreMod of(const FwdParams& p, int bidb, int hq, int seqlen_q, int seqlen_k) {
+    ScoreMod mod;
+    mod.scale = T(p.softmax_scale);
+    mod.softcap = T(p.softcap);
+    mod.alibi_slope = T(alibi_slope_of(p, bidb, hq));
+    mod.offset = seqlen_k - seqlen_q;
+    return mod;
+  }
+  // ALiBi slope of query head hq of batch entry bidb: slopes are [h] (batch stride 0) or [b, h];
+  // 0 (the identity) without ALiBi.
+  static float alibi_slope_of(const FwdParams& p, int bidb, int hq) {
+    if (p.alibi_slopes == nullptr) return 0.f;
+    return p.alibi_slopes[int64_t(bidb) * p.alibi_slopes_batch_stride + hq];
   }
   // d s / d (scale * qk): the softcap's tanh chain rule (1 - tanh^2), used by the backward.
   FA_HD T dscore(T qk) const {

@@ -235,13 +235,7 @@ class Backward {
   }
 
   ScoreMod<float> score_mod(const SeqView& sv, int hq) const {
-    ScoreMod<float> mod;
-    mod.scale = p_.softmax_scale;
-    mod.softcap = p_.softcap;
-    mod.alibi_slope =
-        p_.alibi_slopes ? p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq] : 0.f;
-    mod.offset = sv.seqlen_k - sv.seqlen_q;
-    return mod;
+    return ScoreMod<float>::of(p_, sv.bidb, hq, sv.seqlen_q, sv.seqlen_k);
   }
 
   void run_item(const WorkItem& it, Scratch& w) const {

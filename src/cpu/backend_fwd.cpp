@@ -363,10 +363,6 @@ class Forward {
     return static_cast<char*>(sv.o) +
            (int64_t(i) * sv.o_row_stride + int64_t(hq) * sv.o_head_stride) * dtype_size(p_.dtype);
   }
-  float alibi_slope(const SeqView& sv, int hq) const {
-    if (p_.alibi_slopes == nullptr) return 0.f;
-    return p_.alibi_slopes[int64_t(sv.bidb) * p_.alibi_slopes_batch_stride + hq];
-  }
   // The sink of query head hq as an LSE term: -inf (the identity of logaddexp) without sinks.
   float sink(int hq) const { return p_.sinks != nullptr ? p_.sinks[hq] : -kInf; }
   VisibilityMask mask_of(const SeqView& sv) const {
@@ -400,11 +396,8 @@ class Forward {
       k_.col_scale_max(w.st.data(), ld, n, g_ * rows, p_.softmax_scale, w.ref.data());
     } else {
       for (int hg = 0; hg < g_; ++hg) {
-        ScoreMod<float> mod;
-        mod.scale = p_.softmax_scale;
-        mod.softcap = p_.softcap;
-        mod.alibi_slope = alibi_slope(sv, hk * g_ + hg);
-        mod.offset = sv.seqlen_k - sv.seqlen_q;
+        const ScoreMod<float> mod =
+            ScoreMod<float>::of(p_, sv.bidb, hk * g_ + hg, sv.seqlen_q, sv.seqlen_k);
         for (int j = 0; j < n; ++j) {
           float* sj = w.st.data() + size_t(j) * ld + hg * rows;
           for (int r = 0; r < rows; ++r) sj[r] = mod.apply(sj[r], m0 + r, n0 + j);

@@ -276,20 +276,6 @@ void attention_backward(const Head& hd, const Mat& dout, Mat* dq, Mat* dk, Mat* 
 
 // ------------------------------------------------------------------------ params -> Head --
 
-double alibi_slope(const FwdParams& p, int bidb, int bidh) {
-  if (p.alibi_slopes == nullptr) return 0.0;
-  return p.alibi_slopes[int64_t(bidb) * p.alibi_slopes_batch_stride + bidh];
-}
-
-ScoreMod<double> score_mod(const FwdParams& p, int bidb, int bidh, int seqlen_q, int seqlen_k) {
-  ScoreMod<double> mod;
-  mod.scale = p.softmax_scale;
-  mod.softcap = p.softcap;
-  mod.alibi_slope = alibi_slope(p, bidb, bidh);
-  mod.offset = seqlen_k - seqlen_q;
-  return mod;
-}
-
 Dropout make_dropout(const FwdParams& p, const Options& opt, int bidb, int bidh) {
   Dropout dr;
   if (p.p_dropout <= 0.f) return dr;
@@ -357,7 +343,7 @@ Head make_head(const FwdParams& p, const Options& opt, int bidb, int bidh, const
   dequantize_fp8(p, bidb, bidh, /*key0=*/0, &hd);
   hd.mask = VisibilityMask::make(info.seqlen_q, info.seqlen_k, p.is_causal, p.window_size_left,
                                  p.window_size_right);
-  hd.mod = score_mod(p, bidb, bidh, info.seqlen_q, info.seqlen_k);
+  hd.mod = ScoreMod<double>::of(p, bidb, bidh, info.seqlen_q, info.seqlen_k);
   hd.key_begin = opt.key_begin;
   if (opt.key_end >= 0) hd.key_end = opt.key_end;
   hd.row_begin = opt.row_begin;
@@ -577,7 +563,7 @@ Status mha_fwd_kvcache(const KVCacheParams& params) {
       dequantize_fp8(p, bidb, bidh, /*key0=*/leftpad, &hd);
       hd.mask = VisibilityMask::make(s_q, s_k, p.is_causal, p.window_size_left,
                                      p.window_size_right);
-      hd.mod = score_mod(p, bidb, bidh, s_q, s_k);
+      hd.mod = ScoreMod<double>::of(p, bidb, bidh, s_q, s_k);
       if (p.sinks != nullptr) hd.sink = p.sinks[bidh];
 
       Mat o;

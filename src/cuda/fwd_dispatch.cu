@@ -16,6 +16,7 @@
 
 #include <string>
 
+#include "api/heuristics.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
 #include "cuda/dispatch_checks.h"
@@ -36,24 +37,19 @@ Status not_implemented(const std::string& what) {
   return Status::not_supported(what + " in the GPU forward kernel is not implemented yet");
 }
 
-// The split count for p at head-dim kernel hd (1 = no split); 0 asks the heuristic, which needs
-// the SM count.
+// The split count for p at head-dim kernel hd (1 = no split; api/heuristics.h); 0 asks the
+// heuristic, which needs the SM count.
 Status choose_splits(const FwdParams& p, int hd, int* splits) {
   *splits = 1;
   if (p.num_splits == 1) return Status::ok_status();
-  // Splitting runs the split-capable kernels: their tile on this device decides the grid.
-  const sm80::TileSizeSm80 tile =
-      sm80::tile_size_fwd_split_for_sm80(hd, cuda::device_smem_per_sm());
-  const int m_blocks = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
-  const int n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
   int num_sms = 0;
   if (p.num_splits == 0) {
     int device = 0;
     FA_CUDA_CHECK(cudaGetDevice(&device));
     FA_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
   }
-  *splits = sm80::choose_num_splits_sm80(p.num_splits, int64_t(p.b) * p.h * m_blocks, n_blocks,
-                                         num_sms * sm80::fwd_ctas_per_sm_sm80(tile));
+  *splits = heuristics::fwd_num_splits_sm80(p.num_splits, p.b, p.h, p.seqlen_q, p.seqlen_k, hd,
+                                            cuda::device_smem_per_sm(), num_sms);
   return Status::ok_status();
 }
 

@@ -19,7 +19,7 @@ Status run_fwd_sm80(const FwdParams& p);
 
 // Split-capable kernels: contiguous or paged K/V (p.block_table), the KV-cache hooks
 // (kv_batch_idx, k_leftpad: contiguous K/V only, see cuda/fwd.h) and num_splits >= 1 (already
-// chosen: choose_num_splits_sm80; p.num_splits == 0 marks the heuristic's count, which the
+// chosen: heuristics::choose_num_splits in api/heuristics.h; p.num_splits == 0 marks the heuristic's count, which the
 // cluster merge may lower); with num_splits > 1 the splits of a tile merge inside a
 // thread-block cluster on sm_90 (contiguous K/V, all clusters resident at once), else the fp32
 // partials go to stream-ordered scratch and the combine kernel writes o and the LSE. No dropout.

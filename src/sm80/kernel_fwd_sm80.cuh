@@ -1,7 +1,13 @@
 // The SM80-path FlashAttention-2 forward kernel: Kernel<Mainloop, Epilogue, TileScheduler>.
 //
-// Schedule: one CTA of kNWarps warps per (query block of kBlockM rows, query head, sequence),
-// no persistence. The CTA
+// Interface (the one a second arch's kernel implements too): the host fills Arguments
+// (FwdArgumentsSm80: the params and the family's extras), Kernel::to_underlying_arguments turns
+// them into the Params the kernel reads (FwdArgsSm80: derived values computed once on the host),
+// Kernel::grid_shape sizes the grid, and the kernel's CTAs loop over the work tiles the
+// TileScheduler hands out (initial_work, next_work), with one SharedStorage.
+//
+// Schedule: one CTA of kNWarps warps per (query block of kBlockM rows, query head, sequence):
+// the SM80 schedulers hand each CTA one tile, no persistence. For its tile the CTA
 //   1. reads its sequence's geometry (SeqlenInfo: dense, varlen, seqused_k) and leaves if its
 //      query block starts past the sequence end (varlen grids are sized by the longest sequence);
 //   2. asks the shared VisibilityMask which keys any of its rows can see, [n_lo, n_hi), and
@@ -41,36 +47,69 @@ namespace flashattn::sm80 {
 
 using namespace cute;
 
+// A tile of work: (query block, head, sequence[, split]), or none (valid = false: the CTA is done).
+struct WorkTileSm80 {
+  BlockCoordSm80 blk;
+  bool valid = false;
+  __forceinline__ __device__ bool is_valid() const { return valid; }
+
+  // The tile of query block num_m_blocks - 1 - m_from_last (heaviest first), split `split`, head
+  // blockIdx.y, sequence blockIdx.z: the SM80 grids' (x, heads, batch) layout.
+  // (TileSchedulerSplitSm80 writes the same fields itself; see there.)
+  __forceinline__ __device__ static WorkTileSm80 of_grid(FwdArgsSm80 const& args, int m_from_last,
+                                                         int split) {
+    WorkTileSm80 w;
+    w.blk.m_block = args.num_m_blocks - 1 - m_from_last;
+    w.blk.split = split;
+    w.blk.bidh = int(blockIdx.y);
+    w.blk.bidb = int(blockIdx.z);
+    w.blk.bidb_kv = w.blk.bidb;
+    w.valid = true;
+    return w;
+  }
+};
+
+// The tile schedulers. A CTA starts at initial_work and moves on with next_work until a tile is
+// not valid. The SM80 grids have one CTA per tile (kPersistent = false): next_work never has one,
+// and the kernel runs the one tile without the loop. A persistent scheduler (a grid of one CTA
+// per SM walking the tiles, as TileSchedulerSm90 does) returns the CTA's next tile there.
+
 // grid = (query blocks, heads, batch); heaviest (last) query blocks first.
 struct TileSchedulerSm80 {
+  static constexpr bool kPersistent = false;
   static dim3 grid_shape(FwdArgsSm80 const& args) {
     return dim3(unsigned(args.num_m_blocks), unsigned(args.p.h), unsigned(args.p.b));
   }
-  __forceinline__ __device__ static BlockCoordSm80 block_coord(FwdArgsSm80 const& args) {
-    BlockCoordSm80 c;
-    c.m_block = args.num_m_blocks - 1 - int(blockIdx.x);
-    c.bidh = int(blockIdx.y);
-    c.bidb = int(blockIdx.z);
-    c.bidb_kv = c.bidb;
-    return c;
+  __forceinline__ __device__ static WorkTileSm80 initial_work(FwdArgsSm80 const& args) {
+    return WorkTileSm80::of_grid(args, int(blockIdx.x), 0);
+  }
+  __forceinline__ __device__ static WorkTileSm80 next_work(FwdArgsSm80 const&, WorkTileSm80 const&) {
+    return WorkTileSm80{};
   }
 };
 
 // Split-KV: grid = (query blocks * splits, heads, batch); the splits of one query block are
 // adjacent in x, heaviest query blocks first as above.
 struct TileSchedulerSplitSm80 {
+  static constexpr bool kPersistent = false;
   static dim3 grid_shape(FwdArgsSm80 const& args) {
     return dim3(unsigned(args.num_m_blocks * args.num_splits), unsigned(args.p.h),
                 unsigned(args.p.b));
   }
-  __forceinline__ __device__ static BlockCoordSm80 block_coord(FwdArgsSm80 const& args) {
-    BlockCoordSm80 c;
-    c.m_block = args.num_m_blocks - 1 - int(blockIdx.x) / args.num_splits;
-    c.split = int(blockIdx.x) % args.num_splits;
-    c.bidh = int(blockIdx.y);
-    c.bidb = int(blockIdx.z);
-    c.bidb_kv = c.bidb;
-    return c;
+  __forceinline__ __device__ static WorkTileSm80 initial_work(FwdArgsSm80 const& args) {
+    // Field by field, query block before split: of_grid's arguments would compute them in the
+    // other order, which reorders the kernel's first instructions.
+    WorkTileSm80 w;
+    w.blk.m_block = args.num_m_blocks - 1 - int(blockIdx.x) / args.num_splits;
+    w.blk.split = int(blockIdx.x) % args.num_splits;
+    w.blk.bidh = int(blockIdx.y);
+    w.blk.bidb = int(blockIdx.z);
+    w.blk.bidb_kv = w.blk.bidb;
+    w.valid = true;
+    return w;
+  }
+  __forceinline__ __device__ static WorkTileSm80 next_work(FwdArgsSm80 const&, WorkTileSm80 const&) {
+    return WorkTileSm80{};
   }
 };
 
@@ -112,10 +151,38 @@ struct FlashAttnFwdSm80 {
   static constexpr bool kClusterMerge =
       Features::kSplit && !Features::kPaged &&
       sizeof(typename Epilogue::ClusterPartial) <= sizeof(SharedStorage);
+  // A cluster's CTAs meet at cluster barriers once per tile: they must walk the same tiles.
+  static_assert(!(kClusterMerge && TileScheduler::kPersistent),
+                "the cluster merge assumes one tile per CTA");
 
-  __forceinline__ __device__ void operator()(FwdArgsSm80 const& args, char* smem) const {
+  using Arguments = FwdArgumentsSm80;
+  using Params = FwdArgsSm80;
+
+  // Host: the kernel's Params from the launch's Arguments (fwd_args_sm80.h).
+  static Params to_underlying_arguments(Arguments const& arguments) {
+    return to_underlying_arguments_sm80<kBlockM, kBlockN>(arguments);
+  }
+  static dim3 grid_shape(Params const& params) { return TileScheduler::grid_shape(params); }
+
+  __forceinline__ __device__ void operator()(Params const& args, char* smem) const {
     SharedStorage& storage = *reinterpret_cast<SharedStorage*>(smem);
-    BlockCoordSm80 blk = TileScheduler::block_coord(args);
+    if constexpr (!TileScheduler::kPersistent) {
+      // One tile per CTA, always valid: the tile without the loop, which the compiler would
+      // otherwise rotate and schedule differently.
+      run_tile(args, storage, smem, TileScheduler::initial_work(args).blk);
+    } else {
+      for (WorkTileSm80 work = TileScheduler::initial_work(args); work.is_valid();
+           work = TileScheduler::next_work(args, work)) {
+        run_tile(args, storage, smem, work.blk);
+        // The next tile's first copies overwrite shared memory this tile's last reads use.
+        __syncthreads();
+      }
+    }
+  }
+
+  // Steps 1-4 of the schedule (file comment) for one work tile.
+  __forceinline__ __device__ void run_tile(Params const& args, SharedStorage& storage, char* smem,
+                                           BlockCoordSm80 blk) const {
     const FwdParams& p = args.p;
     SeqlenInfo seq = SeqlenInfo::make(p, blk.bidb);
     const int m0 = blk.m_block * kBlockM;

@@ -6,24 +6,21 @@
 //  - run_fwd_sm80:         plain (softcap x ALiBi: 4 kernels; 8 where the head dim also has
 //                          compact tiles for GPUs with less shared memory);
 //  - run_fwd_split_sm80:   split-capable, contiguous or paged K/V, KV-cache hooks (8 kernels),
-//                          plus the scratch for the partials and the combine launch;
+//                          merged in thread-block clusters or by the combine launch
+//                          (cuda/launch_common.h: scratch, combine, cluster launch and sizing);
 //  - run_fwd_dropout_sm80: dropout (x ALiBi: 2 kernels; flash_attn has no softcap + dropout).
 #pragma once
 
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <string>
+#include <cstdint>
 #include <type_traits>
 
-#include "common/philox.h"
-#include "common/score_mod.h"
-#include "cuda/combine.h"
+#include "api/heuristics.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
+#include "cuda/launch_common.h"
 #include "sm80/epilogue_fwd_sm80.cuh"
 #include "sm80/fwd_args_sm80.h"
 #include "sm80/fwd_sm80.h"
@@ -98,77 +95,23 @@ constexpr bool fwd_split_cluster_merge_sm80() {
 template <class Traits, class Features, class TileScheduler, int kMinSmemPerSm = 0>
 Status launch_fwd_kernel_sm80(const FwdArgsSm80& args) {
   using Kernel = FwdKernelSm80<Traits, Features, TileScheduler>;
-  auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
-  constexpr int kSmem = Kernel::kSmemSize;
-  // The attribute is per function and per device: set it on every launch (cheap) rather than
-  // caching a flag that would be wrong after a device switch.
-  if constexpr (kSmem > 48 * 1024) {
-    FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  }
-  const dim3 grid = TileScheduler::grid_shape(args);
-  if (args.cluster_combine) {
-    // The num_splits CTAs of a tile are adjacent in x (TileSchedulerSplitSm80): one cluster.
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(Kernel::kNThreads);
-    config.dynamicSmemBytes = kSmem;
-    config.stream = static_cast<cudaStream_t>(args.p.stream);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = unsigned(args.num_splits);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    FA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
-    return Status::ok_status();
-  }
-  kernel<<<grid, Kernel::kNThreads, kSmem, static_cast<cudaStream_t>(args.p.stream)>>>(args);
-  FA_CUDA_CHECK_LAUNCH("flash_fwd_sm80_kernel");
-  return Status::ok_status();
+  // With cluster_combine the num_splits CTAs of a tile are adjacent in x
+  // (TileSchedulerSplitSm80): one cluster.
+  return cuda::launch_kernel(&flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>,
+                             Kernel::grid_shape(args), Kernel::kNThreads, Kernel::kSmemSize,
+                             args.p.stream, args.cluster_combine ? args.num_splits : 1,
+                             "flash_fwd_sm80_kernel", args);
 }
 
-// ---- Split-KV merged inside thread-block clusters (sm_90) -------------------------------------
-constexpr int kMaxDevicesSm80 = 64;
-
 // How many clusters of `size` CTAs of the split kernel of Traits can be resident at once
-// (cudaOccupancyMaxActiveClusters; a cluster's CTAs must share one GPC, so this is below
-// 2 CTAs per SM / size: on the H100 132 clusters of 2, 79 of 3, 62 of 4, 30 of 8). Every
-// split-family kernel of one tile has the same block shape, shared memory and register bound, so
-// the plain one stands for all. Cached per device and size; 0 when the query fails.
+// (cuda::max_active_clusters). Every split-family kernel of one tile has the same block shape,
+// shared memory and register bound, so the plain one stands for all.
 template <class Traits, int kMinSmemPerSm>
 int fwd_max_active_clusters_sm80(int size) {
-  constexpr int kMax = EpilogueFwdSm80<Traits>::kMaxClusterSplits;
-  static std::atomic<int> cache[kMaxDevicesSm80][kMax + 1] = {};
-  int device = 0;
-  if (size < 1 || size > kMax || cudaGetDevice(&device) != cudaSuccess) return 0;
-  if (device < kMaxDevicesSm80) {
-    const int known = cache[device][size].load(std::memory_order_relaxed);
-    if (known != 0) return known - 1;
-  }
   using Kernel =
       FwdKernelSm80<Traits, FwdFeaturesSm80<false, false, false, true>, TileSchedulerSplitSm80>;
-  auto* kernel = &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>;
-  constexpr int kSmem = Kernel::kSmemSize;
-  int clusters = 0;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) ==
-      cudaSuccess) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(unsigned(size));
-    config.blockDim = dim3(Kernel::kNThreads);
-    config.dynamicSmemBytes = kSmem;
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = unsigned(size);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) clusters = 0;
-  }
-  cudaGetLastError();  // a failed query must not surface as a later launch's error
-  if (device < kMaxDevicesSm80) cache[device][size].store(clusters + 1, std::memory_order_relaxed);
-  return clusters;
+  return cuda::max_active_clusters<Kernel, EpilogueFwdSm80<Traits>::kMaxClusterSplits>(
+      &flash_fwd_sm80_kernel<Kernel, kMinSmemPerSm>, Kernel::kNThreads, Kernel::kSmemSize, size);
 }
 
 // The plain kernel with the given score mods (also the entry of benchmarks/cpp/tile_sweep_sm80).
@@ -178,18 +121,12 @@ Status launch_fwd_sm80(const FwdArgsSm80& args) {
                                 kMinSmemPerSm>(args);
 }
 
-// Arguments every family shares.
-template <int kBlockM>
-FwdArgsSm80 make_fwd_args_sm80(const FwdParams& p) {
-  FwdArgsSm80 args;
-  args.p = p;
-  const ScoreUnits units = ScoreUnits::of(p.softmax_scale, p.softcap);
-  args.unit = units.unit;
-  args.unit_log2 = units.unit_log2;
-  args.softcap_prescale = units.softcap_prescale;
-  args.h_h_k_ratio = p.h / p.h_k;
-  args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  return args;
+// The Params of the kernels of tile Traits from the launch's Arguments (every kernel of one tile
+// derives them the same way: Kernel::to_underlying_arguments).
+template <class Traits>
+FwdArgsSm80 fwd_params_sm80(const FwdArgumentsSm80& arguments) {
+  return FwdKernelSm80<Traits, FwdFeaturesSm80<false, false>,
+                       TileSchedulerSm80>::to_underlying_arguments(arguments);
 }
 
 // The tile one kernel family runs on this device, handed to run_fwd_on_device_tile_sm80's callback.
@@ -218,7 +155,7 @@ Status run_fwd_on_device_tile_sm80(Run&& run) {
 template <class Traits, class AlibiTraits = Traits, int kMinSmemPerSm = 0>
 Status run_fwd_plain_sm80(const FwdParams& p) {
   static_assert(Traits::kBlockM == AlibiTraits::kBlockM, "one query block count for both tiles");
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p});
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
 
   const bool has_softcap = p.softcap > 0.f;
@@ -268,25 +205,10 @@ template <class Traits, int kMinSmemPerSm = 0>
 Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, const int* k_leftpad,
                                int num_splits) {
   using Epilogue = EpilogueFwdSm80<Traits>;
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p, kv_batch_idx, k_leftpad, num_splits});
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
-  args.kv_batch_idx = kv_batch_idx;
-  args.k_leftpad = k_leftpad;
   const bool paged = p.block_table != nullptr;
-  if (paged) {
-    const int page = p.page_block_size;
-    int ceil_log2 = 0;
-    while ((int64_t(1) << ceil_log2) < page) ++ceil_log2;
-    args.page_div = page;
-    if (page > 1) {
-      args.page_mul = uint32_t(((uint64_t(1) << (31 + ceil_log2)) + uint64_t(page) - 1) / uint64_t(page));
-      args.page_shift = uint32_t(ceil_log2 - 1);
-    }
-    args.page_holds_tiles = page % Traits::kBlockN == 0;
-  }
-  args.num_splits = std::max(1, num_splits);
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  args.partial_rows = varlen ? int64_t(p.total_q) : int64_t(p.b) * p.seqlen_q;
+  args.partial_rows = cuda::split_partial_rows(p);
   if (args.num_splits == 1) {
     return paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
                  : launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
@@ -296,67 +218,28 @@ Status run_fwd_split_tile_sm80(const FwdParams& p, const int* kv_batch_idx, cons
     return Status::not_supported("split-KV grid too large (query blocks * num_splits >= 2^31)");
 
   // sm_90, contiguous K/V (kernel_fwd_sm80.cuh says why not paged): the splits of a tile merge
-  // inside a thread-block cluster when every cluster of the grid can be resident at once (a
-  // second wave of clusters cost more than the combine launch saves: docs/kvcache.md). The
-  // heuristic's count (p.num_splits == 0) may drop for that while each split keeps at most
-  // kMaxBlocksToLower key blocks, e.g. 4 -> 3 for the 64 tiles of a b = 8, h_k = 8 decode of
-  // up to 12k keys on the H100: there the saved combine launch is worth more than a quarter of
-  // the CTAs (measured: +4 % at 4k, +2 % at 8k, even at 16k, -0.5 % at 32k-128k with 3 splits,
-  // where the read dominates). An explicit count is kept.
-  constexpr int kMaxCluster = Epilogue::kMaxClusterSplits;
-  constexpr int kMaxBlocksToLower = 32;
-  if (!paged && fwd_split_cluster_merge_sm80<Traits>() && args.num_splits <= kMaxCluster &&
-      cuda::device_runs_sm90_kernels()) {
-    const int64_t clusters = int64_t(args.num_m_blocks) * p.h * p.b;
-    const int n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
-    int splits = args.num_splits;
-    if (p.num_splits == 0) {
-      while (splits > 2 && clusters > fwd_max_active_clusters_sm80<Traits, kMinSmemPerSm>(splits) &&
-             (n_blocks + splits - 2) / (splits - 1) <= kMaxBlocksToLower)
-        --splits;
-    }
-    if (clusters <= fwd_max_active_clusters_sm80<Traits, kMinSmemPerSm>(splits)) {
-      args.num_splits = splits;
+  // inside a thread-block cluster when every cluster fits at once (heuristics::
+  // cluster_merge_splits, which may lower the heuristic's count for that).
+  if (!paged && fwd_split_cluster_merge_sm80<Traits>() &&
+      args.num_splits <= Epilogue::kMaxClusterSplits && cuda::device_runs_sm90_kernels()) {
+    const heuristics::ClusterMergeChoice choice = heuristics::cluster_merge_splits(
+        args.num_splits, p.num_splits == 0, int64_t(args.num_m_blocks) * p.h * p.b,
+        (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN,
+        [](int size) { return fwd_max_active_clusters_sm80<Traits, kMinSmemPerSm>(size); });
+    if (choice.merge) {
+      args.num_splits = choice.splits;
       args.cluster_combine = true;
       return launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
     }
   }
 
-  // Otherwise fp32 partials in stream-ordered scratch, merged by the combine kernel (varlen as
-  // one "batch" of total_q rows: its LSE layout [h, total_q] is then the dense [1, h, total_q]).
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const size_t o_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h * p.d;
-  const size_t lse_elems = size_t(args.num_splits) * size_t(args.partial_rows) * p.h;
-  float* scratch = nullptr;
-  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch),
-                                sizeof(float) * (o_elems + lse_elems), stream));
-  args.o_partial = scratch;
-  args.lse_partial = scratch + o_elems;
-  Status s = paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
-                   : launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
-  if (s.ok()) {
-    CombineParams c;
-    c.num_splits = args.num_splits;
-    c.b = varlen ? 1 : p.b;
-    c.seqlen_q = varlen ? p.total_q : p.seqlen_q;
-    c.h = p.h;
-    c.d = p.d;
-    c.out_partial = args.o_partial;
-    c.lse_partial = args.lse_partial;
-    c.dtype = p.dtype;
-    c.out = p.o_ptr;
-    c.out_batch_stride = varlen ? 0 : p.o_batch_stride;
-    c.out_row_stride = p.o_row_stride;
-    c.out_head_stride = p.o_head_stride;
-    c.lse = p.softmax_lse_ptr;
-    c.stream = p.stream;
-    s = cuda::run_mha_combine(c, /*after_split_kernel=*/true, p.sinks);
-  }
-  // Freed even after a failed launch (stream-ordered: after whatever was queued before).
-  const cudaError_t free_err = cudaFreeAsync(scratch, stream);
-  if (!s.ok()) return s;
-  FA_CUDA_CHECK(free_err);
-  return Status::ok_status();
+  // Otherwise fp32 partials in scratch, merged by the combine kernel.
+  return cuda::run_split_with_combine(p, args.num_splits, [&](const cuda::SplitPartials& parts) {
+    args.o_partial = parts.o;
+    args.lse_partial = parts.lse;
+    return paged ? launch_fwd_split_sm80<Traits, true, kMinSmemPerSm>(args)
+                 : launch_fwd_split_sm80<Traits, false, kMinSmemPerSm>(args);
+  });
 }
 
 // The split-capable family on the device's tile (tile_size_fwd_split_for_sm80 decides the same
@@ -380,10 +263,8 @@ Status run_fwd_split_sm80(const FwdParams& p, const int* kv_batch_idx, const int
 
 template <class Traits, int kMinSmemPerSm = 0>
 Status run_fwd_dropout_tile_sm80(const FwdParams& p) {
-  FwdArgsSm80 args = make_fwd_args_sm80<Traits::kBlockM>(p);
+  FwdArgsSm80 args = fwd_params_sm80<Traits>({p});  // dropout_threshold, rp_dropout from p
   if (args.num_m_blocks == 0 || p.b == 0 || p.h == 0) return Status::ok_status();
-  args.dropout_threshold = dropout_threshold(p.p_dropout);
-  args.rp_dropout = 1.f / (1.f - p.p_dropout);
   using Sched = TileSchedulerSm80;
   return p.alibi_slopes != nullptr
       ? launch_fwd_kernel_sm80<Traits, FwdFeaturesSm80<false, true, false, false, true>, Sched,

@@ -214,40 +214,4 @@ constexpr int round_head_dim_sm80(int d) {
   return 0;
 }
 
-// Split-KV count for one forward call. `requested`: params.num_splits (1 = no split, 0 =
-// heuristic, 2..128 explicit). ctas = b * h * query blocks, n_blocks = key blocks of the longest
-// sequence, cta_slots = SMs * resident CTAs per SM.
-//  - Never more splits than key blocks, and no trailing all-empty splits: s splits of
-//    ceil(n_blocks / s) blocks each cover n_blocks in ceil(n_blocks / ceil(n_blocks / s)).
-//  - Heuristic: no split once the grid already fills 80% of the slots (splitting only adds the
-//    partial writes and the combine). Otherwise the split count whose last wave is fullest:
-//    efficiency(s) = waves / ceil(waves) with waves = ctas * s / cta_slots, taking the smallest s
-//    within 85% of the best efficiency (fewer splits = less partial traffic), counting only
-//    split counts that change the chunk length (others run the same blocks per CTA). The
-//    FlashAttention-2 heuristic, which is what serving decode shapes (b * h_k small, s_k long)
-//    need: e.g. b = 8, h = 32, 1 query block: 256 CTAs on 264 slots -> no split; b = 1,
-//    h = 8: 8 CTAs -> splits that fill the GPU.
-constexpr int choose_num_splits_sm80(int requested, int64_t ctas, int n_blocks, int cta_slots) {
-  constexpr int kMaxSplits = 128;
-  if (requested == 1 || n_blocks <= 1) return 1;
-  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  auto covering = [&](int s) { return int(ceil_div(n_blocks, ceil_div(n_blocks, s))); };
-  if (requested > 1) return covering(requested < n_blocks ? requested : n_blocks);
-  if (cta_slots <= 0 || ctas <= 0 || double(ctas) >= 0.8 * cta_slots) return 1;
-  int max_splits = kMaxSplits < n_blocks ? kMaxSplits : n_blocks;
-  max_splits = max_splits < cta_slots ? max_splits : cta_slots;
-  auto efficiency = [&](int s) {
-    const double waves = double(ctas) * s / cta_slots;
-    const double full = double(int64_t(waves) + (double(int64_t(waves)) < waves ? 1 : 0));
-    return waves / full;
-  };
-  auto eligible = [&](int s) { return s == 1 || ceil_div(n_blocks, s) != ceil_div(n_blocks, s - 1); };
-  double best = 0;
-  for (int s = 1; s <= max_splits; ++s)
-    if (eligible(s) && efficiency(s) > best) best = efficiency(s);
-  for (int s = 1; s <= max_splits; ++s)
-    if (eligible(s) && efficiency(s) >= 0.85 * best) return covering(s);
-  return 1;
-}
-
 }  // namespace flashattn::sm80

@@ -11,9 +11,11 @@
 #include <cmath>
 #include <type_traits>
 
+#include "api/heuristics.h"
 #include "common/score_mod.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dispatch.h"
+#include "cuda/launch_common.h"
 #include "sm90/fwd_sm90.h"
 #include "sm90/kernel_fwd_sm90.cuh"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
@@ -102,12 +104,8 @@ Status launch_fwd_sm90(const FwdParams& p) {
                                Shape<_64, Int<kHeadDim>>{}, _1{});
   }
 
-  const int sms = cuda::device_sm_count();
-  if (sms <= 0) return Status::internal("cannot read the device's multiprocessor count");
-  const int grid = int(std::min<int64_t>(tiles, sms));
-  auto* kernel = &flash_fwd_sm90_kernel<Kernel>;
-  constexpr int kSmem = Kernel::kSmemSize;
-  FA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  const int grid = heuristics::persistent_grid_size(tiles, cuda::device_sm_count());
+  if (grid <= 0) return Status::internal("cannot read the device's multiprocessor count");
   // The tile counter: stream-ordered scratch, zeroed right before the launch (under CUDA graph
   // capture these become graph nodes like the launch itself).
   cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
@@ -115,8 +113,8 @@ Status launch_fwd_sm90(const FwdParams& p) {
   Status s = cuda::check_cuda(cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream),
                               "cudaMemsetAsync(tile_counter)", __FILE__, __LINE__);
   if (s.ok()) {
-    kernel<<<grid, Kernel::kNThreads, kSmem, stream>>>(args);
-    s = cuda::check_cuda(cudaGetLastError(), "flash_fwd_sm90_kernel launch", __FILE__, __LINE__);
+    s = cuda::launch_kernel(&flash_fwd_sm90_kernel<Kernel>, dim3(grid), Kernel::kNThreads,
+                            Kernel::kSmemSize, p.stream, 1, "flash_fwd_sm90_kernel", args);
   }
   const cudaError_t free_err = cudaFreeAsync(args.tile_counter, stream);
   if (!s.ok()) return s;

@@ -39,8 +39,9 @@ FORWARD = [
     ("src/sm80/launch_fwd_sm80.cuh", "launch_fwd_sm80", "launch_fwd_kernel_sm80"),
     ("src/sm80/launch_fwd_sm80.cuh", "launch_fwd_kernel_sm80", "flash_fwd_sm80_kernel<Kernel"),
     ("src/sm80/kernel_fwd_sm80.cuh", "flash_fwd_sm80_kernel", "Kernel{}(args, smem)"),
-    ("src/sm80/kernel_fwd_sm80.cuh", "operator()", "Mainloop{}.run("),
-    ("src/sm80/kernel_fwd_sm80.cuh", "operator()", "epilogue.store("),
+    ("src/sm80/kernel_fwd_sm80.cuh", "operator()", "run_tile("),
+    ("src/sm80/kernel_fwd_sm80.cuh", "run_tile", "Mainloop{}.run("),
+    ("src/sm80/kernel_fwd_sm80.cuh", "run_tile", "epilogue.store("),
 ]
 
 # The Hopper path (docs/learn/09-hopper.md), where route::choose_fwd_path picks it.

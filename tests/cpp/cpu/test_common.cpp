@@ -534,6 +534,30 @@ TEST(ScoreMod, DscoreIsTheSoftcapDerivative) {
   }
 }
 
+TEST(ScoreMod, OfParamsPicksTheHeadsSlopeAndTheSequenceOffset) {
+  FwdParams p;
+  p.softmax_scale = 0.125f;
+  p.softcap = 30.f;
+  const float slopes[2][3] = {{0.5f, 0.25f, 0.125f}, {1.f, 2.f, 4.f}};
+  // No ALiBi: slope 0 (the identity), whatever the head.
+  ScoreMod<double> m = ScoreMod<double>::of(p, 1, 2, 7, 11);
+  EXPECT_EQ(m.scale, 0.125);
+  EXPECT_EQ(m.softcap, 30.0);
+  EXPECT_EQ(m.alibi_slope, 0.0);
+  EXPECT_EQ(m.offset, 4);  // s_k - s_q
+  // [h] slopes (batch stride 0): every batch entry reads row 0.
+  p.alibi_slopes = &slopes[0][0];
+  EXPECT_EQ(ScoreMod<float>::of(p, 1, 2, 7, 11).alibi_slope, 0.125f);
+  // [b, h] slopes: row bidb.
+  p.alibi_slopes_batch_stride = 3;
+  EXPECT_EQ(ScoreMod<float>::of(p, 1, 2, 7, 11).alibi_slope, 4.f);
+  EXPECT_EQ(ScoreMod<float>::of(p, 0, 1, 11, 7).offset, -4);
+  // The double and float policies score alike (to float rounding).
+  const ScoreMod<double> md = ScoreMod<double>::of(p, 1, 0, 5, 9);
+  const ScoreMod<float> mf = ScoreMod<float>::of(p, 1, 0, 5, 9);
+  for (int j = 0; j < 9; ++j) EXPECT_NEAR(md.apply(2.5, 3, j), mf.apply(2.5f, 3, j), 1e-5) << j;
+}
+
 // ------------------------------------------------------------------ PagedKV, SeqlenInfo --
 
 TEST(PagedKV, OffsetFollowsBlockTable) {

@@ -114,37 +114,6 @@ AttnConfig with_splits(AttnConfig c, int s) {
   return c;
 }
 
-// --------------------------------------------------------------- split-count policy (host) --
-
-TEST(FwdSplitHeuristicSm80, ExplicitCountsAreClampedToKeyBlocks) {
-  using sm80::choose_num_splits_sm80;
-  EXPECT_EQ(choose_num_splits_sm80(1, 1, 1000, 264), 1);
-  EXPECT_EQ(choose_num_splits_sm80(7, 1, 1, 264), 1);          // one key block: nothing to split
-  EXPECT_EQ(choose_num_splits_sm80(128, 1, 3, 264), 3);        // never more splits than blocks
-  EXPECT_EQ(choose_num_splits_sm80(2, 1, 1000, 264), 2);
-  EXPECT_EQ(choose_num_splits_sm80(128, 1, 1000, 264), 125);   // 8 blocks each: 125 cover 1000
-  for (int n = 1; n <= 300; ++n)
-    for (int s : {2, 3, 7, 64, 128}) {
-      const int got = choose_num_splits_sm80(s, 4, n, 264);
-      const int per = (n + got - 1) / got;
-      EXPECT_GE(got, 1);
-      EXPECT_LE(got, std::min(s, n));
-      EXPECT_EQ((n + per - 1) / per, got) << "a trailing split would be empty: n=" << n << " s=" << s;
-    }
-}
-
-TEST(FwdSplitHeuristicSm80, HeuristicSplitsOnlySmallGrids) {
-  using sm80::choose_num_splits_sm80;
-  const int slots = 132 * 2;
-  EXPECT_EQ(choose_num_splits_sm80(0, 8 * 32, 2048, slots), 1);  // decode b=8 h=32: a full wave
-  EXPECT_EQ(choose_num_splits_sm80(0, 4096, 256, slots), 1);     // training shapes never split
-  const int small = choose_num_splits_sm80(0, 8, 2048, slots);   // b=1, h=8 decode, 128k keys
-  EXPECT_GT(small, 8);
-  EXPECT_LE(small, 128);
-  EXPECT_EQ(choose_num_splits_sm80(0, 8, 1, slots), 1);
-  EXPECT_LE(choose_num_splits_sm80(0, 2, 5, slots), 5);
-}
-
 // ------------------------------------------------------------- dense seqused_k, cache hooks --
 
 TEST_F(FwdFeaturesSm80, DenseSequsedK) {
