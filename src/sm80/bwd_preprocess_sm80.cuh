@@ -102,11 +102,15 @@ __global__ void __launch_bounds__(256)
 // The cost is two fp32 reads per (row, head), next to the main kernel's O(s_q s_k d) negligible.
 // A row with no visible key has O = 0, so D = 0 and it adds nothing (lse = the sink there, a
 // finite factor); without a sink for the head (-inf) every term is exp(-inf) * D = 0.
+// A template (on its block size) so that every translation unit including this header shares one
+// definition (a plain __global__ function here would be defined once per head-dim TU).
 constexpr int kDsinksThreads = 256;
 
-__global__ void __launch_bounds__(kDsinksThreads)
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads)
     flash_bwd_dsinks_sm80_kernel(BwdArgsSm80 const args) {
-  __shared__ double partial[kDsinksThreads];
+  static_assert(kThreads == kDsinksThreads, "the fixed summation order is defined for this size");
+  __shared__ double partial[kThreads];
   const BwdParams& p = args.p;
   const int head = int(blockIdx.x);
   const float sink = p.sinks[head];

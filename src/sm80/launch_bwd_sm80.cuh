@@ -84,7 +84,7 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
   if (p.dsinks != nullptr) {
     // Overwritten, never added to (docs/semantics.md): with no query row the sum is 0.
     if (args.rows_q > 0) {
-      flash_bwd_dsinks_sm80_kernel<<<unsigned(p.h), kDsinksThreads, 0, stream>>>(args);
+      flash_bwd_dsinks_sm80_kernel<kDsinksThreads><<<unsigned(p.h), kDsinksThreads, 0, stream>>>(args);
       FA_CUDA_CHECK_LAUNCH("flash_bwd_dsinks_sm80_kernel");
     } else {
       FA_CUDA_CHECK(cudaMemsetAsync(p.dsinks, 0, sizeof(float) * size_t(p.h), stream));
