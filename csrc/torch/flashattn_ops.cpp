@@ -170,6 +170,28 @@ void set_alibi(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>&
   p.alibi_slopes_batch_stride = s.dim() == 2 ? s.stride(0) : 0;
 }
 
+// seqused_k: int32 (batch,), the keys each sequence uses.
+template <class Params>
+void set_seqused_k(Params& p, const Tensor& q, const optional<Tensor>& seqused_k,
+                   const char* op) {
+  if (!seqused_k.has_value()) return;
+  check_index(q, *seqused_k, "seqused_k", 1, op);
+  p.seqused_k = seqused_k->data_ptr<int>();
+}
+
+// Paged K / V: block_table int32 (batch, max_blocks_per_seq) into pages of k, which is
+// (num_blocks, page_block_size, nheads_k, headdim).
+void set_pages(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>& block_table,
+               const Tensor& k, const char* op) {
+  if (!block_table.has_value()) return;
+  check_index(q, *block_table, "block_table", 2, op);
+  p.block_table = block_table->data_ptr<int>();
+  p.block_table_batch_stride = block_table->stride(0);
+  p.max_blocks_per_seq = block_table->size(1);
+  p.num_blocks = k.size(0);
+  p.page_block_size = k.size(1);
+}
+
 // Attention sinks: fp32 (h,), one logit per query head, contiguous.
 void set_sinks(flashattn::FwdParams& p, const Tensor& q, const optional<Tensor>& sinks,
                const char* op) {
@@ -437,18 +459,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_fwd(
   p.softmax_lse_ptr = lse.data_ptr<float>();
   p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
   p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
-  if (seqused_k.has_value()) {
-    check_index(q, *seqused_k, "seqused_k", 1, op);
-    p.seqused_k = seqused_k->data_ptr<int>();
-  }
-  if (paged) {
-    check_index(q, *block_table, "block_table", 2, op);
-    p.block_table = block_table->data_ptr<int>();
-    p.block_table_batch_stride = block_table->stride(0);
-    p.max_blocks_per_seq = block_table->size(1);
-    p.num_blocks = k.size(0);
-    p.page_block_size = k.size(1);
-  }
+  set_seqused_k(p, q, seqused_k, op);
+  set_pages(p, q, block_table, k, op);
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
   set_sinks(p, q, sinks, op);
@@ -568,18 +580,8 @@ std::tuple<Tensor, Tensor> fp8_fwd(
     p.cu_seqlens_q = cu_seqlens_q->data_ptr<int>();
     p.cu_seqlens_k = cu_seqlens_k->data_ptr<int>();
   }
-  if (seqused_k.has_value()) {
-    check_index(q, *seqused_k, "seqused_k", 1, op);
-    p.seqused_k = seqused_k->data_ptr<int>();
-  }
-  if (paged) {
-    check_index(q, *block_table, "block_table", 2, op);
-    p.block_table = block_table->data_ptr<int>();
-    p.block_table_batch_stride = block_table->stride(0);
-    p.max_blocks_per_seq = block_table->size(1);
-    p.num_blocks = k.size(0);
-    p.page_block_size = k.size(1);
-  }
+  set_seqused_k(p, q, seqused_k, op);
+  set_pages(p, q, block_table, k, op);
   set_descale(q, q_descale, "q_descale", {p.b, p.h_k}, &p.q_descale, &p.q_descale_batch_stride,
               &p.q_descale_head_stride, op);
   set_descale(q, k_descale, "k_descale", {p.b, p.h_k}, &p.k_descale, &p.k_descale_batch_stride,
@@ -773,10 +775,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> varlen_bwd(
   set_bwd_tensors(p, dout, q, k, v, out, softmax_lse, dq, dk, dv, op);
   p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
   p.cu_seqlens_k = cu_seqlens_k.data_ptr<int>();
-  if (seqused_k.has_value()) {
-    check_index(q, *seqused_k, "seqused_k", 1, op);
-    p.seqused_k = seqused_k->data_ptr<int>();
-  }
+  set_seqused_k(p, q, seqused_k, op);
   set_options(p, softmax_scale, causal, window_size_left, window_size_right, softcap);
   set_alibi(p, q, alibi_slopes, op);
   set_sinks(p, q, sinks, op);
