@@ -64,7 +64,6 @@ std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";
   if (p.p_dropout > 0.f && !sm90::tile_size_fwd_sm90(sm90::round_head_dim_sm90(p.d)).dropout)
     return "dropout at this head dim";
-  if (p.sinks != nullptr) return "sinks";
   if (p.block_table != nullptr) return "paged KV";
   if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
   if (r.num_splits > 1) return "split-KV";
@@ -79,8 +78,8 @@ GpuPath choose_fwd_path(const FwdParams& p, const FwdRequest& r) {
 // The Hopper backward (src/sm90/*bwd*, docs/sm90_backward.md) covers dense fp16 / bf16 inputs with
 // causal and sliding-window masks, GQA / MQA and any 16-byte aligned strides; the rest runs on the
 // SM80 path, which has every feature. Deterministic requests go there too: the Hopper kernel adds
-// the dQ partials of the key blocks with unordered atomics. So do attention sinks: the Hopper
-// backward has no dsinks reduction (the SM80 path's preprocess computes it from D and the LSE).
+// the dQ partials of the key blocks with unordered atomics. Attention sinks need nothing of the
+// mainloop (the LSE includes the sink); their gradient is the shared dsinks kernel's.
 std::string bwd_sm90_uncovered(const BwdParams& p, const BwdRequest& r) {
   if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
@@ -90,7 +89,6 @@ std::string bwd_sm90_uncovered(const BwdParams& p, const BwdRequest& r) {
   if (p.p_dropout > 0.f) return "dropout";
   if (p.softcap > 0.f) return "softcap";
   if (p.alibi_slopes != nullptr) return "ALiBi";
-  if (p.sinks != nullptr || p.dsinks != nullptr) return "sinks";
   if (p.block_table != nullptr) return "paged KV";
   if (p.deterministic) return "deterministic";
   if (!(p.softmax_scale > 0.f)) return "softmax_scale <= 0";

@@ -91,50 +91,6 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-// Gradient of the attention sinks, after the kernel above has written D:
-//   dsinks[h] = -sum over the query rows of every sequence of exp(sinks[h] - lse) * D
-// (docs/algorithm.md, section 7; lse includes the sink, so exp(sinks[h] - lse) is the sink's
-// probability). One CTA per head; thread t takes rows t, t + kDsinksThreads, ... and the CTA
-// adds the threads' sums in a fixed tree, so the result does not depend on scheduling (the
-// backward promises bitwise repeatable gradients; float atomics would not be). The sums are in
-// double, as the CPU backend's: a head sums up to b * s_q terms of either sign. Each term's
-// exp is fp32 (exp(double) is a call that spills here), which is as accurate as its inputs.
-// The cost is two fp32 reads per (row, head), next to the main kernel's O(s_q s_k d) negligible.
-// A row with no visible key has O = 0, so D = 0 and it adds nothing (lse = the sink there, a
-// finite factor); without a sink for the head (-inf) every term is exp(-inf) * D = 0.
-// A template (on its block size) so that every translation unit including this header shares one
-// definition (a plain __global__ function here would be defined once per head-dim TU).
-constexpr int kDsinksThreads = 256;
-
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads)
-    flash_bwd_dsinks_sm80_kernel(BwdArgsSm80 const args) {
-  static_assert(kThreads == kDsinksThreads, "the fixed summation order is defined for this size");
-  __shared__ double partial[kThreads];
-  const BwdParams& p = args.p;
-  const int head = int(blockIdx.x);
-  const float sink = p.sinks[head];
-  // The query rows in the LSE layout: dense [b, h, s_q] (b runs of s_q rows), varlen
-  // [h, total_q] (the rows of every sequence, cu_seqlens_q[0] .. cu_seqlens_q[b]).
-  const bool varlen = p.cu_seqlens_q != nullptr;
-  const int64_t runs = varlen ? 1 : p.b;
-  const int64_t run_rows = varlen ? int64_t(p.cu_seqlens_q[p.b] - p.cu_seqlens_q[0]) : p.seqlen_q;
-  double acc = 0.0;
-  for (int64_t run = 0; run < runs; ++run) {
-    const int64_t base = varlen ? int64_t(head) * p.total_q + p.cu_seqlens_q[0]
-                                : (run * p.h + head) * p.seqlen_q;
-    for (int64_t r = threadIdx.x; r < run_rows; r += kDsinksThreads)
-      acc -= double(expf(sink - p.softmax_lse_ptr[base + r])) * double(args.dsum[base + r]);
-  }
-  partial[threadIdx.x] = acc;
-  __syncthreads();
-  for (int stride = kDsinksThreads / 2; stride > 0; stride /= 2) {
-    if (int(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) p.dsinks[head] = float(partial[0]);
-}
-
 // Lanes per (row, head) for head dim d (multiple of 8): d / 8 rounded up to a power of two, 4..32.
 inline int dot_do_o_group_sm80(int d) {
   int g = 4;

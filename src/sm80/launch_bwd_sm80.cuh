@@ -15,6 +15,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/dsinks.cuh"
 #include "common/philox.h"
 #include "cuda/cuda_check.h"
 #include "sm80/bwd_args_sm80.h"
@@ -81,14 +82,9 @@ Status launch_bwd_kernels_sm80(const BwdArgsSm80& args) {
     }
     FA_CUDA_CHECK_LAUNCH("flash_bwd_dot_do_o_sm80_kernel");
   }
-  if (p.dsinks != nullptr) {
-    // Overwritten, never added to (docs/semantics.md): with no query row the sum is 0.
-    if (args.rows_q > 0) {
-      flash_bwd_dsinks_sm80_kernel<kDsinksThreads><<<unsigned(p.h), kDsinksThreads, 0, stream>>>(args);
-      FA_CUDA_CHECK_LAUNCH("flash_bwd_dsinks_sm80_kernel");
-    } else {
-      FA_CUDA_CHECK(cudaMemsetAsync(p.dsinks, 0, sizeof(float) * size_t(p.h), stream));
-    }
+  {
+    const Status s = gpu::launch_dsinks(p, args.dsum, p.seqlen_q, args.rows_q);
+    if (!s.ok()) return s;
   }
   if (args.num_n_blocks > 0) {
     // Dropout never comes with softcap (validated), so 6 of the 8 combinations exist.

@@ -111,7 +111,8 @@ struct EpilogueFwdSm90 {
   }
 
   // A tile whose rows see no key (seqlen_k = 0, or a window left of every key): O = 0 and
-  // LSE = +inf for this warpgroup's rows, without any load.
+  // LSE = +inf for this warpgroup's rows (the head's sink, which is then the whole denominator,
+  // with sinks), without any load.
   __forceinline__ __device__ void store_empty(Args const& args, TileWorkSm90 const& w, int wg,
                                               int tid_wg) const {
     const FwdParams& p = args.p;
@@ -123,7 +124,7 @@ struct EpilogueFwdSm90 {
         *reinterpret_cast<uint4*>(o_row(args, w, m0 + r) + col) = make_uint4(0, 0, 0, 0);
     }
     if (p.softmax_lse_ptr != nullptr && tid_wg < 64 && tid_wg < rows_left)
-      *lse_row(args, w, m0 + tid_wg) = INFINITY;
+      *lse_row(args, w, m0 + tid_wg) = p.sinks != nullptr ? p.sinks[w.bidh] : INFINITY;
   }
 };
 

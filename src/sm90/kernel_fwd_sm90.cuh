@@ -16,7 +16,9 @@
 // next tile's Q (once every warpgroup's last S GEMM is done) and first K blocks load while the
 // consumers finish the current tile and store its O; its first V waits until that O, staged in
 // the V buffers, has been read out (barriers_sm90.cuh).
-// Tiles whose rows see no key store O = 0, LSE = +inf and load nothing; tiles past a sequence's
+// Attention sinks join each finished row's denominator in the epilogue (add_sink), not the
+// mainloop. Tiles whose rows see no key store O = 0, LSE = +inf (the sink, with sinks) and load
+// nothing; tiles past a sequence's
 // end (varlen grids are sized by the longest sequence) are skipped by every role alike.
 #pragma once
 
@@ -142,6 +144,7 @@ struct FlashAttnFwdSm90 {
           float lse[2];
           softmax.template finalize_scaled<Features::kDropout>(tOrO, args.unit, lse,
                                                               args.rp_dropout);
+          if (args.p.sinks != nullptr) add_sink(tOrO, args.p.sinks[w.bidh], lse);
           epilogue.store(args, w, tOrO, lse, storage.tensors.smem_v.data(), wg, tid_wg);
         } else if (w.rows) {
           epilogue.store_empty(args, w, wg, tid_wg);

@@ -1,6 +1,7 @@
 // Launch of the Hopper backward: builds the TMA descriptors of Q, dO, K and V over the caller's
 // strides, allocates the fp32 workspace stream-ordered on p.stream, and runs
-//   1. the preprocess (lse_log2, D = rowsum(dO * O), dq_accum zeroed; bwd_preprocess_sm90.cuh),
+//   1. the preprocess (lse_log2, D = rowsum(dO * O), dq_accum zeroed; bwd_preprocess_sm90.cuh;
+//      with dsinks, the sinks' gradient from D and the LSE, common/dsinks.cuh),
 //   2. the main kernel (one CTA per key block, head, sequence; kernel_bwd_sm90.cuh),
 //   3. the postprocess (dQ = scale * dq_accum in the dtype; GQA: the dK / dV group sums),
 // then frees the workspace, all on p.stream with no host synchronization. Explicitly
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/dsinks.cuh"
 #include "cuda/cuda_check.h"
 #include "sm80/bwd_args_sm80.h"
 #include "sm80/bwd_postprocess_sm80.cuh"
@@ -46,7 +48,8 @@ Status launch_bwd_sm90(const BwdParams& p) {
   args.h_h_k_ratio = p.h / p.h_k;
   args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   args.num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
-  if (p.b == 0 || p.h == 0 || (p.seqlen_q == 0 && p.seqlen_k == 0)) return Status::ok_status();
+  if (p.b == 0 || p.h == 0 || (p.seqlen_q == 0 && p.seqlen_k == 0))
+    return gpu::launch_dsinks(p, nullptr, 0, 0);
 
   // Workspace (floats, each part a multiple of 4 so every part stays 16-byte aligned):
   // dq_accum, lse_log2, dsum, and for GQA dk_accum, dv_accum.
@@ -117,6 +120,11 @@ Status launch_bwd_sm90(const BwdParams& p) {
         default: launch_pre(cute::Int<32>{}); break;
       }
       FA_CUDA_CHECK_LAUNCH("flash_bwd_preprocess_sm90_kernel");
+    }
+    {
+      const Status s = gpu::launch_dsinks(p, args.dsum, int64_t(args.num_m_blocks) * kBlockM,
+                                          int64_t(p.b) * p.seqlen_q);
+      if (!s.ok()) return s;
     }
     if (has_k) {
       auto* kernel = &flash_bwd_sm90_kernel<Kernel>;

@@ -96,22 +96,27 @@ TEST(Route, EachUncoveredFeatureNamesItself) {
   q = p;
   q.dtype = DType::kFloat32;
   EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "dtype");
-  q = p;
-  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
-  q.sinks = sinks;
-  EXPECT_EQ(route::fwd_sm90_uncovered(q, hopper()), "sinks");
 }
 
-// Attention sinks run on the SM80 path on every GPU, whatever the override asks for, until the
-// Hopper forward takes them.
-TEST(Route, SinksRunOnTheSm80Path) {
+// Attention sinks are an epilogue step on both paths: the Hopper forward takes them, and a request
+// that is otherwise uncovered (here paged KV) still runs on the SM80 path.
+TEST(Route, SinksRunOnTheHopperPathWhereCovered) {
   FwdParams p = plain();
   static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
   p.sinks = sinks;
-  for (GpuPath asked : {GpuPath::kAuto, GpuPath::kSm90, GpuPath::kSm80}) {
-    ScopedGpuPath scoped(asked);
-    EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm80) << gpu_path_name(asked);
+  EXPECT_EQ(route::fwd_sm90_uncovered(p, hopper()), "");
+  {
+    ScopedGpuPath a(GpuPath::kAuto);
+    EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm90);
   }
+  {
+    ScopedGpuPath sm80(GpuPath::kSm80);
+    EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm80);
+  }
+  static int block_table[1] = {0};
+  p.block_table = block_table;
+  ScopedGpuPath a(GpuPath::kAuto);
+  EXPECT_EQ(route::choose_fwd_path(p, hopper()), GpuPath::kSm80);
 }
 
 TEST(Route, OverrideForcesTheSm80PathAndAutoPicksHopperWhereCovered) {
@@ -201,13 +206,6 @@ TEST(RouteBwd, EachUncoveredFeatureNamesItself) {
   q.alibi_slopes = slopes;
   EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "ALiBi");
   q = p;
-  static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
-  q.sinks = sinks;
-  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "sinks");
-  static float dsinks[4];
-  q.dsinks = dsinks;
-  EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "sinks");
-  q = p;
   q.deterministic = true;
   EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "deterministic");
   q = p;
@@ -215,20 +213,26 @@ TEST(RouteBwd, EachUncoveredFeatureNamesItself) {
   EXPECT_EQ(route::bwd_sm90_uncovered(q, hopper_bwd()), "softmax_scale <= 0");
 }
 
-// The backward with attention sinks (and their gradient, dsinks) runs on the SM80 path on every
-// GPU, whatever the override asks for: the Hopper backward computes no dsinks.
-TEST(RouteBwd, SinksRunOnTheSm80Path) {
+// The backward with attention sinks (and their gradient, dsinks) runs on the Hopper path where the
+// rest of the request is covered (the shared dsinks kernel follows either path's preprocess), and
+// on the SM80 path with a feature the Hopper backward lacks (here ALiBi) or when forced.
+TEST(RouteBwd, SinksRunOnTheHopperPathWhereCovered) {
   static const float sinks[4] = {0.5f, -1.f, 2.f, 0.f};
   static float dsinks[4];
   BwdParams p = plain_bwd();
   p.sinks = sinks;
   BwdParams pd = p;
   pd.dsinks = dsinks;
-  for (GpuPath asked : {GpuPath::kAuto, GpuPath::kSm90, GpuPath::kSm80}) {
-    ScopedGpuPath scoped(asked);
-    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm80) << gpu_path_name(asked);
-    EXPECT_EQ(route::choose_bwd_path(pd, hopper_bwd()), GpuPath::kSm80) << gpu_path_name(asked);
+  {
+    ScopedGpuPath a(GpuPath::kAuto);
+    EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm90);
+    EXPECT_EQ(route::choose_bwd_path(pd, hopper_bwd()), GpuPath::kSm90);
+    static const float slopes[4] = {0.1f, 0.2f, 0.3f, 0.4f};
+    pd.alibi_slopes = slopes;
+    EXPECT_EQ(route::choose_bwd_path(pd, hopper_bwd()), GpuPath::kSm80);
   }
+  ScopedGpuPath sm80(GpuPath::kSm80);
+  EXPECT_EQ(route::choose_bwd_path(p, hopper_bwd()), GpuPath::kSm80);
 }
 
 TEST(RouteBwd, OverrideForcesTheSm80PathAndAutoPicksHopperWhereCovered) {

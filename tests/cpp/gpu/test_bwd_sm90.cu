@@ -113,27 +113,39 @@ TEST_F(BwdSm90, RoutesEachRequestToThePathThatCoversIt) {
     v.seqlen_q = 70;
     v.seqlen_k = 50;
     EXPECT_EQ(path_of(v, false), GpuPath::kSm80) << "varlen";
-    AttnConfig sink = c;  // sinks and dsinks: the Hopper backward computes no dsinks
+    AttnConfig sink = c;  // sinks and dsinks: the shared dsinks kernel follows the preprocess
     sink.sinks = true;
-    EXPECT_EQ(path_of(sink, false), GpuPath::kSm80) << "sinks";
+    EXPECT_EQ(path_of(sink, false), GpuPath::kSm90) << "sinks";
+    AttnConfig sink_alibi = sink;
+    sink_alibi.alibi = true;
+    EXPECT_EQ(path_of(sink_alibi, false), GpuPath::kSm80) << "sinks with ALiBi";
     set_gpu_path(GpuPath::kSm80);
     EXPECT_EQ(path_of(c, false), GpuPath::kSm80) << "forced sm80";
     set_gpu_path(GpuPath::kSm90);
     EXPECT_EQ(path_of(c, false), GpuPath::kSm90) << "forced sm90";
-    EXPECT_EQ(path_of(sink, false), GpuPath::kSm80) << "sinks, forced sm90";
+    EXPECT_EQ(path_of(sink, false), GpuPath::kSm90) << "sinks, forced sm90";
   }
 }
 
-// Attention sinks asked of the Hopper path run on the SM80 path, and their gradients (dq, dk, dv,
-// dsinks) still pass the 3x rule there.
-TEST_F(BwdSm90, SinksRunOnTheSm80Path) {
+// Attention sinks on the Hopper backward: the mainloop is the one without sinks (the forward's
+// LSE includes the sink, so P = exp(S - LSE) is already normalized over keys and sink) and dsinks
+// comes from the shared kernel over the preprocess's D, whose rows are padded to whole query
+// blocks here. Gradients, dsinks included, by the 3x rule; rows with no visible key (causal with
+// s_q > s_k) have o = 0 and LSE = the sink, so nothing flows through them. (dsinks's bitwise
+// repeatability: BwdSm80.SinksGradientIsBitwiseRepeatableAndOverwritten, whose dense case runs
+// here under the default route.)
+TEST_F(BwdSm90, Sinks) {
   for (DType t : dtypes()) {
-    if (!bwd90_compiled(128)) continue;
-    AttnConfig c = cfg(t, 2, 97, 113, 4, 2, 128);
-    c.sinks = true;
-    c.causal = true;
-    check_bwd(c, "sinks causal gqa, sm90 asked", /*deterministic=*/false, "bwd-sm80");
-    EXPECT_EQ(last_gpu_path(), GpuPath::kSm80) << c.str();
+    for (int d : {64, 128}) {
+      if (!bwd90_compiled(d)) continue;
+      AttnConfig c = cfg(t, 2, 97, 113, 4, 2, d);
+      c.sinks = true;
+      small("sinks gqa", c);
+      c.causal = true;
+      c.seqlen_q = 200;
+      c.seqlen_k = 70;
+      small("sinks causal s_q > s_k", c);
+    }
   }
 }
 

@@ -80,10 +80,73 @@ TEST_F(FwdSm90, RoutesEachRequestToThePathThatCoversIt) {
     AttnConfig split = c;
     split.num_splits = 3;
     EXPECT_EQ(path_of(split, false), GpuPath::kSm80) << "split-KV";
+    AttnConfig sink = c;
+    sink.sinks = true;
+    EXPECT_EQ(path_of(sink, false), GpuPath::kSm90) << "sinks";
+    EXPECT_EQ(path_of(sink, true), GpuPath::kSm80) << "sinks, paged KV";
     set_gpu_path(GpuPath::kSm80);
     EXPECT_EQ(path_of(c, false), GpuPath::kSm80) << "forced sm80";
     set_gpu_path(GpuPath::kSm90);
     EXPECT_EQ(path_of(c, false), GpuPath::kSm90) << "forced sm90";
+  }
+}
+
+// Attention sinks on the Hopper forward: one more term in each finished row's denominator
+// (add_sink after finalize), so O within the 2x rule of the reference with the sinks and the LSE
+// = logaddexp(LSE over keys, sink); rows with no visible key (causal s_q > s_k, a window left of
+// every key) get O = 0 and LSE = the sink, from the mainloop's empty rows and from the tiles
+// that load nothing; with dropout (its O scale comes before the sink's); varlen GQA; a large
+// causal problem against the GPU fp32 reference.
+TEST_F(FwdSm90, Sinks) {
+  for (DType t : compiled_dtypes()) {
+    for (int d : {64, 128, 256}) {
+      if (!sm90_hdim_compiled(d) || !hdim_compiled(d)) continue;
+      std::vector<std::pair<const char*, AttnConfig>> cases;
+      AttnConfig c = base(t, 2, 97, 113, 4, 2, d);
+      c.sinks = true;
+      cases.push_back({"sinks gqa", c});
+      AttnConfig cc = base(t, 1, 330, 70, 4, 2, d);  // whole query tiles see no key
+      cc.sinks = true;
+      cc.causal = true;
+      cases.push_back({"sinks causal s_q > s_k", cc});
+      AttnConfig w = base(t, 2, 200, 300, 2, 1, d);
+      w.sinks = true;
+      w.window_left = 20;
+      w.window_right = 0;
+      w.softcap = 8.f;
+      cases.push_back({"sinks window softcap", w});
+      AttnConfig v = base(t, 4, 0, 0, 6, 2, d);
+      v.seqlens_q = {1, 77, 0, 260};
+      v.seqlens_k = {50, 200, 9, 300};
+      v.sinks = true;
+      v.causal = true;
+      cases.push_back({"sinks varlen gqa causal", v});
+      if (d == 128) {
+        AttnConfig dr = base(t, 2, 97, 113, 3, 3, d);
+        dr.sinks = true;
+        dr.p_dropout = 0.2f;
+        cases.push_back({"sinks dropout", dr});
+      }
+      for (auto& [group, cfg] : cases) {
+        SCOPED_TRACE(group);
+        const uint64_t seed = fresh_seed();
+        FwdProblem pr = make_fwd_problem(cfg, seed);
+        if (cfg.p_dropout > 0.f) {
+          pr.params.philox_seed = fresh_seed();
+          pr.params.philox_offset = fresh_seed() % 100000;
+        }
+        check_small_problem(group, pr, seed);
+        EXPECT_EQ(last_gpu_path(), GpuPath::kSm90) << group << ": " << cfg.str();
+      }
+    }
+    if (sm90_hdim_compiled(128) && hdim_compiled(128)) {
+      AttnConfig l = base(t, 2, 2048, 2048, 8, 2, 128);
+      l.sinks = true;
+      l.causal = true;
+      const uint64_t seed = fresh_seed();
+      check_large_problem("large sinks causal", make_fwd_problem(l, seed), seed);
+      EXPECT_EQ(last_gpu_path(), GpuPath::kSm90);
+    }
   }
 }
 
