@@ -65,6 +65,8 @@ struct BuildInfo {
   std::vector<int> cuda_archs;       // e.g. {80, 90}
   std::vector<int> head_dims;        // GPU forward head-dim kernels compiled (rounded-up d)
   std::vector<std::string> dtypes;   // GPU dtypes compiled
+  // Hopper FP8 forward head-dim kernels compiled (64, 128, 256; e4m3 in, every dtype above out)
+  std::vector<int> fp8_head_dims;
   int cuda_device_count = 0;         // devices visible at run time (0 without CUDA)
   std::string cpu_isa;               // CPU kernels in use: "avx512-bf16", "avx512", "avx2", "portable"
 };

@@ -101,6 +101,7 @@ Status locate_fwd(const FwdParams& p, Backend* out) {
 #if defined(FA_WITH_CUDA)
 // Why no GPU kernel path can run a request at all (empty: some may); combine has no such case.
 std::string gpu_refusal(const FwdParams& p) { return route::gpu_unsupported(p); }
+std::string gpu_refusal(const KVCacheParams& p) { return route::gpu_unsupported(p); }
 std::string gpu_refusal(const CombineParams&) { return ""; }
 #endif
 
@@ -108,8 +109,8 @@ template <typename P, typename CpuFn, typename CudaFn>
 Status run(const P& p, Backend be, CpuFn cpu_fn, CudaFn cuda_fn) {
   if (be == Backend::kCpu) return cpu_fn(p);
 #if defined(FA_WITH_CUDA)
-  // Requests no GPU kernel path covers at all (fp8 inputs) are refused here, before any kernel
-  // code sees a dtype it has no instantiation for.
+  // Requests no GPU kernel path covers at all (most fp8 ones, route::gpu_unsupported) are refused
+  // here, before any kernel code runs or writes.
   if (std::string why = gpu_refusal(p); !why.empty())
     return Status::not_supported(why);
   return cuda_fn(p);
@@ -203,6 +204,7 @@ BuildInfo build_info() {
   info.cuda_archs = cuda::compiled_archs();
   info.head_dims = cuda::compiled_head_dims();
   info.dtypes = cuda::compiled_dtypes();
+  info.fp8_head_dims = cuda::compiled_fp8_head_dims();
   info.cuda_device_count = cuda::device_count();
 #endif
   return info;

@@ -49,16 +49,54 @@ GpuPath last_gpu_path() { return last_path; }
 
 namespace route {
 
+namespace {
+
+// What of an fp8 request the Hopper FP8 forward does not take, from the params alone.
+std::string fp8_params_uncovered(const FwdParams& p) {
+  if (p.cu_seqlens_q != nullptr || p.cu_seqlens_k != nullptr) return "varlen";
+  if (p.block_table != nullptr) return "paged KV";
+  if (p.q_block_descale != nullptr || p.k_block_descale != nullptr ||
+      p.v_block_descale != nullptr)
+    return "per-block descales";
+  if (p.d % 16 != 0 || p.d > 256) return "head dim " + std::to_string(p.d) + " (d % 16 != 0 or > 256)";
+  return "";
+}
+
+std::string fp8_refusal(const std::string& what) {
+  return "fp8 (e4m3) inputs with " + what +
+         ": the GPU's FP8 kernel (the Hopper forward) takes dense q, k, v with per-head descales "
+         "and d % 16 == 0 (docs/fp8.md); the CPU backend computes every fp8 case, on host "
+         "tensors. Nothing was converted to another dtype";
+}
+
+}  // namespace
+
 std::string gpu_unsupported(const FwdParams& p) {
-  if (p.dtype == DType::kFloat8E4M3)
-    return "fp8 (e4m3) inputs: no GPU kernel computes FP8 attention yet (the Hopper FP8 forward "
-           "is planned, docs/fp8.md); the CPU backend does, on host tensors. Nothing was "
-           "converted to another dtype";
+  if (p.dtype == DType::kFloat8E4M3) {
+    const std::string why = fp8_params_uncovered(p);
+    if (!why.empty()) return fp8_refusal(why);
+  }
+  return "";
+}
+
+std::string gpu_unsupported(const KVCacheParams& p) {
+  if (p.dtype == DType::kFloat8E4M3) return fp8_refusal("the KV-cache path (mha_fwd_kvcache)");
+  return gpu_unsupported(static_cast<const FwdParams&>(p));
+}
+
+std::string fp8_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
+  if (!r.device_runs_sm90) return "device (FP8 attention needs the sm_90a kernels of a Hopper GPU)";
+  if (gpu_path() == GpuPath::kSm80)
+    return "the SM80 path, forced by FLASHATTN_GPU_PATH / set_gpu_path (it has no FP8 kernel)";
+  if (!r.sm90_compiled) return "head dim / output dtype not compiled for FP8 (FA_FP8, FA_HDIMS)";
+  if (std::string why = fp8_params_uncovered(p); !why.empty()) return why;
+  if (r.kv_cache_hooks || r.split_family) return "KV-cache path";
+  if (r.num_splits > 1) return "split-KV";
   return "";
 }
 
 std::string fwd_sm90_uncovered(const FwdParams& p, const FwdRequest& r) {
-  if (p.dtype == DType::kFloat8E4M3) return "fp8 (e4m3): no Hopper FP8 kernel yet";
+  if (p.dtype == DType::kFloat8E4M3) return fp8_sm90_uncovered(p, r);
   if (!r.device_runs_sm90) return "device (no sm_90a code for this GPU)";
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16) return "dtype";
   if (!r.sm90_compiled) return "head dim / dtype not compiled for sm_90a";

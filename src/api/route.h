@@ -30,10 +30,18 @@ struct FwdRequest {
 };
 
 // Empty when some GPU kernel path (SM80 or Hopper) may run the request; else why none can, as a
-// NotSupported message naming the feature. fp8 (e4m3) inputs have no GPU kernel yet: the CPU
-// reference and backend compute them (docs/fp8.md has the Hopper kernel's design). Checked by the
-// public entry points before the GPU dispatch, so nothing runs and nothing is written.
+// NotSupported message naming the feature. fp8 (e4m3) inputs run only on the Hopper FP8 forward,
+// which takes dense inputs with per-head descales (docs/fp8.md); the other fp8 requests, the
+// KV-cache path's included, are refused here, and the CPU reference and backend compute them.
+// Checked by the public entry points before the GPU dispatch, so nothing runs and nothing is
+// written.
 std::string gpu_unsupported(const FwdParams& p);
+std::string gpu_unsupported(const KVCacheParams& p);
+
+// Empty when the Hopper FP8 forward runs an fp8 request; else why not (device, override,
+// compiled kernels, and the params gpu_unsupported checks). There is no other FP8 GPU kernel,
+// so the dispatch refuses the request with this reason.
+std::string fp8_sm90_uncovered(const FwdParams& p, const FwdRequest& r);
 
 // Empty when the Hopper forward covers the request; else the first reason it does not (a
 // feature name, for messages and tests).

@@ -32,7 +32,10 @@ namespace flashattn::gpu {
 
 using namespace cute;
 
-template <int kNRows>
+// kPLog2Scale: P is produced as 2^kPLog2Scale exp(s - m) (the FP8 kernels' 256 exp(s - m), which
+// puts P's largest values at the top of e4m3's range; docs/fp8.md). l carries the same factor, so
+// O / l is unchanged and only the LSE subtracts it. 0 everywhere else.
+template <int kNRows, int kPLog2Scale = 0>
 struct OnlineSoftmax {
   float row_max[kNRows];
   float row_sum[kNRows];
@@ -87,10 +90,12 @@ struct OnlineSoftmax {
       // m_old = -inf gives exp2(-inf) = 0: O and l are still 0, so nothing is lost.
       correction[mi] = changed ? exp2f(row_max[mi] * unit_log2 - m_scaled) : 1.f;
       row_max[mi] = m[mi];
+      float m_p = m_scaled;
+      if constexpr (kPLog2Scale != 0) m_p -= float(kPLog2Scale);
       float sum = 0.f;
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(s); ++ni) {
-        const float p = exp2f(s(mi, ni) * unit_log2 - m_scaled);
+        const float p = exp2f(s(mi, ni) * unit_log2 - m_p);
         s(mi, ni) = p;
         sum += p;
       }
@@ -145,7 +150,9 @@ struct OnlineSoftmax {
       const float l = quad_allreduce_sum(row_sum[mi]);
       const bool empty = !(l > 0.f);
       const float inv = empty ? 0.f : (kScaled ? o_scale / l : 1.f / l);
-      lse[mi] = empty ? INFINITY : row_max[mi] * unit + logf(l);
+      float lse_mi = row_max[mi] * unit + logf(l);
+      if constexpr (kPLog2Scale != 0) lse_mi -= float(kPLog2Scale) * 0.6931471805599453f;
+      lse[mi] = empty ? INFINITY : lse_mi;
       CUTE_UNROLL
       for (int di = 0; di < size<1>(o); ++di) o(mi, di) *= inv;
     }

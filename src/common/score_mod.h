@@ -61,7 +61,7 @@ struct ScoreUnits {
   float unit_log2 = 1.f;
   float softcap_prescale = 0.f;  // softmax_scale / softcap (softcap only)
 
-  static ScoreUnits of(float softmax_scale, float softcap) {
+  FA_HD static ScoreUnits of(float softmax_scale, float softcap) {
     ScoreUnits u;
     const bool has_softcap = softcap > 0.f;
     u.unit = has_softcap ? softcap : softmax_scale;

@@ -34,6 +34,7 @@ Status mha_combine(const CombineParams& p);
 
 // Head dims / archs / dtypes compiled into the forward kernels.
 std::vector<int> compiled_head_dims();
+std::vector<int> compiled_fp8_head_dims();  // Hopper FP8 forward (fwd_dispatch.cu)
 std::vector<int> compiled_archs();
 std::vector<std::string> compiled_dtypes();
 

@@ -18,13 +18,13 @@ namespace flashattn::cuda {
 // aligned. The validator checks this too; a violation would fault, so it is re-checked here
 // (a few integer ops).
 inline Status check_alignment(const char* name, const void* ptr, int64_t batch_stride,
-                              int64_t row_stride, int64_t head_stride) {
+                              int64_t row_stride, int64_t head_stride, int elem_bytes = 2) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
     return Status::invalid(std::string(name) + ": must be 16-byte aligned for the GPU kernels");
-  if (batch_stride % 8 != 0 || row_stride % 8 != 0 || head_stride % 8 != 0)
-    return Status::invalid(std::string(name) +
-                           ": batch/row/head strides must be multiples of 8 elements (16 bytes) "
-                           "for the GPU kernels");
+  const int64_t per16 = 16 / elem_bytes;
+  if (batch_stride % per16 != 0 || row_stride % per16 != 0 || head_stride % per16 != 0)
+    return Status::invalid(std::string(name) + ": batch/row/head strides must be multiples of " +
+                           std::to_string(per16) + " elements (16 bytes) for the GPU kernels");
   return Status::ok_status();
 }
 

@@ -14,6 +14,7 @@
 // features (softcap, ALiBi) are picked inside each family.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 
 #include "api/heuristics.h"
@@ -82,6 +83,67 @@ Status run_compiled_sm90(const FwdParams& p, int hd) {
   return Status::internal("no Hopper forward kernel for a request the route gave the Hopper path");
 }
 
+Status run_compiled_sm90_fp8(const FwdParams& p, int hd) {
+#define FA_SM90_FP8_FWD_CASE(kOut, kHeadDim) \
+  if (p.out_dtype == kOut && hd == kHeadDim) return sm90::run_fwd_sm90_fp8<kOut, kHeadDim>(p);
+  FA_SM90_FP8_FWD_FOR_EACH_INSTANCE(FA_SM90_FP8_FWD_CASE)
+#undef FA_SM90_FP8_FWD_CASE
+  return Status::internal("no Hopper FP8 forward kernel for a request the route gave it");
+}
+
+bool compiled_sm90_fp8(DType out, int hd) {
+#define FA_SM90_FP8_FWD_IS(kOut, kHeadDim) \
+  if (out == kOut && hd == kHeadDim) return true;
+  FA_SM90_FP8_FWD_FOR_EACH_INSTANCE(FA_SM90_FP8_FWD_IS)
+#undef FA_SM90_FP8_FWD_IS
+  (void)out;
+  (void)hd;
+  return false;
+}
+
+}  // namespace
+
+std::vector<int> compiled_fp8_head_dims() {
+  std::vector<int> v;
+#define FA_SM90_FP8_FWD_HDIM(kOut, kHeadDim) \
+  if (std::find(v.begin(), v.end(), kHeadDim) == v.end()) v.push_back(kHeadDim);
+  FA_SM90_FP8_FWD_FOR_EACH_INSTANCE(FA_SM90_FP8_FWD_HDIM)
+#undef FA_SM90_FP8_FWD_HDIM
+  return v;
+}
+
+namespace {
+
+// fp8 (e4m3) inputs: the Hopper FP8 forward is their only GPU kernel (route::fp8_sm90_uncovered
+// says why it cannot run a request, and the request is refused). The params are inside what
+// route::gpu_unsupported lets through (dense, per-head descales, d % 16 == 0).
+Status run_fp8(const FwdParams& p, const FwdCacheArgs& cache) {
+  if (p.softcap <= 0.f && p.softmax_scale < 0.f)
+    return not_implemented("a negative softmax_scale without softcap");
+  if (p.b == 0 || p.h == 0 || p.seqlen_q == 0) return Status::ok_status();  // nothing to compute
+  if (p.h > 65535 || p.b > 65535)
+    return not_implemented("more than 65535 heads or sequences (grid y/z limit)");
+  Status s = check_alignment("q_ptr", p.q_ptr, p.q_batch_stride, p.q_row_stride, p.q_head_stride, 1);
+  if (s.ok()) s = check_alignment("k_ptr", p.k_ptr, p.k_batch_stride, p.k_row_stride, p.k_head_stride, 1);
+  if (s.ok()) s = check_alignment("v_ptr", p.v_ptr, p.v_batch_stride, p.v_row_stride, p.v_head_stride, 1);
+  if (s.ok()) s = check_alignment("o_ptr", p.o_ptr, p.o_batch_stride, p.o_row_stride, p.o_head_stride, 2);
+  if (!s.ok()) return s;
+  s = check_compute_capability("forward");
+  if (!s.ok()) return s;
+  const int hd = sm90::round_head_dim_sm90_fp8(p.d);
+  route::FwdRequest r;
+  r.device_runs_sm90 = device_runs_sm90_kernels();
+  r.sm90_compiled = compiled_sm90_fp8(p.out_dtype, hd);
+  r.kv_cache_hooks = cache.kv_batch_idx != nullptr || cache.k_leftpad != nullptr;
+  r.split_family = cache.split_family;
+  if (std::string why = route::fp8_sm90_uncovered(p, r); !why.empty())
+    return Status::not_supported("fp8 (e4m3) attention on the GPU: " + why +
+                                 " (docs/fp8.md; nothing was converted to another dtype)");
+  s = run_compiled_sm90_fp8(p, hd);
+  if (s.ok()) route::record_gpu_path(GpuPath::kSm90);
+  return s;
+}
+
 bool compiled_sm90(DType t, int hd) {
 #define FA_SM90_FWD_IS(kDtype, kHeadDim) \
   if (t == kDtype && hd == kHeadDim) return true;
@@ -138,6 +200,7 @@ Status run_mha_fwd(const FwdParams& p, const FwdCacheArgs& cache) {
     return not_implemented("dropout with paged KV");
   if (p.p_ptr != nullptr && varlen)
     return Status::not_supported("p_ptr with varlen inputs (probabilities are dense only)");
+  if (p.dtype == DType::kFloat8E4M3) return run_fp8(p, cache);
   if (p.dtype != DType::kFloat16 && p.dtype != DType::kBFloat16)
     return Status::not_supported(std::string("dtype ") + dtype_name(p.dtype) +
                                  " has no GPU forward kernel (fp16 and bf16 only)");

@@ -27,7 +27,7 @@ using namespace cute;
 
 template <class Traits>
 struct EpilogueFwdSm90 {
-  using Element = typename Traits::Element;
+  using Element = typename Traits::ElementOut;  // of o
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte vectors per row

@@ -16,4 +16,9 @@ namespace flashattn::sm90 {
 template <DType kDtype, int kHeadDim>
 Status run_fwd_sm90(const FwdParams& p);
 
+// The same for FP8 (e4m3) q, k, v with o in kOut (bf16 / fp16), within the FP8 coverage of
+// api/route.h (dense, d % 16 == 0, per-head descales; docs/fp8.md).
+template <DType kOut, int kHeadDim>
+Status run_fwd_sm90_fp8(const FwdParams& p);
+
 }  // namespace flashattn::sm90

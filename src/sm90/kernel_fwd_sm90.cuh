@@ -136,16 +136,19 @@ struct FlashAttnFwdSm90 {
         if (w.keys) {
           storage.pipelines.barrier_q.wait(q_phase);
           q_phase ^= 1;
-          OnlineSoftmax<2> softmax(args.unit_log2);
+          const TileUnitsSm90 units = Mainloop::units(args, w);
+          OnlineSoftmax<2, Mainloop::kPLog2Scale> softmax(units.unit_log2);
           Tensor tOrO = partition_fragment_C(typename Traits::TiledMmaO{},
                                              Shape<_64, Int<Traits::kHeadDim>>{});
-          mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, tOrO, softmax, wg,
-                       tid_wg);
+          mainloop.mma(args, storage.tensors, pipeline_k, pipeline_v, read, w, units, tOrO,
+                       softmax, wg, tid_wg);
           float lse[2];
-          softmax.template finalize_scaled<Features::kDropout>(tOrO, args.unit, lse,
-                                                              args.rp_dropout);
+          softmax.template finalize_scaled<Features::kDropout || Traits::kFp8>(
+              tOrO, units.unit, lse, units.o_scale);
           if (args.p.sinks != nullptr) add_sink(tOrO, args.p.sinks[w.bidh], lse);
-          epilogue.store(args, w, tOrO, lse, storage.tensors.smem_v.data(), wg, tid_wg);
+          epilogue.store(args, w, tOrO, lse,
+                         reinterpret_cast<typename Traits::ElementOut*>(storage.tensors.smem_v.data()),
+                         wg, tid_wg);
         } else if (w.rows) {
           epilogue.store_empty(args, w, wg, tid_wg);
         }

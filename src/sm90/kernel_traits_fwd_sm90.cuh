@@ -11,6 +11,12 @@
 // V is written by TMA in the same layout as K, and the P V GEMM reads it through a transposed
 // view (SmemLayoutVt): both are the same bytes, and the transpose of a K-major swizzle atom
 // (8 rows x 64 columns, 128-byte swizzle) is the MN-major atom of the same swizzle.
+//
+// FP8 (e4m3 inputs, kFp8): 8-bit wgmma reads shared-memory operands K-major only, so P V needs
+// V^T with the keys contiguous. The launcher transposes V once into a scratch tensor
+// (d, keys) per (kv head, sequence) (transpose_v_fp8.cuh), and TMA loads (d x block_n) tiles of
+// it straight into the K-major SmemLayoutVt. P enters P V from registers as e4m3; O is written in
+// ElementOut (bf16 / fp16).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -19,6 +25,7 @@
 #include <cutlass/numeric_types.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "flashattn/params.h"
 #include "sm90/tile_scheduler_sm90.h"
@@ -28,23 +35,29 @@ namespace flashattn::sm90 {
 
 using namespace cute;
 
-// The K-major swizzle atom for rows of kCols 16-bit elements: the widest swizzle (128 bytes =
-// 64 elements) that divides the row, so the row is whole atoms.
+// The K-major swizzle atom for rows of kCols elements: the widest swizzle (128 bytes: 64 16-bit
+// or 128 8-bit elements) that divides the row, so the row is whole atoms.
 template <class Element, int kCols>
 constexpr auto k_major_smem_atom() {
-  if constexpr (kCols % 64 == 0) {
+  constexpr int kBytes = kCols * int(sizeof(Element));
+  if constexpr (kBytes % 128 == 0) {
     return GMMA::Layout_K_SW128_Atom<Element>{};
-  } else if constexpr (kCols % 32 == 0) {
+  } else if constexpr (kBytes % 64 == 0) {
     return GMMA::Layout_K_SW64_Atom<Element>{};
   } else {
     return GMMA::Layout_K_SW32_Atom<Element>{};
   }
 }
 
-template <int kHeadDim_, class Element_>
+template <int kHeadDim_, class Element_, class ElementOut_ = Element_>
 struct FwdTraitsSm90 {
-  using Element = Element_;
-  static constexpr FwdTileSm90 kTile = tile_size_fwd_sm90(kHeadDim_);
+  using Element = Element_;        // q, k, v
+  using ElementOut = ElementOut_;  // o
+  static constexpr bool kFp8 = sizeof(Element) == 1;
+  static_assert(kFp8 || std::is_same_v<Element, ElementOut>, "16-bit inputs give o in their dtype");
+  static_assert(sizeof(ElementOut) == 2);
+  static constexpr FwdTileSm90 kTile =
+      kFp8 ? tile_size_fwd_sm90_fp8(kHeadDim_) : tile_size_fwd_sm90(kHeadDim_);
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kTile.block_m;
   static constexpr int kBlockN = kTile.block_n;
@@ -56,23 +69,33 @@ struct FwdTraitsSm90 {
   static constexpr int kLoadRegisters = kTile.load_registers;
   static constexpr bool kPingPong = kTile.pingpong;
   static_assert(kHeadDim % 16 == 0 && kBlockN % 16 == 0, "wgmma K steps of 16");
+  static_assert(!kFp8 || (kHeadDim % 32 == 0 && kBlockN % 32 == 0), "8-bit wgmma K steps of 32");
   static_assert(kMmaWarpGroups >= 1 && kMmaWarpGroups <= 3);
 
   using TileS = Shape<_64, Int<kBlockN>, Int<kHeadDim>>;  // per warpgroup (M, N, K)
   using TileO = Shape<_64, Int<kHeadDim>, Int<kBlockN>>;
   using TiledMmaS = decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, TileS>()));
+  static constexpr GMMA::Major kMajorV = kFp8 ? GMMA::Major::K : GMMA::Major::MN;
   using TiledMmaO = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, float, TileO, GMMA::Major::K, GMMA::Major::MN>()));
+      GMMA::rs_op_selector<Element, Element, float, TileO, GMMA::Major::K, kMajorV>()));
 
   using SmemAtom = decltype(k_major_smem_atom<Element, kHeadDim>());
   using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   using SmemLayoutKVStage = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   using SmemLayoutKV =
       decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
-  // (d, block_n, stages) -> the element of V at (key, d, stage).
-  using SmemLayoutVt = decltype(composition(
-      SmemLayoutKV{},
-      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  // (d, block_n, stages) -> the element of V at (key, d, stage). 16-bit: a view of the K-like
+  // buffer TMA wrote; FP8: the layout TMA writes the V^T tiles in, K-major (keys contiguous).
+  using SmemLayoutVtStage = decltype(tile_to_shape(k_major_smem_atom<Element, kBlockN>(),
+                                                   Shape<Int<kHeadDim>, Int<kBlockN>>{}));
+  using SmemLayoutVt = std::conditional_t<
+      kFp8,
+      decltype(tile_to_shape(k_major_smem_atom<Element, kBlockN>(),
+                             Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{})),
+      decltype(composition(SmemLayoutKV{},
+                           make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
+                                               Step<_2, _1, _3>{})))>;
+  static_assert(cosize_v<SmemLayoutVt> == cosize_v<SmemLayoutKV>, "V fills the same buffer");
 
   // Global tensors as TMA sees them: (rows, d, heads, batch), d contiguous. Varlen inputs are
   // one batch of total rows; each CTA offsets its rows by the sequence's first row.
@@ -85,14 +108,21 @@ struct FwdTraitsSm90 {
                                       Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
   using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKVStage{},
                                        Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  // FP8: V^T as (d, keys, kv heads, batch), keys contiguous; 16-bit: V like K.
+  using TmaVt = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutVtStage{},
+                                       Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{}));
+  using TmaV = std::conditional_t<kFp8, TmaVt, TmaKV>;
   // O of one consumer warpgroup (64 rows), staged in smem_v for the store: the V buffers are
   // free once every warpgroup's last P V GEMM of the tile is done, and Q's buffer is by then
   // already receiving the next tile's Q.
-  using SmemLayoutOWg = decltype(tile_to_shape(SmemAtom{}, Shape<_64, Int<kHeadDim>>{}));
-  static_assert(kMmaWarpGroups * 64 * kHeadDim <= kStages * kBlockN * kHeadDim,
+  using SmemLayoutOWg = decltype(tile_to_shape(k_major_smem_atom<ElementOut, kHeadDim>(),
+                                               Shape<_64, Int<kHeadDim>>{}));
+  static_assert(kMmaWarpGroups * 64 * kHeadDim * sizeof(ElementOut) <=
+                    kStages * kBlockN * kHeadDim * sizeof(Element),
                 "the staged O of every warpgroup fits in the V buffers");
-  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), GmemLayout{}),
-                                      SmemLayoutOWg{}, Shape<_64, Int<kHeadDim>>{}, _1{}));
+  using TmaO = decltype(make_tma_copy(
+      SM90_TMA_STORE{}, make_tensor(make_gmem_ptr(static_cast<ElementOut*>(nullptr)), GmemLayout{}),
+      SmemLayoutOWg{}, Shape<_64, Int<kHeadDim>>{}, _1{}));
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
 };
@@ -125,7 +155,8 @@ struct FwdArgsSm90 {
   typename Traits::GmemShape shape_kv;
   typename Traits::TmaQ tma_q;
   typename Traits::TmaKV tma_k;
-  typename Traits::TmaKV tma_v;
+  typename Traits::TmaV tma_v;
+  typename Traits::GmemShape shape_v;  // shape_kv, or FP8's V^T (d, keys padded, h_k, batch)
   // Dense outputs are stored by TMA (rows past seqlen_q and columns past d are clipped by the
   // descriptor's bounds); varlen ones with predicated vector stores, since the rows past a
   // sequence's end belong to the next sequence.

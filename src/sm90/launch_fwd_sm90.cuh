@@ -1,7 +1,8 @@
 // Launch of the Hopper forward: picks the compile-time score mods from the params, builds the TMA
 // descriptors of Q, K and V over the caller's strides, sizes the persistent grid, and launches on
-// p.stream. Explicitly instantiated per (dtype, head dim) in generated TUs compiled for sm_90a
-// only (cmake/kernels.cmake).
+// p.stream. FP8 inputs first transpose V into stream-ordered scratch (transpose_v_fp8.cuh), whose
+// descriptor replaces V's. Explicitly instantiated per (dtype, head dim) and per (output dtype,
+// head dim) for FP8 in generated TUs compiled for sm_90a only (cmake/kernels_sm90.cmake).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,6 +20,7 @@
 #include "sm90/fwd_sm90.h"
 #include "sm90/kernel_fwd_sm90.cuh"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
+#include "sm90/transpose_v_fp8.cuh"
 
 namespace flashattn::sm90 {
 
@@ -34,6 +36,7 @@ Status launch_fwd_sm90(const FwdParams& p) {
   using Kernel = FlashAttnFwdSm90<Traits, Features>;
   using Args = FwdArgsSm90<Traits>;
   using Element = typename Traits::Element;
+  using ElementOut = typename Traits::ElementOut;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
   constexpr int kHeadDim = Traits::kHeadDim;
@@ -51,7 +54,8 @@ Status launch_fwd_sm90(const FwdParams& p) {
   args.h_h_k_ratio = p.h / p.h_k;
   args.num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
   const bool varlen = p.cu_seqlens_q != nullptr;
-  args.kv_tail_in_tensor = varlen || p.seqused_k != nullptr;
+  // (FP8's V^T scratch is zero past every sequence's keys, and FP8 has no varlen here.)
+  args.kv_tail_in_tensor = !Traits::kFp8 && (varlen || p.seqused_k != nullptr);
 
   const int64_t tiles = int64_t(args.num_m_blocks) * p.h * p.b;
   if (tiles == 0) return Status::ok_status();
@@ -88,16 +92,55 @@ Status launch_fwd_sm90(const FwdParams& p) {
         SM90_TMA_LOAD{},
         view(p.k_ptr, args.shape_kv, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
         typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
-    args.tma_v = make_tma_copy(
-        SM90_TMA_LOAD{},
-        view(p.v_ptr, args.shape_kv, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
-        typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+  }
+  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  uint8_t* vt = nullptr;  // FP8: the V^T scratch, freed after the launch
+  if constexpr (Traits::kFp8) {
+    if (args.has_kv) {
+      TransposeVFp8Args t;
+      t.v = static_cast<const uint8_t*>(p.v_ptr);
+      t.v_batch_stride = p.v_batch_stride;
+      t.v_row_stride = p.v_row_stride;
+      t.v_head_stride = p.v_head_stride;
+      t.seqused_k = p.seqused_k;
+      t.seqlen_k = p.seqlen_k;
+      t.h_k = p.h_k;
+      t.d = p.d;
+      t.keys_pad = (int64_t(p.seqlen_k) + 31) / 32 * 32;
+      FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&vt),
+                                    size_t(p.b) * p.h_k * p.d * t.keys_pad, stream));
+      t.vt = vt;
+      const dim3 grid(unsigned((t.keys_pad + kTransposeKeys - 1) / kTransposeKeys), unsigned(p.h_k),
+                      unsigned(p.b));
+      transpose_v_fp8_kernel<kHeadDim><<<grid, kTransposeThreads, 0, stream>>>(t);
+      Status ts = cuda::check_cuda(cudaGetLastError(), "launch of transpose_v_fp8_kernel",
+                                   __FILE__, __LINE__);
+      if (!ts.ok()) {
+        (void)cudaFreeAsync(vt, stream);
+        return ts;
+      }
+      args.shape_v = make_shape(int32_t(p.d), int32_t(t.keys_pad), int32_t(p.h_k), int32_t(p.b));
+      Tensor mVt = make_tensor(
+          make_gmem_ptr(static_cast<Element const*>(static_cast<const void*>(vt))),
+          make_layout(args.shape_v, make_stride(t.keys_pad, _1{}, int64_t(p.d) * t.keys_pad,
+                                                int64_t(p.h_k) * p.d * t.keys_pad)));
+      args.tma_v = make_tma_copy(SM90_TMA_LOAD{}, mVt, typename Traits::SmemLayoutVtStage{},
+                                 Shape<Int<kHeadDim>, Int<kBlockN>>{}, _1{});
+    }
+  } else {
+    args.shape_v = args.shape_kv;
+    if (args.has_kv) {
+      args.tma_v = make_tma_copy(
+          SM90_TMA_LOAD{},
+          view(p.v_ptr, args.shape_kv, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+          typename Traits::SmemLayoutKVStage{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{});
+    }
   }
 
   args.o_by_tma = !varlen;
   if (args.o_by_tma) {
     args.shape_o = args.shape_q;
-    Tensor mO = make_tensor(make_gmem_ptr(static_cast<Element*>(p.o_ptr)),
+    Tensor mO = make_tensor(make_gmem_ptr(static_cast<ElementOut*>(p.o_ptr)),
                             make_layout(args.shape_o, make_stride(p.o_row_stride, _1{},
                                                                   p.o_head_stride, p.o_batch_stride)));
     args.tma_o = make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutOWg{},
@@ -105,21 +148,45 @@ Status launch_fwd_sm90(const FwdParams& p) {
   }
 
   const int grid = heuristics::persistent_grid_size(tiles, cuda::device_sm_count());
-  if (grid <= 0) return Status::internal("cannot read the device's multiprocessor count");
   // The tile counter: stream-ordered scratch, zeroed right before the launch (under CUDA graph
   // capture these become graph nodes like the launch itself).
-  cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  FA_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&args.tile_counter), sizeof(int), stream));
-  Status s = cuda::check_cuda(cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream),
-                              "cudaMemsetAsync(tile_counter)", __FILE__, __LINE__);
+  Status s = grid > 0 ? Status::ok_status()
+                      : Status::internal("cannot read the device's multiprocessor count");
   if (s.ok()) {
-    s = cuda::launch_kernel(&flash_fwd_sm90_kernel<Kernel>, dim3(grid), Kernel::kNThreads,
-                            Kernel::kSmemSize, p.stream, 1, "flash_fwd_sm90_kernel", args);
+    s = cuda::check_cuda(
+        cudaMallocAsync(reinterpret_cast<void**>(&args.tile_counter), sizeof(int), stream),
+        "cudaMallocAsync(tile_counter)", __FILE__, __LINE__);
   }
-  const cudaError_t free_err = cudaFreeAsync(args.tile_counter, stream);
-  if (!s.ok()) return s;
-  FA_CUDA_CHECK(free_err);
-  return Status::ok_status();
+  if (s.ok()) {
+    s = cuda::check_cuda(cudaMemsetAsync(args.tile_counter, 0, sizeof(int), stream),
+                         "cudaMemsetAsync(tile_counter)", __FILE__, __LINE__);
+    if (s.ok()) {
+      s = cuda::launch_kernel(&flash_fwd_sm90_kernel<Kernel>, dim3(grid), Kernel::kNThreads,
+                              Kernel::kSmemSize, p.stream, 1, "flash_fwd_sm90_kernel", args);
+    }
+    const Status fs = cuda::check_cuda(cudaFreeAsync(args.tile_counter, stream),
+                                       "cudaFreeAsync(tile_counter)", __FILE__, __LINE__);
+    if (s.ok()) s = fs;
+  }
+  if (vt != nullptr) {
+    const Status fs = cuda::check_cuda(cudaFreeAsync(vt, stream), "cudaFreeAsync(v^T scratch)",
+                                       __FILE__, __LINE__);
+    if (s.ok()) s = fs;
+  }
+  return s;
+}
+
+// FP8 (e4m3) q, k, v with o in kOut (bf16 / fp16): softcap x ALiBi, no dropout (validated).
+template <DType kOut, int kHeadDim>
+Status run_fwd_sm90_fp8(const FwdParams& p) {
+  using Traits = FwdTraitsSm90<kHeadDim, cutlass::float_e4m3_t, ElementOf<kOut>>;
+  const bool softcap = p.softcap > 0.f;
+  if (p.alibi_slopes != nullptr) {
+    return softcap ? launch_fwd_sm90<Traits, FwdFeaturesSm90<true, true>>(p)
+                   : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, true>>(p);
+  }
+  return softcap ? launch_fwd_sm90<Traits, FwdFeaturesSm90<true, false>>(p)
+                 : launch_fwd_sm90<Traits, FwdFeaturesSm90<false, false>>(p);
 }
 
 template <DType kDtype, int kHeadDim>

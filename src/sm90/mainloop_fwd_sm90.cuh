@@ -30,12 +30,15 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "common/accumulator.cuh"
+#include "common/descale.h"
 #include "common/dropout_tile.cuh"
 #include "common/mask.h"
 #include "common/online_softmax.cuh"
+#include "common/score_mod.h"
 #include "common/score_mod_tile.cuh"
 #include "common/seqlen.h"
 #include "sm90/barriers_sm90.cuh"
@@ -88,6 +91,48 @@ struct TileWorkSm90 {
   }
 };
 
+// The score units of one tile (common/online_softmax.cuh): the launch's, or with FP8 those of the
+// softmax scale times the tile's (sequence, kv head) q and k descales, which multiply into the
+// scores before the score modifiers (docs/fp8.md); o_scale multiplies the normalized O (dropout's
+// 1 / (1 - p), FP8's v descale).
+struct TileUnitsSm90 {
+  float unit, unit_log2, softcap_prescale, o_scale;
+};
+
+// P to the 8-bit A operand of the P V wgmma. The fp32 S accumulator holds, per thread and 8-key
+// block j, (row r: keys 8j + 2t, 8j + 2t + 1; row r + 8: the same keys), t = lane % 4; the e4m3
+// A fragment of each 32-key slice wants 4 consecutive k per 32-bit register (row r: k 4t .. 4t + 3,
+// row r + 8: the same, then k 16 + 4t .. for both rows). Rather than move values between lanes,
+// each register packs the thread's own values of two neighbouring blocks:
+//   k 4t + e  (e = 0..3) holds key 8 (e / 2) + 2t + e % 2 of the slice's first 16 keys,
+// likewise for k 16 + 4t + e, and the V^T scratch stores the keys of every 32-key group in that
+// order (transpose_v_fp8.cuh, fp8_key_of_slot). P V sums over the keys, so the order is free.
+template <class TensorS, class TensorP>
+__forceinline__ __device__ void convert_p_fp8(TensorS const& tSrS, TensorP& tOrP) {
+  static_assert(decltype(size(tSrS))::value == decltype(size(tOrP))::value);
+  static_assert(decltype(size(tSrS))::value % 16 == 0);
+  using Converter = cutlass::NumericArrayConverter<cutlass::float_e4m3_t, float, 4,
+                                                   cutlass::FloatRoundStyle::round_to_nearest>;
+  uint32_t* out = reinterpret_cast<uint32_t*>(raw_pointer_cast(tOrP.data()));
+  auto pack = [&](int i0, int i1, int i2, int i3) {
+    cutlass::Array<float, 4> in;
+    in[0] = tSrS(i0);
+    in[1] = tSrS(i1);
+    in[2] = tSrS(i2);
+    in[3] = tSrS(i3);
+    const cutlass::Array<cutlass::float_e4m3_t, 4> q = Converter::convert(in);
+    return reinterpret_cast<uint32_t const&>(q);
+  };
+  CUTE_UNROLL
+  for (int s = 0; s < size(tSrS) / 16; ++s) {
+    const int b = 16 * s;
+    out[4 * s + 0] = pack(b + 0, b + 1, b + 4, b + 5);
+    out[4 * s + 1] = pack(b + 2, b + 3, b + 6, b + 7);
+    out[4 * s + 2] = pack(b + 8, b + 9, b + 12, b + 13);
+    out[4 * s + 3] = pack(b + 10, b + 11, b + 14, b + 15);
+  }
+}
+
 template <class Traits, class Features>
 struct MainloopFwdSm90 {
   using Element = typename Traits::Element;
@@ -101,6 +146,22 @@ struct MainloopFwdSm90 {
   using PipelineKV = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename PipelineKV::PipelineState;
   using ScoreMod = ScoreModTile<Features::kSoftcap, Features::kAlibi>;
+  static constexpr bool kFp8 = Traits::kFp8;
+  // FP8 quantizes 256 exp(s - m): docs/fp8.md, the emulation's kFp8PScale.
+  static constexpr int kPLog2Scale = kFp8 ? 8 : 0;
+
+  __forceinline__ __device__ static TileUnitsSm90 units(Args const& args, TileWorkSm90 const& w) {
+    if constexpr (kFp8) {
+      const FwdParams& p = args.p;
+      const float qk = Fp8Descale::q(p).at(w.bidb, w.bidh_kv, w.bidh, 0) *
+                       Fp8Descale::k(p).at(w.bidb, w.bidh_kv, w.bidh_kv, 0);
+      const ScoreUnits u = ScoreUnits::of(p.softmax_scale * qk, p.softcap);
+      return {u.unit, u.unit_log2, u.softcap_prescale,
+              Fp8Descale::v(p).at(w.bidb, w.bidh_kv, w.bidh_kv, 0)};
+    } else {
+      return {args.unit, args.unit_log2, args.softcap_prescale, args.rp_dropout};
+    }
+  }
 
   // 1024-byte alignment: the 128-byte swizzle repeats every 1 KB, and TMA and wgmma apply it to
   // absolute shared-memory addresses.
@@ -136,16 +197,25 @@ struct MainloopFwdSm90 {
     const int bidb_q = varlen ? 0 : w.bidb;
     Tensor mQ = args.tma_q.get_tma_tensor(args.shape_q)(_, _, w.bidh, bidb_q);     // (rows, d)
     Tensor mK = args.tma_k.get_tma_tensor(args.shape_kv)(_, _, w.bidh_kv, bidb_q);  // (rows, d)
-    Tensor mV = args.tma_v.get_tma_tensor(args.shape_kv)(_, _, w.bidh_kv, bidb_q);
+    Tensor mV = args.tma_v.get_tma_tensor(args.shape_v)(_, _, w.bidh_kv, bidb_q);  // 16-bit: (rows, d)
     Tensor gQ = local_tile(domain_offset(make_coord(int(w.seq.q_row0), _0{}), mQ),
                            Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(w.m_block, _0{}));
     Tensor gK = local_tile(domain_offset(make_coord(int(w.seq.k_row0), _0{}), mK),
                            Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (N, d, n)
-    Tensor gV = local_tile(domain_offset(make_coord(int(w.seq.k_row0), _0{}), mV),
-                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+    // (N, d, n) tiles of V; FP8: (d, N, n) tiles of V^T (dense only, so no row offset).
+    auto gV = [&] {
+      if constexpr (kFp8) {
+        return local_tile(mV, Shape<Int<kHeadDim>, Int<kBlockN>>{}, make_coord(_0{}, _));
+      } else {
+        return local_tile(domain_offset(make_coord(int(w.seq.k_row0), _0{}), mV),
+                          Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      }
+    }();
     Tensor sQ = make_tensor(make_smem_ptr(ts.smem_q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(ts.smem_k.data()), typename Traits::SmemLayoutKV{});
-    Tensor sV = make_tensor(make_smem_ptr(ts.smem_v.data()), typename Traits::SmemLayoutKV{});
+    using SmemLayoutVLoad =
+        std::conditional_t<kFp8, typename Traits::SmemLayoutVt, typename Traits::SmemLayoutKV>;
+    Tensor sV = make_tensor(make_smem_ptr(ts.smem_v.data()), SmemLayoutVLoad{});
     auto q_part = tma_partition(args.tma_q, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                 group_modes<0, 2>(gQ));
     auto k_part = tma_partition(args.tma_k, Int<0>{}, Layout<_1>{}, group_modes<0, 2>(sK),
@@ -242,8 +312,8 @@ struct MainloopFwdSm90 {
   template <class TensorO, class Softmax>
   __forceinline__ __device__ void mma(Args const& args, TensorStorage& ts, PipelineKV& pipeline_k,
                                       PipelineKV& pipeline_v, PipelineState& read,
-                                      TileWorkSm90 const& w, TensorO& tOrO, Softmax& softmax,
-                                      int wg, int tid_wg) const {
+                                      TileWorkSm90 const& w, TileUnitsSm90 const& units,
+                                      TensorO& tOrO, Softmax& softmax, int wg, int tid_wg) const {
     const FwdParams& p = args.p;
     typename Traits::TiledMmaS tiled_mma_s;
     typename Traits::TiledMmaO tiled_mma_o;
@@ -268,10 +338,10 @@ struct MainloopFwdSm90 {
     };
     ScoreMod score_mod;
     score_mod.offset = w.seq.seqlen_k - w.seq.seqlen_q;
-    if constexpr (Features::kSoftcap) score_mod.softcap_prescale = args.softcap_prescale;
+    if constexpr (Features::kSoftcap) score_mod.softcap_prescale = units.softcap_prescale;
     if constexpr (Features::kAlibi) {
       const float slope = p.alibi_slopes[w.bidb * p.alibi_slopes_batch_stride + w.bidh];
-      score_mod.alibi_coef = -slope / args.unit;
+      score_mod.alibi_coef = -slope / units.unit;
     }
     // Dropout: the Philox stream of (sequence, query head) bh = bidb * h + bidh, as on every
     // other path, so the CPU reference regenerates the same keep mask.
@@ -300,6 +370,7 @@ struct MainloopFwdSm90 {
     // FwdArgsSm90::kv_tail_in_tensor); zero them in shared memory before the P V GEMM reads them.
     // Every consumer warpgroup writes the same zeros, each before its own GEMM.
     auto zero_v_tail = [&](int n, int stage) {
+      if constexpr (kFp8) return;  // the V^T scratch holds zeros past every sequence's keys
       const int valid = w.seq.seqlen_k - n * kBlockN;
       if (!args.kv_tail_in_tensor || valid >= kBlockN) return;
       constexpr int kChunks = kHeadDim / 8;  // 16-byte vectors per row
@@ -333,8 +404,27 @@ struct MainloopFwdSm90 {
     warpgroup_wait<0>();
     pipeline_k.consumer_release(read);
     score_mods_and_softmax(tSrS, n);
-    Tensor rP = convert_fragment<Element>(tSrS);
-    Tensor tOrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
+    // P as the A operand of P V: 16-bit, S converted in place and viewed as the A fragment;
+    // FP8, repacked into the A fragment (convert_p_fp8).
+    auto make_p = [&] {
+      if constexpr (kFp8) {
+        Tensor p8 = make_tensor<Element>(
+            shape(thr_mma_o.partition_A(make_identity_tensor(Shape<_64, Int<kBlockN>>{}))));
+        convert_p_fp8(tSrS, p8);
+        return p8;
+      } else {
+        return convert_fragment<Element>(tSrS);
+      }
+    };
+    Tensor rP = make_p();
+    auto p_layout = [&] {
+      if constexpr (kFp8) {
+        return rP.layout();
+      } else {
+        return acc_as_a_operand(rP.layout());
+      }
+    };
+    Tensor tOrP = make_tensor(rP.data(), p_layout());
     clear(tOrO);
 
 #pragma unroll 1
@@ -354,9 +444,13 @@ struct MainloopFwdSm90 {
       warpgroup_wait<0>();  // O += P V[n + 1] done: P and V[n + 1] are free
       pipeline_v.consumer_release(read_v);
       softmax.rescale_o(tOrO);
-      Tensor rP_next = convert_fragment<Element>(tSrS);
-      CUTE_UNROLL
-      for (int i = 0; i < size(rP); ++i) rP(i) = rP_next(i);
+      if constexpr (kFp8) {
+        convert_p_fp8(tSrS, rP);
+      } else {
+        Tensor rP_next = convert_fragment<Element>(tSrS);
+        CUTE_UNROLL
+        for (int i = 0; i < size(rP); ++i) rP(i) = rP_next(i);
+      }
     }
 
     // Every S GEMM of this warpgroup is done: smem_q may take the next tile's Q.

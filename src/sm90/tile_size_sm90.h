@@ -49,6 +49,22 @@ constexpr FwdTileSm90 tile_size_fwd_sm90(int head_dim) {
   return {128, 80, 2, 240, 24, false, false};
 }
 
+// FP8 (e4m3) inputs, bf16 / fp16 output (docs/fp8.md). Every 8-bit wgmma takes 32 keys per K
+// step, so block_n is a multiple of 32; 128 keys also make a per-block k / v descale of 128 rows
+// one factor per key block. Shared memory is half the 16-bit kernel's for the same tile, and O
+// (16-bit) is staged in the V buffers: 2 warpgroups x 64 x d x 2 bytes = 2 stages x 128 x d x 1.
+// Two consumer warpgroups at every head dim (a third would need 3 x 128 d bytes of staging).
+// d <= 64 and 128: ping-pong, as the 16-bit kernels (the softmax is as long as at 16 bits, the
+// GEMMs half as long, so the turn-taking matters more). d = 256: no ping-pong, as at 16 bits.
+constexpr FwdTileSm90 tile_size_fwd_sm90_fp8(int head_dim) {
+  if (head_dim <= 128) return {128, 128, 2, 240, 24, true, false};
+  return {128, 128, 2, 240, 24, false, false};
+}
+
+// The FP8 head-dim kernel that serves head dim d (d % 16 == 0: TMA rows of whole 16 bytes): 64,
+// 128, 256.
+constexpr int round_head_dim_sm90_fp8(int d) { return d <= 64 ? 64 : d <= 128 ? 128 : 256; }
+
 // The head-dim kernel that serves head dim d (d % 8 == 0): 64, 96, 128, 192, 256.
 constexpr int round_head_dim_sm90(int d) {
   return d <= 64 ? 64 : d <= 96 ? 96 : d <= 128 ? 128 : d <= 192 ? 192 : 256;
@@ -64,6 +80,11 @@ static_assert(fwd_smem_bytes_sm90(tile_size_fwd_sm90(192), 192) == 216 * 1024);
 static_assert(fwd_smem_bytes_sm90(tile_size_fwd_sm90(256), 256) == 224 * 1024);
 static_assert(fwd_smem_bytes_sm90(tile_size_fwd_sm90(256), 256) + 1024 <= 227 * 1024,
               "the d = 256 tile plus barriers fits one CTA's shared memory");
+constexpr int fwd_smem_bytes_sm90_fp8(FwdTileSm90 t, int head_dim) {
+  return t.block_m * head_dim + 2 * t.stages * t.block_n * head_dim;
+}
+static_assert(fwd_smem_bytes_sm90_fp8(tile_size_fwd_sm90_fp8(256), 256) + 1024 <= 227 * 1024);
+
 static_assert(24 * 128 + 2 * 240 * 128 <= 65536 && 32 * 128 + 3 * 160 * 128 <= 65536,
               "setmaxnreg budgets fit the register file");
 
