@@ -16,7 +16,9 @@ FP8: flash_attn_func and flash_attn_varlen_func (and the packed forms) take q, k
 torch.float8_e4m3fn with FlashAttention-3's q_descale / k_descale / v_descale (float32
 (batch, nheads_k)) and per-block descales (q_block_descale, k_block_descale, v_block_descale with
 descale_block=(rows of q, rows of k/v) per factor), keyword only; out is bfloat16 (or out_dtype).
-Forward only, CPU tensors only for now: CUDA tensors raise NotImplementedError (docs/fp8.md).
+Forward only. CUDA tensors run the Hopper FP8 kernel (dense inputs, per-head descales, head dim a
+multiple of 16, on an H100 / H200); other fp8 CUDA calls raise NotImplementedError naming what is
+not covered, and CPU tensors run every case on the CPU backend (docs/fp8.md).
 
 Nothing here reads device memory (no .item(), no data-dependent Python branches), so the
 functions run under torch.compile(fullgraph=True) and inside CUDA graph capture.
@@ -89,11 +91,6 @@ def _fp8_options(q: Tensor, k: Tensor, v: Tensor, fp8: dict) -> bool:
             raise ValueError(f"flashattn: {', '.join(given)} apply to float8_e4m3fn inputs "
                              f"only; q is {q.dtype}")
         return False
-    if q.is_cuda:
-        raise NotImplementedError(
-            "flashattn: float8_e4m3fn attention has no GPU kernel yet (the Hopper FP8 forward "
-            "is planned); CPU tensors run it on the CPU backend. Nothing is converted to "
-            "another dtype.")
     return True
 
 
@@ -267,7 +264,7 @@ def flash_attn_func(
             h as one more logit, P_ij = exp(s_ij) / (exp(sinks[h]) + sum_j exp(s_ij)), taking
             probability mass and adding no value; softmax_lse includes it. Not scaled, capped or
             ALiBi-shifted. Gradients flow to it when it requires grad.
-        q_descale, k_descale, v_descale: FP8 only (q, k, v float8_e4m3fn, CPU tensors for now):
+        q_descale, k_descale, v_descale: FP8 only (q, k, v float8_e4m3fn; on CUDA, Hopper GPUs):
             float32 (batch, nheads_k), as FlashAttention-3; an element x of q stands for
             x * q_descale[b, h // (nheads // nheads_k)] (and so on for k, v).
         q_block_descale, k_block_descale, v_block_descale, descale_block: FP8 per-block

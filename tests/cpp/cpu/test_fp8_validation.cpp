@@ -233,19 +233,53 @@ TEST(Fp8Validation, CombineHasNoFp8Output) {
   EXPECT_TRUE(Rejected(detail::validate_combine(p, Backend::kCpu), "dtype"));
 }
 
-// The GPU: no kernel path takes fp8 yet; the entry points refuse before dispatch, naming it.
-TEST(Fp8Route, NoGpuPathCoversFp8) {
-  Fp8Call c;
-  const std::string why = route::gpu_unsupported(c.pr.params);
-  EXPECT_NE(why.find("fp8"), std::string::npos) << why;
+// The GPU: the Hopper FP8 forward takes dense fp8 inputs with per-head descales and d % 16 == 0;
+// the entry points refuse the rest before dispatch, naming what is not covered, and the KV-cache
+// entry refuses fp8 altogether. Route::fp8_sm90_uncovered adds what only the dispatch knows.
+TEST(Fp8Route, GpuCoverage) {
+  Fp8Call c;  // per-head and per-block descales, d = 16
+  std::string why = route::gpu_unsupported(c.pr.params);
+  EXPECT_NE(why.find("per-block descales"), std::string::npos) << why;
+  FwdParams p = c.pr.params;
+  p.q_block_descale = p.k_block_descale = p.v_block_descale = nullptr;
+  p.descale_block_m = p.descale_block_n = 0;
+  EXPECT_EQ(route::gpu_unsupported(p), "");
+  FwdParams odd = p;
+  odd.d = odd.dv = 24;
+  EXPECT_NE(route::gpu_unsupported(odd).find("head dim 24"), std::string::npos);
+  FwdParams var = p;
+  static const int cu[3] = {0, 3, 7};
+  var.cu_seqlens_q = var.cu_seqlens_k = cu;
+  EXPECT_NE(route::gpu_unsupported(var).find("varlen"), std::string::npos);
+  FwdParams paged = p;
+  static const int table[2] = {0, 1};
+  paged.block_table = table;
+  EXPECT_NE(route::gpu_unsupported(paged).find("paged KV"), std::string::npos);
+  KVCacheParams kv;
+  static_cast<FwdParams&>(kv) = p;
+  EXPECT_NE(route::gpu_unsupported(kv).find("KV-cache"), std::string::npos);
+
   route::FwdRequest hopper;
   hopper.device_runs_sm90 = true;
   hopper.sm90_compiled = true;
-  EXPECT_NE(route::fwd_sm90_uncovered(c.pr.params, hopper).find("fp8"), std::string::npos);
+  EXPECT_EQ(route::fp8_sm90_uncovered(p, hopper), "");
+  EXPECT_EQ(route::fwd_sm90_uncovered(p, hopper), "");
+  route::FwdRequest ampere = hopper;
+  ampere.device_runs_sm90 = false;
+  EXPECT_NE(route::fp8_sm90_uncovered(p, ampere).find("Hopper"), std::string::npos);
+  route::FwdRequest missing = hopper;
+  missing.sm90_compiled = false;
+  EXPECT_NE(route::fp8_sm90_uncovered(p, missing).find("not compiled"), std::string::npos);
+  {
+    const GpuPath saved = gpu_path();
+    set_gpu_path(GpuPath::kSm80);
+    EXPECT_NE(route::fp8_sm90_uncovered(p, hopper).find("SM80"), std::string::npos);
+    set_gpu_path(saved);
+  }
   FwdParams bf16 = c.pr.params;
   bf16.dtype = DType::kBFloat16;
   EXPECT_EQ(route::gpu_unsupported(bf16), "");
-  // Validation of an fp8 call for the GPU passes (it is a valid request): the refusal is
+  // Validation of an fp8 call for the GPU passes (it is a valid request): a refusal is
   // NotSupported, from the routing, never a conversion to another dtype.
   EXPECT_TRUE(detail::validate_fwd(detail::resolve(c.pr.params), Backend::kCuda, false).ok())
       << detail::validate_fwd(detail::resolve(c.pr.params), Backend::kCuda, false).to_string();
