@@ -42,6 +42,7 @@
 #include "common/score_mod_tile.cuh"
 #include "common/seqlen.h"
 #include "sm90/barriers_sm90.cuh"
+#include "sm90/fp8_layout_sm90.h"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
 
 namespace flashattn::sm90 {
@@ -103,10 +104,10 @@ struct TileUnitsSm90 {
 // block j, (row r: keys 8j + 2t, 8j + 2t + 1; row r + 8: the same keys), t = lane % 4; the e4m3
 // A fragment of each 32-key slice wants 4 consecutive k per 32-bit register (row r: k 4t .. 4t + 3,
 // row r + 8: the same, then k 16 + 4t .. for both rows). Rather than move values between lanes,
-// each register packs the thread's own values of two neighbouring blocks:
+// each register packs the thread's own values of two neighbouring blocks (fp8_pack_order):
 //   k 4t + e  (e = 0..3) holds key 8 (e / 2) + 2t + e % 2 of the slice's first 16 keys,
 // likewise for k 16 + 4t + e, and the V^T scratch stores the keys of every 32-key group in that
-// order (transpose_v_fp8.cuh, fp8_key_of_slot). P V sums over the keys, so the order is free.
+// order (fp8_key_of_slot, fp8_layout_sm90.h). P V sums over the keys, so the order is free.
 template <class TensorS, class TensorP>
 __forceinline__ __device__ void convert_p_fp8(TensorS const& tSrS, TensorP& tOrP) {
   static_assert(decltype(size(tSrS))::value == decltype(size(tOrP))::value);
@@ -125,11 +126,11 @@ __forceinline__ __device__ void convert_p_fp8(TensorS const& tSrS, TensorP& tOrP
   };
   CUTE_UNROLL
   for (int s = 0; s < size(tSrS) / 16; ++s) {
-    const int b = 16 * s;
-    out[4 * s + 0] = pack(b + 0, b + 1, b + 4, b + 5);
-    out[4 * s + 1] = pack(b + 2, b + 3, b + 6, b + 7);
-    out[4 * s + 2] = pack(b + 8, b + 9, b + 12, b + 13);
-    out[4 * s + 3] = pack(b + 10, b + 11, b + 14, b + 15);
+    CUTE_UNROLL
+    for (int r = 0; r < 4; ++r) {  // register 4s + r: bytes 4r .. 4r + 3 of the slice
+      out[4 * s + r] = pack(16 * s + fp8_pack_order(4 * r), 16 * s + fp8_pack_order(4 * r + 1),
+                            16 * s + fp8_pack_order(4 * r + 2), 16 * s + fp8_pack_order(4 * r + 3));
+    }
   }
 }
 

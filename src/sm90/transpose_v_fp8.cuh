@@ -6,8 +6,8 @@
 // 16 bytes, whole groups). Slots of keys past the sequence (the padding, keys >= seqused_k) hold
 // zeros, so no key block needs its tail cleared (P is 0 there, and 0 * 0 is 0 where 0 * NaN is
 // not). Within each group of 32 the keys are stored in the order the P fragment holds them
-// (convert_p_fp8, mainloop_fwd_sm90.cuh): slot 4t + e holds key 8 (e / 2) + 2t + e % 2, and slot
-// 16 + 4t + e the same plus 16.
+// (fp8_layout_sm90.h): slot 4t + e holds key 8 (e / 2) + 2t + e % 2, and slot 16 + 4t + e the
+// same plus 16.
 //
 // Cost: V is read and its transpose written once, 2 s_k h_k d bytes per sequence, against the
 // forward's 4 s_q s_k h d FLOPs: under 1 % of the kernel at s = 16k, more at short sequences
@@ -19,13 +19,9 @@
 #include <cstdint>
 
 #include "flashattn/params.h"
+#include "sm90/fp8_layout_sm90.h"
 
 namespace flashattn::sm90 {
-
-// The key (0..31, within its group) stored at slot `slot` (0..31) of the V^T scratch.
-__host__ __device__ constexpr int fp8_key_of_slot(int slot) {
-  return 16 * (slot / 16) + 8 * ((slot % 4) / 2) + 2 * ((slot % 16) / 4) + slot % 2;
-}
 
 struct TransposeVFp8Args {
   const uint8_t* v = nullptr;  // e4m3 bytes, p.v_ptr
