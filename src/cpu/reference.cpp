@@ -362,8 +362,18 @@ int64_t lse_index(const FwdParams& p, const SeqlenInfo& info, int bidb, int bidh
 }
 
 // The few structural facts the reference relies on to not crash; full validation is the API's.
+// A dense tensor with no rows (seqlen_q = 0 for q / o, seqlen_k = 0 for k / v) is never read, so
+// its pointer may be null, as the API allows.
+bool no_q_rows(const FwdParams& p) {
+  return p.cu_seqlens_q == nullptr && (p.b == 0 || p.seqlen_q == 0);
+}
+bool no_k_rows(const FwdParams& p) {
+  return p.cu_seqlens_k == nullptr && p.block_table == nullptr && (p.b == 0 || p.seqlen_k == 0);
+}
+
 Status check_fwd(const FwdParams& p) {
-  if (p.q_ptr == nullptr || p.k_ptr == nullptr || p.v_ptr == nullptr || p.o_ptr == nullptr)
+  if ((!no_q_rows(p) && (p.q_ptr == nullptr || p.o_ptr == nullptr)) ||
+      (!no_k_rows(p) && (p.k_ptr == nullptr || p.v_ptr == nullptr)))
     return Status::invalid("ref: q_ptr, k_ptr, v_ptr and o_ptr must be non-null");
   if (p.b < 0 || p.h <= 0 || p.h_k <= 0 || p.d <= 0 || p.dv <= 0 || p.h % p.h_k != 0)
     return Status::invalid("ref: need b >= 0, h > 0, h_k > 0, d > 0, dv > 0 and h % h_k == 0");
@@ -428,7 +438,8 @@ Status mha_fwd(const FwdParams& params, const Options& opt) {
 Status mha_bwd(const BwdParams& params, const Options& opt) {
   const BwdParams p = detail::resolve(params);
   if (Status s = check_fwd(p); !s.ok()) return s;
-  if (p.do_ptr == nullptr || p.dq_ptr == nullptr || p.dk_ptr == nullptr || p.dv_ptr == nullptr)
+  if ((!no_q_rows(p) && (p.do_ptr == nullptr || p.dq_ptr == nullptr)) ||
+      (!no_k_rows(p) && (p.dk_ptr == nullptr || p.dv_ptr == nullptr)))
     return Status::invalid("ref: do_ptr, dq_ptr, dk_ptr and dv_ptr must be non-null");
   if (p.block_table != nullptr)
     return Status::invalid("ref: block_table: paged KV has no backward");

@@ -260,6 +260,9 @@ inline FwdProblem as_fp32(const FwdProblem& pr) {
   c.p = pr.p.converted(DType::kFloat32);
   c.cfg.dtype = DType::kFloat32;
   c.params.dtype = DType::kFloat32;
+  // o is fp32 too: a resolved 16-bit problem carries out_dtype = its dtype, which would make the
+  // reference write 16-bit values into the fp32 buffer.
+  c.params.out_dtype = DType::kUnset;
   c.bind();
   return c;
 }

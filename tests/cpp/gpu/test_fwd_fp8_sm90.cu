@@ -307,7 +307,6 @@ TEST_F(FwdFp8Sm90, RefusalsWriteNothing) {
     DeviceFwdProblem dev(pr);
     DeviceBuffer db = DeviceBuffer::from(blocks);
     dev.params.descale_block_m = 64;
-    dev.params.descale_block_n = 64;
     dev.params.q_block_descale = db.as<float>();
     dev.params.q_block_descale_head_stride = 1;
     dev.params.q_block_descale_batch_stride = 2;
