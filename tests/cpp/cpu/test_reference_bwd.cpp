@@ -613,5 +613,34 @@ TEST(RefBwd, PagedKvIsRejected) {
   for (float g : read(bp.dq, q_offsets(bp.fwd))) EXPECT_TRUE(std::isnan(g));  // untouched
 }
 
+// A dense problem with no keys (or no queries) has empty k / v (q / o) tensors, whose pointers the
+// API lets be null: the reference takes them, and the gradients of the other side are zeros.
+TEST(RefBwd, EmptyDenseTensorsMayBeNull) {
+  for (bool no_keys : {true, false}) {
+    AttnConfig c;
+    c.b = 2;
+    c.h = c.h_k = 2;
+    c.d = 32;
+    c.seqlen_q = no_keys ? 9 : 0;
+    c.seqlen_k = no_keys ? 0 : 9;
+    SCOPED_TRACE(c.str());
+    BwdProblem bp = make_bwd_problem(c, fresh_seed());
+    if (no_keys) {
+      bp.params.k_ptr = nullptr;
+      bp.params.v_ptr = nullptr;
+      bp.params.dk_ptr = nullptr;
+      bp.params.dv_ptr = nullptr;
+    } else {
+      bp.params.q_ptr = nullptr;
+      bp.params.o_ptr = nullptr;
+      bp.params.do_ptr = nullptr;
+      bp.params.dq_ptr = nullptr;
+    }
+    ASSERT_OK(ref::mha_bwd(bp.params));
+    const testing::Buffer& g = no_keys ? bp.dq : bp.dk;
+    for (int64_t i = 0; i < g.numel; ++i) EXPECT_EQ(g.get(i), 0.f) << i;
+  }
+}
+
 }  // namespace
 }  // namespace flashattn
