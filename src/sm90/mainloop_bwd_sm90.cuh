@@ -28,6 +28,7 @@
 #include "common/mask.h"
 #include "sm90/barriers_bwd_sm90.cuh"
 #include "sm90/kernel_traits_bwd_sm90.cuh"
+#include "sm90/wgmma_sm90.cuh"
 
 namespace flashattn::sm90 {
 
@@ -164,40 +165,6 @@ struct MainloopBwdSm90 {
 
   // ---- Consumers --------------------------------------------------------------------------
 
-  // tCrC (+)= tCrA * tCrB, issued asynchronously as one wgmma batch over the K steps; the caller
-  // waits (warpgroup_wait) before reading tCrC, and keeps register A operands unchanged until
-  // then.
-  template <bool kZeroInit, bool kRegsA, class TiledMma, class TensorA, class TensorB,
-            class TensorC>
-  __forceinline__ __device__ static void wgmma(TiledMma& tiled_mma, TensorA const& tCrA,
-                                               TensorB const& tCrB, TensorC& tCrC) {
-    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
-    warpgroup_fence_operand(tCrC);
-    warpgroup_arrive();
-    tiled_mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
-    CUTE_UNROLL
-    for (int k = 0; k < size<2>(tCrA); ++k) {
-      cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
-      tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-    }
-    warpgroup_commit_batch();
-    warpgroup_fence_operand(tCrC);
-    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
-  }
-
-  // An accumulator ((2, 2, N / 8), 1, 1) relabeled as the A operand ((2, 2, 2), 1, N / 16) of a
-  // GEMM whose K is the accumulator's N: the two 8-column blocks of each 16-wide slice are the A
-  // fragment's two k halves, in the same registers (no data movement).
-  template <class Layout>
-  __forceinline__ __device__ static auto acc_as_a_operand(Layout const& acc) {
-    static_assert(decltype(rank<0>(acc))::value == 3 && decltype(size<1>(acc))::value == 1 &&
-                  decltype(size<2>(acc))::value == 1);
-    auto halves =
-        logical_divide(get<0>(acc), Shape<Underscore, Underscore, _2>{});  // (2, 2, (2, N/16))
-    return make_layout(make_layout(get<0>(halves), get<1>(halves), get<2, 0>(halves)), get<1>(acc),
-                       get<2, 1>(halves));
-  }
-
   // The steps of one CTA for consumer thread tid (of kMmaThreads): accumulates the unscaled
   // dK = sum dS^T Q and dV = sum P^T dO of its 64 keys, adds each step's dQ partial to dq_accum.
   template <class TensordKV>
@@ -266,9 +233,9 @@ struct MainloopBwdSm90 {
       Tensor tSrS = partition_fragment_C(tiled_mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
       Tensor tdPrdP = partition_fragment_C(tiled_mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
       consumer_wait(pipeline_q, read);
-      wgmma</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS);
+      wgmma_issue</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_sdp, tSrK, tSrQ(_, _, _, s), tSrS);
       consumer_wait(pipeline_do, read);
-      wgmma</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, s), tdPrdP);
+      wgmma_issue</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_sdp, tdPrV, tdPrdO(_, _, _, s), tdPrdP);
 
       // Each element's (key, query) is this thread's first coordinate plus a compile-time offset:
       // everything per element is written against the offsets (immediates), with the runtime part
@@ -311,7 +278,7 @@ struct MainloopBwdSm90 {
 
       Tensor rP = convert_fragment<Element>(tSrS);
       Tensor tdVrP = make_tensor(rP.data(), acc_as_a_operand(rP.layout()));
-      wgmma</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, s), tdVrdV);
+      wgmma_issue</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_dkv, tdVrP, tdVrdO(_, _, _, s), tdVrdV);
 
       Tensor rdS = convert_fragment<Element>(tdPrdP);
       copy(r2s_ds, thr_r2s_ds.retile_S(rdS), tdSsdS(_, _, _, ds_buf));
@@ -319,10 +286,10 @@ struct MainloopBwdSm90 {
       named_barrier_sync(kBwdDsFull, kMmaThreads);
 
       Tensor tdQrdQ = partition_fragment_C(tiled_mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-      wgmma</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_dq, tdQrdS(_, _, _, ds_buf), tdQrK,
+      wgmma_issue</*kZeroInit=*/true, /*kRegsA=*/false>(tiled_mma_dq, tdQrdS(_, _, _, ds_buf), tdQrK,
                                                   tdQrdQ);
       Tensor tdKrdS = make_tensor(rdS.data(), acc_as_a_operand(rdS.layout()));
-      wgmma</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, s), tdKrdK);
+      wgmma_issue</*kZeroInit=*/false, /*kRegsA=*/true>(tiled_mma_dkv, tdKrdS, tdKrQ(_, _, _, s), tdKrdK);
 
       warpgroup_wait<1>();  // dV and dQ done (batches complete in issue order)
       warpgroup_fence_operand(rP);

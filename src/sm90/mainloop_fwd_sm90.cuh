@@ -43,6 +43,7 @@
 #include "common/seqlen.h"
 #include "sm90/barriers_sm90.cuh"
 #include "sm90/fp8_layout_sm90.h"
+#include "sm90/wgmma_sm90.cuh"
 #include "sm90/kernel_traits_fwd_sm90.cuh"
 
 namespace flashattn::sm90 {
@@ -274,39 +275,6 @@ struct MainloopFwdSm90 {
   }
 
   // ---- Consumers --------------------------------------------------------------------------
-
-  // tCrC (+)= tCrA * tCrB on the tensor cores, issued asynchronously as one wgmma batch over the
-  // K steps; the caller waits (warpgroup_wait) before reading tCrC or changing tCrA (kRegsA: A
-  // is a register fragment, else shared-memory descriptors).
-  template <bool kZeroInit, bool kRegsA, class TiledMma, class TensorA, class TensorB,
-            class TensorC>
-  __forceinline__ __device__ static void wgmma_issue(TiledMma& tiled_mma, TensorA const& tCrA,
-                                                     TensorB const& tCrB, TensorC& tCrC) {
-    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
-    warpgroup_fence_operand(tCrC);
-    warpgroup_arrive();
-    tiled_mma.accumulate_ = kZeroInit ? GMMA::ScaleOut::Zero : GMMA::ScaleOut::One;
-    CUTE_UNROLL
-    for (int k = 0; k < size<2>(tCrA); ++k) {
-      cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
-      tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-    }
-    warpgroup_commit_batch();
-    warpgroup_fence_operand(tCrC);
-    if constexpr (kRegsA) warpgroup_fence_operand(const_cast<TensorA&>(tCrA));
-  }
-
-  // The S accumulator ((2, 2, N / 8), 1, 1) as the A operand of the P V wgmma,
-  // ((2, 2, 2), 1, N / 16): the two 8-column blocks of each 16-key slice are the A fragment's
-  // two k halves, in the same registers (no data movement).
-  template <class Layout>
-  __forceinline__ __device__ static auto acc_as_a_operand(Layout const& acc) {
-    static_assert(decltype(rank<0>(acc))::value == 3 && decltype(size<1>(acc))::value == 1 &&
-                  decltype(size<2>(acc))::value == 1);
-    auto halves = logical_divide(get<0>(acc), Shape<Underscore, Underscore, _2>{});  // (2, 2, (2, N/16))
-    return make_layout(make_layout(get<0>(halves), get<1>(halves), get<2, 0>(halves)),
-                       get<1>(acc), get<2, 1>(halves));
-  }
 
   // The GEMMs and online softmax of one tile for consumer warpgroup wg (threads tid_wg of 128):
   // accumulates this warpgroup's O (unnormalized) and softmax state.
