@@ -397,16 +397,4 @@ inline void check_dropout_probs(const char* group, const AttnConfig& cfg) {
   }
 }
 
-inline AttnConfig base(DType t, int b, int sq, int sk, int h, int hk, int d) {
-  AttnConfig c;
-  c.dtype = t;
-  c.b = b;
-  c.seqlen_q = sq;
-  c.seqlen_k = sk;
-  c.h = h;
-  c.h_k = hk;
-  c.d = d;
-  return c;
-}
-
 }  // namespace flashattn::testing

@@ -331,18 +331,6 @@ void check_large(const AttnConfig& c, const std::string& what) {
   std::fflush(stdout);
 }
 
-AttnConfig cfg(DType t, int b, int s_q, int s_k, int h, int h_k, int d) {
-  AttnConfig c;
-  c.dtype = t;
-  c.b = b;
-  c.seqlen_q = s_q;
-  c.seqlen_k = s_k;
-  c.h = h;
-  c.h_k = h_k;
-  c.d = d;
-  return c;
-}
-
 class BwdLargeSm80 : public GpuTest {};
 
 TEST_F(BwdLargeSm80, AgainstGpuReference) {
@@ -352,24 +340,24 @@ TEST_F(BwdLargeSm80, AgainstGpuReference) {
   for (L x : {L{2, 1023, 1025, 4, 2, 128, false}, L{1, 2049, 2047, 2, 1, 64, true},
               L{1, 1500, 1500, 2, 2, 256, true}, L{1, 1025, 3000, 2, 2, 128, true}}) {
     if (!hdim_compiled(x.d)) continue;
-    AttnConfig c = cfg(t, x.b, x.s_q, x.s_k, x.h, x.hk, x.d);
+    AttnConfig c = base(t, x.b, x.s_q, x.s_k, x.h, x.hk, x.d);
     c.causal = x.causal;
     check_large(c, x.causal ? "causal" : "plain");
     ++ran;
   }
   const int d = hdim_compiled(128) ? 128 : build_info().head_dims.front();
-  AttnConfig drop = cfg(t, 2, 1000, 1100, 4, 2, d);
+  AttnConfig drop = base(t, 2, 1000, 1100, 4, 2, d);
   drop.causal = true;
   drop.p_dropout = 0.2f;
   drop.philox_seed = fresh_seed();
   drop.philox_offset = 777;
   check_large(drop, "dropout gqa causal");
-  AttnConfig w = cfg(t, 1, 3000, 3000, 2, 2, d);
+  AttnConfig w = base(t, 1, 3000, 3000, 2, 2, d);
   w.window_left = 700;
   w.window_right = 50;
   w.alibi = true;
   check_large(w, "window alibi");
-  AttnConfig v = cfg(t, 3, 0, 0, 4, 2, d);
+  AttnConfig v = base(t, 3, 0, 0, 4, 2, d);
   v.seqlens_q = {1500, 1, 700};
   v.seqlens_k = {1400, 900, 701};
   v.seqlen_q = 1500;

@@ -54,18 +54,6 @@ int any_hdim(int want) {
   return best;
 }
 
-AttnConfig cfg(DType t, int b, int s_q, int s_k, int h, int h_k, int d) {
-  AttnConfig c;
-  c.dtype = t;
-  c.b = b;
-  c.seqlen_q = s_q;
-  c.seqlen_k = s_k;
-  c.h = h;
-  c.h_k = h_k;
-  c.d = d;
-  return c;
-}
-
 class BwdSm80 : public GpuTest {};
 
 TEST_F(BwdSm80, ShapesAndHeadDims) {
@@ -80,7 +68,7 @@ TEST_F(BwdSm80, ShapesAndHeadDims) {
     if (!dtype_compiled(t)) continue;
     for (const Shape& s : shapes) {
       if (!hdim_compiled(s.d)) continue;
-      check_bwd(cfg(t, 2, s.s_q, s.s_k, 2, 2, s.d), std::string(dtype_name(t)) + " dense");
+      check_bwd(base(t, 2, s.s_q, s.s_k, 2, 2, s.d), std::string(dtype_name(t)) + " dense");
       ++ran;
     }
   }
@@ -91,7 +79,7 @@ TEST_F(BwdSm80, CausalAndWindows) {
   const DType t = any_dtype();
   const int d = any_hdim(128);
   for (auto [s_q, s_k] : {std::pair{97, 113}, std::pair{113, 97}, std::pair{200, 330}, std::pair{330, 200}}) {
-    AttnConfig c = cfg(t, 2, s_q, s_k, 2, 2, d);
+    AttnConfig c = base(t, 2, s_q, s_k, 2, 2, d);
     c.causal = true;
     check_bwd(c, "causal");
     c.causal = false;
@@ -107,12 +95,12 @@ TEST_F(BwdSm80, CausalAndWindows) {
 TEST_F(BwdSm80, SoftcapAndAlibi) {
   const DType t = any_dtype();
   const int d = any_hdim(64);
-  AttnConfig c = cfg(t, 2, 150, 130, 2, 2, d);
+  AttnConfig c = base(t, 2, 150, 130, 2, 2, d);
   c.softcap = 0.8f;
   c.softmax_scale = 2.f;
   c.causal = true;
   check_bwd(c, "softcap causal");
-  AttnConfig a = cfg(t, 2, 130, 150, 4, 2, d);
+  AttnConfig a = base(t, 2, 130, 150, 4, 2, d);
   a.alibi = true;
   a.alibi_per_batch = true;
   check_bwd(a, "alibi");
@@ -125,7 +113,7 @@ TEST_F(BwdSm80, GqaAndMqa) {
   const DType t = any_dtype();
   const int d = any_hdim(128);
   for (auto [h, h_k] : {std::pair{8, 2}, std::pair{6, 1}}) {
-    AttnConfig c = cfg(t, 2, 41, 170, h, h_k, d);
+    AttnConfig c = base(t, 2, 41, 170, h, h_k, d);
     check_bwd(c, "gqa " + std::to_string(h) + "/" + std::to_string(h_k));
     c.causal = true;
     c.seqlen_q = 170;
@@ -137,7 +125,7 @@ TEST_F(BwdSm80, GqaAndMqa) {
 TEST_F(BwdSm80, VarlenWithEmptySequencesAndSeqused) {
   const DType t = any_dtype();
   const int d = any_hdim(64);
-  AttnConfig c = cfg(t, 4, 0, 0, 4, 2, d);
+  AttnConfig c = base(t, 4, 0, 0, 4, 2, d);
   c.seqlens_q = {7, 0, 97, 140};
   c.seqlens_k = {150, 6, 7, 0};
   c.seqlen_q = 140;
@@ -145,7 +133,7 @@ TEST_F(BwdSm80, VarlenWithEmptySequencesAndSeqused) {
   check_bwd(c, "varlen");
   c.causal = true;
   check_bwd(c, "varlen causal");
-  AttnConfig u = cfg(t, 3, 0, 0, 2, 1, d);
+  AttnConfig u = base(t, 3, 0, 0, 2, 1, d);
   u.seqlens_q = {20, 13, 5};
   u.seqlens_k = {140, 13, 9};
   u.seqused_k = {77, 0, 9};
@@ -157,7 +145,7 @@ TEST_F(BwdSm80, VarlenWithEmptySequencesAndSeqused) {
 TEST_F(BwdSm80, PaddedStridesAndBothDtypes) {
   for (DType t : {DType::kBFloat16, DType::kFloat16}) {
     if (!dtype_compiled(t)) continue;
-    AttnConfig c = cfg(t, 2, 70, 93, 4, 2, any_hdim(64));
+    AttnConfig c = base(t, 2, 70, 93, 4, 2, any_hdim(64));
     c.padded_strides = true;
     c.window_left = 20;
     check_bwd(c, std::string(dtype_name(t)) + " padded");
@@ -169,7 +157,7 @@ TEST_F(BwdSm80, PaddedStridesAndBothDtypes) {
 // o and LSE from the CPU backend (same mask again).
 TEST_F(BwdSm80, Dropout) {
   const DType t = any_dtype();
-  AttnConfig c = cfg(t, 2, 113, 97, 2, 2, any_hdim(64));
+  AttnConfig c = base(t, 2, 113, 97, 2, 2, any_hdim(64));
   c.p_dropout = 0.17f;
   c.philox_seed = fresh_seed();
   c.philox_offset = fresh_seed() % 1000;
@@ -178,7 +166,7 @@ TEST_F(BwdSm80, Dropout) {
   c.seqlen_q = 97;
   c.seqlen_k = 200;
   check_bwd(c, "dropout causal");
-  AttnConfig g = cfg(t, 2, 150, 131, 6, 2, any_hdim(128));
+  AttnConfig g = base(t, 2, 150, 131, 6, 2, any_hdim(128));
   g.p_dropout = 0.3f;
   g.philox_seed = fresh_seed();
   g.alibi = true;
@@ -186,7 +174,7 @@ TEST_F(BwdSm80, Dropout) {
   g.causal = true;
   g.window_left = 40;
   check_bwd(g, "dropout gqa alibi causal window");
-  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  AttnConfig v = base(t, 3, 0, 0, 4, 1, any_hdim(64));
   v.seqlens_q = {70, 0, 129};
   v.seqlens_k = {150, 9, 33};
   v.seqlen_q = 129;
@@ -209,7 +197,7 @@ TEST_F(BwdSm80, EdgeSizes) {
     if (!hdim_compiled(d)) continue;
     for (int a = 0; a < 6; ++a) {
       const int s_q = sizes[a], s_k = sizes[(a * 5 + 3) % 6];  // every size on both sides
-      AttnConfig c = cfg(t, 1, s_q, s_k, 2, 1, d);
+      AttnConfig c = base(t, 1, s_q, s_k, 2, 1, d);
       c.causal = (a % 2) == 1;
       check_bwd(c, c.causal ? "edge causal" : "edge");
       ++ran;
@@ -227,11 +215,11 @@ TEST_F(BwdSm80, DeterministicIsBitwiseRepeatable) {
   constexpr int kRuns = 50;
   std::vector<AttnConfig> cases;
   for (bool causal : {false, true}) {
-    AttnConfig c = cfg(t, 2, 150, 600, 4, 2, any_hdim(128));
+    AttnConfig c = base(t, 2, 150, 600, 4, 2, any_hdim(128));
     c.causal = causal;
     cases.push_back(c);
   }
-  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  AttnConfig v = base(t, 3, 0, 0, 4, 1, any_hdim(64));
   v.seqlens_q = {300, 0, 77};
   v.seqlens_k = {700, 5, 650};
   v.seqlen_q = 300;
@@ -287,7 +275,7 @@ TEST_F(BwdSm80, Sinks) {
     if (!dtype_compiled(t)) continue;
     for (int d : {64, 128, 256}) {
       if (!hdim_compiled(d)) continue;
-      AttnConfig c = cfg(t, 2, 97, 113, 4, 2, d);
+      AttnConfig c = base(t, 2, 97, 113, 4, 2, d);
       c.sinks = true;
       check_bwd(c, "sinks gqa");
       c.causal = true;
@@ -298,31 +286,31 @@ TEST_F(BwdSm80, Sinks) {
   }
   const DType t = any_dtype();
   const int d = any_hdim(128);
-  AttnConfig w = cfg(t, 2, 130, 70, 6, 1, d);
+  AttnConfig w = base(t, 2, 130, 70, 6, 1, d);
   w.sinks = true;
   w.window_left = 10;
   w.window_right = 0;
   check_bwd(w, "sinks window mqa");
-  AttnConfig sc = cfg(t, 2, 150, 130, 2, 2, d);
+  AttnConfig sc = base(t, 2, 150, 130, 2, 2, d);
   sc.sinks = true;
   sc.softcap = 0.8f;
   sc.softmax_scale = 2.f;
   sc.causal = true;
   check_bwd(sc, "sinks softcap causal");
-  AttnConfig a = cfg(t, 2, 130, 150, 4, 2, d);
+  AttnConfig a = base(t, 2, 130, 150, 4, 2, d);
   a.sinks = true;
   a.alibi = true;
   a.alibi_per_batch = true;
   a.padded_strides = true;
   check_bwd(a, "sinks alibi padded");
-  AttnConfig dr = cfg(t, 2, 113, 97, 4, 2, d);
+  AttnConfig dr = base(t, 2, 113, 97, 4, 2, d);
   dr.sinks = true;
   dr.p_dropout = 0.17f;
   dr.philox_seed = fresh_seed();
   dr.philox_offset = fresh_seed() % 1000;
   dr.causal = true;
   check_bwd(dr, "sinks dropout causal");
-  AttnConfig v = cfg(t, 4, 0, 0, 4, 2, any_hdim(64));
+  AttnConfig v = base(t, 4, 0, 0, 4, 2, any_hdim(64));
   v.sinks = true;
   v.seqlens_q = {7, 0, 97, 140};
   v.seqlens_k = {150, 6, 7, 0};
@@ -330,7 +318,7 @@ TEST_F(BwdSm80, Sinks) {
   v.seqlen_k = 150;
   v.causal = true;
   check_bwd(v, "sinks varlen causal");
-  AttnConfig u = cfg(t, 3, 0, 0, 2, 1, any_hdim(64));
+  AttnConfig u = base(t, 3, 0, 0, 2, 1, any_hdim(64));
   u.sinks = true;
   u.seqlens_q = {20, 13, 5};
   u.seqlens_k = {140, 13, 9};
@@ -347,11 +335,11 @@ TEST_F(BwdSm80, SinksGradientIsBitwiseRepeatableAndOverwritten) {
   const DType t = any_dtype();
   constexpr int kRuns = 20;
   std::vector<AttnConfig> cases;
-  AttnConfig c = cfg(t, 2, 700, 600, 4, 2, any_hdim(128));  // rows 0..99 see no key
+  AttnConfig c = base(t, 2, 700, 600, 4, 2, any_hdim(128));  // rows 0..99 see no key
   c.sinks = true;
   c.causal = true;
   cases.push_back(c);
-  AttnConfig v = cfg(t, 3, 0, 0, 4, 1, any_hdim(64));
+  AttnConfig v = base(t, 3, 0, 0, 4, 1, any_hdim(64));
   v.sinks = true;
   v.seqlens_q = {300, 0, 1077};
   v.seqlens_k = {700, 5, 650};
@@ -390,7 +378,7 @@ TEST_F(BwdSm80, SinksGradientIsBitwiseRepeatableAndOverwritten) {
 // Bad input is rejected before anything is written: h not a multiple of h_k (invalid), and paged
 // KV (no backward).
 TEST_F(BwdSm80, BadInputRejectedWithoutWriting) {
-  AttnConfig c = cfg(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
+  AttnConfig c = base(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
   BwdProblem bp = make_bwd_problem(c, fresh_seed());
   ASSERT_TRUE(mha_fwd(bp.fwd.params).ok());
   bp.bind();
@@ -418,7 +406,7 @@ TEST_F(BwdSm80, BadInputRejectedWithoutWriting) {
 // parallelism) are CPU-only for now: the GPU backward returns kNotSupported naming the field and
 // writes nothing.
 TEST_F(BwdSm80, Fp32AndAccumulatedGradientsAreNotSupported) {
-  AttnConfig c = cfg(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
+  AttnConfig c = base(any_dtype(), 2, 17, 33, 4, 2, any_hdim(64));
   for (bool fp32 : {true, false}) {
     BwdProblem bp = make_bwd_problem(c, fresh_seed());
     ASSERT_TRUE(mha_fwd(bp.fwd.params).ok());

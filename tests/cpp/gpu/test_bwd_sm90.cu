@@ -38,18 +38,6 @@ std::vector<DType> dtypes() {
   return out;
 }
 
-AttnConfig cfg(DType t, int b, int s_q, int s_k, int h, int h_k, int d) {
-  AttnConfig c;
-  c.dtype = t;
-  c.b = b;
-  c.seqlen_q = s_q;
-  c.seqlen_k = s_k;
-  c.h = h;
-  c.h_k = h_k;
-  c.d = d;
-  return c;
-}
-
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
@@ -94,7 +82,7 @@ TEST_F(BwdSm90, RoutesEachRequestToThePathThatCoversIt) {
       EXPECT_TRUE(s.ok()) << s.to_string();
       return last_gpu_path();
     };
-    const AttnConfig c = cfg(t, 2, 100, 130, 4, 2, 128);
+    const AttnConfig c = base(t, 2, 100, 130, 4, 2, 128);
     set_gpu_path(GpuPath::kAuto);
     EXPECT_EQ(path_of(c, false), GpuPath::kSm90) << "plain, auto";
     EXPECT_EQ(path_of(c, true), GpuPath::kSm80) << "deterministic";
@@ -107,7 +95,7 @@ TEST_F(BwdSm90, RoutesEachRequestToThePathThatCoversIt) {
     AttnConfig alibi = c;
     alibi.alibi = true;
     EXPECT_EQ(path_of(alibi, false), GpuPath::kSm80) << "ALiBi";
-    AttnConfig v = cfg(t, 2, 0, 0, 4, 2, 128);
+    AttnConfig v = base(t, 2, 0, 0, 4, 2, 128);
     v.seqlens_q = {30, 70};
     v.seqlens_k = {50, 20};
     v.seqlen_q = 70;
@@ -138,7 +126,7 @@ TEST_F(BwdSm90, Sinks) {
   for (DType t : dtypes()) {
     for (int d : {64, 128}) {
       if (!bwd90_compiled(d)) continue;
-      AttnConfig c = cfg(t, 2, 97, 113, 4, 2, d);
+      AttnConfig c = base(t, 2, 97, 113, 4, 2, d);
       c.sinks = true;
       small("sinks gqa", c);
       c.causal = true;
@@ -163,7 +151,7 @@ TEST_F(BwdSm90, HeadDimsAndSeqlens) {
                             {300, 1},
                             {129, 257},
                             {200, 1025}}) {
-        small(std::string(dtype_name(t)) + " d=" + std::to_string(d), cfg(t, 2, sq, sk, 3, 3, d));
+        small(std::string(dtype_name(t)) + " d=" + std::to_string(d), base(t, 2, sq, sk, 3, 3, d));
       }
     }
   }
@@ -178,45 +166,45 @@ TEST_F(BwdSm90, EdgeTable) {
       // s_q > s_k with a causal mask: the first s_q - s_k rows see no key (their dQ is 0), and
       // s_q < s_k: the first key blocks are seen by every row.
       for (auto [sq, sk] : {std::pair{300, 97}, {97, 300}, {256, 256}, {1, 130}, {130, 1}}) {
-        AttnConfig c = cfg(t, 2, sq, sk, 2, 2, d);
+        AttnConfig c = base(t, 2, sq, sk, 2, 2, d);
         c.causal = true;
         small("causal " + std::to_string(sq) + "x" + std::to_string(sk) + dn, c);
       }
       // Windows, one leaving rows without any key and key blocks no row sees (dK = dV = 0).
-      AttnConfig w = cfg(t, 2, 150, 300, 2, 1, d);
+      AttnConfig w = base(t, 2, 150, 300, 2, 1, d);
       w.window_left = 0;
       w.window_right = 0;
       small("window 0/0" + dn, w);
       w.window_left = 37;
       w.window_right = 5;
       small("window 37/5" + dn, w);
-      AttnConfig e = cfg(t, 1, 200, 60, 2, 2, d);
+      AttnConfig e = base(t, 1, 200, 60, 2, 2, d);
       e.window_left = 3;
       e.causal = true;
       small("all-masked rows" + dn, e);
       // GQA ratios that do not divide anything, and MQA.
       for (auto [h, hk] : {std::pair{6, 2}, {5, 1}, {12, 4}, {7, 7}}) {
-        AttnConfig g = cfg(t, 2, 77, 190, h, hk, d);
+        AttnConfig g = base(t, 2, 77, 190, h, hk, d);
         small("gqa " + std::to_string(h) + "/" + std::to_string(hk) + dn, g);
         g.causal = true;
         small("gqa causal " + std::to_string(h) + "/" + std::to_string(hk) + dn, g);
       }
       // Tiny lengths on both sides.
       for (int sq : {1, 2, 5, 17})
-        for (int sk : {1, 2, 5, 17}) small("tiny" + dn, cfg(t, 1, sq, sk, 2, 1, d));
+        for (int sk : {1, 2, 5, 17}) small("tiny" + dn, base(t, 1, sq, sk, 2, 1, d));
       // Zero lengths: no key (dQ = 0) and no query (dK = dV = 0).
-      small("seqlen_k = 0" + dn, cfg(t, 2, 70, 0, 2, 2, d));
-      small("seqlen_q = 0" + dn, cfg(t, 2, 0, 70, 4, 2, d));
+      small("seqlen_k = 0" + dn, base(t, 2, 70, 0, 2, 2, d));
+      small("seqlen_q = 0" + dn, base(t, 2, 0, 70, 4, 2, d));
       // Padded strides, a custom scale, and more query blocks than pipeline stages many times
       // over (every stage and both dS buffers reused), several key blocks per head.
-      AttnConfig s = cfg(t, 2, 150, 201, 4, 2, d);
+      AttnConfig s = base(t, 2, 150, 201, 4, 2, d);
       s.padded_strides = true;
       s.causal = true;
       small("padded causal" + dn, s);
-      AttnConfig sc = cfg(t, 1, 77, 133, 2, 2, d);
+      AttnConfig sc = base(t, 1, 77, 133, 2, 2, d);
       sc.softmax_scale = 0.3f;
       small("scale" + dn, sc);
-      AttnConfig l = cfg(t, 1, 1000, 700, 2, 1, d);
+      AttnConfig l = base(t, 1, 1000, 700, 2, 1, d);
       small("long" + dn, l);
       l.causal = true;
       small("long causal" + dn, l);
@@ -232,7 +220,7 @@ TEST_F(BwdSm90, DkDvBitwiseRepeatable) {
     for (int d : {64, 128}) {
       if (!bwd90_compiled(d)) continue;
       for (bool causal : {false, true}) {
-        AttnConfig c = cfg(t, 2, 300, 600, 4, 2, d);
+        AttnConfig c = base(t, 2, 300, 600, 4, 2, d);
         c.causal = causal;
         SCOPED_TRACE(c.str());
         BwdProblem bp = make_bwd_problem(c, fresh_seed());
@@ -274,10 +262,10 @@ TEST_F(BwdSm90, SanitizerSmall) {
   for (DType t : dtypes()) {
     for (int d : {64, 128}) {
       if (!bwd90_compiled(d)) continue;
-      AttnConfig c = cfg(t, 1, 300, 257, 2, 1, d);
+      AttnConfig c = base(t, 1, 300, 257, 2, 1, d);
       c.causal = true;
       small("sanitize causal gqa", c);
-      small("sanitize plain", cfg(t, 1, 130, 200, 2, 2, d));
+      small("sanitize plain", base(t, 1, 130, 200, 2, 2, d));
     }
   }
 }

@@ -45,18 +45,6 @@ std::vector<DType> out_dtypes() {
   return out;
 }
 
-AttnConfig cfg(int b, int s_q, int s_k, int h, int h_k, int d) {
-  AttnConfig c;
-  c.dtype = kFp8;
-  c.b = b;
-  c.seqlen_q = s_q;
-  c.seqlen_k = s_k;
-  c.h = h;
-  c.h_k = h_k;
-  c.d = d;
-  return c;
-}
-
 // Descale factors with at most 5 significant bits in [2^-3, 2^4): their products with e4m3
 // values are exact in fp32, so the dequantized problem holds exactly the values the kernel means.
 float random_descale(std::mt19937_64& rng) {
@@ -220,9 +208,9 @@ TEST_F(FwdFp8Sm90, HeadDimsLengthsAndDescales) {
   for (DType out : out_dtypes())
     for (int d : {64, 96, 128, 256})
       for (bool descales : {false, true}) {
-        check("plain", cfg(2, 200, 300, 4, 4, d), out, descales);
-        check("short", cfg(1, 1, 33, 2, 2, d), out, descales);
-        check("s_q > s_k", cfg(1, 257, 129, 2, 1, d), out, descales);
+        check("plain", base(kFp8, 2, 200, 300, 4, 4, d), out, descales);
+        check("short", base(kFp8, 1, 1, 33, 2, 2, d), out, descales);
+        check("s_q > s_k", base(kFp8, 1, 257, 129, 2, 1, d), out, descales);
       }
 }
 
@@ -231,30 +219,30 @@ TEST_F(FwdFp8Sm90, HeadDimsLengthsAndDescales) {
 TEST_F(FwdFp8Sm90, MasksScoreModsGqaSinks) {
   for (DType out : out_dtypes()) {
     for (int d : {64, 128, 256}) {
-      AttnConfig c = cfg(2, 190, 250, 6, 2, d);
+      AttnConfig c = base(kFp8, 2, 190, 250, 6, 2, d);
       c.causal = true;
       check("causal gqa", c, out, true);
-      AttnConfig cq = cfg(1, 300, 70, 4, 1, d);  // causal, s_q > s_k: rows and tiles see no key
+      AttnConfig cq = base(kFp8, 1, 300, 70, 4, 1, d);  // causal, s_q > s_k: rows and tiles see no key
       cq.causal = true;
       check("causal mqa s_q > s_k", cq, out, true);
-      AttnConfig w = cfg(2, 160, 400, 4, 2, d);
+      AttnConfig w = base(kFp8, 2, 160, 400, 4, 2, d);
       w.window_left = 50;
       w.window_right = 10;
       check("window", w, out, true);
-      AttnConfig sc = cfg(2, 100, 230, 4, 2, d);
+      AttnConfig sc = base(kFp8, 2, 100, 230, 4, 2, d);
       sc.softcap = 5.f;
       sc.alibi = true;
       check("softcap alibi", sc, out, true);
-      AttnConfig al = cfg(2, 100, 230, 4, 4, d);
+      AttnConfig al = base(kFp8, 2, 100, 230, 4, 4, d);
       al.alibi = true;
       al.alibi_per_batch = true;
       al.causal = true;
       check("alibi [b, h] causal", al, out, true);
-      AttnConfig sk = cfg(2, 150, 150, 4, 2, d);
+      AttnConfig sk = base(kFp8, 2, 150, 150, 4, 2, d);
       sk.sinks = true;
       sk.causal = true;
       check("sinks causal", sk, out, true);
-      AttnConfig sc2 = cfg(1, 64, 64, 2, 2, d);
+      AttnConfig sc2 = base(kFp8, 1, 64, 64, 2, 2, d);
       sc2.softmax_scale = 0.7f;
       check("custom scale", sc2, out, false);
     }
@@ -265,7 +253,7 @@ TEST_F(FwdFp8Sm90, MasksScoreModsGqaSinks) {
 // sequences, against the same references (the CPU reference in double takes a few seconds).
 TEST_F(FwdFp8Sm90, LongerSequences) {
   for (DType out : out_dtypes()) {
-    AttnConfig c = cfg(2, 1024, 1536, 8, 2, 128);
+    AttnConfig c = base(kFp8, 2, 1024, 1536, 8, 2, 128);
     check("1k x 1.5k gqa", c, out, true);
     c.causal = true;
     check("1k x 1.5k gqa causal", c, out, true);
@@ -292,17 +280,17 @@ TEST_F(FwdFp8Sm90, RefusalsWriteNothing) {
     dev.copy_back(got);
     for (float x : gather_o(got)) ASSERT_TRUE(std::isnan(x)) << "o written";
   };
-  AttnConfig v = cfg(2, 0, 0, 2, 2, 128);
+  AttnConfig v = base(kFp8, 2, 0, 0, 2, 2, 128);
   v.seqlens_q = {30, 50};
   v.seqlens_k = {40, 60};
   v.seqlen_q = 50;
   v.seqlen_k = 60;
   expect_refused("varlen", fp8_problem(v, fresh_seed(), out), "varlen", true);
-  expect_refused("paged", to_paged(fp8_problem(cfg(2, 40, 64, 2, 2, 128), fresh_seed(), out), 16,
+  expect_refused("paged", to_paged(fp8_problem(base(kFp8, 2, 40, 64, 2, 2, 128), fresh_seed(), out), 16,
                                    fresh_seed()),
                  "paged", false);
   {
-    FwdProblem pr = fp8_problem(cfg(1, 40, 64, 2, 2, 128), fresh_seed(), out);
+    FwdProblem pr = fp8_problem(base(kFp8, 1, 40, 64, 2, 2, 128), fresh_seed(), out);
     std::vector<float> blocks(2 * 1 * 2, 1.f);
     DeviceFwdProblem dev(pr);
     DeviceBuffer db = DeviceBuffer::from(blocks);
@@ -314,12 +302,12 @@ TEST_F(FwdFp8Sm90, RefusalsWriteNothing) {
     EXPECT_EQ(s.code(), StatusCode::kNotSupported) << s.to_string();
     EXPECT_NE(s.to_string().find("per-block"), std::string::npos) << s.to_string();
   }
-  expect_refused("d % 16", fp8_problem(cfg(1, 40, 64, 2, 2, 72), fresh_seed(), out), "16-byte",
+  expect_refused("d % 16", fp8_problem(base(kFp8, 1, 40, 64, 2, 2, 72), fresh_seed(), out), "16-byte",
                  false, StatusCode::kInvalidArgument);
   {
     const GpuPath saved = gpu_path();
     set_gpu_path(GpuPath::kSm80);
-    expect_refused("sm80 forced", fp8_problem(cfg(1, 40, 64, 2, 2, 128), fresh_seed(), out),
+    expect_refused("sm80 forced", fp8_problem(base(kFp8, 1, 40, 64, 2, 2, 128), fresh_seed(), out),
                    "SM80", false);
     set_gpu_path(saved);
   }
