@@ -6,11 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "common/numeric.h"
@@ -415,6 +417,32 @@ TEST(CpuThreadPool, EveryItemOnceAndNestedCallsRunInline) {
     });
   });
   EXPECT_EQ(inner.load(), 40);
+}
+
+// Calls back to back with a changing thread count (workers that spin between calls, workers
+// left out of a call, workers that slept) and calls from two user threads at once (one of them
+// runs inline): every item runs once, on a worker id below the call's thread count.
+TEST(CpuThreadPool, BackToBackCallsWithChangingThreadCounts) {
+  cpu::ThreadPool& pool = cpu::ThreadPool::instance();
+  auto run = [&pool](int calls, int salt) {
+    for (int c = 0; c < calls; ++c) {
+      const int threads = 1 + (c * 7 + salt) % 9;
+      const int64_t n = (c * 13 + salt) % 50;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> bad_worker{0};
+      pool.parallel_for(n, threads, [&](int64_t i, int worker) {
+        if (worker < 0 || worker >= threads) ++bad_worker;
+        ++hits[size_t(i)];
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[size_t(i)].load(), 1) << c;
+      ASSERT_EQ(bad_worker.load(), 0) << c;
+      if (c % 100 == 99) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  run(2000, 0);
+  std::thread other([&] { run(500, 3); });
+  run(500, 5);
+  other.join();
 }
 
 }  // namespace
