@@ -62,6 +62,10 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // (fp32, d = 128, s = 1024, Zen 4): more chunks than needed for balance cost time.
 constexpr int kTargetItems = 32;
 constexpr int kMinBlocksPerChunk = 2;
+// Rows per task of the passes before and after the items (compute_d, write_dq): enough tasks
+// for 16 threads at s = 512 (32 tasks), and at most 16 rows, so the task list, on which the
+// dsinks sums depend, is a function of the shape only.
+constexpr int kRowsPerTask = 16;
 
 struct WorkItem {
   int seq = 0;
@@ -134,12 +138,16 @@ class Backward {
                      [](const WorkItem& a, const WorkItem& b) { return a.tiles > b.tiles; });
     const int threads =
         int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), int64_t(items.size()))));
-    std::vector<Scratch> scratch(static_cast<size_t>(threads));
-    for (Scratch& w : scratch) allocate(w, max_mb);
+    // Each worker sets up its buffers itself, on first use (WorkerScratch).
+    WorkerScratch<Scratch> scratch(threads);
+    auto scratch_of = [&](int worker) {
+      return scratch.get(worker, [&](Scratch& w) { allocate(w, max_mb); });
+    };
     ThreadPool::instance().parallel_for(int64_t(items.size()), threads, [&](int64_t i, int worker) {
-      run_item(items[size_t(i)], scratch[size_t(worker)]);
+      if (Scratch* w = scratch_of(worker)) run_item(items[size_t(i)], *w);
     });
-    write_dq(threads, scratch);
+    scratch.check();
+    write_dq(threads);
   }
 
  private:
@@ -226,10 +234,11 @@ class Backward {
 
   // One gradient row (n fp32 values, clobbered; n = d for dq/dk, dv for dv) into dq/dk/dv:
   // stored in the gradient element type, or added to the row already there.
-  void store_grad(float* row, int n, void* dst, Scratch& w) const {
+  // `old`: room for one row of n floats.
+  void store_grad(float* row, int n, void* dst, float* old) const {
     if (p_.dqkv_accumulate) {
-      k_.load_row(dst, grad_t_, n, w.old.data());
-      for (int x = 0; x < n; ++x) row[x] += w.old[size_t(x)];
+      k_.load_row(dst, grad_t_, n, old);
+      for (int x = 0; x < n; ++x) row[x] += old[x];
     }
     k_.store_row(row, grad_t_, n, dst);
   }
@@ -301,8 +310,9 @@ class Backward {
       for (int j = 0; j < n; ++j) {
         float* dkj = w.dk.data() + size_t(j) * dp_;
         k_.scale_row(dkj, d_, scale);
-        store_grad(dkj, d_, dk_row(sv, si, varlen, n0 + j, hk), w);
-        store_grad(w.dv.data() + size_t(j) * dvp_, dv_, dv_row(sv, si, varlen, n0 + j, hk), w);
+        store_grad(dkj, d_, dk_row(sv, si, varlen, n0 + j, hk), w.old.data());
+        store_grad(w.dv.data() + size_t(j) * dvp_, dv_, dv_row(sv, si, varlen, n0 + j, hk),
+                   w.old.data());
       }
     }
     // Rows this sequence owns beyond its used keys (seqused_k) get zero gradients too (nothing
@@ -406,7 +416,6 @@ class Backward {
     total_q_ = 0;
     for (const SeqView& sv : seqs_) total_q_ = std::max<int64_t>(total_q_, sv.row0 + sv.seqlen_q);
     d_all_ = ws_.get<float>(kSlotD, size_t(p_.h) * size_t(total_q_));
-    constexpr int kRowsPerTask = 32;
     std::vector<std::pair<int, int>> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
@@ -455,19 +464,19 @@ class Backward {
   // dq = scale * (sum over chunks, in chunk order, of the partials), in memory order of dq (row
   // i, all heads): dq rows of one head are a page apart, see backend_fwd.cpp's pack_q. Rows no
   // chunk touched (no visible key) are 0.
-  void write_dq(int threads, std::vector<Scratch>& scratch) const {
-    constexpr int kRowsPerTask = 32;
+  void write_dq(int threads) const {
     std::vector<std::pair<int, int>> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
+    std::vector<std::vector<float>> bufs(size_t(threads), std::vector<float>(size_t(2 * dp_)));
     ThreadPool::instance().parallel_for(
         int64_t(tasks.size()), threads, [&](int64_t t, int worker) {
           const int seq = tasks[size_t(t)].first, i0 = tasks[size_t(t)].second;
           const SeqView& sv = seqs_[size_t(seq)];
           const SeqlenInfo si = SeqlenInfo::make(p_, sv.bidb);
           const bool varlen = p_.cu_seqlens_q != nullptr;
-          Scratch& w = scratch[size_t(worker)];
-          float* acc = w.row.data();
+          float* acc = bufs[size_t(worker)].data();
+          float* old = acc + dp_;
           for (int i = i0; i < std::min(sv.seqlen_q, i0 + kRowsPerTask); ++i) {
             const int mb = i / rows_, r = i % rows_;
             const int rows = std::min(rows_, sv.seqlen_q - mb * rows_);
@@ -480,7 +489,7 @@ class Backward {
                 for (int x = 0; x < d_; ++x) acc[x] += part[x];
               }
               k_.scale_row(acc, d_, p_.softmax_scale);
-              store_grad(acc, d_, dq_row(sv, si, varlen, i, hq), w);
+              store_grad(acc, d_, dq_row(sv, si, varlen, i, hq), old);
             }
           }
         });

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <vector>
 
 #include "common/mask.h"
@@ -85,6 +88,73 @@ class Workspace {
   void* raw(int slot, size_t bytes);
   Store* store_;
   bool owned_;  // store_ is this object's own (nested call), not the thread's
+};
+
+// The per-worker buffers (type S) of one call. Each worker sets up its own on first use, on its
+// own thread, from a copy of S that the thread keeps across calls: set up by the caller for every
+// worker before dispatch, they were zero-filled one after the other, and freshly allocated ones
+// page-faulted, on the calling thread alone (measured on Zen 4, backward, s = 512, d = 128,
+// 16 workers: 6-9 ms before the first item started, against 40-60 ms of items on one core).
+// A thread whose copy is in use (a nested call) gets a private S for that call.
+//
+// Items must not throw: when setting up fails (out of memory), get() returns nullptr, the item
+// skips its work, and check() rethrows std::bad_alloc on the calling thread after the
+// parallel_for.
+template <class S>
+class WorkerScratch {
+ public:
+  explicit WorkerScratch(int workers) : slots_(size_t(workers)) {}
+  ~WorkerScratch() {
+    for (Slot& s : slots_)
+      if (s.kept != nullptr) s.kept->in_use = false;
+  }
+  WorkerScratch(const WorkerScratch&) = delete;
+  WorkerScratch& operator=(const WorkerScratch&) = delete;
+
+  // Worker `worker`'s buffers, set up by init(S&) the first time this call asks for them.
+  template <class Init>
+  S* get(int worker, const Init& init) {
+    Slot& s = slots_[size_t(worker)];
+    if (s.ptr != nullptr) return s.ptr;
+    if (failed_.load(std::memory_order_relaxed)) return nullptr;
+    try {
+      Kept& k = kept();
+      if (!k.in_use) {
+        k.in_use = true;
+        s.kept = &k;
+        s.ptr = &k.s;
+      } else {
+        s.own.reset(new S());
+        s.ptr = s.own.get();
+      }
+      init(*s.ptr);
+    } catch (...) {
+      failed_.store(true, std::memory_order_relaxed);
+      s.ptr = nullptr;
+    }
+    return s.ptr;
+  }
+  // After a parallel_for whose items called get(): rethrows a failed set-up.
+  void check() const {
+    if (failed_.load(std::memory_order_relaxed)) throw std::bad_alloc();
+  }
+
+ private:
+  struct Kept {
+    S s;
+    bool in_use = false;
+  };
+  static Kept& kept() {
+    static thread_local Kept k;
+    return k;
+  }
+  struct Slot {
+    S* ptr = nullptr;
+    Kept* kept = nullptr;
+    std::unique_ptr<S> own;
+  };
+  std::vector<Slot> slots_;
+  std::atomic<bool> failed_{false};
 };
 
 // Where the K and V rows of one sequence live. Key j of the sequence (0 <= j < seqlen_k of its

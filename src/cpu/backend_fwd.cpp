@@ -76,6 +76,12 @@ constexpr int kMinBlocksPerSplit = 4;
 constexpr int kMaxSplits = 128;
 // Query blocks per kv head from which K and V are packed once per call (see the top comment).
 constexpr int kPackMinBlocks = 4;
+// Rows (pack_q, write_outputs) and keys (pack_kv) per task of the passes around the items. The
+// passes handed out a task per block of 96 rows or keys, 6 tasks at s = 512: too few for 16
+// threads. 16 rows of one head are 64 bytes of a Q panel, a whole cache line, so tasks run
+// side by side do not write the same lines; 16 keys keep the bf16 V key pairs within a task.
+constexpr int kRowsPerTask = 16;
+constexpr int kKeysPerTask = 16;
 
 struct WorkItem {
   int seq = 0;
@@ -94,7 +100,7 @@ struct KvBlock {
   const uint32_t* vw = nullptr;
 };
 
-// One worker's buffers, allocated before dispatch (items never allocate).
+// One worker's buffers (WorkerScratch: each worker sets up its own, zero-filled, on first use).
 struct Scratch {
   std::vector<float> kb;     // [bn][dp]     K_j in fp32 (sequences whose keys are not packed)
   std::vector<float> vb;     // [bn][dvp]    V_j in fp32, padding columns zero
@@ -153,19 +159,23 @@ class Forward {
     lse_part_ = ws_.get<float>(kSlotLse, size_t(splits_) * total_rows_ * p_.h);
     // No more workers (and scratch buffers) than items.
     threads_ = int(std::max<int64_t>(1, std::min<int64_t>(threads_, int64_t(items.size()))));
-    std::vector<Scratch> scratch(static_cast<size_t>(threads_));
-    for (Scratch& w : scratch) allocate(w);
+    WorkerScratch<Scratch> scratch(threads_);
     pack_q(scratch);
     pack_kv();
     ThreadPool::instance().parallel_for(int64_t(items.size()), threads_,
                                         [&](int64_t i, int worker) {
-                                          run_item(items[size_t(i)], scratch[size_t(worker)]);
+                                          if (Scratch* w = scratch_of(scratch, worker))
+                                            run_item(items[size_t(i)], *w);
                                         });
+    scratch.check();
     write_outputs();
     if (p_.p_ptr != nullptr) write_probs(scratch);
   }
 
  private:
+  Scratch* scratch_of(WorkerScratch<Scratch>& scratch, int worker) const {
+    return scratch.get(worker, [this](Scratch& w) { allocate(w); });
+  }
   void allocate(Scratch& w) const {
     w.kb.assign(size_t(bn_) * dp_, 0.f);
     w.vb.assign(size_t(bn_) * dvp_, 0.f);
@@ -195,31 +205,52 @@ class Forward {
   // Q_i^T of every item, built before the items run in one pass over q in memory order (row i,
   // all heads): q rows of one head are h * d elements apart, each in its own page, and reading
   // them per item (one head, 96 rows) measured memory-latency bound (10 % of a bf16 forward on
-  // Zen 4 at h = 16), while the memory-order pass streams whole pages.
-  void pack_q(std::vector<Scratch>& scratch) {
+  // Zen 4 at h = 16), while the memory-order pass streams whole pages. A task is kRowsPerTask
+  // rows of one query block; the first task of a block also zeroes the block's padding columns
+  // (only a sequence's last block has them), so no serial fill of the panels comes first.
+  void pack_q(WorkerScratch<Scratch>& scratch) {
     q_base_.assign(seqs_.size(), 0);
     int64_t panels = 0;
     for (size_t s = 0; s < seqs_.size(); ++s) {
       q_base_[s] = panels;
       panels += int64_t(p_.h_k) * m_blocks(int(s));
     }
-    // Zero: the padding columns of the last block of a sequence are never written.
     if (bf16_s_)
-      qw_ = ws_.zeros<uint32_t>(kSlotQ, size_t(panels) * d_ * max_ld_);
+      qw_ = ws_.get<uint32_t>(kSlotQ, size_t(panels) * d_ * max_ld_);
     else
-      qt_ = ws_.zeros<float>(kSlotQ, size_t(panels) * d_ * max_ld_);
-    std::vector<std::pair<int, int>> tasks;  // (seq, mb)
+      qt_ = ws_.get<float>(kSlotQ, size_t(panels) * d_ * max_ld_);
+    struct Task {
+      int seq, mb, r0;
+    };
+    std::vector<Task> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
-      for (int mb = 0; mb < m_blocks(s); ++mb) tasks.push_back({s, mb});
+      for (int mb = 0; mb < m_blocks(s); ++mb)
+        for (int r0 = 0; r0 < std::min(rows_, seqs_[size_t(s)].seqlen_q - mb * rows_);
+             r0 += kRowsPerTask)
+          tasks.push_back({s, mb, r0});
     const int words = ceil_div(d_, 2);
     ThreadPool::instance().parallel_for(
         int64_t(tasks.size()), threads_, [&](int64_t t, int worker) {
-          const int seq = tasks[size_t(t)].first, mb = tasks[size_t(t)].second;
+          Scratch* ws = scratch_of(scratch, worker);
+          if (ws == nullptr) return;
+          Scratch& w = *ws;
+          const int seq = tasks[size_t(t)].seq, mb = tasks[size_t(t)].mb;
           const SeqView& sv = seqs_[size_t(seq)];
           const int m0 = mb * rows_, rows = std::min(rows_, sv.seqlen_q - m0);
-          const int ld = round_up(g_ * rows, 8);
-          Scratch& w = scratch[size_t(worker)];
-          for (int r = 0; r < rows; ++r)
+          const int cols = g_ * rows, ld = round_up(cols, 8);
+          const int r0 = tasks[size_t(t)].r0, r1 = std::min(rows, r0 + kRowsPerTask);
+          if (r0 == 0 && cols < ld)
+            for (int hk = 0; hk < p_.h_k; ++hk)
+              for (int x = 0; x < (bf16_s_ ? words : d_); ++x) {
+                if (bf16_s_) {
+                  uint32_t* dst = qw_ + q_panel(seq, hk, mb) + size_t(x) * ld;
+                  std::fill(dst + cols, dst + ld, 0u);
+                } else {
+                  float* dst = qt_ + q_panel(seq, hk, mb) + size_t(x) * ld;
+                  std::fill(dst + cols, dst + ld, 0.f);
+                }
+              }
+          for (int r = r0; r < r1; ++r)
             for (int hq = 0; hq < p_.h; ++hq) {
               const int hk = hq / g_, c = (hq % g_) * rows + r;
               const void* src = q_row(sv, m0 + r, hq);
@@ -235,6 +266,7 @@ class Forward {
               }
             }
         });
+    scratch.check();
   }
 
   // K and V of the sequences whose keys several items read, converted once (see the header
@@ -258,14 +290,15 @@ class Forward {
       vw_ = ws_.get<uint32_t>(kSlotV, size_t(total / 2) * dvp_);
     else
       vf_ = ws_.get<float>(kSlotV, size_t(total) * dvp_);
-    std::vector<std::pair<int, int>> tasks;  // (seq, n0): bn_ keys of every kv head
+    std::vector<std::pair<int, int>> tasks;  // (seq, n0): kKeysPerTask keys of every kv head
     for (int s = 0; s < int(seqs_.size()); ++s)
       if (key_base_[size_t(s)] >= 0)
-        for (int n0 = 0; n0 < seqs_[size_t(s)].seqlen_k; n0 += bn_) tasks.push_back({s, n0});
+        for (int n0 = 0; n0 < seqs_[size_t(s)].seqlen_k; n0 += kKeysPerTask)
+          tasks.push_back({s, n0});
     ThreadPool::instance().parallel_for(int64_t(tasks.size()), threads_, [&](int64_t t, int) {
       const int seq = tasks[size_t(t)].first, n0 = tasks[size_t(t)].second;
       const SeqView& sv = seqs_[size_t(seq)];
-      const int n = std::min(bn_, sv.seqlen_k - n0);
+      const int n = std::min(kKeysPerTask, sv.seqlen_k - n0);
       for (int j = 0; j < n; ++j)
         for (int hk = 0; hk < p_.h_k; ++hk) {
           const int64_t r = head_base(seq, hk) + n0 + j;
@@ -525,7 +558,6 @@ class Forward {
   // O = sum_s e^(LSE_s - LSE) O_s with LSE = logaddexp(sink_h, logsumexp_s LSE_s), empty splits
   // weighing 0, and so does the sink (it has no output).
   void write_outputs() {
-    constexpr int kRowsPerTask = 64;
     std::vector<std::pair<int, int>> tasks;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int i0 = 0; i0 < seqs_[size_t(s)].seqlen_q; i0 += kRowsPerTask) tasks.push_back({s, i0});
@@ -561,7 +593,7 @@ class Forward {
 
   // p_ptr (testing aid, dense): P = exp(S - LSE) from the final LSE, negated where dropped,
   // 0 where invisible. A second pass over the same tiles, so the main loop stays lean.
-  void write_probs(std::vector<Scratch>& scratch) {
+  void write_probs(WorkerScratch<Scratch>& scratch) {
     std::vector<WorkItem> items;
     for (int s = 0; s < int(seqs_.size()); ++s)
       for (int m0 = 0; m0 < seqs_[size_t(s)].seqlen_q; m0 += rows_)
@@ -569,7 +601,9 @@ class Forward {
     ThreadPool::instance().parallel_for(
         int64_t(items.size()), threads_, [&](int64_t idx, int worker) {
           const WorkItem& it = items[size_t(idx)];
-          Scratch& w = scratch[size_t(worker)];
+          Scratch* ws = scratch_of(scratch, worker);
+          if (ws == nullptr) return;
+          Scratch& w = *ws;
           const SeqView& sv = seqs_[size_t(it.seq)];
           const int m0 = it.m0, rows = std::min(rows_, sv.seqlen_q - m0);
           const int ld = round_up(g_ * rows, 8);
@@ -607,6 +641,7 @@ class Forward {
             }
           }
         });
+    scratch.check();
   }
 
   const FwdParams& p_;
