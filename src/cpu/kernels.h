@@ -22,9 +22,9 @@
 //                  GPU kernels do.
 //
 // Implementations: kernels_portable.cpp (plain C++, any CPU), kernels_avx2.cpp (AVX2+FMA),
-// kernels_avx512.cpp (AVX-512 F/BW/VL/DQ) and kernels_avx512_bf16.cpp (the AVX-512 table plus
-// the bf16 products), each compiled with its own -m flags and only called after a run-time CPU
-// check. This header must stay free of inline function definitions: the ISA files include it,
+// kernels_avx512.cpp (AVX-512 F/BW/VL/DQ), kernels_avx512_bf16.cpp (the AVX-512 table plus
+// the bf16 products) and kernels_amx.cpp (that table with gemm_bf16 on AMX tiles), each compiled
+// with its own -m flags and only called after a run-time CPU check. This header must stay free of inline function definitions: the ISA files include it,
 // and an inline function compiled there with wider instructions could be the copy the linker
 // keeps for everyone.
 #pragma once
@@ -36,7 +36,8 @@
 namespace flashattn::cpu {
 
 struct Kernels {
-  const char* name;  // "portable", "avx2", "avx512" or "avx512-bf16" (FLASHATTN_CPU_ISA values)
+  const char* name;  // "portable", "avx2", "avx512", "avx512-bf16", "amx-bf16" (FLASHATTN_CPU_ISA
+                     // values), or "amx-emulated" (tests only: see amx_emulated_kernels)
 
   // Tile sizes the backend uses with this table (backend_common.h: reasons per ISA): query rows
   // ((row, head) pairs) per work item, and keys per block.
@@ -102,11 +103,20 @@ const Kernels& portable_kernels();
 const Kernels* avx2_kernels();
 const Kernels* avx512_kernels();
 const Kernels* avx512_bf16_kernels();
+const Kernels* amx_bf16_kernels();
+// Whether this CPU has AMX-TILE and AMX-BF16, the OS enables the tile state, and (Linux) the
+// process was granted it; asks for the grant on the first call. Call only where
+// cpu_supports(avx512_bf16_kernels()) holds (kernels_amx.cpp is compiled with AVX-512 flags).
+bool amx_bf16_runs();
+// The AVX-512 BF16 table with the AMX table's gemm_bf16 run on a software tile unit, so tests
+// cover the AMX loops on CPUs without AMX (slow). Never chosen by default: only
+// FLASHATTN_CPU_ISA=amx-emulated selects it, on a CPU that runs the AVX-512 BF16 table.
+const Kernels* amx_emulated_kernels();
 // Whether `t` is compiled in and runs on this CPU (and its OS saves the registers it uses).
 bool cpu_supports(const Kernels* t);
 // The table to use now: the widest one that is compiled in and runs on this CPU, unless the
 // environment variable FLASHATTN_CPU_ISA names a table ("portable", "avx2", "avx512",
-// "avx512-bf16"); a named table this CPU or build lacks gives the widest available one below
+// "avx512-bf16", "amx-bf16", or "amx-emulated"); a named table this CPU or build lacks gives the widest available one below
 // it. Read on every call so tests can cover every path in one process.
 const Kernels& active_kernels();
 // Every table that runs here, narrowest first (tests run each).

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/kernels.h"
 #include "cpu/kernels_avx512_exp.h"
@@ -156,6 +157,83 @@ void pack_rows(const float* src, int64_t lds, int rows, int cols, uint32_t* dst,
 
 }  // namespace
 
+}  // namespace flashattn::cpu
+
+#include "cpu/kernels_amx_gemm.h"
+
+namespace flashattn::cpu {
+
+namespace {
+
+// A software tile unit for kernels_amx_gemm.h, so the AMX table's loops (packing, edges, the
+// 2 x 2 block schedule) are tested on CPUs without AMX: eight 16 x 16 tiles of 32-bit cells per
+// thread, and tdpbf16ps as the ISA reference states it (per word, the odd bf16 product and then
+// the even one added to the fp32 cell; bf16 subnormals as zero). Slow; for tests only.
+struct EmulatedTiles {
+  struct State {
+    uint32_t t[8][16][16];
+  };
+  static State& state() {
+    static thread_local State s;
+    return s;
+  }
+  static void configure() {}
+  static void release() {}
+  template <int T>
+  static void load(const void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r)
+      std::memcpy(state().t[T][r], static_cast<const char*>(p) + r * stride, 64);
+  }
+  template <int T>
+  static void store(void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<char*>(p) + r * stride, state().t[T][r], 64);
+  }
+  template <int T>
+  static void zero() {
+    std::memset(state().t[T], 0, sizeof(state().t[T]));
+  }
+  static float bf16(uint32_t half) {
+    const uint32_t bits = (half & 0x7f80u) == 0 ? (half & 0x8000u) << 16 : half << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+  template <int C, int A, int B>
+  static void dp() {
+    State& s = state();
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 16; ++n) {
+        float acc;
+        std::memcpy(&acc, &s.t[C][m][n], 4);
+        for (int q = 0; q < 16; ++q) {
+          const uint32_t a = s.t[A][m][q], b = s.t[B][q][n];
+          acc += bf16(a >> 16) * bf16(b >> 16);
+          acc += bf16(a & 0xffffu) * bf16(b & 0xffffu);
+        }
+        std::memcpy(&s.t[C][m][n], &acc, 4);
+      }
+  }
+};
+
+void gemm_bf16_emulated(int m, int n, int kw, const uint32_t* a, int64_t a_rs, int64_t a_cs,
+                        const uint32_t* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  amx::gemm_bf16<EmulatedTiles>(m, n, kw, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
+}
+
+}  // namespace
+
+const Kernels* amx_emulated_kernels() {
+  const Kernels* base = avx512_bf16_kernels();
+  if (base == nullptr) return nullptr;
+  static const Kernels table = [base] {
+    Kernels t = *base;
+    t.name = "amx-emulated";
+    t.gemm_bf16 = gemm_bf16_emulated;
+    return t;
+  }();
+  return &table;
+}
+
 const Kernels* avx512_bf16_kernels() {
   const Kernels* base = avx512_kernels();
   if (base == nullptr) return nullptr;
@@ -174,6 +252,7 @@ const Kernels* avx512_bf16_kernels() {
 #else
 
 const Kernels* avx512_bf16_kernels() { return nullptr; }
+const Kernels* amx_emulated_kernels() { return nullptr; }
 
 #endif
 

@@ -97,6 +97,10 @@ std::vector<Entry> entries() {
   e.push_back({avx2_kernels(), avx2});
   e.push_back({avx512_kernels(), avx512});
   e.push_back({avx512_bf16_kernels(), bf16});
+  // amx_bf16_runs() is compiled with AVX-512 flags: asked only where those run.
+  const bool amx = bf16 && avx512_bf16_kernels() != nullptr && amx_bf16_kernels() != nullptr &&
+                   amx_bf16_runs();
+  e.push_back({amx_bf16_kernels(), amx});
 #endif
   return e;
 }
@@ -129,7 +133,10 @@ const Kernels& active_kernels() {
   // The widest usable table at or below the requested position (the widest of all by default).
   size_t limit = all.size();
   if (const char* want = std::getenv("FLASHATTN_CPU_ISA")) {
-    static const char* const kNames[] = {"portable", "avx2", "avx512", "avx512-bf16"};
+    if (std::strcmp(want, "amx-emulated") == 0 && cpu_supports(avx512_bf16_kernels()) &&
+        amx_emulated_kernels() != nullptr)
+      return *amx_emulated_kernels();
+    static const char* const kNames[] = {"portable", "avx2", "avx512", "avx512-bf16", "amx-bf16"};
     for (size_t i = 0; i < sizeof(kNames) / sizeof(kNames[0]) && i < all.size(); ++i)
       if (std::strcmp(want, kNames[i]) == 0) limit = i + 1;
   }

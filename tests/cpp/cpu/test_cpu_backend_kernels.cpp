@@ -34,11 +34,14 @@ std::vector<const Kernels*> tables() {
   return std::vector<const Kernels*>(t, t + n);
 }
 
-// The tables with bf16 products (AVX-512 BF16 on a CPU that has it).
+// The tables with bf16 products (AVX-512 BF16 and AMX on a CPU that has them), and the AMX
+// loops on the emulated tile unit wherever AVX-512 BF16 runs.
 std::vector<const Kernels*> bf16_tables() {
   std::vector<const Kernels*> t;
   for (const Kernels* k : tables())
     if (k->gemm_bf16 != nullptr) t.push_back(k);
+  if (cpu::cpu_supports(cpu::avx512_bf16_kernels()) && cpu::amx_emulated_kernels() != nullptr)
+    t.push_back(cpu::amx_emulated_kernels());
   return t;
 }
 
@@ -259,7 +262,9 @@ TEST(CpuKernels, IsaChoiceAndOverride) {
                       __builtin_cpu_supports("avx512dq") && cpu::avx512_kernels() != nullptr;
   const bool bf16 =
       avx512 && __builtin_cpu_supports("avx512bf16") && cpu::avx512_bf16_kernels() != nullptr;
-  const char* widest = bf16 ? "avx512-bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "portable";
+  const bool amx = bf16 && cpu::amx_bf16_kernels() != nullptr && cpu::amx_bf16_runs();
+  const char* below_amx = bf16 ? "avx512-bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "portable";
+  const char* widest = amx ? "amx-bf16" : below_amx;
   EXPECT_STREQ(cpu::isa(), widest);
   EXPECT_EQ(build_info().cpu_isa, cpu::isa());
   EXPECT_EQ(cpu::cpu_supports(cpu::avx512_bf16_kernels()), bf16);
@@ -273,7 +278,12 @@ TEST(CpuKernels, IsaChoiceAndOverride) {
   setenv("FLASHATTN_CPU_ISA", "avx512", 1);
   EXPECT_STREQ(cpu::isa(), avx512 ? "avx512" : avx2 ? "avx2" : "portable");
   setenv("FLASHATTN_CPU_ISA", "avx512-bf16", 1);
+  EXPECT_STREQ(cpu::isa(), below_amx);
+  setenv("FLASHATTN_CPU_ISA", "amx-bf16", 1);
   EXPECT_STREQ(cpu::isa(), widest);
+  // The emulated AMX table only by name, and only where AVX-512 BF16 runs.
+  setenv("FLASHATTN_CPU_ISA", "amx-emulated", 1);
+  EXPECT_STREQ(cpu::isa(), bf16 && cpu::amx_emulated_kernels() != nullptr ? "amx-emulated" : widest);
   setenv("FLASHATTN_CPU_ISA", "no-such-isa", 1);  // ignored: the default choice
   EXPECT_STREQ(cpu::isa(), widest);
   unsetenv("FLASHATTN_CPU_ISA");
@@ -281,7 +291,7 @@ TEST(CpuKernels, IsaChoiceAndOverride) {
   const std::vector<const Kernels*> t = tables();
   ASSERT_FALSE(t.empty());
   EXPECT_EQ(t.front(), &cpu::portable_kernels());
-  EXPECT_EQ(t.size(), size_t(1 + avx2 + avx512 + bf16));
+  EXPECT_EQ(t.size(), size_t(1 + avx2 + avx512 + bf16 + amx));
   EXPECT_STREQ(t.back()->name, widest);
   for (const Kernels* k : t) {
     EXPECT_GT(k->block_m, 0);
@@ -305,7 +315,7 @@ TEST(CpuKernels, Bf16GemmMatchesDoubleLoopWithStridedA) {
     SCOPED_TRACE(kt->name);
     for (const Shape& s : {Shape{1, 1, 1}, Shape{7, 24, 13}, Shape{96, 128, 48}, Shape{13, 8, 0},
                            Shape{12, 32, 5}, Shape{11, 40, 129}, Shape{25, 17, 3},
-                           Shape{5, 50, 7}}) {
+                           Shape{5, 50, 7}, Shape{40, 33, 300}, Shape{64, 96, 64}}) {
       for (bool transposed_a : {false, true})
         for (bool accumulate : {false, true}) {
           const int64_t a_rs = transposed_a ? 1 : s.kw + 3, a_cs = transposed_a ? s.m + 5 : 1;
