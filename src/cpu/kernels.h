@@ -114,9 +114,10 @@ bool amx_bf16_runs();
 const Kernels* amx_emulated_kernels();
 // Whether `t` is compiled in and runs on this CPU (and its OS saves the registers it uses).
 bool cpu_supports(const Kernels* t);
-// The table to use now: the widest one that is compiled in and runs on this CPU, unless the
-// environment variable FLASHATTN_CPU_ISA names a table ("portable", "avx2", "avx512",
-// "avx512-bf16", "amx-bf16", or "amx-emulated"); a named table this CPU or build lacks gives the widest available one below
+// The table to use now: the widest one that is compiled in and runs on this CPU, amx-bf16 aside
+// (not yet run on AMX hardware: only when named), unless the environment variable
+// FLASHATTN_CPU_ISA names a table ("portable", "avx2", "avx512", "avx512-bf16", "amx-bf16", or
+// "amx-emulated"); a named table this CPU or build lacks gives the widest available one below
 // it. Read on every call so tests can cover every path in one process.
 const Kernels& active_kernels();
 // Every table that runs here, narrowest first (tests run each).
