@@ -25,8 +25,15 @@ namespace {
 // can overflow before it is compared against the limits.
 __extension__ typedef __int128 Int128;
 
-// Head dims up to this are supported (flash_attn 2.x's limit).
-constexpr int kMaxHeadDim = 256;
+// Head dims (d and dv) up to these are supported: on the GPU flash_attn 2.x's limit, what the
+// kernels' tiles are built for; on the CPU MLA decode's 576 (512 latent + 64 rope dims, V the
+// first 512), the largest head dim models ship; the CPU kernels take any d.
+constexpr int kMaxHeadDimGpu = 256;
+constexpr int kMaxHeadDimCpu = 576;
+int max_head_dim(Backend be) { return be == Backend::kCuda ? kMaxHeadDimGpu : kMaxHeadDimCpu; }
+const char* head_dim_limit_note(Backend be) {
+  return be == Backend::kCuda ? " on the GPU (the CPU backend takes up to 576)" : "";
+}
 // The split-KV forward writes at most this many partial results (flash_attn's limit).
 constexpr int kMaxSplits = 128;
 // GPU kernels move tensors in 16-byte vectors (cp.async, ldmatrix feeds), so base pointers and
@@ -368,14 +375,16 @@ Status check_sizes(const FwdParams& p, Backend be) {
   if (p.h % p.h_k != 0)
     return invalid("h: ", p.h, " is not a multiple of h_k = ", p.h_k,
                    " (GQA needs h % h_k == 0)");
-  if (p.d < 1 || p.d > kMaxHeadDim)
-    return invalid("d: ", p.d, " is out of range [1, ", kMaxHeadDim, "]");
+  if (p.d < 1 || p.d > max_head_dim(be))
+    return invalid("d: ", p.d, " is out of range [1, ", max_head_dim(be), "]",
+                   head_dim_limit_note(be));
   if (be == Backend::kCuda && p.d % 8 != 0)
     return invalid("d: ", p.d,
                    " is not a multiple of 8 (the GPU kernels need it; pad the head dim)");
   // dv is resolved (0 -> d) before validation, so 0 here cannot reach it.
-  if (p.dv < 1 || p.dv > kMaxHeadDim)
-    return invalid("dv: ", p.dv, " is out of range [1, ", kMaxHeadDim, "] (0 means dv = d)");
+  if (p.dv < 1 || p.dv > max_head_dim(be))
+    return invalid("dv: ", p.dv, " is out of range [1, ", max_head_dim(be), "]",
+                   head_dim_limit_note(be), " (0 means dv = d)");
   if (be == Backend::kCuda && p.dv % 8 != 0)
     return invalid("dv: ", p.dv,
                    " is not a multiple of 8 (the GPU kernels need it; pad the head dim)");
@@ -967,8 +976,9 @@ Status validate_combine(const CombineParams& p, Backend be) {
   if (p.b < 0) return invalid("b: ", p.b, " is negative (b = 0 is an empty no-op call)");
   if (p.seqlen_q < 0) return invalid("seqlen_q: ", p.seqlen_q, " is negative");
   if (p.h < 1) return invalid("h: ", p.h, " must be >= 1");
-  if (p.d < 1 || p.d > kMaxHeadDim)
-    return invalid("d: ", p.d, " is out of range [1, ", kMaxHeadDim, "]");
+  if (p.d < 1 || p.d > max_head_dim(be))
+    return invalid("d: ", p.d, " is out of range [1, ", max_head_dim(be), "]",
+                   head_dim_limit_note(be));
   const Int128 rows = Int128(p.b) * p.seqlen_q * p.h;
   std::vector<TensorArg> args;
   args.push_back(array("out_partial", "out_partial", p.out_partial, 4,

@@ -169,6 +169,27 @@ def test_kvcache_value_head_dim_without_sinks():
     run_kvcache(CPU, torch.float32, 3, 1, 1, 40, 8, 2, 64, dv=32, causal=True)
 
 
+@pytest.mark.parametrize("page_size", [None, 64])
+def test_kvcache_mla_576_512(page_size):
+    """MLA decode (DeepSeek): k of 576 dims (512 latent + 64 rope), v of 512, one kv head for 16
+    query heads; head dims past 256 run on the CPU backend."""
+    run_kvcache(CPU, torch.bfloat16, 2, 1, 1, 130, 16, 1, 576, dv=512, page_size=page_size)
+
+
+def test_kvcache_mla_v_as_a_view_of_k():
+    """The latent cache served as both: v_cache = k_cache[..., :512] (read-only, no append) gives
+    what a separate copy of those columns gives."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 1, 16, 576, generator=g).to(torch.bfloat16)
+    k_cache = torch.randn(2, 90, 1, 576, generator=g).to(torch.bfloat16)
+    seqlens = torch.tensor([90, 37], dtype=torch.int32)
+    view = flashattn.flash_attn_with_kvcache(q, k_cache, k_cache[..., :512], cache_seqlens=seqlens)
+    copy = flashattn.flash_attn_with_kvcache(q, k_cache, k_cache[..., :512].contiguous(),
+                                             cache_seqlens=seqlens)
+    assert view.shape == (2, 1, 16, 512)
+    torch.testing.assert_close(view, copy, rtol=0, atol=0)
+
+
 def test_sinks_without_grad_and_minus_inf_sinks():
     """A sinks tensor that does not require grad still works under autograd (q, k, v get their
     gradients), and sinks of -inf are no sinks at all."""

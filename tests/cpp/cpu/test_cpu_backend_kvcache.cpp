@@ -302,6 +302,35 @@ TEST(CpuKVCache, SinksAndValueHeadDimHalfAndBFloat16) {
   }
 }
 
+// MLA decode (DeepSeek): keys of 576 dims (512 latent + 64 rope), values the latent's 512, MQA
+// over many query heads, one or a few new queries per sequence; V given as its own cache and as
+// a view of the first 512 columns of K (the layout MLA serves from: one latent cache, read-only
+// here; appending writes the caches, which then must not overlap), contiguous and paged.
+TEST(CpuKVCache, MlaDecode576And512) {
+  for (DType t : {DType::kFloat32, DType::kBFloat16}) {
+    for (int s_q : {1, 2}) {
+      KVCacheConfig k = kv(t, 2, s_q, 16, 1, 576, 300, 0);
+      k.attn.dv = 512;
+      k.attn.causal = s_q > 1;
+      k.attn.num_splits = 0;
+      const std::string what = std::string(dtype_name(t)) + " s_q=" + std::to_string(s_q);
+      check_kvcache(k, fresh_seed(), "mla " + what);
+      auto v_in_k = [](KVCacheProblem& pr) {
+        KVCacheParams& p = pr.params;
+        p.v_ptr = p.k_ptr;
+        p.v_batch_stride = p.k_batch_stride;
+        p.v_row_stride = p.k_row_stride;
+        p.v_head_stride = p.k_head_stride;
+      };
+      check_kvcache(k, fresh_seed(), "mla v in k " + what, v_in_k);
+      k.page_size = 64;
+      check_kvcache(k, fresh_seed(), "mla paged v in k " + what, v_in_k);
+      k.seqlen_new = s_q;
+      check_kvcache(k, fresh_seed(), "mla paged append " + what);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------- combine --
 
 TEST(CpuCombine, MatchesReferenceWithEmptySplits) {

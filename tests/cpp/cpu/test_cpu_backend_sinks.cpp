@@ -31,13 +31,15 @@ AttnConfig cfg(DType t, int b, int s_q, int s_k, int h, int h_k, int d, int dv, 
   return c;
 }
 
-// (d, dv) pairs: dv = d through dv = 0, V narrower and wider than Q/K, odd dims, the limit.
+// (d, dv) pairs: dv = d through dv = 0, V narrower and wider than Q/K, odd dims, DeepSeek's
+// 192 / 128, the GPU's limit (256) and the CPU's (MLA's 576 / 512).
 struct Dims {
   int d, dv;
   bool sinks;
 };
-const Dims kDims[] = {{64, 0, true}, {64, 32, false}, {64, 32, true}, {40, 72, true},
-                      {5, 13, true}, {128, 256, true}, {256, 8, false}};
+const Dims kDims[] = {{64, 0, true},    {64, 32, false},  {64, 32, true},  {40, 72, true},
+                      {5, 13, true},    {128, 256, true}, {256, 8, false}, {192, 128, true},
+                      {576, 512, false}};
 
 // Runs f(config, what) for every (d, dv, sinks) of kDims on a base shape.
 template <typename F>

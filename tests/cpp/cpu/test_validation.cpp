@@ -367,7 +367,23 @@ TEST(ValidationFwd, HeadsNotMultipleOfKvHeads) {
 
 TEST(ValidationFwd, HeadDimOutOfRange) {
   expect_fwd_rejected(small_cfg(), "d", [](FwdProblem& pr) { pr.params.d = 0; });
-  expect_fwd_rejected(small_cfg(), "d", [](FwdProblem& pr) { pr.params.d = 257; });
+  expect_fwd_rejected(small_cfg(), "d", [](FwdProblem& pr) { pr.params.d = 577; });
+}
+
+// Head dims past 256 (MLA decode's 576 / 512) run on the CPU backend only; the GPU refuses them
+// naming the limit.
+TEST(ValidationFwd, HeadDimsPast256AreCpuOnly) {
+  AttnConfig c = gpu_cfg();
+  c.d = 576;
+  c.dv = 512;
+  FwdProblem pr = make_fwd_problem(c, fresh_seed());
+  EXPECT_TRUE(validate(pr.params, Backend::kCpu, false).ok());
+  const Status s = validate(pr.params, Backend::kCuda, false);
+  EXPECT_TRUE(Rejected(s, "d"));
+  EXPECT_NE(s.message().find("on the GPU"), std::string::npos) << s.message();
+  c.d = 256;
+  FwdProblem v = make_fwd_problem(c, fresh_seed());
+  EXPECT_TRUE(Rejected(validate(v.params, Backend::kCuda, false), "dv"));
 }
 
 TEST(ValidationFwd, GpuHeadDimNotMultipleOf8) {
@@ -871,7 +887,7 @@ TEST(ValidationValid, SinksAndOwnValueHeadDimPass) {
 
 TEST(ValidationFwd, ValueHeadDimOutOfRange) {
   expect_fwd_rejected(small_cfg(), "dv", [](FwdProblem& pr) { pr.params.dv = -1; });
-  expect_fwd_rejected(small_cfg(), "dv", [](FwdProblem& pr) { pr.params.dv = 257; });
+  expect_fwd_rejected(small_cfg(), "dv", [](FwdProblem& pr) { pr.params.dv = 577; });
 }
 
 TEST(ValidationFwd, GpuValueHeadDimNotMultipleOf8) {
@@ -997,7 +1013,7 @@ TEST(ValidationCombine, SizesInRange) {
   expect_combine_rejected("b", [](CombineProblem& c) { c.params.b = -1; });
   expect_combine_rejected("seqlen_q", [](CombineProblem& c) { c.params.seqlen_q = -2; });
   expect_combine_rejected("h", [](CombineProblem& c) { c.params.h = 0; });
-  expect_combine_rejected("d", [](CombineProblem& c) { c.params.d = 300; });
+  expect_combine_rejected("d", [](CombineProblem& c) { c.params.d = 600; });
 }
 
 TEST(ValidationCombine, UnknownDtype) {

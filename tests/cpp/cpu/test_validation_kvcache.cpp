@@ -181,7 +181,7 @@ TEST(ValidationKVCache, ValueCacheAndNewValuesHaveTheValueHeadDim) {
   KVCacheConfig kc = base_cfg();
   kc.attn.dv = 24;
   expect_kv_rejected(kc, "v_head_stride", [](KVCacheProblem& pr) { pr.params.v_head_stride = 16; });
-  expect_kv_rejected(kc, "dv", [](KVCacheProblem& pr) { pr.params.dv = 300; });
+  expect_kv_rejected(kc, "dv", [](KVCacheProblem& pr) { pr.params.dv = 600; });
 }
 
 TEST(ValidationKVCacheValid, BaselinesPass) {
