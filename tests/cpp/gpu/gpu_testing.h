@@ -248,9 +248,6 @@ struct DeviceKVCacheProblem {
   }
 };
 
-// The same problem with every floating-point buffer upcast to fp32 (exactly: fp16 and bf16 are
-// subsets of fp32). The CPU reference runs on this copy, so it sees the very values the GPU saw
-// and its only rounding is the final one to fp32.
 // A dense problem's shape: dtype, batch, query / key lengths, query / kv heads, head dim.
 inline AttnConfig base(DType t, int b, int sq, int sk, int h, int hk, int d) {
   AttnConfig c;
@@ -264,6 +261,9 @@ inline AttnConfig base(DType t, int b, int sq, int sk, int h, int hk, int d) {
   return c;
 }
 
+// The same problem with every floating-point buffer upcast to fp32 (exactly: fp16 and bf16 are
+// subsets of fp32). The CPU reference runs on this copy, so it sees the very values the GPU saw
+// and its only rounding is the final one to fp32.
 inline FwdProblem as_fp32(const FwdProblem& pr) {
   FwdProblem c = pr;
   c.q = pr.q.converted(DType::kFloat32);

@@ -32,17 +32,6 @@ constexpr double kAccumSlack = 2e-5;
 constexpr double kLseAbs = 2e-5;
 constexpr double kLseRel = 1e-6;
 
-AttnConfig shape(int b, int sq, int sk, int h, int hk, int d) {
-  AttnConfig c;
-  c.b = b;
-  c.seqlen_q = sq;
-  c.seqlen_k = sk;
-  c.h = h;
-  c.h_k = hk;
-  c.d = d;
-  return c;
-}
-
 // One problem run by both references: gpu holds the dtype inputs and the GPU outputs, cpu the
 // fp32 copy and the CPU reference's outputs.
 struct Compared {
@@ -143,63 +132,63 @@ std::vector<Case> feature_cases() {
     v.push_back({std::move(name), std::move(c), page});
   };
   // Shapes: s_q != s_k both ways, GQA / MQA, head dims that are not multiples of 8 or 32.
-  add("s1", shape(1, 1, 1, 1, 1, 32));
-  add("sq7_sk97_gqa", shape(2, 7, 97, 4, 2, 64));
-  add("sq113_sk7_mqa", shape(2, 113, 7, 3, 1, 128));
-  add("sq97_sk113_d256", shape(1, 97, 113, 2, 2, 256));
-  add("d40", shape(2, 33, 17, 2, 1, 40));
-  add("d1", shape(1, 7, 13, 2, 1, 1));
+  add("s1", base(DType::kFloat32, 1, 1, 1, 1, 1, 32));
+  add("sq7_sk97_gqa", base(DType::kFloat32, 2, 7, 97, 4, 2, 64));
+  add("sq113_sk7_mqa", base(DType::kFloat32, 2, 113, 7, 3, 1, 128));
+  add("sq97_sk113_d256", base(DType::kFloat32, 1, 97, 113, 2, 2, 256));
+  add("d40", base(DType::kFloat32, 2, 33, 17, 2, 1, 40));
+  add("d1", base(DType::kFloat32, 1, 7, 13, 2, 1, 1));
   // Masks. Causal with s_q > s_k leaves the first s_q - s_k rows with no visible key.
   {
-    AttnConfig c = shape(2, 7, 97, 4, 2, 64);
+    AttnConfig c = base(DType::kFloat32, 2, 7, 97, 4, 2, 64);
     c.causal = true;
     add("causal_sq7_sk97", c);
-    c = shape(2, 113, 7, 2, 1, 64);
+    c = base(DType::kFloat32, 2, 113, 7, 2, 1, 64);
     c.causal = true;
     add("causal_sq113_sk7_empty_rows", c);
-    c = shape(1, 97, 97, 2, 1, 128);
+    c = base(DType::kFloat32, 1, 97, 97, 2, 1, 128);
     c.causal = true;
     add("causal_square", c);
-    c = shape(2, 97, 113, 2, 1, 64);
+    c = base(DType::kFloat32, 2, 97, 113, 2, 1, 64);
     c.window_left = 5;
     c.window_right = 3;
     add("window_5_3", c);
-    c = shape(1, 113, 97, 2, 2, 64);
+    c = base(DType::kFloat32, 1, 113, 97, 2, 2, 64);
     c.window_left = 0;
     c.window_right = 0;
     add("window_0_0_empty_rows", c);
-    c = shape(2, 33, 97, 2, 1, 32);
+    c = base(DType::kFloat32, 2, 33, 97, 2, 1, 32);
     c.window_left = 10;
     add("window_left_only", c);
-    c = shape(2, 97, 33, 2, 1, 32);
+    c = base(DType::kFloat32, 2, 97, 33, 2, 1, 32);
     c.window_right = 2;
     add("window_right_only", c);
-    c = shape(1, 113, 113, 4, 2, 64);
+    c = base(DType::kFloat32, 1, 113, 113, 4, 2, 64);
     c.causal = true;
     c.window_left = 16;
     add("local_causal", c);
   }
   // Score modifiers.
   {
-    AttnConfig c = shape(2, 37, 53, 2, 1, 64);
+    AttnConfig c = base(DType::kFloat32, 2, 37, 53, 2, 1, 64);
     c.softcap = 5.f;
     c.softmax_scale = 0.5f;  // large scores, so the cap actually bends them
     add("softcap", c);
     c.causal = true;
     c.softcap = 2.f;
     add("softcap_causal", c);
-    c = shape(2, 97, 113, 4, 2, 64);
+    c = base(DType::kFloat32, 2, 97, 113, 4, 2, 64);
     c.alibi = true;
     c.causal = true;
     add("alibi_h_causal", c);
-    c = shape(3, 113, 7, 2, 1, 64);
+    c = base(DType::kFloat32, 3, 113, 7, 2, 1, 64);
     c.alibi = true;
     c.alibi_per_batch = true;
     add("alibi_bh", c);
   }
   // Varlen: zero-length q and k sequences, seqused_k, padded strides.
   {
-    AttnConfig c = shape(4, 0, 0, 4, 2, 64);
+    AttnConfig c = base(DType::kFloat32, 4, 0, 0, 4, 2, 64);
     c.seqlens_q = {7, 0, 97, 1};
     c.seqlens_k = {113, 13, 0, 1};
     add("varlen_zero_len", c);
@@ -214,19 +203,19 @@ std::vector<Case> feature_cases() {
     cp.window_left = 7;
     cp.window_right = 0;
     add("varlen_padded_local", cp);
-    AttnConfig d = shape(2, 33, 65, 4, 2, 64);
+    AttnConfig d = base(DType::kFloat32, 2, 33, 65, 4, 2, 64);
     d.padded_strides = true;
     d.causal = true;
     add("padded_strides_causal", d);
   }
   // Paged KV: page sizes 1, 5, 16; dense and varlen.
   {
-    add("paged1", shape(2, 7, 97, 4, 2, 64), 1);
-    AttnConfig c = shape(2, 97, 113, 2, 1, 64);
+    add("paged1", base(DType::kFloat32, 2, 7, 97, 4, 2, 64), 1);
+    AttnConfig c = base(DType::kFloat32, 2, 97, 113, 2, 1, 64);
     c.causal = true;
     add("paged16_causal", c, 16);
-    add("paged5", shape(2, 33, 50, 2, 2, 32), 5);
-    AttnConfig v = shape(4, 0, 0, 4, 2, 64);
+    add("paged5", base(DType::kFloat32, 2, 33, 50, 2, 2, 32), 5);
+    AttnConfig v = base(DType::kFloat32, 4, 0, 0, 4, 2, 64);
     v.seqlens_q = {7, 0, 97, 1};
     v.seqlens_k = {113, 13, 0, 1};
     add("paged16_varlen", v, 16);
@@ -236,23 +225,23 @@ std::vector<Case> feature_cases() {
   }
   // Dropout (mask from the shared Philox counter layout), alone and with other features.
   {
-    AttnConfig c = shape(2, 33, 47, 4, 2, 64);
+    AttnConfig c = base(DType::kFloat32, 2, 33, 47, 4, 2, 64);
     c.p_dropout = 0.17f;
     add("dropout", c);
-    AttnConfig v = shape(3, 0, 0, 2, 1, 64);
+    AttnConfig v = base(DType::kFloat32, 3, 0, 0, 2, 1, 64);
     v.seqlens_q = {5, 113, 0};
     v.seqlens_k = {97, 7, 3};
     v.p_dropout = 0.3f;
     v.causal = true;
     add("dropout_varlen_causal", v);
-    AttnConfig pg = shape(2, 37, 61, 4, 1, 32);
+    AttnConfig pg = base(DType::kFloat32, 2, 37, 61, 4, 1, 32);
     pg.p_dropout = 0.5f;
     pg.alibi = true;
     add("dropout_paged_alibi", pg, 16);
   }
   // Medium size (the largest the CPU oracle affords per case).
   {
-    AttnConfig c = shape(1, 1025, 1023, 2, 1, 128);
+    AttnConfig c = base(DType::kFloat32, 1, 1025, 1023, 2, 1, 128);
     c.causal = true;
     add("medium_causal_1025x1023", c);
   }
@@ -293,7 +282,7 @@ class GpuReference : public GpuTest {};
 // entries written as +0; and the kept fraction must be 1 - p within 5 sigma.
 TEST_F(GpuReference, DropoutMaskIsThePhiloxMask) {
   for (DType t : {DType::kBFloat16, DType::kFloat16}) {
-    AttnConfig c = shape(2, 97, 113, 4, 2, 64);
+    AttnConfig c = base(DType::kFloat32, 2, 97, 113, 4, 2, 64);
     c.dtype = t;
     c.causal = true;
     c.window_left = 40;
@@ -344,14 +333,14 @@ TEST_F(GpuReference, DropoutMaskIsThePhiloxMask) {
 TEST_F(GpuReference, RepeatedRunsAreBitwiseIdentical) {
   std::vector<std::pair<AttnConfig, int>> cfgs;
   {
-    AttnConfig c = shape(2, 97, 113, 4, 2, 128);
+    AttnConfig c = base(DType::kFloat32, 2, 97, 113, 4, 2, 128);
     c.dtype = DType::kBFloat16;
     c.causal = true;
     c.p_dropout = 0.1f;
     c.return_probs = true;
     c.alibi = true;
     cfgs.push_back({c, 0});
-    AttnConfig v = shape(3, 0, 0, 4, 1, 64);
+    AttnConfig v = base(DType::kFloat32, 3, 0, 0, 4, 1, 64);
     v.dtype = DType::kFloat16;
     v.seqlens_q = {113, 0, 7};
     v.seqlens_k = {97, 5, 1023};
@@ -382,7 +371,7 @@ TEST_F(GpuReference, RepeatedRunsAreBitwiseIdentical) {
 // 16k keys at d = 256 against the CPU reference (16 query rows keep the CPU side cheap).
 TEST_F(GpuReference, SixteenThousandKeysD256) {
   for (bool causal : {false, true}) {
-    AttnConfig c = shape(1, 16, 16384, 2, 1, 256);
+    AttnConfig c = base(DType::kFloat32, 1, 16, 16384, 2, 1, 256);
     c.dtype = DType::kBFloat16;
     c.causal = causal;
     const uint64_t seed = fresh_seed();
@@ -399,7 +388,7 @@ TEST_F(GpuReference, SixteenThousandKeysD256) {
 // the CPU reference; every other row must be written and finite.
 TEST_F(GpuReference, FullSizeCausal16kMatchesItsTail) {
   const int s = 16384, tail = 16;
-  AttnConfig c = shape(1, tail, s, 2, 1, 256);
+  AttnConfig c = base(DType::kFloat32, 1, tail, s, 2, 1, 256);
   c.dtype = DType::kBFloat16;
   c.causal = true;
   const uint64_t seed = fresh_seed();
