@@ -31,9 +31,6 @@ __extension__ typedef __int128 Int128;
 constexpr int kMaxHeadDimGpu = 256;
 constexpr int kMaxHeadDimCpu = 576;
 int max_head_dim(Backend be) { return be == Backend::kCuda ? kMaxHeadDimGpu : kMaxHeadDimCpu; }
-const char* head_dim_limit_note(Backend be) {
-  return be == Backend::kCuda ? " on the GPU (the CPU backend takes up to 576)" : "";
-}
 // The split-KV forward writes at most this many partial results (flash_attn's limit).
 constexpr int kMaxSplits = 128;
 // GPU kernels move tensors in 16-byte vectors (cp.async, ldmatrix feeds), so base pointers and
@@ -47,6 +44,12 @@ std::string cat(const Args&... args) {
   std::ostringstream s;
   (s << ... << args);
   return s.str();
+}
+
+// The head-dim limit names where it applies.
+std::string head_dim_limit_note(Backend be) {
+  if (be != Backend::kCuda) return std::string();
+  return cat(" on the GPU (the CPU backend takes up to ", kMaxHeadDimCpu, ")");
 }
 
 template <typename... Args>
